@@ -1,0 +1,39 @@
+"""whosthere: Phoenix.Presence and Phoenix.Tracker for Python, on OS processes."""
+
+from whosthere.errors import ActorError as ActorError
+from whosthere.errors import AlreadyTracked as AlreadyTracked
+from whosthere.errors import InvalidMeta as InvalidMeta
+from whosthere.errors import MalformedFrame as MalformedFrame
+from whosthere.errors import MessagesLost as MessagesLost
+from whosthere.errors import NodeStartError as NodeStartError
+from whosthere.errors import NodeUnavailable as NodeUnavailable
+from whosthere.errors import NotTracked as NotTracked
+from whosthere.errors import RestartIntensityExceeded as RestartIntensityExceeded
+from whosthere.errors import WhosthereError as WhosthereError
+from whosthere.links import Links as Links
+from whosthere.links import ProcessExit as ProcessExit
+from whosthere.node import Node as Node
+from whosthere.pubsub import Message as Message
+from whosthere.pubsub import PubSub as PubSub
+from whosthere.pubsub import Subscription as Subscription
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ActorError",
+    "AlreadyTracked",
+    "InvalidMeta",
+    "Links",
+    "MalformedFrame",
+    "Message",
+    "MessagesLost",
+    "Node",
+    "NodeStartError",
+    "NodeUnavailable",
+    "NotTracked",
+    "ProcessExit",
+    "PubSub",
+    "RestartIntensityExceeded",
+    "Subscription",
+    "WhosthereError",
+]

@@ -1,0 +1,303 @@
+"""The actor: one OS process, one mailbox socket, one loop.
+
+Phases, as pykka's: setup (`on_start`: bind, connect), running (the loop below), teardown
+(`on_stop`, then every socket is closed). The loop polls the mailbox, any extra sockets or file
+descriptors (`add_reader`) and the signal wakeup fd, and runs due timers (`call_later`).
+
+A message `Foo` is handled by the method `on_foo` (snake case of the class name). For a call,
+the handler's return value is the reply; a handler that answers later returns `NOREPLY` and
+keeps `self.request` to pass to `reply`. An exception in a handler is logged with its
+traceback and sent back to the caller as an error; the actor keeps serving. A frame that does
+not decode is logged and dropped (and the caller, if any, gets `MalformedFrame`).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import re
+import signal
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar, NamedTuple
+
+import zmq
+
+from whosthere.errors import InvalidMeta, MalformedFrame, WhosthereError
+from whosthere.transport import codec
+from whosthere.transport.messages import ActorReady, Failed, GetStats, Ok, Ping
+from whosthere.transport.sockets import Dealer, socket
+
+log = logging.getLogger("whosthere.actor")
+
+MAILBOX_BATCH = 512  # messages handled per wakeup before other sources get a turn
+NOREPLY: Any = object()  # returned by a handler that will `reply` later
+
+
+@dataclass
+class ActorSpec:
+    """Everything a spawned actor process needs; travels as JSON on its command line."""
+
+    name: str  # unique in the node: "pubsub", "shard.0", ...
+    actor: str  # "module:Class"
+    endpoint: str  # the mailbox, bound by the actor
+    runtime_dir: str  # the node's private directory
+    supervisor: str  # the supervisor's mailbox endpoint ("" for the supervisor itself)
+    parent_pid: int  # the process that must outlive this one
+    node_name: str
+    options: dict[str, Any] = field(default_factory=dict)  # actor-specific settings
+    log_level: str = "WARNING"
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Request(NamedTuple):
+    """Where to send the reply of the call being handled."""
+
+    identity: bytes  # the caller's ROUTER identity
+    ref: bytes  # the caller's request id
+
+
+class Timer:
+    """A pending `call_later`; `cancel()` it to skip it."""
+
+    __slots__ = ("callback", "cancelled", "deadline")
+
+    def __init__(self, deadline: float, callback: Callable[[], None]) -> None:
+        self.deadline = deadline
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+class Actor:
+    """Base of every actor process. Subclasses define `on_<message>` handlers and hooks."""
+
+    handles: ClassVar[tuple[type, ...]] = ()  # message classes beyond Ping/GetStats
+
+    def __init__(self, spec: ActorSpec) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.log = logging.getLogger(f"whosthere.{spec.name}")
+        self.mailbox = socket(zmq.ROUTER)
+        self.mailbox.setsockopt(zmq.ROUTER_MANDATORY, 1)  # pushes to a gone peer fail loudly
+        self.mailbox.setsockopt(zmq.SNDHWM, 0)  # replies and pushes are never dropped
+        self.request: Request | None = None  # the call being handled, None for a cast
+        self.sender: bytes = b""  # ROUTER identity of the message being handled
+        self._readers: dict[Any, Callable[[], None]] = {}
+        self._poller = zmq.Poller()
+        self._timers: list[tuple[float, int, Timer]] = []
+        self._timer_seq = itertools.count()
+        self._stopping = False
+        self._wakeup_r = -1
+        self.supervisor: Dealer | None = None  # casts to the supervisor (None for it)
+        handlers: dict[type, Callable[[Any], Any]] = {}
+        for cls in (Ping, GetStats, *self.handles):
+            handlers[cls] = getattr(self, "on_" + _snake(cls.__name__))
+        self._handlers = handlers
+
+    # -- hooks -----------------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        """Bind and connect extra sockets; runs before the actor reports ready."""
+
+    def on_stop(self) -> None:
+        """Release what `on_start` took; runs after the loop ends (sockets still open)."""
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for `node.status()`."""
+        return {}
+
+    # -- built-in handlers -----------------------------------------------------------------
+
+    def on_ping(self, msg: Ping) -> int:
+        return os.getpid()
+
+    def on_get_stats(self, msg: GetStats) -> dict[str, Any]:
+        return self.stats()
+
+    # -- services for subclasses -----------------------------------------------------------
+
+    def add_reader(self, source: Any, callback: Callable[[], None]) -> None:
+        """Call `callback` whenever `source` (socket or fd) is readable."""
+        self._readers[source] = callback
+        self._poller.register(source, zmq.POLLIN)
+
+    def remove_reader(self, source: Any) -> None:
+        if self._readers.pop(source, None) is not None:
+            self._poller.unregister(source)
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        """Run `callback` in the loop after `delay` seconds."""
+        timer = Timer(time.monotonic() + delay, callback)
+        heapq.heappush(self._timers, (timer.deadline, next(self._timer_seq), timer))
+        return timer
+
+    def reply(self, request: Request, value: Any) -> None:
+        """Answer a call that a handler deferred with NOREPLY."""
+        self._send_reply(request, Ok(value))
+
+    def reply_error(self, request: Request, exc: WhosthereError) -> None:
+        self._send_reply(request, Failed(type(exc).__name__, str(exc), ""))
+
+    def push(self, identity: bytes, msg: tuple) -> bool:
+        """Send an unsolicited message to a connected peer; False if that peer is gone."""
+        try:
+            self.mailbox.send_multipart((identity, b"", codec.encode(msg)), zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            if exc.errno in (zmq.EHOSTUNREACH, zmq.EAGAIN):
+                return False
+            raise
+        return True
+
+    def stop(self) -> None:
+        """End the loop after the current message."""
+        self._stopping = True
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def bind(self) -> None:
+        self.mailbox.bind(self.spec.endpoint)
+        self.add_reader(self.mailbox, self._on_mailbox)
+
+    def run(self, wakeup_fd: int = -1) -> None:
+        """Setup, serve until stopped, teardown."""
+        self._wakeup_r = wakeup_fd
+        if wakeup_fd >= 0:
+            self.add_reader(wakeup_fd, self._on_signal)
+        self.bind()
+        self.on_start()
+        if self.spec.supervisor:
+            self.supervisor = Dealer(self.spec.supervisor, what="supervisor")
+            self.supervisor.cast(ActorReady(self.name, os.getpid()))
+        self.announce_ready()
+        try:
+            self._serve()
+        finally:
+            try:
+                self.on_stop()
+            finally:
+                self._close()
+
+    def announce_ready(self) -> None:
+        """Hook for the root of the tree, which has no supervisor to tell."""
+
+    def _serve(self) -> None:
+        poll = self._poller.poll
+        readers = self._readers
+        while not self._stopping:
+            timeout = None
+            if self._timers:
+                timeout = max(0, int((self._timers[0][0] - time.monotonic()) * 1000) + 1)
+            for source, _ in poll(timeout):
+                callback = readers.get(source)
+                if callback is not None:
+                    callback()
+                if self._stopping:
+                    return
+            self._run_timers()
+
+    def _run_timers(self) -> None:
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, timer = heapq.heappop(self._timers)
+            if timer.cancelled:
+                continue
+            try:
+                timer.callback()
+            except Exception:
+                self.log.exception("%s: timer callback %r failed", self.name, timer.callback)
+
+    def _on_signal(self) -> None:
+        try:
+            data = os.read(self._wakeup_r, 64)
+        except BlockingIOError:
+            return
+        if any(sig in (signal.SIGTERM, signal.SIGINT) for sig in data):
+            self.log.info("%s: stopping on signal", self.name)
+            self.on_terminate()
+
+    def on_terminate(self) -> None:
+        """SIGTERM arrived: stop after the current message (the supervisor stops its tree first)."""
+        self.stop()
+
+    def _on_mailbox(self) -> None:
+        recv = self.mailbox.recv_multipart
+        for _ in range(MAILBOX_BATCH):
+            try:
+                frames = recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._handle(frames)
+            if self._stopping:
+                return
+
+    def _handle(self, frames: list[bytes]) -> None:
+        if len(frames) != 3:
+            self.log.warning("%s: dropped a message of %d frames (want 3)", self.name, len(frames))
+            return
+        identity, ref, body = frames
+        request = Request(identity, ref) if ref else None
+        try:
+            msg = codec.decode(body)
+        except MalformedFrame as exc:
+            self.log.warning("%s: dropped malformed frame: %s", self.name, exc)
+            if request:
+                self._send_reply(request, Failed("MalformedFrame", str(exc), ""))
+            return
+        handler = self._handlers.get(type(msg))
+        if handler is None:
+            text = f"{self.name} does not handle {type(msg).__name__}"
+            self.log.warning("%s: dropped message: %s", self.name, text)
+            if request:
+                self._send_reply(request, Failed("MalformedFrame", text, ""))
+            return
+        self.request = request
+        self.sender = identity
+        try:
+            result = handler(msg)
+        except WhosthereError as exc:
+            self.log.debug("%s: %s refused: %s", self.name, type(msg).__name__, exc)
+            if request:
+                self._send_reply(request, Failed(type(exc).__name__, str(exc), ""))
+        except Exception as exc:
+            tb = traceback.format_exc()
+            self.log.error("%s: handler for %s raised\n%s", self.name, type(msg).__name__, tb)
+            if request:
+                self._send_reply(request, Failed("ActorError", f"{type(exc).__name__}: {exc}", tb))
+        else:
+            if request and result is not NOREPLY:
+                self._send_reply(request, Ok(result))
+        finally:
+            self.request = None
+
+    def _send_reply(self, request: Request, reply: Ok | Failed) -> None:
+        try:
+            body = codec.encode(reply)
+        except InvalidMeta as exc:
+            body = codec.encode(Failed("InvalidMeta", f"reply cannot be sent: {exc}", ""))
+        try:
+            self.mailbox.send_multipart((request.identity, request.ref, body), zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            if exc.errno not in (zmq.EHOSTUNREACH, zmq.EAGAIN):
+                raise
+            # the caller is gone; nobody to tell
+
+    def _close(self) -> None:
+        if self.supervisor is not None:
+            self.supervisor.close()
+        for source in list(self._readers):
+            if isinstance(source, zmq.Socket):
+                source.close(linger=0)
+        self.mailbox.close(linger=0)

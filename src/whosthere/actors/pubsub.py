@@ -1,0 +1,121 @@
+"""The PubSub actor: topic fan-out for the node.
+
+Publishers send `Broadcast` to the mailbox (one DEALER per publisher thread, so per publisher
+and topic the order is kept); the actor stamps each message with its epoch and the topic's
+next sequence number and publishes it on an XPUB socket that subscribers' SUB sockets connect
+to. Topic frames are length-prefixed (`codec.topic_frame`), so matching is exact.
+
+Why sequence numbers: XPUB drops, per subscriber, what exceeds the high-water mark, so that a
+slow subscriber never blocks the others. The subscriber sees the hole in the numbers and
+raises `MessagesLost` rather than diverge silently. A new epoch (a restarted actor) is a
+possible loss too.
+
+Why XPUB and inboxes: a SUB subscription is asynchronous. `Subscribe` is answered only after
+the actor has seen the subscriber's one-off inbox filter, which the subscriber set right after
+the topic filter on the same pipe, so the topic filter is in place and every message published
+after the reply reaches it. The reply carries the topic's current sequence number.
+
+Bridging between nodes (the cluster issue) hooks into `forward`: `Broadcast(local=False)` is
+handed to it after local publication.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+import zmq
+
+from whosthere.actors.base import NOREPLY, Actor, ActorSpec, Request
+from whosthere.transport import codec
+from whosthere.transport.messages import Broadcast, Published, Subscribe
+from whosthere.transport.sockets import socket
+
+DEFAULT_HWM = 100_000  # messages queued per subscriber before it starts losing them
+_SYNC_TTL = 30.0  # seconds a half-done subscription handshake is kept
+
+
+class PubSubActor(Actor):
+    handles = (Subscribe, Broadcast)
+
+    def __init__(self, spec: ActorSpec) -> None:
+        super().__init__(spec)
+        self.epoch = random.getrandbits(62) + 1  # this incarnation
+        self.seqs: dict[str, int] = {}  # topic -> last sequence number, while subscribed
+        self.waiting: dict[str, tuple[Request, str, float]] = {}  # inbox -> (call, topic, t)
+        self.seen_inboxes: dict[str, float] = {}  # inbox filters seen before their call
+        self.published = 0  # messages published since start
+        hwm = int(spec.options.get("hwm", DEFAULT_HWM))
+        self.xpub = socket(zmq.XPUB, hwm=hwm)
+        self.pub_endpoint: str = spec.options["pub_endpoint"]
+
+    def on_start(self) -> None:
+        self.xpub.bind(self.pub_endpoint)
+        self.add_reader(self.xpub, self._on_subscriptions)
+        self.call_later(_SYNC_TTL, self._expire_handshakes)
+
+    def stats(self) -> dict[str, Any]:
+        return {"topics": len(self.seqs), "published": self.published}
+
+    # -- messages --------------------------------------------------------------------------
+
+    def on_broadcast(self, msg: Broadcast) -> None:
+        self.publish(msg.topic, msg.event, msg.payload)
+        if not msg.local:
+            self.forward(msg)
+
+    def on_subscribe(self, msg: Subscribe) -> Any:
+        if self.seen_inboxes.pop(msg.inbox, None) is not None:
+            return self._sync_reply(msg.topic)
+        assert self.request is not None, "Subscribe must be a call"
+        self.waiting[msg.inbox] = (self.request, msg.topic, time.monotonic())
+        return NOREPLY
+
+    # -- work ------------------------------------------------------------------------------
+
+    def publish(self, topic: str, event: str, payload: Any) -> None:
+        seq = self.seqs.get(topic, 0) + 1
+        self.seqs[topic] = seq
+        body = codec.encode(Published(self.epoch, seq, event, payload))
+        self.xpub.send_multipart((codec.topic_frame(topic), body))
+        self.published += 1
+
+    def forward(self, msg: Broadcast) -> None:
+        """Hand a cluster-wide broadcast to the peers (none on a single node)."""
+
+    def _sync_reply(self, topic: str) -> list[int]:
+        return [self.epoch, self.seqs.setdefault(topic, 0)]
+
+    def _on_subscriptions(self) -> None:
+        while True:
+            try:
+                frame = self.xpub.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if not frame:
+                continue
+            subscribing, filt = frame[0] == 1, frame[1:]
+            inbox = codec.inbox_of(filt)
+            if inbox is not None:
+                if not subscribing:
+                    continue
+                pending = self.waiting.pop(inbox, None)
+                if pending is None:
+                    self.seen_inboxes[inbox] = time.monotonic()
+                else:
+                    self.reply(pending[0], self._sync_reply(pending[1]))
+                continue
+            topic = codec.topic_of(filt)
+            if topic is not None and not subscribing:
+                # the last subscriber left: a new one syncs to whatever the count is then
+                self.seqs.pop(topic, None)
+
+    def _expire_handshakes(self) -> None:
+        cutoff = time.monotonic() - _SYNC_TTL
+        self.seen_inboxes = {k: t for k, t in self.seen_inboxes.items() if t > cutoff}
+        self.waiting = {k: v for k, v in self.waiting.items() if v[2] > cutoff}
+        self.call_later(_SYNC_TTL, self._expire_handshakes)
+
+    def on_stop(self) -> None:
+        self.xpub.close(linger=0)

@@ -1,0 +1,81 @@
+"""The exceptions whosthere raises: one root, a named leaf for each way a call fails.
+
+Errors raised inside an actor travel back to the caller by class name (see
+`transport.messages.Failed`) and are raised there again as the same class, with the
+actor's traceback kept on `remote_traceback`.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ActorError",
+    "AlreadyTracked",
+    "InvalidMeta",
+    "MalformedFrame",
+    "MessagesLost",
+    "NodeStartError",
+    "NodeUnavailable",
+    "NotTracked",
+    "RestartIntensityExceeded",
+    "WhosthereError",
+]
+
+
+class WhosthereError(Exception):
+    """Root of every error whosthere raises on purpose."""
+
+    remote_traceback: str | None = None  # set when the error was raised in another process
+
+
+class AlreadyTracked(WhosthereError):
+    """`track` was called for a (pid, topic, key) that is tracked already."""
+
+
+class NotTracked(WhosthereError):
+    """`update` was called for a (pid, topic, key) that is not tracked."""
+
+
+class InvalidMeta(WhosthereError):
+    """A meta or payload is not a dict, cannot be packed with msgpack, or is over the size limit."""
+
+
+class NodeUnavailable(WhosthereError):
+    """No node answers at that address, or it did not answer within the timeout."""
+
+
+class MalformedFrame(WhosthereError):
+    """A frame on the wire does not decode to a known message of the right shape."""
+
+
+class ActorError(WhosthereError):
+    """An actor's handler raised an unexpected exception; the actor logged it and lives on."""
+
+
+class NodeStartError(WhosthereError):
+    """The node could not start: an actor died or did not report ready during boot."""
+
+
+class RestartIntensityExceeded(WhosthereError):
+    """Actors crashed more often than the supervisor's restart intensity allows; the node stopped."""
+
+
+class MessagesLost(WhosthereError):
+    """A subscriber missed messages on a topic (it fell behind, or the PubSub actor restarted).
+
+    The subscription stays usable: the next `get` returns the next message that did arrive.
+    """
+
+    def __init__(self, topic: str, missed: int | None, reason: str) -> None:
+        self.topic = topic  # the topic the gap is on
+        self.missed = missed  # how many messages were lost, None when unknown
+        self.reason = reason
+        count = "an unknown number of" if missed is None else str(missed)
+        super().__init__(f"{count} message(s) lost on topic {topic!r}: {reason}")
+
+
+def error_class(name: str) -> type[WhosthereError] | None:
+    """The WhosthereError subclass called `name`, for errors coming back over the wire."""
+    found = globals().get(name)
+    if isinstance(found, type) and issubclass(found, WhosthereError) and found is not MessagesLost:
+        return found
+    return None

@@ -1,0 +1,350 @@
+"""The supervisor: the node's root process. It starts the actors, restarts them, and links.
+
+Process tree. `Node.start()` runs `python -m whosthere.supervisor CONFIG` in a new session; the
+supervisor starts each actor as `python -m whosthere.actors.boot SPEC`. Both are fresh
+interpreters (fork immediately followed by exec, as multiprocessing's spawn does, but without
+re-importing the user's `__main__` in every actor). Actors die with the supervisor
+(PR_SET_PDEATHSIG); the supervisor stops the node when the process that started it exits.
+
+Restarts are one-for-one, with OTP's intensity rule: more than `max_restarts` restarts within
+`max_seconds` and the node stops, reporting `RestartIntensityExceeded` to the Node.
+
+Links. Any process may `Link` OS processes (pid + start time); the supervisor watches them with
+a `ProcessWatcher` and pushes `ProcessesExited` to each linker when one exits, once, however
+it exits. A linker that has gone away loses its links at the next push.
+
+The Node learns of readiness and of a failure through a pipe (`ready_fd`): one JSON line.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from whosthere.actors.base import Actor, ActorSpec
+from whosthere.actors.boot import setup_logging, signal_wakeup_fd
+from whosthere.errors import MalformedFrame, NodeStartError, RestartIntensityExceeded, WhosthereError
+from whosthere.transport import runtime_dir
+from whosthere.transport.messages import (
+    ActorReady,
+    GetStatus,
+    Link,
+    Lookup,
+    ProcessesExited,
+    Shutdown,
+    Unlink,
+)
+from whosthere.watch import ProcessKey, ProcessWatcher, start_time
+
+STOP_GRACE_S = 1.0  # after SIGTERM, actors get this long before SIGKILL
+
+
+@dataclass
+class Child:
+    """One actor slot in the tree (it survives the actor's restarts)."""
+
+    spec: ActorSpec
+    proc: subprocess.Popen[bytes] | None = None
+    key: ProcessKey | None = None  # the running incarnation's identity
+    ready: bool = False  # reported ActorReady since its last start
+    restarts: int = 0
+    exits: list[int | None] = field(default_factory=list)  # exit codes, newest last
+
+
+def node_children(config: dict[str, Any]) -> list[ActorSpec]:
+    """The actors of a node, from the Node's configuration."""
+    rdir = Path(config["runtime_dir"])
+    common = {
+        "runtime_dir": str(rdir),
+        "supervisor": config["address"],
+        "parent_pid": os.getpid(),
+        "node_name": config["name"],
+        "log_level": config["log_level"],
+    }
+    return [
+        ActorSpec(
+            name="pubsub",
+            actor="whosthere.actors.pubsub:PubSubActor",
+            endpoint=runtime_dir.ipc_endpoint(rdir, "pubsub"),
+            options={
+                "pub_endpoint": runtime_dir.ipc_endpoint(rdir, "pubsub-pub"),
+                "hwm": config["pubsub_hwm"],
+            },
+            **common,
+        ),
+    ]
+
+
+class Supervisor(Actor):
+    handles = (ActorReady, Lookup, GetStatus, Link, Unlink, Shutdown)
+
+    def __init__(self, spec: ActorSpec) -> None:
+        super().__init__(spec)
+        opts = spec.options
+        self.address: str = opts["address"]
+        self.max_restarts = int(opts["max_restarts"])
+        self.max_seconds = float(opts["max_seconds"])
+        self.ready_fd: int = opts["ready_fd"]  # pipe to the Node: one JSON line
+        self.lock_fd: int = opts["lock_fd"]  # holds the runtime directory's lock
+        self.children = {c.name: Child(c) for c in node_children(opts)}
+        self.by_key: dict[ProcessKey, Child] = {}
+        self.restart_times: collections.deque[float] = collections.deque()
+        self.watcher = ProcessWatcher(max_pidfds=opts.get("max_pidfds"))
+        self.parent_key: ProcessKey = (spec.parent_pid, start_time(spec.parent_pid))
+        self.links: dict[ProcessKey, set[bytes]] = {}  # process -> linker identities
+        self.linked_by: dict[bytes, set[ProcessKey]] = {}  # linker -> processes
+        self.booted = False
+        self.stopping = False
+        self.failure: WhosthereError | None = None
+        self.started_at = time.time()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        self.add_reader(self.watcher.fileno(), self._on_exits)
+        self.watcher.watch(self.parent_key)
+        for child in self.children.values():
+            self._spawn(child)
+        boot_timeout = float(self.spec.options.get("start_timeout", 30.0))
+        self.call_later(boot_timeout, self._boot_deadline)
+
+    def on_terminate(self) -> None:
+        self.shutdown("SIGTERM")
+
+    def on_stop(self) -> None:
+        for child in self.children.values():  # normally all reaped by now
+            if child.proc is not None and child.proc.poll() is None:
+                child.proc.kill()
+                child.proc.wait()
+        self.watcher.close()
+        if self.failure is not None:
+            self._tell_node({"error": type(self.failure).__name__, "message": str(self.failure)})
+        with contextlib.suppress(OSError):
+            os.close(self.ready_fd)
+        runtime_dir.remove(Path(self.spec.runtime_dir))
+        with contextlib.suppress(OSError):
+            os.close(self.lock_fd)
+
+    def shutdown(self, reason: str) -> None:
+        """Stop every actor (SIGTERM, then SIGKILL after STOP_GRACE_S), then stop."""
+        if self.stopping:
+            return
+        self.stopping = True
+        self.log.info("supervisor: stopping node %s (%s)", self.spec.node_name, reason)
+        for child in self.children.values():
+            if child.proc is not None and child.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.proc.send_signal(signal.SIGTERM)
+        self.call_later(STOP_GRACE_S, self._kill_stragglers)
+        self._stop_when_children_gone()
+
+    def fail(self, error: WhosthereError) -> None:
+        self.log.error("supervisor: %s", error)
+        if self.failure is None:
+            self.failure = error
+        self.shutdown(type(error).__name__)
+
+    # -- messages --------------------------------------------------------------------------
+
+    def on_actor_ready(self, msg: ActorReady) -> None:
+        child = self.children.get(msg.name)
+        if child is None or child.proc is None or child.proc.pid != msg.pid:
+            self.log.warning("supervisor: ready from unknown actor %s[%d]", msg.name, msg.pid)
+            return
+        child.ready = True
+        if not self.booted and all(c.ready for c in self.children.values()):
+            self.booted = True
+            self._tell_node({"ready": True, "pid": os.getpid()})
+
+    def on_lookup(self, msg: Lookup) -> dict[str, Any]:
+        endpoints = {name: c.spec.endpoint for name, c in self.children.items()}
+        endpoints["pubsub_pub"] = self.children["pubsub"].spec.options["pub_endpoint"]
+        return {"name": self.spec.node_name, "address": self.address, "endpoints": endpoints}
+
+    def on_get_status(self, msg: GetStatus) -> dict[str, Any]:
+        actors = [
+            {
+                "name": name,
+                "pid": c.proc.pid if c.proc is not None else None,
+                "restarts": c.restarts,
+                "ready": c.ready,
+            }
+            for name, c in self.children.items()
+        ]
+        return {
+            "name": self.spec.node_name,
+            "address": self.address,
+            "supervisor": {"pid": os.getpid(), "uptime": round(time.time() - self.started_at, 3)},
+            "actors": actors,
+            "links": {"processes": len(self.links), "linkers": len(self.linked_by),
+                      **self.watcher.stats()},
+        }
+
+    def on_shutdown(self, msg: Shutdown) -> None:
+        self.shutdown(msg.reason or "requested")
+
+    def on_link(self, msg: Link) -> int:
+        linker = self.sender
+        gone = []
+        for key in [_process_key(item) for item in msg.pids]:
+            if key[1] is None:  # the linker found it gone already
+                gone.append([key[0], None])
+                continue
+            self.links.setdefault(key, set()).add(linker)
+            self.linked_by.setdefault(linker, set()).add(key)
+            self.watcher.watch(key)
+        if gone:
+            self._notify({linker: gone})
+        return len(msg.pids)
+
+    def on_unlink(self, msg: Unlink) -> int:
+        linker = self.sender
+        for key in [_process_key(item) for item in msg.pids]:
+            self._drop_link(key, linker)
+            mine = self.linked_by.get(linker)
+            if mine is not None:
+                mine.discard(key)
+                if not mine:
+                    del self.linked_by[linker]
+        return len(msg.pids)
+
+    # -- exits -----------------------------------------------------------------------------
+
+    def _on_exits(self) -> None:
+        notices: dict[bytes, list[list[Any]]] = {}
+        for key in self.watcher.collect():
+            child = self.by_key.pop(key, None)
+            if child is not None:
+                self._child_exited(child)
+            if key == self.parent_key:
+                self.shutdown(f"parent process {key[0]} exited")
+            for linker in self.links.pop(key, ()):
+                notices.setdefault(linker, []).append([key[0], key[1]])
+                mine = self.linked_by.get(linker)
+                if mine is not None:
+                    mine.discard(key)
+                    if not mine:
+                        del self.linked_by[linker]
+        if notices:
+            self._notify(notices)
+
+    def _notify(self, notices: dict[bytes, list[list[Any]]]) -> None:
+        for linker, exits in notices.items():
+            if not self.push(linker, ProcessesExited(exits)):
+                self.log.info("supervisor: linker gone, dropping its %d link(s)",
+                              len(self.linked_by.get(linker, ())))
+                for key in self.linked_by.pop(linker, set()):
+                    self._drop_link(key, linker)
+
+    def _drop_link(self, key: ProcessKey, linker: bytes) -> None:
+        linkers = self.links.get(key)
+        if linkers is None:
+            return
+        linkers.discard(linker)
+        if not linkers:
+            del self.links[key]
+            if key not in self.by_key and key != self.parent_key:
+                self.watcher.unwatch(key)
+
+    def _child_exited(self, child: Child) -> None:
+        assert child.proc is not None
+        code = child.proc.wait()
+        child.exits.append(code)
+        child.key = None
+        child.ready = False
+        name = child.spec.name
+        if self.stopping:
+            self._stop_when_children_gone()
+            return
+        if not self.booted:
+            self.fail(NodeStartError(f"actor {name!r} exited with code {code} while the node started"))
+            return
+        now = time.monotonic()
+        self.restart_times.append(now)
+        while self.restart_times and self.restart_times[0] < now - self.max_seconds:
+            self.restart_times.popleft()
+        if len(self.restart_times) > self.max_restarts:
+            self.fail(RestartIntensityExceeded(
+                f"actor {name!r} exited with code {code}: {len(self.restart_times)} restarts "
+                f"within {self.max_seconds:g} s exceed max_restarts={self.max_restarts}; "
+                f"node {self.spec.node_name!r} stopped"
+            ))
+            return
+        self.log.warning("supervisor: actor %r (pid %d) exited with code %s; restarting",
+                         name, child.proc.pid, code)
+        child.restarts += 1
+        self._spawn(child)
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _spawn(self, child: Child) -> None:
+        spec = child.spec
+        argv = [sys.executable, "-m", "whosthere.actors.boot", json.dumps(spec.to_json_dict())]
+        child.proc = subprocess.Popen(argv, close_fds=True)
+        child.key = (child.proc.pid, start_time(child.proc.pid))
+        self.by_key[child.key] = child
+        self.watcher.watch(child.key)
+
+    def _boot_deadline(self) -> None:
+        if not self.booted and not self.stopping:
+            late = [n for n, c in self.children.items() if not c.ready]
+            self.fail(NodeStartError(f"actor(s) {', '.join(late)} did not report ready in time"))
+
+    def _kill_stragglers(self) -> None:
+        for child in self.children.values():
+            if child.proc is not None and child.proc.poll() is None:
+                self.log.warning("supervisor: actor %r did not stop in %.1f s; killing it",
+                                 child.spec.name, STOP_GRACE_S)
+                with contextlib.suppress(ProcessLookupError):
+                    child.proc.kill()
+
+    def _stop_when_children_gone(self) -> None:
+        if all(c.key is None for c in self.children.values()):
+            self.stop()
+
+    def _tell_node(self, event: dict[str, Any]) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self.ready_fd, (json.dumps(event) + "\n").encode())
+
+
+def _process_key(item: Any) -> ProcessKey:
+    if (
+        not isinstance(item, list | tuple)
+        or len(item) != 2
+        or not isinstance(item[0], int)
+        or not isinstance(item[1], int | float | type(None))
+    ):
+        raise MalformedFrame(f"a linked process is [pid, start_time], got {item!r}")
+    return (item[0], item[1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    config: dict[str, Any] = json.loads(args[0])
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the Node's process
+    setup_logging("supervisor", config["log_level"])
+    spec = ActorSpec(
+        name="supervisor",
+        actor="whosthere.supervisor:Supervisor",
+        endpoint=config["address"],
+        runtime_dir=config["runtime_dir"],
+        supervisor="",
+        parent_pid=config["parent_pid"],
+        node_name=config["name"],
+        options=config,
+        log_level=config["log_level"],
+    )
+    Supervisor(spec).run(signal_wakeup_fd())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The wire: message records, their msgpack codec, sockets, endpoints and the runtime directory."""

@@ -1,0 +1,177 @@
+"""msgpack encoding of the messages in `messages`: the only module that imports msgpack.
+
+Strings stay `str` (bin type for bytes), arrays decode as lists except in fields annotated as
+`tuple`, map keys may be any hashable scalar. `decode` never raises anything but
+`MalformedFrame`, so a receiver can log and drop a bad frame and keep serving.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from typing import Any, NamedTuple
+
+import msgpack
+
+from whosthere.errors import InvalidMeta, MalformedFrame
+from whosthere.transport import messages as m
+
+# Stable wire tags: never renumber, only append (peers of another version read these).
+TAGS: dict[type, int] = {
+    m.Ok: 1,
+    m.Failed: 2,
+    m.Ping: 3,
+    m.GetStats: 4,
+    m.ActorReady: 10,
+    m.Lookup: 11,
+    m.GetStatus: 12,
+    m.Link: 13,
+    m.Unlink: 14,
+    m.ProcessesExited: 15,
+    m.Shutdown: 16,
+    m.Subscribe: 20,
+    m.Broadcast: 21,
+    m.Published: 22,
+}
+
+MAX_FRAME_BYTES = 64 * 1024 * 1024  # larger frames are refused before unpacking
+
+_ANY = None  # field spec: no check
+
+
+def _field_spec(annotation: Any) -> tuple[tuple[type, ...] | None, bool]:
+    """(accepted types or None for any, convert list to tuple) for one annotation."""
+    origin = typing.get_origin(annotation) or annotation
+    if origin is Any:
+        return _ANY, False
+    if origin in (types.UnionType, typing.Union):
+        accepted: list[type] = []
+        to_tuple = False
+        for arg in typing.get_args(annotation):
+            spec, conv = _field_spec(arg)
+            if spec is None:
+                return _ANY, False
+            accepted.extend(spec)
+            to_tuple = to_tuple or conv
+        return tuple(accepted), to_tuple
+    if annotation is None or origin is type(None):
+        return (type(None),), False
+    if origin is float:
+        return (float, int), False
+    if origin is tuple:
+        return (list, tuple), True
+    return (origin,), False
+
+
+class _Shape(NamedTuple):
+    cls: type
+    arity: int
+    fields: tuple[tuple[str, tuple[type, ...] | None, bool], ...]
+
+
+def _shape(cls: type) -> _Shape:
+    hints = typing.get_type_hints(cls)
+    fields = tuple((name, *_field_spec(hints[name])) for name in cls._fields)  # type: ignore[attr-defined]
+    return _Shape(cls, len(fields), fields)
+
+
+_SHAPES: dict[int, _Shape] = {tag: _shape(cls) for cls, tag in TAGS.items()}
+if len(_SHAPES) != len(TAGS):
+    raise AssertionError("duplicate wire tag in codec.TAGS")
+
+
+EXTENSION_TAGS_FROM = 1000  # tags below are whosthere's own
+
+
+def register(cls: type, tag: int) -> None:
+    """Add a message type outside `messages` (tests, extensions); tags from 1000 up.
+
+    Both ends must register it: an actor's module registers its own messages at import.
+    """
+    if tag < EXTENSION_TAGS_FROM:
+        raise ValueError(f"extension tags start at {EXTENSION_TAGS_FROM}, got {tag}")
+    if TAGS.get(cls, tag) != tag or (tag in _SHAPES and _SHAPES[tag].cls is not cls):
+        raise ValueError(f"tag {tag} or {cls.__name__} is registered already")
+    TAGS[cls] = tag
+    _SHAPES[tag] = _shape(cls)
+
+
+def encode(msg: tuple) -> bytes:
+    """The wire bytes of a message; `InvalidMeta` if a field cannot be packed."""
+    try:
+        tag = TAGS[type(msg)]
+    except KeyError:
+        raise TypeError(f"{type(msg).__name__} is not a wire message") from None
+    try:
+        return msgpack.packb((tag, *msg), use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidMeta(f"{type(msg).__name__} cannot be sent: {exc}") from exc
+
+
+def decode(data: bytes) -> Any:
+    """The message in `data`; `MalformedFrame` if it is not one, with the reason."""
+    if len(data) > MAX_FRAME_BYTES:
+        raise MalformedFrame(f"frame of {len(data)} bytes exceeds {MAX_FRAME_BYTES}")
+    try:
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise MalformedFrame(f"frame is not msgpack: {exc}") from None
+    if not isinstance(obj, list) or not obj:
+        raise MalformedFrame(f"frame is not a tagged array: {type(obj).__name__}")
+    shape = _SHAPES.get(obj[0]) if isinstance(obj[0], int) else None
+    if shape is None:
+        raise MalformedFrame(f"unknown message tag {obj[0]!r}")
+    values = obj[1:]
+    if len(values) != shape.arity:
+        raise MalformedFrame(
+            f"{shape.cls.__name__} takes {shape.arity} field(s), frame has {len(values)}"
+        )
+    for i, (name, accepted, to_tuple) in enumerate(shape.fields):
+        value = values[i]
+        if accepted is not None and not isinstance(value, accepted):
+            raise MalformedFrame(
+                f"{shape.cls.__name__}.{name} must be "
+                f"{' or '.join(t.__name__ for t in accepted)}, got {type(value).__name__}"
+            )
+        if to_tuple and isinstance(value, list):
+            values[i] = tuple(value)
+    return shape.cls(*values)
+
+
+# -- PubSub frames ---------------------------------------------------------------------------
+# A published message is two frames: a topic frame, then the encoded `Published`. ZeroMQ SUB
+# filters match prefixes, so the topic frame is length-prefixed: the filter for "room:1" is
+# b"\x00\x00\x00\x06room:1", which is not a prefix of "room:10"'s frame. Exact matching.
+
+_INBOX_PREFIX = b"\xff\xff\xff\xff"  # a length no topic has: inbox filters never match topics
+
+
+def topic_frame(topic: str) -> bytes:
+    """The first frame (and the SUB filter) of messages on `topic`."""
+    data = topic.encode()
+    return len(data).to_bytes(4, "big") + data
+
+
+def topic_of(frame: bytes) -> str | None:
+    """The topic named by a topic frame, None if the frame is not one."""
+    if len(frame) < 4 or frame.startswith(_INBOX_PREFIX):
+        return None
+    size = int.from_bytes(frame[:4], "big")
+    if size != len(frame) - 4:
+        return None
+    try:
+        return frame[4:].decode()
+    except UnicodeDecodeError:
+        return None
+
+
+def inbox_frame(token: str) -> bytes:
+    """The SUB filter of a subscriber's one-off inbox (see `messages.Subscribe`)."""
+    return _INBOX_PREFIX + token.encode()
+
+
+def inbox_of(frame: bytes) -> str | None:
+    """The token of an inbox filter, None if the frame is not one."""
+    if not frame.startswith(_INBOX_PREFIX):
+        return None
+    return frame[len(_INBOX_PREFIX) :].decode(errors="replace")

@@ -1,0 +1,120 @@
+"""Every message that crosses a socket, as a typed record.
+
+A message travels as one msgpack array: its tag (see `codec.TAGS`) followed by its fields in
+order. Field annotations are checked on decode (`codec.decode`), so a handler only ever sees
+fields of the declared types; `tuple` fields arrive as tuples, not lists.
+
+Request envelope (DEALER -> ROUTER): frames `[ref, body]`; `ref` is empty for a cast and a
+per-socket request id for a call, echoed back with the reply `[ref, Ok | Failed]`. A frame
+with an empty ref coming back to a DEALER is a push (e.g. `ProcessesExited`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+# -- replies -------------------------------------------------------------------------------
+
+
+class Ok(NamedTuple):
+    """A call succeeded."""
+
+    value: Any  # whatever the handler returned
+
+
+class Failed(NamedTuple):
+    """A call failed in the actor; the caller raises `kind` again."""
+
+    kind: str  # the exception's class name (a WhosthereError subclass, or ActorError)
+    message: str  # str(exception)
+    traceback: str  # the actor's formatted traceback, "" for expected errors
+
+
+# -- every actor -----------------------------------------------------------------------------
+
+
+class Ping(NamedTuple):
+    """Liveness check; the reply is the actor's pid."""
+
+
+class GetStats(NamedTuple):
+    """The actor's counters, as a dict (shown by `node.status()`)."""
+
+
+# -- supervisor ------------------------------------------------------------------------------
+
+
+class ActorReady(NamedTuple):
+    """An actor has bound its sockets and serves (sent once per incarnation)."""
+
+    name: str  # the actor's name in the tree
+    pid: int  # its OS pid
+
+
+class Lookup(NamedTuple):
+    """What a client needs to talk to the node: its name and the actors' endpoints."""
+
+
+class GetStatus(NamedTuple):
+    """The process tree: supervisor pid, each actor's pid and restarts, link counts."""
+
+
+class Link(NamedTuple):
+    """Watch OS processes; the sender is pushed `ProcessesExited` when one exits.
+
+    Linking what is linked already is a no-op; a pid that is already gone (or whose start
+    time differs, i.e. the pid was reused) is reported as exited at once.
+    """
+
+    pids: list[Any]  # [[pid, start_time], ...]; start_time as read by the linker
+
+
+class Unlink(NamedTuple):
+    """Stop watching these processes for the sender."""
+
+    pids: list[Any]  # [[pid, start_time], ...]
+
+
+class ProcessesExited(NamedTuple):
+    """Pushed to a linker: these linked processes exited (each reported once)."""
+
+    exits: list[Any]  # [[pid, start_time], ...]
+
+
+class Shutdown(NamedTuple):
+    """Ask the supervisor to stop the node."""
+
+    reason: str
+
+
+# -- pubsub ----------------------------------------------------------------------------------
+
+
+class Subscribe(NamedTuple):
+    """Confirm a SUB socket's subscription to `topic`.
+
+    The subscriber subscribes its SUB socket to `topic` and then to a fresh `inbox` filter;
+    the PubSub actor answers once it has seen the inbox subscription (so the topic's is in
+    place too) with the topic's current sequence number.
+    """
+
+    topic: str
+    inbox: str  # unique token subscribed right after the topic
+
+
+class Broadcast(NamedTuple):
+    """Publish `event` with `payload` to the subscribers of `topic`."""
+
+    topic: str
+    event: str
+    payload: Any
+    local: bool  # True: this node's subscribers only (never bridged to peers)
+
+
+class Published(NamedTuple):
+    """What a subscriber receives on its SUB socket (after the topic frame)."""
+
+    epoch: int  # the PubSub actor's incarnation; a change means messages may be lost
+    seq: int  # per topic, starts at 1 in each epoch, +1 per message
+    event: str
+    payload: Any

@@ -1,0 +1,175 @@
+"""ZeroMQ sockets: the per-process context, and request channels to actors.
+
+`Dealer` is one DEALER socket to one actor: `call` (request/reply with a deadline) and `cast`
+(fire and forget, with a deadline on queueing). Frames with an empty ref that arrive on it are
+pushes from the actor and are queued on `pushes`. A `Dealer` belongs to one thread.
+
+`Connection` gives every thread its own `Dealer` to the same endpoint, so a client object can
+be shared by the threads of a process.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import threading
+import time
+from typing import Any
+
+import zmq
+
+from whosthere.errors import ActorError, NodeUnavailable, error_class
+from whosthere.transport import codec
+from whosthere.transport.messages import Failed, Ok
+
+DEFAULT_TIMEOUT = 5.0  # seconds, as a GenServer.call
+
+
+def context() -> zmq.Context:
+    """This process's ZeroMQ context (a new one after a fork)."""
+    return zmq.Context.instance()
+
+
+def socket(kind: int, *, hwm: int | None = None) -> zmq.Socket:
+    """A socket that never lingers on close (a dead peer must not block shutdown)."""
+    sock = context().socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    if hwm is not None:
+        sock.setsockopt(zmq.SNDHWM, hwm)
+        sock.setsockopt(zmq.RCVHWM, hwm)
+    return sock
+
+
+def raise_failure(reply: Failed) -> None:
+    """Raise the error an actor sent back, as its own class where whosthere knows it."""
+    cls = error_class(reply.kind)
+    if cls is None:
+        exc: Exception = ActorError(f"{reply.kind}: {reply.message}")
+    else:
+        exc = cls(reply.message)
+    exc.remote_traceback = reply.traceback or None  # type: ignore[attr-defined]
+    raise exc
+
+
+class Dealer:
+    """One DEALER socket to one actor's mailbox; not thread-safe."""
+
+    def __init__(self, endpoint: str, *, timeout: float = DEFAULT_TIMEOUT, what: str = "actor"):
+        self.endpoint = endpoint
+        self.timeout = timeout  # default deadline of call/cast, seconds
+        self.what = what  # names the peer in errors
+        self.socket = socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.RCVHWM, 0)  # pushes (exit notices) must never be dropped
+        self.socket.connect(endpoint)
+        self.pushes: collections.deque[Any] = collections.deque()  # decoded push messages
+        self._refs = itertools.count(1)
+
+    def call(self, msg: tuple, timeout: float | None = None) -> Any:
+        """Send `msg` and wait for its reply; raises what the actor raised.
+
+        Blocks at most `timeout` seconds (default: the Dealer's), then `NodeUnavailable`.
+        """
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        ref = next(self._refs).to_bytes(8, "big")
+        self._send(ref, codec.encode(msg), deadline, msg, timeout)
+        while True:
+            frames = self._recv(deadline, msg, timeout)
+            if len(frames) != 2:
+                continue
+            if frames[0] == ref:
+                reply = codec.decode(frames[1])
+                if isinstance(reply, Ok):
+                    return reply.value
+                if isinstance(reply, Failed):
+                    raise_failure(reply)
+                raise ActorError(f"unexpected reply {type(reply).__name__} to {type(msg).__name__}")
+            if not frames[0]:
+                self.pushes.append(codec.decode(frames[1]))
+            # else: the late reply of an earlier call that timed out; dropped
+
+    def cast(self, msg: tuple, timeout: float | None = None) -> None:
+        """Queue `msg` for the actor without waiting for it to be handled."""
+        timeout = self.timeout if timeout is None else timeout
+        self._send(b"", codec.encode(msg), time.monotonic() + timeout, msg, timeout)
+
+    def recv_pushes(self, timeout: float = 0.0) -> list[Any]:
+        """Pushes received so far, waiting up to `timeout` seconds for the first one."""
+        if not self.pushes:
+            self.socket.poll(max(0, int(timeout * 1000)))
+        while self.socket.poll(0):
+            frames = self.socket.recv_multipart()
+            if len(frames) == 2 and not frames[0]:
+                self.pushes.append(codec.decode(frames[1]))
+        out = list(self.pushes)
+        self.pushes.clear()
+        return out
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+
+    def _unavailable(self, msg: tuple, timeout: float) -> NodeUnavailable:
+        return NodeUnavailable(
+            f"{self.what} at {self.endpoint} did not answer {type(msg).__name__} "
+            f"within {timeout:g} s"
+        )
+
+    def _send(self, ref: bytes, body: bytes, deadline: float, msg: tuple, timeout: float) -> None:
+        while True:
+            try:
+                self.socket.send_multipart((ref, body), zmq.NOBLOCK)
+                return
+            except zmq.Again:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise self._unavailable(msg, timeout) from None
+                self.socket.poll(max(1, int(remaining * 1000)), zmq.POLLOUT)
+
+    def _recv(self, deadline: float, msg: tuple, timeout: float) -> list[bytes]:
+        remaining = deadline - time.monotonic()
+        if remaining > 0 and self.socket.poll(max(1, int(remaining * 1000)), zmq.POLLIN):
+            return self.socket.recv_multipart()
+        raise self._unavailable(msg, timeout)
+
+
+class Connection:
+    """Calls and casts to one actor, safe to share between threads (one Dealer per thread)."""
+
+    def __init__(self, endpoint: str, *, timeout: float = DEFAULT_TIMEOUT, what: str = "actor"):
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.what = what
+        self._local = threading.local()
+        self._dealers: list[Dealer] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def dealer(self) -> Dealer:
+        """This thread's Dealer (created on first use)."""
+        if self._closed:
+            raise NodeUnavailable(f"connection to {self.endpoint} is closed")
+        dealer = getattr(self._local, "dealer", None)
+        if dealer is None:
+            with self._lock:
+                if self._closed:
+                    raise NodeUnavailable(f"connection to {self.endpoint} is closed")
+                dealer = Dealer(self.endpoint, timeout=self.timeout, what=self.what)
+                self._dealers.append(dealer)
+            self._local.dealer = dealer
+        return dealer
+
+    def call(self, msg: tuple, timeout: float | None = None) -> Any:
+        """As `Dealer.call`, on this thread's socket."""
+        return self.dealer().call(msg, timeout)
+
+    def cast(self, msg: tuple, timeout: float | None = None) -> None:
+        """As `Dealer.cast`, on this thread's socket."""
+        self.dealer().cast(msg, timeout)
+
+    def close(self) -> None:
+        """Close every thread's socket; later calls raise `NodeUnavailable`. Idempotent."""
+        with self._lock:
+            self._closed = True
+            dealers, self._dealers = self._dealers, []
+        for dealer in dealers:
+            dealer.close()

@@ -1,0 +1,12 @@
+"""Owner watching: learn when arbitrary OS processes exit, however they exit.
+
+One small interface (`ProcessWatcher`) over two mechanisms, chosen per process: a pidfd in one
+epoll on Linux (exact and immediate), and a sweeping thread (`sweep.Sweeper`) for platforms
+without pidfd and for processes beyond the open-file limit. A watched process is named by
+(pid, start_time) so that a reused pid is never mistaken for the process that died.
+"""
+
+from whosthere.watch.identity import ProcessKey, start_time
+from whosthere.watch.watcher import ProcessWatcher
+
+__all__ = ["ProcessKey", "ProcessWatcher", "start_time"]

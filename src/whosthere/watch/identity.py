@@ -1,0 +1,44 @@
+"""Process identity: a pid plus the process's start time, which a reused pid does not share."""
+
+from __future__ import annotations
+
+import sys
+
+import psutil
+
+ProcessKey = tuple[int, int | float]  # (pid, start_time)
+
+_LINUX = sys.platform.startswith("linux")
+
+
+def start_time(pid: int) -> int | float | None:
+    """The start time of the living process `pid`, or None if it is gone or a zombie.
+
+    On Linux the kernel's start time in clock ticks since boot (exact); elsewhere psutil's
+    create_time.
+    """
+    if _LINUX:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                data = f.read()
+        except (FileNotFoundError, ProcessLookupError):
+            return None
+        except OSError:
+            return None
+        fields = data[data.rfind(b")") + 2 :].split()
+        if fields[0] in (b"Z", b"X"):  # state: exited, not yet reaped
+            return None
+        return int(fields[19])  # field 22 of stat: starttime
+    try:
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return None
+            return proc.create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return None
+
+
+def is_same_living(key: ProcessKey) -> bool:
+    """Whether the process named by `key` is still alive (not exited, pid not reused)."""
+    return start_time(key[0]) == key[1]

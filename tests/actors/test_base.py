@@ -1,0 +1,117 @@
+"""The actor base: calls, casts, failures, bad frames, timers, clean stop."""
+
+from __future__ import annotations
+
+import signal
+import tempfile
+from pathlib import Path
+
+import pytest
+import zmq
+
+from tests.support.actors import Boom, Count, Echo, Later, Nap, start_echo_actor
+from tests.support.waiting import wait_until
+from whosthere.errors import ActorError, MalformedFrame, NodeUnavailable, NotTracked
+from whosthere.transport import codec
+from whosthere.transport.messages import Failed, Ok, Ping, Subscribe
+from whosthere.transport.sockets import Connection, Dealer, socket
+
+
+@pytest.fixture
+def echo():
+    with tempfile.TemporaryDirectory(prefix="wt-a-", dir="/tmp") as tmp:
+        marker = Path(tmp) / "stopped"
+        proc, endpoint = start_echo_actor(Path(tmp), stop_marker=str(marker))
+        dealer = Dealer(endpoint, timeout=5)
+        try:
+            wait_until(lambda: _pings(dealer), timeout=10, what="echo actor")
+            yield proc, dealer, marker
+        finally:
+            dealer.close()
+            proc.kill()
+            proc.wait()
+
+
+def _pings(dealer: Dealer) -> bool:
+    try:
+        return bool(dealer.call(Ping(), timeout=0.2))
+    except NodeUnavailable:
+        return False
+
+
+def test_call_returns_the_reply_and_casts_are_handled_in_order(echo):
+    _, dealer, _ = echo
+    assert dealer.call(Echo({"a": [1, "x"]})) == {"a": [1, "x"]}
+    for i in range(100):
+        dealer.cast(Echo(i))
+    assert dealer.call(Count()) == 101
+
+
+def test_a_handler_that_raises_is_logged_and_the_actor_keeps_serving(echo):
+    _, dealer, _ = echo
+    with pytest.raises(ActorError, match=r"^ZeroDivisionError: division by zero$") as info:
+        dealer.call(Boom("bug"))
+    assert "ZeroDivisionError" in (info.value.remote_traceback or "")
+    assert dealer.call(Echo(1)) == 1
+    log = Path(dealer.endpoint[len("ipc://"):]).with_name("echo.log")
+    text = wait_until(lambda: "ZeroDivisionError" in (t := log.read_text()) and t,
+                      what="traceback in the actor's log")
+    assert "echo: handler for Boom raised\nTraceback (most recent call last)" in text
+
+
+def test_an_expected_error_reaches_the_caller_as_its_own_class(echo):
+    _, dealer, _ = echo
+    with pytest.raises(NotTracked, match="^nothing tracked here$"):
+        dealer.call(Boom("refuse"))
+
+
+def test_a_call_that_times_out_raises_and_its_late_reply_is_ignored(echo):
+    _, dealer, _ = echo
+    with pytest.raises(NodeUnavailable, match=r"did not answer Nap within 0.2 s"):
+        dealer.call(Nap(0.6), timeout=0.2)
+    assert dealer.call(Echo("after")) == "after"
+
+
+def test_a_deferred_reply_from_a_timer(echo):
+    _, dealer, _ = echo
+    assert dealer.call(Later(0.05)) == "later"
+
+
+def test_malformed_frames_are_rejected_and_the_actor_lives_on(echo):
+    _, dealer, _ = echo
+    raw = socket(zmq.DEALER)
+    raw.connect(dealer.endpoint)
+    try:
+        raw.send_multipart([b"r1", b"\xc1garbage"])
+        ref, body = raw.recv_multipart()
+        reply = codec.decode(body)
+        assert ref == b"r1"
+        assert isinstance(reply, Failed)
+        assert reply.kind == "MalformedFrame"
+        raw.send_multipart([b"", b"not msgpack either \xc1"])  # a cast: dropped quietly
+        raw.send_multipart([b"a", b"b", b"c", b"d"])  # wrong frame count: dropped
+        raw.send(b"single")
+        with pytest.raises(MalformedFrame, match="^echo does not handle Subscribe$"):
+            dealer.call(Subscribe("t", "i"))
+        raw.send_multipart([b"r2", codec.encode(Ping())])
+        ref, body = raw.recv_multipart()
+        assert ref == b"r2"
+        assert isinstance(codec.decode(body), Ok)
+    finally:
+        raw.close()
+
+
+def test_sigterm_stops_the_actor_cleanly(echo):
+    proc, dealer, marker = echo
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=5) == 0
+    assert marker.read_text() == "stopped"
+
+
+def test_nobody_at_the_endpoint_is_node_unavailable():
+    conn = Connection("ipc:///tmp/whosthere-nobody-here.sock", timeout=0.1, what="nobody")
+    with pytest.raises(NodeUnavailable, match="^nobody at ipc:///tmp/whosthere-nobody-here.sock"):
+        conn.call(Ping())
+    conn.close()
+    with pytest.raises(NodeUnavailable, match="closed"):
+        conn.call(Ping())

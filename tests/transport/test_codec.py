@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from whosthere.errors import InvalidMeta, MalformedFrame
+from whosthere.transport import codec
+from whosthere.transport import messages as m
+
+payloads = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False)
+    | st.text() | st.binary(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(st.text(), st.text(), payloads, st.booleans())
+def test_broadcast_round_trips_with_strings_staying_strings(topic, event, payload, local):
+    msg = m.Broadcast(topic, event, payload, local)
+    assert codec.decode(codec.encode(msg)) == msg
+
+
+def test_every_message_round_trips():
+    samples = [
+        m.Ok({"a": [1, 2]}), m.Failed("NotTracked", "no", ""), m.Ping(), m.GetStats(),
+        m.ActorReady("pubsub", 12), m.Lookup(), m.GetStatus(), m.Link([[1, 2]]),
+        m.Unlink([[1, 2.5]]), m.ProcessesExited([[1, None]]), m.Shutdown("bye"),
+        m.Subscribe("t", "inbox"), m.Broadcast("t", "e", None, True), m.Published(1, 2, "e", b"x"),
+    ]
+    assert {type(s) for s in samples} == set(codec.TAGS)
+    for sample in samples:
+        assert codec.decode(codec.encode(sample)) == sample
+
+
+@pytest.mark.parametrize(
+    ("frame", "reason"),
+    [
+        (b"", "^frame is not msgpack"),
+        (b"\xc1", "^frame is not msgpack"),
+        (msgpack.packb({"a": 1}), "^frame is not a tagged array: dict$"),
+        (msgpack.packb([]), "^frame is not a tagged array: list$"),
+        (msgpack.packb([999]), "^unknown message tag 999$"),
+        (msgpack.packb(["Ping"]), "^unknown message tag 'Ping'$"),
+        (msgpack.packb([21, "t", "e"]), r"^Broadcast takes 4 field\(s\), frame has 2$"),
+        (msgpack.packb([21, 1, "e", None, True]), "^Broadcast.topic must be str, got int$"),
+        (msgpack.packb([10, "x", "12"]), "^ActorReady.pid must be int, got str$"),
+    ],
+)
+def test_malformed_frames_raise_a_typed_error_naming_the_rule(frame, reason):
+    with pytest.raises(MalformedFrame, match=reason):
+        codec.decode(frame)
+
+
+def test_oversized_frame_is_refused_before_unpacking():
+    with pytest.raises(MalformedFrame, match="exceeds"):
+        codec.decode(b"\x00" * (codec.MAX_FRAME_BYTES + 1))
+
+
+def test_unpackable_values_raise_invalid_meta():
+    with pytest.raises(InvalidMeta, match="Broadcast cannot be sent"):
+        codec.encode(m.Broadcast("t", "e", {"x": object()}, False))
+    with pytest.raises(InvalidMeta):
+        codec.encode(m.Broadcast("t", "e", 2**70, False))
+
+
+def test_topic_frames_match_exactly_not_by_prefix():
+    assert not codec.topic_frame("room:10").startswith(codec.topic_frame("room:1"))
+    assert codec.topic_of(codec.topic_frame("room:1")) == "room:1"
+    assert codec.topic_of(codec.inbox_frame("abc")) is None
+    assert codec.inbox_of(codec.inbox_frame("abc")) == "abc"
+    assert codec.topic_of(b"\x00\x00\x00\x09short") is None
