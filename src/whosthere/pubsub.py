@@ -51,8 +51,9 @@ class PubSub:
     def broadcast(self, topic: str, event: str, payload: Any) -> None:
         """Send to every subscriber of `topic` (cluster-wide once nodes are joined).
 
-        Returns once the message is queued for the PubSub actor. Raises `InvalidMeta` if the
-        payload cannot be packed, `NodeUnavailable` if it cannot be queued within the timeout.
+        Returns once the message is queued for the PubSub actor; `close()` waits until what
+        was queued is delivered. Raises `InvalidMeta` if the payload cannot be packed,
+        `NodeUnavailable` if it cannot be queued within the timeout.
         """
         self._conn.cast(Broadcast(_check_topic(topic), _check_topic(event, "event"), payload, False))
 
@@ -76,7 +77,14 @@ class PubSub:
         return self._conn.call(Subscribe(topic, inbox))
 
     def close(self) -> None:
+        """Deliver what was broadcast from this process (up to 1 s), then disconnect."""
         self._conn.close()
+
+    def __enter__(self) -> PubSub:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class Subscription:

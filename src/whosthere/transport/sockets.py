@@ -11,6 +11,7 @@ be shared by the threads of a process.
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import threading
 import time
@@ -20,7 +21,7 @@ import zmq
 
 from whosthere.errors import ActorError, NodeUnavailable, error_class
 from whosthere.transport import codec
-from whosthere.transport.messages import Failed, Ok
+from whosthere.transport.messages import Failed, Ok, Ping
 
 DEFAULT_TIMEOUT = 5.0  # seconds, as a GenServer.call
 
@@ -62,6 +63,7 @@ class Dealer:
         self.socket.setsockopt(zmq.RCVHWM, 0)  # pushes (exit notices) must never be dropped
         self.socket.connect(endpoint)
         self.pushes: collections.deque[Any] = collections.deque()  # decoded push messages
+        self.unflushed = False  # casts sent since the last reply (see `flush`)
         self._refs = itertools.count(1)
 
     def call(self, msg: tuple, timeout: float | None = None) -> Any:
@@ -78,6 +80,7 @@ class Dealer:
             if len(frames) != 2:
                 continue
             if frames[0] == ref:
+                self.unflushed = False  # the actor handles a peer's messages in order
                 reply = codec.decode(frames[1])
                 if isinstance(reply, Ok):
                     return reply.value
@@ -92,6 +95,12 @@ class Dealer:
         """Queue `msg` for the actor without waiting for it to be handled."""
         timeout = self.timeout if timeout is None else timeout
         self._send(b"", codec.encode(msg), time.monotonic() + timeout, msg, timeout)
+        self.unflushed = True
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until the actor has handled every cast sent so far (one Ping round trip)."""
+        if self.unflushed:
+            self.call(Ping(), timeout)
 
     def recv_pushes(self, timeout: float = 0.0) -> list[Any]:
         """Pushes received so far, waiting up to `timeout` seconds for the first one."""
@@ -105,7 +114,13 @@ class Dealer:
         self.pushes.clear()
         return out
 
-    def close(self) -> None:
+    def close(self, flush_timeout: float = 0.0) -> None:
+        """Close the socket; with `flush_timeout`, first try to deliver pending casts."""
+        if self.socket.closed:
+            return
+        if flush_timeout > 0:
+            with contextlib.suppress(NodeUnavailable):
+                self.flush(flush_timeout)
         self.socket.close(linger=0)
 
     def _unavailable(self, msg: tuple, timeout: float) -> NodeUnavailable:
@@ -166,10 +181,13 @@ class Connection:
         """As `Dealer.cast`, on this thread's socket."""
         self.dealer().cast(msg, timeout)
 
-    def close(self) -> None:
-        """Close every thread's socket; later calls raise `NodeUnavailable`. Idempotent."""
+    def close(self, flush_timeout: float = 1.0) -> None:
+        """Deliver pending casts (up to `flush_timeout` s), then close every thread's socket.
+
+        Later calls raise `NodeUnavailable`. Idempotent.
+        """
         with self._lock:
             self._closed = True
             dealers, self._dealers = self._dealers, []
         for dealer in dealers:
-            dealer.close()
+            dealer.close(flush_timeout)

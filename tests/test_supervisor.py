@@ -1,0 +1,139 @@
+"""The process tree: start, restarts, restart intensity, stop, and nothing left behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import whosthere
+from tests.support.nodes import actor_pid, alive, node_pids
+from tests.support.waiting import wait_until
+from whosthere.client import lookup
+from whosthere.transport import runtime_dir
+from whosthere.transport.messages import Ping
+from whosthere.transport.sockets import Dealer
+
+ACTORS = ["pubsub"]
+
+
+def test_status_reports_the_tree():
+    with whosthere.Node(name="tree") as node:
+        status = node.status()
+        assert status["name"] == "tree"
+        assert status["address"] == node.address
+        assert status["supervisor"]["pid"] == node.pid
+        assert [a["name"] for a in status["actors"]] == ACTORS
+        for actor in status["actors"]:
+            assert actor["restarts"] == 0
+            assert alive({actor["pid"]})
+        assert status["links"]["processes"] == 0
+
+
+@pytest.mark.parametrize("name", ACTORS)
+def test_an_actor_killed_with_sigkill_is_restarted_and_serves_again(name):
+    with whosthere.Node() as node:
+        old = actor_pid(node, name)
+        os.kill(old, signal.SIGKILL)
+        wait_until(lambda: (p := actor_pid(node, name)) != old and alive({p}),
+                   what=f"{name} restarted")
+        entry = next(a for a in node.status()["actors"] if a["name"] == name)
+        assert entry["restarts"] == 1
+        dealer = Dealer(lookup(node.address).endpoints[name], timeout=5)
+        try:
+            assert dealer.call(Ping()) == entry["pid"]
+        finally:
+            dealer.close()
+
+
+def test_exceeding_the_restart_intensity_stops_the_node_with_a_clear_error():
+    node = whosthere.Node(name="fragile", max_restarts=2, max_seconds=30).start()
+    try:
+        pids = node_pids(node)
+        for _ in range(3):
+            old = actor_pid(node, "pubsub")
+            os.kill(old, signal.SIGKILL)
+            if _ < 2:
+                wait_until(lambda o=old: actor_pid(node, "pubsub") not in (o, None),
+                           what="restart")
+                pids |= node_pids(node)
+        with pytest.raises(
+            whosthere.RestartIntensityExceeded,
+            match=r"^actor 'pubsub' exited with code -9: 3 restarts within 30 s exceed "
+                  r"max_restarts=2; node 'fragile' stopped$",
+        ):
+            node.wait(timeout=5)
+        assert not alive(pids)
+        assert node.runtime_dir is not None and not node.runtime_dir.exists()
+        with pytest.raises(whosthere.NodeUnavailable):
+            node.status()
+    finally:
+        node.stop()
+
+
+def test_stop_ends_every_process_within_two_seconds():
+    node = whosthere.Node().start()
+    pids = node_pids(node)
+    started = time.monotonic()
+    node.stop()
+    assert time.monotonic() - started < 2.0
+    assert not alive(pids)
+    assert node.runtime_dir is not None and not node.runtime_dir.exists()
+    node.stop()  # twice is fine
+
+
+def test_killing_the_supervisor_takes_its_actors_and_a_later_start_cleans_up():
+    node = whosthere.Node().start()
+    try:
+        pids = node_pids(node)
+        os.kill(node.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        wait_until(lambda: not alive(pids), timeout=2.0, what="the node's processes to exit")
+        assert time.monotonic() - killed < 2.0
+        assert node.runtime_dir is not None and node.runtime_dir.exists()  # stale, not leaked:
+        with whosthere.Node():
+            assert not node.runtime_dir.exists()  # a later start removed it
+    finally:
+        node.stop()
+
+
+def test_the_node_stops_when_the_process_that_started_it_dies():
+    code = (
+        "import sys, whosthere\n"
+        "node = whosthere.Node().start()\n"
+        "s = node.status()\n"
+        "print(node.runtime_dir, s['supervisor']['pid'], *[a['pid'] for a in s['actors']],"
+        " flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    with subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True) as owner:
+        assert owner.stdout is not None
+        path, *pids = owner.stdout.readline().split()
+        owner.kill()
+        owner.wait()
+        wait_until(lambda: not alive({int(p) for p in pids}), timeout=3.0,
+                   what="the orphaned node to stop")
+        wait_until(lambda: not os.path.exists(path), timeout=3.0, what="its directory removed")
+
+
+def test_a_node_that_cannot_boot_in_time_raises_and_leaves_nothing():
+    before = set(os.listdir(runtime_dir.base_dir()))
+    with pytest.raises(whosthere.NodeStartError, match=r"did not report ready in time"):
+        whosthere.Node(start_timeout=0.001).start()
+    assert set(os.listdir(runtime_dir.base_dir())) == before
+
+
+def test_calls_on_a_stopped_node_raise_node_unavailable():
+    node = whosthere.Node(call_timeout=0.5)
+    with pytest.raises(whosthere.NodeUnavailable, match="is not started"):
+        node.status()
+    node.start()
+    address = node.address
+    node.stop()
+    with pytest.raises(whosthere.NodeUnavailable, match="did not answer Lookup within 0.5 s"):
+        lookup(address, timeout=0.5)
