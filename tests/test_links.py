@@ -50,9 +50,13 @@ def expect_exits(links: whosthere.Links, pids: list[int], timeout: float = 5.0) 
 def grandchild() -> int:
     """A process that is not this test's child (its parent exited; init adopted it)."""
     with subprocess.Popen(
-        [sys.executable, "-c",
-         "import subprocess; p = subprocess.Popen(['sleep', '60']); print(p.pid)"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import subprocess; p = subprocess.Popen(['sleep', '60']); print(p.pid)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     ) as parent:
         assert parent.stdout is not None
         pid = int(parent.stdout.readline())

@@ -12,7 +12,6 @@ import zmq
 
 import whosthere
 from tests.support.nodes import actor_pid, alive
-
 from tests.support.waiting import wait_until
 from whosthere.transport.messages import Ping
 from whosthere.transport.sockets import Dealer, socket
@@ -223,8 +222,10 @@ def test_a_restarted_pubsub_is_reported_as_a_possible_loss():
             assert sub.get(timeout=5).payload == "before"
             old = actor_pid(node, "pubsub")
             os.kill(old, signal.SIGKILL)
-            wait_until(lambda: (p := actor_pid(node, "pubsub")) != old and alive({p}),
-                       what="pubsub restarted")
+            wait_until(
+                lambda: (p := actor_pid(node, "pubsub")) != old and alive({p}),
+                what="pubsub restarted",
+            )
 
             def next_event():
                 pubsub.broadcast("r", "n", "after")  # until the SUB has resubscribed
@@ -236,6 +237,7 @@ def test_a_restarted_pubsub_is_reported_as_a_possible_loss():
             lost = wait_until(next_event, what="a message after the restart")
             assert isinstance(lost, whosthere.MessagesLost)
             assert lost.missed is None
-            assert str(lost) == ("an unknown number of message(s) lost on topic 'r': "
-                                 "the PubSub actor restarted")
+            assert str(lost) == (
+                "an unknown number of message(s) lost on topic 'r': the PubSub actor restarted"
+            )
             assert sub.get(timeout=5).payload == "after"

@@ -56,7 +56,7 @@ class NodeStartError(WhosthereError):
 
 
 class RestartIntensityExceeded(WhosthereError):
-    """Actors crashed more often than the supervisor's restart intensity allows; the node stopped."""
+    """Actors crashed more often than the restart intensity allows; the node stopped."""
 
 
 class MessagesLost(WhosthereError):

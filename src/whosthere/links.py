@@ -8,6 +8,8 @@ from collections import deque
 from collections.abc import Iterator
 from typing import NamedTuple
 
+import zmq
+
 from whosthere.client import resolve_address
 from whosthere.errors import NodeUnavailable
 from whosthere.transport.messages import Link, ProcessesExited, Unlink
@@ -79,6 +81,11 @@ class Links:
             exit_ = self.get()
             if exit_ is not None:
                 yield exit_
+
+    @property
+    def socket(self) -> zmq.Socket:
+        """The socket exits arrive on, to poll beside others (then call `get(timeout=0)`)."""
+        return self._dealer.socket
 
     @property
     def linked(self) -> set[int]:

@@ -55,7 +55,8 @@ class PubSub:
         was queued is delivered. Raises `InvalidMeta` if the payload cannot be packed,
         `NodeUnavailable` if it cannot be queued within the timeout.
         """
-        self._conn.cast(Broadcast(_check_topic(topic), _check_topic(event, "event"), payload, False))
+        msg = Broadcast(_check_topic(topic), _check_topic(event, "event"), payload, False)
+        self._conn.cast(msg)
 
     def local_broadcast(self, topic: str, event: str, payload: Any) -> None:
         """As `broadcast`, to this node's subscribers only."""
@@ -109,6 +110,11 @@ class Subscription:
         except BaseException:
             self.close()
             raise
+
+    @property
+    def socket(self) -> zmq.Socket:
+        """The SUB socket, to poll beside others (then call `get(timeout=0)`)."""
+        return self._socket
 
     @property
     def topics(self) -> list[str]:

@@ -32,7 +32,12 @@ from typing import Any
 
 from whosthere.actors.base import Actor, ActorSpec
 from whosthere.actors.boot import setup_logging, signal_wakeup_fd
-from whosthere.errors import MalformedFrame, NodeStartError, RestartIntensityExceeded, WhosthereError
+from whosthere.errors import (
+    MalformedFrame,
+    NodeStartError,
+    RestartIntensityExceeded,
+    WhosthereError,
+)
 from whosthere.transport import runtime_dir
 from whosthere.transport.messages import (
     ActorReady,
@@ -185,8 +190,11 @@ class Supervisor(Actor):
             "address": self.address,
             "supervisor": {"pid": os.getpid(), "uptime": round(time.time() - self.started_at, 3)},
             "actors": actors,
-            "links": {"processes": len(self.links), "linkers": len(self.linked_by),
-                      **self.watcher.stats()},
+            "links": {
+                "processes": len(self.links),
+                "linkers": len(self.linked_by),
+                **self.watcher.stats(),
+            },
         }
 
     def on_shutdown(self, msg: Shutdown) -> None:
@@ -240,8 +248,10 @@ class Supervisor(Actor):
     def _notify(self, notices: dict[bytes, list[list[Any]]]) -> None:
         for linker, exits in notices.items():
             if not self.push(linker, ProcessesExited(exits)):
-                self.log.info("supervisor: linker gone, dropping its %d link(s)",
-                              len(self.linked_by.get(linker, ())))
+                self.log.info(
+                    "supervisor: linker gone, dropping its %d link(s)",
+                    len(self.linked_by.get(linker, ())),
+                )
                 for key in self.linked_by.pop(linker, set()):
                     self._drop_link(key, linker)
 
@@ -266,21 +276,27 @@ class Supervisor(Actor):
             self._stop_when_children_gone()
             return
         if not self.booted:
-            self.fail(NodeStartError(f"actor {name!r} exited with code {code} while the node started"))
+            self.fail(NodeStartError(f"actor {name!r} exited with code {code} during boot"))
             return
         now = time.monotonic()
         self.restart_times.append(now)
         while self.restart_times and self.restart_times[0] < now - self.max_seconds:
             self.restart_times.popleft()
         if len(self.restart_times) > self.max_restarts:
-            self.fail(RestartIntensityExceeded(
-                f"actor {name!r} exited with code {code}: {len(self.restart_times)} restarts "
-                f"within {self.max_seconds:g} s exceed max_restarts={self.max_restarts}; "
-                f"node {self.spec.node_name!r} stopped"
-            ))
+            self.fail(
+                RestartIntensityExceeded(
+                    f"actor {name!r} exited with code {code}: {len(self.restart_times)} restarts "
+                    f"within {self.max_seconds:g} s exceed max_restarts={self.max_restarts}; "
+                    f"node {self.spec.node_name!r} stopped"
+                )
+            )
             return
-        self.log.warning("supervisor: actor %r (pid %d) exited with code %s; restarting",
-                         name, child.proc.pid, code)
+        self.log.warning(
+            "supervisor: actor %r (pid %d) exited with code %s; restarting",
+            name,
+            child.proc.pid,
+            code,
+        )
         child.restarts += 1
         self._spawn(child)
 
@@ -302,8 +318,11 @@ class Supervisor(Actor):
     def _kill_stragglers(self) -> None:
         for child in self.children.values():
             if child.proc is not None and child.proc.poll() is None:
-                self.log.warning("supervisor: actor %r did not stop in %.1f s; killing it",
-                                 child.spec.name, STOP_GRACE_S)
+                self.log.warning(
+                    "supervisor: actor %r did not stop in %.1f s; killing it",
+                    child.spec.name,
+                    STOP_GRACE_S,
+                )
                 with contextlib.suppress(ProcessLookupError):
                     child.proc.kill()
 

@@ -53,9 +53,11 @@ def test_a_handler_that_raises_is_logged_and_the_actor_keeps_serving(echo):
         dealer.call(Boom("bug"))
     assert "ZeroDivisionError" in (info.value.remote_traceback or "")
     assert dealer.call(Echo(1)) == 1
-    log = Path(dealer.endpoint[len("ipc://"):]).with_name("echo.log")
-    text = wait_until(lambda: "ZeroDivisionError" in (t := log.read_text()) and t,
-                      what="traceback in the actor's log")
+    log = Path(dealer.endpoint[len("ipc://") :]).with_name("echo.log")
+    text = wait_until(
+        lambda: "ZeroDivisionError" in (t := log.read_text()) and t,
+        what="traceback in the actor's log",
+    )
     assert "echo: handler for Boom raised\nTraceback (most recent call last)" in text
 
 
@@ -102,7 +104,7 @@ def test_malformed_frames_are_rejected_and_the_actor_lives_on(echo):
 
 
 def test_sigterm_stops_the_actor_cleanly(echo):
-    proc, dealer, marker = echo
+    proc, _, marker = echo
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=5) == 0
     assert marker.read_text() == "stopped"

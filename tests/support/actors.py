@@ -77,11 +77,18 @@ def start_echo_actor(tmp: Path, **options: Any) -> tuple[subprocess.Popen[bytes]
     """Run an EchoActor as a child of this process (log in tmp/echo.log); returns it, endpoint."""
     endpoint = f"ipc://{tmp}/echo.sock"
     spec = ActorSpec(
-        name="echo", actor="tests.support.actors:EchoActor", endpoint=endpoint,
-        runtime_dir=str(tmp), supervisor="", parent_pid=os.getpid(), node_name="test",
+        name="echo",
+        actor="tests.support.actors:EchoActor",
+        endpoint=endpoint,
+        runtime_dir=str(tmp),
+        supervisor="",
+        parent_pid=os.getpid(),
+        node_name="test",
         options=options,
     )
     with open(tmp / "echo.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "whosthere.actors.boot",
-                                 json.dumps(spec.to_json_dict())], stderr=log)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "whosthere.actors.boot", json.dumps(spec.to_json_dict())],
+            stderr=log,
+        )
     return proc, endpoint

@@ -31,7 +31,10 @@ def tagged_processes(tag: str) -> dict[int, str]:
             continue
         with contextlib.suppress(psutil.Error):
             if proc.environ().get(TAG_ENV) == tag:
-                found[proc.pid] = " ".join(proc.cmdline())[:160]
+                cmdline = " ".join(proc.cmdline())
+                if "multiprocessing.resource_tracker" in cmdline:
+                    continue  # Python's per-process helper of multiprocessing; ends with us
+                found[proc.pid] = cmdline[:160]
     return found
 
 

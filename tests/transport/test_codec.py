@@ -10,8 +10,12 @@ from whosthere.transport import codec
 from whosthere.transport import messages as m
 
 payloads = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False)
-    | st.text() | st.binary(),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False)
+    | st.text()
+    | st.binary(),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
     max_leaves=12,
 )
@@ -25,12 +29,22 @@ def test_broadcast_round_trips_with_strings_staying_strings(topic, event, payloa
 
 def test_every_message_round_trips():
     samples = [
-        m.Ok({"a": [1, 2]}), m.Failed("NotTracked", "no", ""), m.Ping(), m.GetStats(),
-        m.ActorReady("pubsub", 12), m.Lookup(), m.GetStatus(), m.Link([[1, 2]]),
-        m.Unlink([[1, 2.5]]), m.ProcessesExited([[1, None]]), m.Shutdown("bye"),
-        m.Subscribe("t", "inbox"), m.Broadcast("t", "e", None, True), m.Published(1, 2, "e", b"x"),
+        m.Ok({"a": [1, 2]}),
+        m.Failed("NotTracked", "no", ""),
+        m.Ping(),
+        m.GetStats(),
+        m.ActorReady("pubsub", 12),
+        m.Lookup(),
+        m.GetStatus(),
+        m.Link([[1, 2]]),
+        m.Unlink([[1, 2.5]]),
+        m.ProcessesExited([[1, None]]),
+        m.Shutdown("bye"),
+        m.Subscribe("t", "inbox"),
+        m.Broadcast("t", "e", None, True),
+        m.Published(1, 2, "e", b"x"),
     ]
-    assert {type(s) for s in samples} == set(codec.TAGS)
+    assert {type(s) for s in samples} == {c for c, t in codec.TAGS.items() if t < 1000}
     for sample in samples:
         assert codec.decode(codec.encode(sample)) == sample
 

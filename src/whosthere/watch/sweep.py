@@ -48,7 +48,9 @@ class Sweeper:
         with self._lock:
             self._keys[key] = None
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="whosthere-sweep", daemon=True)
+                self._thread = threading.Thread(
+                    target=self._run, name="whosthere-sweep", daemon=True
+                )
                 self._thread.start()
             self._cond.notify()
 

@@ -1,0 +1,111 @@
+"""The `whosthere` command: demo, serve, status."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from typing import Any
+
+from whosthere import demo
+from whosthere.client import resolve_address
+from whosthere.errors import WhosthereError
+from whosthere.node import Node, node_status
+
+
+def _serve(args: argparse.Namespace) -> int:
+    node = Node(name=args.name, pool_size=args.pool_size, log_level=args.log_level)
+    stop = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    with node:
+        print(f"whosthere node {node.name!r} serving at {node.address}", flush=True)
+        print(f"  export WHOSTHERE_ADDRESS={node.address}", flush=True)
+        print("  (Ctrl-C stops it)", flush=True)
+        while not stop and node.alive:
+            time.sleep(0.1)
+        error = node.error
+    if error is not None:
+        print(f"whosthere: node stopped: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _format_status(status: dict[str, Any]) -> str:
+    lines = [
+        f"node       {status['name']}",
+        f"address    {status['address']}",
+        f"supervisor pid {status['supervisor']['pid']}, up {status['supervisor']['uptime']:.1f} s",
+        "",
+        f"  {'actor':<12} {'pid':>7} {'restarts':>8}  stats",
+    ]
+    for actor in status["actors"]:
+        stats = actor.get("stats")
+        text = ", ".join(f"{k}={v}" for k, v in stats.items()) if stats else "-"
+        lines.append(f"  {actor['name']:<12} {actor['pid']!s:>7} {actor['restarts']:>8}  {text}")
+    links = status["links"]
+    lines += [
+        "",
+        f"links      {links['processes']} process(es) from {links['linkers']} linker(s)"
+        f" (pidfd {links['pidfd']}, sweep {links['sweep']})",
+    ]
+    return "\n".join(lines)
+
+
+def _status(args: argparse.Namespace) -> int:
+    status = node_status(resolve_address(args.address), timeout=args.timeout)
+    print(json.dumps(status, indent=2) if args.json else _format_status(status))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    return demo.main(workers=args.workers, kills=args.kills, duration=args.duration, seed=args.seed)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="whosthere", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="workers join, update and crash on an embedded node")
+    demo.add_argument("--workers", type=int, default=8, help="worker processes (default 8)")
+    demo.add_argument("--kills", type=int, default=3, help="workers killed with SIGKILL (3)")
+    demo.add_argument("--duration", type=float, default=8.0, help="seconds (default 8)")
+    demo.add_argument("--seed", type=int, default=None, help="random seed, for a rerun")
+    demo.set_defaults(func=_demo)
+
+    serve = sub.add_parser("serve", help="run a node in the foreground until Ctrl-C")
+    serve.add_argument("--name", default=None, help="node name (default: host and suffix)")
+    serve.add_argument("--pool-size", type=int, default=1, help="tracker shards (default 1)")
+    serve.add_argument("--log-level", default=None, help="actors' log level (WARNING)")
+    serve.set_defaults(func=_serve)
+
+    status = sub.add_parser("status", help="print a running node's status")
+    status.add_argument(
+        "address", nargs="?", default=None, help="the node's address (default $WHOSTHERE_ADDRESS)"
+    )
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
+    status.set_defaults(func=_status)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except WhosthereError as exc:
+        print(f"whosthere: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

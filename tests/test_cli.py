@@ -1,0 +1,88 @@
+"""The command line: serve, status, demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import whosthere
+from tests.support.waiting import wait_until
+from whosthere import cli
+
+
+def whosthere_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "whosthere", *args]
+
+
+def test_serve_then_status_then_ctrl_c():
+    with subprocess.Popen(whosthere_cmd("serve", "--name", "cli-node"), stdout=subprocess.PIPE,
+                          text=True) as serve:  # fmt: skip
+        assert serve.stdout is not None
+        first = serve.stdout.readline()
+        assert first.startswith("whosthere node 'cli-node' serving at ipc://")
+        address = first.rsplit(" ", 1)[1].strip()
+        out = subprocess.run(whosthere_cmd("status", "--json", address), capture_output=True,
+                             text=True, check=True).stdout  # fmt: skip
+        status = json.loads(out)
+        assert status["name"] == "cli-node"
+        assert [a["name"] for a in status["actors"]] == ["pubsub"]
+        assert status["actors"][0]["stats"] == {"topics": 0, "published": 0}
+        env = {**os.environ, "WHOSTHERE_ADDRESS": address}
+        text = subprocess.run(
+            whosthere_cmd("status"), capture_output=True, text=True, check=True, env=env
+        ).stdout
+        assert "node       cli-node" in text
+        assert "pubsub" in text
+        serve.send_signal(signal.SIGINT)
+        assert serve.wait(timeout=10) == 0
+
+
+def test_status_of_nothing_is_a_clear_error(capsys):
+    code = cli.main(["status", "--timeout", "0.2", "ipc:///tmp/whosthere-none/supervisor.sock"])
+    assert code == 2
+    assert capsys.readouterr().err.startswith(
+        "whosthere: NodeUnavailable: node at ipc:///tmp/whosthere-none/supervisor.sock did not "
+        "answer GetStatus within 0.2 s"
+    )
+
+
+def test_demo_shows_crash_driven_leaves():
+    result = subprocess.run(
+        whosthere_cmd("demo", "--workers", "4", "--kills", "2", "--duration", "4", "--seed", "7"),
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.count(" join ") == 4
+    assert out.count(" KILL ") == 2
+    assert out.count("crashed; noticed") == 2
+    assert "2 crash(es) noticed; kill -> leave median" in out
+    summary = out.split("summary", 1)[1]
+    assert summary.count(" killed ") == 2
+
+
+def test_node_spawn_gives_workers_the_address():
+    with whosthere.Node() as node:
+        proc = node.spawn(os.getenv, ("WHOSTHERE_ADDRESS",))
+        proc.join(10)
+        assert proc.exitcode == 0
+        with node.pubsub.subscribe("spawned") as sub:
+            worker = node.spawn(_broadcast_from_worker)
+            msg = sub.get(timeout=10)
+            assert msg is not None and msg.payload == node.address
+            worker.join(10)
+        idle = node.spawn(_sleep_forever)
+        wait_until(lambda: idle.pid is not None)
+    assert idle.exitcode is not None  # stop() ended the workers it spawned
+
+
+def _broadcast_from_worker() -> None:
+    with whosthere.PubSub.connect() as pubsub:
+        pubsub.broadcast("spawned", "hi", os.environ["WHOSTHERE_ADDRESS"])
+
+
+def _sleep_forever() -> None:
+    signal.pause()

@@ -1,0 +1,53 @@
+"""The repository's promises: public surface, lint, the README's commands, CI."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import whosthere
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_public_names_are_pinned():
+    assert sorted(whosthere.__all__) == [
+        "ActorError", "AlreadyTracked", "InvalidMeta", "Links", "MalformedFrame", "Message",
+        "MessagesLost", "Node", "NodeStartError", "NodeUnavailable", "NotTracked",
+        "ProcessExit", "PubSub", "RestartIntensityExceeded", "Subscription", "WhosthereError",
+    ]  # fmt: skip
+    for name in whosthere.__all__:
+        assert getattr(whosthere, name).__module__.startswith("whosthere.")
+    errors = [n for n in whosthere.__all__ if n.endswith(("Error", "Tracked", "Unavailable"))]
+    assert all(issubclass(getattr(whosthere, n), whosthere.WhosthereError) for n in errors)
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    first_screen = readme.split("\n## ")[0]
+    commands = re.findall(r"^(python3 -m venv .*)$", first_screen, re.M)
+    assert len(commands) == 2, "the README's first screen has the demo and the test command"
+    assert "whosthere demo" in commands[0]
+    assert commands[1] in (ROOT / ".ci" / "run").read_text()
+
+
+def test_package_ships_py_typed():
+    assert (Path(whosthere.__file__).parent / "py.typed").exists()
+
+
+RUFF = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
+
+
+@pytest.mark.skipif(RUFF is None, reason="ruff not installed")
+def test_ruff_is_clean():
+    assert RUFF is not None
+    result = subprocess.run(
+        [RUFF, "check", "src", "tests", "bench"], cwd=ROOT, capture_output=True, text=True,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
