@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import tempfile
 from pathlib import Path
@@ -14,14 +15,24 @@ from tests.support.waiting import wait_until
 from whosthere.errors import ActorError, MalformedFrame, NodeUnavailable, NotTracked
 from whosthere.transport import codec
 from whosthere.transport.messages import Failed, Ok, Ping, Subscribe
-from whosthere.transport.sockets import Connection, Dealer, socket
+from whosthere.transport.sockets import Connection, Dealer, bind, socket, tcp_endpoint
 
 
-@pytest.fixture
-def echo():
+def free_tcp_endpoint() -> str:
+    probe = socket(zmq.ROUTER)
+    try:
+        return bind(probe, tcp_endpoint("127.0.0.1"))
+    finally:
+        probe.close()
+
+
+@pytest.fixture(params=["ipc", "tcp"])
+def echo(request):
+    """An EchoActor; every test runs over each transport."""
     with tempfile.TemporaryDirectory(prefix="wt-a-", dir="/tmp") as tmp:
         marker = Path(tmp) / "stopped"
-        proc, endpoint = start_echo_actor(Path(tmp), stop_marker=str(marker))
+        endpoint = free_tcp_endpoint() if request.param == "tcp" else ""
+        proc, endpoint = start_echo_actor(Path(tmp), endpoint, stop_marker=str(marker))
         dealer = Dealer(endpoint, timeout=5)
         try:
             wait_until(lambda: _pings(dealer), timeout=10, what="echo actor")
@@ -30,6 +41,10 @@ def echo():
             dealer.close()
             proc.kill()
             proc.wait()
+
+
+def tmp_of(proc) -> str:
+    return json.loads(proc.args[-1])["runtime_dir"]
 
 
 def _pings(dealer: Dealer) -> bool:
@@ -48,12 +63,12 @@ def test_call_returns_the_reply_and_casts_are_handled_in_order(echo):
 
 
 def test_a_handler_that_raises_is_logged_and_the_actor_keeps_serving(echo):
-    _, dealer, _ = echo
+    proc, dealer, _ = echo
     with pytest.raises(ActorError, match=r"^ZeroDivisionError: division by zero$") as info:
         dealer.call(Boom("bug"))
     assert "ZeroDivisionError" in (info.value.remote_traceback or "")
     assert dealer.call(Echo(1)) == 1
-    log = Path(dealer.endpoint[len("ipc://") :]).with_name("echo.log")
+    log = Path(tmp_of(proc)) / "echo.log"
     text = wait_until(
         lambda: "ZeroDivisionError" in (t := log.read_text()) and t,
         what="traceback in the actor's log",

@@ -73,9 +73,11 @@ class EchoActor(Actor):
             Path(marker).write_text("stopped")
 
 
-def start_echo_actor(tmp: Path, **options: Any) -> tuple[subprocess.Popen[bytes], str]:
+def start_echo_actor(
+    tmp: Path, endpoint: str = "", **options: Any
+) -> tuple[subprocess.Popen[bytes], str]:
     """Run an EchoActor as a child of this process (log in tmp/echo.log); returns it, endpoint."""
-    endpoint = f"ipc://{tmp}/echo.sock"
+    endpoint = endpoint or f"ipc://{tmp}/echo.sock"
     spec = ActorSpec(
         name="echo",
         actor="tests.support.actors:EchoActor",

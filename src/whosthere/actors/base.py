@@ -30,7 +30,7 @@ import zmq
 from whosthere.errors import InvalidMeta, MalformedFrame, WhosthereError
 from whosthere.transport import codec
 from whosthere.transport.messages import ActorReady, Failed, GetStats, Ok, Ping
-from whosthere.transport.sockets import Dealer, socket
+from whosthere.transport.sockets import Dealer, bind, socket
 
 log = logging.getLogger("whosthere.actor")
 
@@ -93,6 +93,7 @@ class Actor:
         self.mailbox = socket(zmq.ROUTER)
         self.mailbox.setsockopt(zmq.ROUTER_MANDATORY, 1)  # pushes to a gone peer fail loudly
         self.mailbox.setsockopt(zmq.SNDHWM, 0)  # replies and pushes are never dropped
+        self.endpoint = spec.endpoint  # the mailbox endpoint, once bound
         self.request: Request | None = None  # the call being handled, None for a cast
         self.sender: bytes = b""  # ROUTER identity of the message being handled
         self._readers: dict[Any, Callable[[], None]] = {}
@@ -168,7 +169,7 @@ class Actor:
     # -- the loop --------------------------------------------------------------------------
 
     def bind(self) -> None:
-        self.mailbox.bind(self.spec.endpoint)
+        self.endpoint = bind(self.mailbox, self.spec.endpoint)  # as bound (tcp port resolved)
         self.add_reader(self.mailbox, self._on_mailbox)
 
     def run(self, wakeup_fd: int = -1) -> None:

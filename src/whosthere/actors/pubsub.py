@@ -30,7 +30,7 @@ import zmq
 from whosthere.actors.base import NOREPLY, Actor, ActorSpec, Request
 from whosthere.transport import codec
 from whosthere.transport.messages import Broadcast, Published, Subscribe
-from whosthere.transport.sockets import socket
+from whosthere.transport.sockets import bind, socket
 
 DEFAULT_HWM = 100_000  # messages queued per subscriber before it starts losing them
 _SYNC_TTL = 30.0  # seconds a half-done subscription handshake is kept
@@ -51,7 +51,7 @@ class PubSubActor(Actor):
         self.pub_endpoint: str = spec.options["pub_endpoint"]
 
     def on_start(self) -> None:
-        self.xpub.bind(self.pub_endpoint)
+        self.pub_endpoint = bind(self.xpub, self.pub_endpoint)
         self.add_reader(self.xpub, self._on_subscriptions)
         self.call_later(_SYNC_TTL, self._expire_handshakes)
 

@@ -41,6 +41,21 @@ def socket(kind: int, *, hwm: int | None = None) -> zmq.Socket:
     return sock
 
 
+def bind(sock: zmq.Socket, endpoint: str) -> str:
+    """Bind `sock`; returns the endpoint bound (a tcp port given as 0 or * resolved)."""
+    if endpoint.startswith("tcp://") and endpoint.endswith(":0"):
+        endpoint = endpoint[:-1] + "*"
+    sock.bind(endpoint)
+    return sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+
+def tcp_endpoint(host: str, port: int = 0) -> str:
+    """A tcp:// endpoint (port 0: any free port, resolved by `bind`)."""
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # IPv6 literal
+    return f"tcp://{host}:{port}"
+
+
 def raise_failure(reply: Failed) -> None:
     """Raise the error an actor sent back, as its own class where whosthere knows it."""
     cls = error_class(reply.kind)

@@ -1,0 +1,172 @@
+"""Baselines measured in the same run: what raw pyzmq + msgpack and the kernel can do here."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import select
+import subprocess
+import tempfile
+import time
+from typing import Any
+
+import msgpack
+import zmq
+
+_CTX = multiprocessing.get_context("spawn")
+
+
+def _endpoint(name: str) -> str:
+    return f"ipc://{tempfile.gettempdir()}/whosthere-bench-{os.getpid()}-{name}.sock"
+
+
+def _echo_server(endpoint: str, ready: Any) -> None:
+    sock = zmq.Context.instance().socket(zmq.ROUTER)
+    sock.bind(endpoint)
+    ready.set()
+    while True:
+        ident, ref, body = sock.recv_multipart()
+        msg = msgpack.unpackb(body)
+        if msg == "stop":
+            sock.send_multipart((ident, ref, body))
+            break
+        sock.send_multipart((ident, ref, msgpack.packb([1, msg])))
+    sock.close(linger=0)
+
+
+def _sink_server(endpoint: str, ready: Any) -> None:
+    sock = zmq.Context.instance().socket(zmq.ROUTER)
+    sock.bind(endpoint)
+    ready.set()
+    while True:
+        ident, ref, body = sock.recv_multipart()
+        msgpack.unpackb(body)
+        if ref:  # a call: everything before it has been handled
+            sock.send_multipart((ident, ref, body))
+            if msgpack.unpackb(body) == "stop":
+                break
+    sock.close(linger=0)
+
+
+def _start(target: Any, endpoint: str) -> multiprocessing.process.BaseProcess:
+    ready = _CTX.Event()
+    proc = _CTX.Process(target=target, args=(endpoint, ready))
+    proc.start()
+    ready.wait(30)
+    return proc
+
+
+def _dealer(endpoint: str) -> zmq.Socket:
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    return sock
+
+
+def raw_round_trips(count: int) -> list[float]:
+    """Seconds per DEALER->ROUTER->DEALER round trip of a small msgpack message."""
+    endpoint = _endpoint("echo")
+    server = _start(_echo_server, endpoint)
+    sock = _dealer(endpoint)
+    samples = []
+    for i in range(count + 200):
+        t = time.perf_counter()
+        sock.send_multipart((i.to_bytes(8, "big"), msgpack.packb([3])))
+        msgpack.unpackb(sock.recv_multipart()[1])
+        if i >= 200:
+            samples.append(time.perf_counter() - t)
+    sock.send_multipart((b"x", msgpack.packb("stop")))
+    sock.recv_multipart()
+    sock.close()
+    server.join(10)
+    return samples
+
+
+def raw_pipelined(count: int) -> float:
+    """Messages per second, DEALER->ROUTER, one message per frame, until the last is handled."""
+    endpoint = _endpoint("sink")
+    server = _start(_sink_server, endpoint)
+    sock = _dealer(endpoint)
+    t = time.perf_counter()
+    for i in range(count):
+        sock.send_multipart((b"", msgpack.packb([21, "bench:raw", "n", i, False])))
+    sock.send_multipart((b"r", msgpack.packb("stop")))
+    sock.recv_multipart()
+    rate = count / (time.perf_counter() - t)
+    sock.close()
+    server.join(10)
+    return rate
+
+
+def _raw_subscribers(endpoint: str, subs: int, count: int, done: Any) -> None:
+    ctx = zmq.Context.instance()
+    sockets = []
+    for _ in range(subs):
+        s = ctx.socket(zmq.SUB)
+        s.setsockopt(zmq.RCVHWM, 0)
+        s.connect(endpoint)
+        s.setsockopt(zmq.SUBSCRIBE, b"t")
+        sockets.append(s)
+    poller = zmq.Poller()
+    for s in sockets:
+        poller.register(s, zmq.POLLIN)
+    remaining = {s: count for s in sockets}
+    while any(remaining.values()):
+        for s, _ in poller.poll(10_000):
+            while remaining[s]:
+                try:
+                    frames = s.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                msgpack.unpackb(frames[1])
+                remaining[s] -= 1
+    done.set()
+    for s in sockets:
+        s.close(linger=0)
+
+
+def raw_fanout(count: int, subscribers: int) -> float:
+    """Messages per second from one PUB to `subscribers` SUB sockets in 2 processes."""
+    endpoint = _endpoint("pub")
+    pub = zmq.Context.instance().socket(zmq.XPUB)
+    pub.setsockopt(zmq.XPUB_VERBOSE, 1)
+    pub.setsockopt(zmq.SNDHWM, 0)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.bind(endpoint)
+    procs, dones = [], []
+    for half in (subscribers // 2, subscribers - subscribers // 2):
+        done = _CTX.Event()
+        p = _CTX.Process(target=_raw_subscribers, args=(endpoint, half, count, done))
+        p.start()
+        procs.append(p)
+        dones.append(done)
+    for _ in range(subscribers):  # every SUB's subscription has arrived
+        pub.recv()
+    t = time.perf_counter()
+    for i in range(count):
+        pub.send_multipart((b"t", msgpack.packb([22, 1, i + 1, "n", i])))
+    for d in dones:
+        d.wait(120)
+    rate = count / (time.perf_counter() - t)
+    for p in procs:
+        p.join(10)
+    pub.close()
+    return rate
+
+
+def pidfd_kill_to_notice(procs: list[subprocess.Popen[bytes]]) -> list[float]:
+    """Seconds from SIGKILL to a pidfd in an epoll becoming readable, one process at a time."""
+    ep = select.epoll()
+    samples = []
+    for p in procs:
+        fd = os.pidfd_open(p.pid)
+        ep.register(fd, select.EPOLLIN)
+        t = time.perf_counter()
+        p.kill()
+        ep.poll(10)
+        samples.append(time.perf_counter() - t)
+        ep.unregister(fd)
+        os.close(fd)
+        p.wait()
+    ep.close()
+    return samples
