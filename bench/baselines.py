@@ -170,3 +170,84 @@ def pidfd_kill_to_notice(procs: list[subprocess.Popen[bytes]]) -> list[float]:
         p.wait()
     ep.close()
     return samples
+
+
+def _call_client(endpoint: str, count: int, events: Any) -> None:
+    ready, go, done = events
+    sock = _dealer(endpoint)
+    sock.send_multipart((b"w", msgpack.packb([3])))  # connected once this returns
+    sock.recv_multipart()
+    ready.set()
+    go.wait(30)
+    for i in range(count):
+        sock.send_multipart((i.to_bytes(8, "big"), msgpack.packb([30, 1, "t", "k", b"m" * 100])))
+        sock.recv_multipart()
+    done.set()
+    sock.close()
+
+
+def raw_call_rate(clients: int, count: int) -> float:
+    """Round trips per second from `clients` processes, each sequential, to one echo server."""
+    endpoint = _endpoint("echo-many")
+    server = _start(_echo_server, endpoint)
+    go = _CTX.Event()
+    dones, procs, readies = [], [], []
+    for _ in range(clients):
+        ready, done = _CTX.Event(), _CTX.Event()
+        p = _CTX.Process(target=_call_client, args=(endpoint, count, (ready, go, done)))
+        p.start()
+        procs.append(p)
+        dones.append(done)
+        readies.append(ready)
+    for r in readies:
+        r.wait(30)
+    t = time.perf_counter()
+    go.set()
+    for d in dones:
+        d.wait(120)
+    rate = clients * count / (time.perf_counter() - t)
+    for p in procs:
+        p.join(10)
+    sock = _dealer(endpoint)
+    sock.send_multipart((b"x", msgpack.packb("stop")))
+    sock.recv_multipart()
+    sock.close()
+    server.join(10)
+    return rate
+
+
+def _blob_server(endpoint: str, blob: bytes, ready: Any) -> None:
+    sock = zmq.Context.instance().socket(zmq.ROUTER)
+    sock.bind(endpoint)
+    ready.set()
+    while True:
+        ident, ref, body = sock.recv_multipart()
+        if msgpack.unpackb(body) == "stop":
+            sock.send_multipart((ident, ref, body))
+            break
+        sock.send_multipart((ident, ref, blob))
+    sock.close(linger=0)
+
+
+def raw_list_round_trips(size: int, meta: dict, count: int) -> list[float]:
+    """Seconds per round trip whose reply is `size` [key, packed meta] pairs, decoded."""
+    packed_meta = msgpack.packb({**meta, "phx_ref": "GOwPPwk5GDftPAAA"})
+    blob = msgpack.packb([1, [[f"user-{i}", packed_meta] for i in range(size)]])
+    endpoint = _endpoint("blob")
+    ready = _CTX.Event()
+    server = _CTX.Process(target=_blob_server, args=(endpoint, blob, ready))
+    server.start()
+    ready.wait(30)
+    sock = _dealer(endpoint)
+    samples = []
+    for i in range(count + 5):
+        t = time.perf_counter()
+        sock.send_multipart((i.to_bytes(8, "big"), msgpack.packb([35, "t"])))
+        msgpack.unpackb(sock.recv_multipart()[1])
+        if i >= 5:
+            samples.append(time.perf_counter() - t)
+    sock.send_multipart((b"x", msgpack.packb("stop")))
+    sock.recv_multipart()
+    sock.close()
+    server.join(10)
+    return samples

@@ -17,10 +17,25 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_public_names_are_pinned():
     assert sorted(whosthere.__all__) == [
-        "ActorError", "AlreadyTracked", "InvalidMeta", "Links", "MalformedFrame", "Message",
-        "MessagesLost", "Node", "NodeStartError", "NodeUnavailable", "NotTracked",
-        "ProcessExit", "PubSub", "RestartIntensityExceeded", "Subscription", "WhosthereError",
-    ]  # fmt: skip
+        "ActorError",
+        "AlreadyTracked",
+        "Channel",
+        "InvalidMeta",
+        "Links",
+        "MalformedFrame",
+        "Message",
+        "MessagesLost",
+        "Node",
+        "NodeStartError",
+        "NodeUnavailable",
+        "NotTracked",
+        "Presence",
+        "ProcessExit",
+        "PubSub",
+        "RestartIntensityExceeded",
+        "Subscription",
+        "WhosthereError",
+    ]
     for name in whosthere.__all__:
         assert getattr(whosthere, name).__module__.startswith("whosthere.")
     errors = [n for n in whosthere.__all__ if n.endswith(("Error", "Tracked", "Unavailable"))]
@@ -47,7 +62,28 @@ RUFF = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.whi
 def test_ruff_is_clean():
     assert RUFF is not None
     result = subprocess.run(
-        [RUFF, "check", "src", "tests", "bench"], cwd=ROOT, capture_output=True, text=True,
+        [RUFF, "check", "src", "tests", "bench"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
         check=False,
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_readme_presence_example_runs(tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    code = re.search(r"```python\n(import os, signal, whosthere.*?)```", readme, re.S)
+    assert code is not None
+    script = tmp_path / "example.py"
+    script.write_text(code.group(1))
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    lines = out.splitlines()
+    assert len(lines) == 5
+    assert "'user': {'name': 'user1'}" in lines[0]
+    assert "'leaves': {}" in lines[1]
+    assert "'status': 'away'" in lines[2] and "'status': 'online'" in lines[2]
+    assert "user2" in lines[3] and "'leaves': {}" in lines[3]
+    assert lines[4].startswith("{'joins': {}, 'leaves': {'user2'")

@@ -12,13 +12,16 @@ import pytest
 
 import whosthere
 from tests.support.nodes import actor_pid, alive, node_pids
+from tests.support.presences import MetasPresence
+from tests.support.processes import sleeper
 from tests.support.waiting import wait_until
 from whosthere.client import lookup
 from whosthere.transport import runtime_dir
 from whosthere.transport.messages import Ping
 from whosthere.transport.sockets import Dealer
 
-ACTORS = ["pubsub"]
+ACTORS = ["pubsub", "shard.0", "fetcher.0", "fetcher.1"]
+ALL_KINDS = [*ACTORS, "client"]  # the client actor runs when handle_metas is defined
 
 
 def test_status_reports_the_tree():
@@ -34,9 +37,9 @@ def test_status_reports_the_tree():
         assert status["links"]["processes"] == 0
 
 
-@pytest.mark.parametrize("name", ACTORS)
+@pytest.mark.parametrize("name", ALL_KINDS)
 def test_an_actor_killed_with_sigkill_is_restarted_and_serves_again(name):
-    with whosthere.Node() as node:
+    with whosthere.Node(presence=MetasPresence) as node:
         old = actor_pid(node, name)
         os.kill(old, signal.SIGKILL)
         wait_until(
@@ -49,6 +52,23 @@ def test_an_actor_killed_with_sigkill_is_restarted_and_serves_again(name):
             assert dealer.call(Ping()) == entry["pid"]
         finally:
             dealer.close()
+        owner = sleeper()
+        try:  # and the node as a whole serves again
+            with node.presence.subscribe("metas:after") as reports:
+                wait_until(lambda: _tracks(node, owner.pid), what="track after the restart")
+                msg = reports.get(timeout=5)
+                assert msg is not None and "u" in msg.payload["presences"]
+        finally:
+            owner.kill()
+            owner.wait()
+
+
+def _tracks(node: whosthere.Node, pid: int) -> bool:
+    try:
+        node.presence.track(pid, "after", "u", {})
+    except whosthere.NodeUnavailable:
+        return False  # a request sent to the old incarnation
+    return "u" in node.presence.list("after")
 
 
 def test_exceeding_the_restart_intensity_stops_the_node_with_a_clear_error():

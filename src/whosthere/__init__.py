@@ -13,6 +13,8 @@ from whosthere.errors import WhosthereError as WhosthereError
 from whosthere.links import Links as Links
 from whosthere.links import ProcessExit as ProcessExit
 from whosthere.node import Node as Node
+from whosthere.presence import Channel as Channel
+from whosthere.presence import Presence as Presence
 from whosthere.pubsub import Message as Message
 from whosthere.pubsub import PubSub as PubSub
 from whosthere.pubsub import Subscription as Subscription
@@ -22,6 +24,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ActorError",
     "AlreadyTracked",
+    "Channel",
     "InvalidMeta",
     "Links",
     "MalformedFrame",
@@ -31,6 +34,7 @@ __all__ = [
     "NodeStartError",
     "NodeUnavailable",
     "NotTracked",
+    "Presence",
     "ProcessExit",
     "PubSub",
     "RestartIntensityExceeded",

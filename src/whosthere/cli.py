@@ -1,4 +1,4 @@
-"""The `whosthere` command: demo, serve, status."""
+"""The `whosthere` command: demo, serve, status, list, watch."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from typing import Any
 
 from whosthere import demo
 from whosthere.client import resolve_address
-from whosthere.errors import WhosthereError
+from whosthere.errors import MessagesLost, WhosthereError
 from whosthere.node import Node, node_status
+from whosthere.presence import Presence
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -65,6 +66,53 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _list(args: argparse.Namespace) -> int:
+    presence = Presence.connect(args.address, timeout=args.timeout)
+    try:
+        listed = presence.list(args.topic)
+    finally:
+        presence.close()
+    if args.json:
+        print(json.dumps(listed, indent=2, default=repr))
+        return 0
+    print(f"{args.topic}: {len(listed)} key(s)")
+    for key, entry in listed.items():
+        for meta in entry["metas"]:
+            fields = ", ".join(f"{k}={v}" for k, v in meta.items() if k != "phx_ref")
+            print(f"  {key:<24} {meta.get('phx_ref', '')}  {fields}")
+    return 0
+
+
+def _watch(args: argparse.Namespace) -> int:
+    presence = Presence.connect(args.address, timeout=args.timeout)
+    try:
+        with presence.subscribe(args.topic) as sub:
+            if not args.json:
+                print(f"watching {args.topic!r} (Ctrl-C stops)", flush=True)
+            while True:
+                try:
+                    msg = sub.get()
+                except MessagesLost as lost:
+                    print(f"!! {lost}", file=sys.stderr, flush=True)
+                    continue
+                if msg is None or msg.event != "presence_diff":
+                    continue
+                if args.json:
+                    print(json.dumps(msg.payload, default=repr), flush=True)
+                    continue
+                stamp = time.strftime("%H:%M:%S")
+                for key, entry in msg.payload["joins"].items():
+                    word = "update" if key in msg.payload["leaves"] else "join"
+                    for meta in entry["metas"]:
+                        print(f"{stamp} {word:<6} {key}  {meta}", flush=True)
+                for key, entry in msg.payload["leaves"].items():
+                    if key not in msg.payload["joins"]:
+                        for meta in entry["metas"]:
+                            print(f"{stamp} leave  {key}  {meta}", flush=True)
+    finally:
+        presence.close()
+
+
 def _demo(args: argparse.Namespace) -> int:
     return demo.main(workers=args.workers, kills=args.kills, duration=args.duration, seed=args.seed)
 
@@ -93,6 +141,22 @@ def parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print JSON")
     status.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
     status.set_defaults(func=_status)
+
+    for name, func, text in (
+        ("list", _list, "print a topic's presences"),
+        ("watch", _watch, "print a topic's presence diffs as they come"),
+    ):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("topic")
+        cmd.add_argument(
+            "address",
+            nargs="?",
+            default=None,
+            help="the node's address (default $WHOSTHERE_ADDRESS)",
+        )
+        cmd.add_argument("--json", action="store_true", help="print JSON")
+        cmd.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
+        cmd.set_defaults(func=func)
     return p
 
 

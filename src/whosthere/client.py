@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from whosthere.errors import NodeUnavailable
 from whosthere.transport.messages import Lookup
@@ -19,6 +20,7 @@ class NodeInfo:
     name: str
     address: str  # the supervisor's endpoint, which names the node
     endpoints: dict[str, str]  # actor name -> mailbox endpoint (and "pubsub_pub")
+    settings: dict[str, Any] = field(default_factory=dict)  # pool_size, meta_limit, ...
 
 
 def resolve_address(address: str | None) -> str:
@@ -37,4 +39,4 @@ def lookup(address: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> Node
         info = dealer.call(Lookup())
     finally:
         dealer.close()
-    return NodeInfo(info["name"], info["address"], dict(info["endpoints"]))
+    return NodeInfo(info["name"], info["address"], dict(info["endpoints"]), info["settings"])

@@ -1,9 +1,9 @@
 """`whosthere demo`: worker processes come and go on an embedded node, crashes included.
 
-The demo starts a node, spawns worker processes that announce themselves and their status
-changes on the "workers" topic, links every worker through the supervisor, kills some of them
-with SIGKILL and shows, live, each join, update and crash-driven leave with the time from the
-kill to the node's notice. A summary table ends it.
+The demo starts a node and spawns worker processes that each track themselves on the
+"workers" topic (meta: status and start time) and update their status now and then. It kills
+some of them with SIGKILL and shows, live, each join, update and crash-driven leave as the
+`presence_diff` events arrive, with the time from each kill to its leave. A summary ends it.
 """
 
 from __future__ import annotations
@@ -17,34 +17,25 @@ import time
 from dataclasses import dataclass, field
 from typing import TextIO
 
-import zmq
-
-from whosthere.links import Links
 from whosthere.node import Node
-from whosthere.pubsub import PubSub, Subscription
+from whosthere.presence import Presence
+from whosthere.pubsub import Subscription
 
 TOPIC = "workers"
 STATUSES = ("idle", "busy", "waiting", "busy")
 
 
 def worker_main(name: str, seed: int) -> None:
-    """A demo worker: joins, then changes status now and then until it is stopped or killed."""
+    """A demo worker: tracks itself, then changes status now and then until it dies."""
     rng = random.Random(seed)
-    with PubSub.connect() as pubsub:
-        status = "idle"
-        started = time.time()
-        pubsub.broadcast(
-            TOPIC,
-            "join",
-            {"name": name, "pid": os.getpid(), "status": status, "started_at": started},
-        )
-        while True:
-            time.sleep(rng.uniform(0.4, 1.6))
-            new = rng.choice([s for s in STATUSES if s != status])
-            pubsub.broadcast(
-                TOPIC, "update", {"name": name, "pid": os.getpid(), "status": new, "was": status}
-            )
-            status = new
+    presence = Presence.connect()
+    status = "idle"
+    meta = {"status": status, "pid": os.getpid(), "started_at": round(time.time(), 3)}
+    presence.track(os.getpid(), TOPIC, name, meta)
+    while True:
+        time.sleep(rng.uniform(0.4, 1.6))
+        status = rng.choice([s for s in STATUSES if s != status])
+        presence.update(os.getpid(), TOPIC, name, lambda m, s=status: {**m, "status": s})
 
 
 @dataclass
@@ -76,12 +67,12 @@ class Demo:
     def run(self) -> int:
         rng = random.Random(self.seed)
         print(
-            f"whosthere demo: {self.workers} workers for {self.duration:g} s, "
-            f"{self.kills} killed with SIGKILL",
+            f"whosthere demo: {self.workers} workers track themselves on {TOPIC!r} for "
+            f"{self.duration:g} s; {self.kills} get killed with SIGKILL",
             file=self.out,
             flush=True,
         )
-        with Node(name="demo") as node, node.links() as links, node.pubsub.subscribe(TOPIC) as sub:
+        with Node(name="demo") as node, node.presence.subscribe(TOPIC) as sub:
             print(f"node {node.name!r} at {node.address}\n", file=self.out, flush=True)
             self.t0 = time.perf_counter()
             for i in range(self.workers):
@@ -89,23 +80,24 @@ class Demo:
                 proc = node.spawn(worker_main, (name, rng.randrange(2**32)), name=name)
                 assert proc.pid is not None
                 self.by_pid[proc.pid] = Worker(name, proc.pid)
-                links.link(proc.pid)
             first_kill = min(2.0, self.duration / 3)
             gap = (self.duration - first_kill - 1.0) / max(1, self.kills)
             kill_times = [first_kill + k * gap for k in range(min(self.kills, self.workers))]
-            self._loop(sub, links, kill_times, rng)
+            self._loop(sub, kill_times, rng)
+            listed = node.presence.list(TOPIC)
+            print(
+                f"\n  list('{TOPIC}') now: {len(listed)} present: "
+                f"{', '.join(sorted(listed, key=lambda k: int(k.split('-')[1])))}",
+                file=self.out,
+                flush=True,
+            )
             for w in self.by_pid.values():
                 if w.fate == "running":
                     w.fate = "stopped"
         self._summary()
         return 0
 
-    def _loop(
-        self, sub: Subscription, links: Links, kill_times: list[float], rng: random.Random
-    ) -> None:
-        poller = zmq.Poller()
-        poller.register(sub.socket, zmq.POLLIN)
-        poller.register(links.socket, zmq.POLLIN)
+    def _loop(self, sub: Subscription, kill_times: list[float], rng: random.Random) -> None:
         end = self.t0 + self.duration
         while (now := time.perf_counter()) < end:
             if kill_times and now - self.t0 >= kill_times[0]:
@@ -113,11 +105,9 @@ class Demo:
                 self._kill_one(rng)
                 continue
             next_at = self.t0 + kill_times[0] if kill_times else end
-            poller.poll(max(1, int((min(next_at, end) - now) * 1000)))
-            while (exit_ := links.get(timeout=0)) is not None:
-                self._left(exit_.pid, time.perf_counter())
-            while (msg := sub.get(timeout=0)) is not None:
-                self._announce(msg.event, msg.payload)
+            msg = sub.get(timeout=max(0.001, min(next_at, end) - now))
+            if msg is not None and msg.event == "presence_diff":
+                self._diff(msg.payload, time.perf_counter())
 
     def _kill_one(self, rng: random.Random) -> None:
         live = [w for w in self.by_pid.values() if w.fate == "running" and w.status != "starting"]
@@ -128,33 +118,37 @@ class Demo:
         victim.killed_at = time.perf_counter()
         os.kill(victim.pid, signal.SIGKILL)
 
-    def _left(self, pid: int, noticed: float) -> None:
-        w = self.by_pid.get(pid)
-        if w is None:
-            return
-        if w.killed_at is not None:
-            w.left_after = noticed - w.killed_at
-            w.fate = "killed"
-            self.say(
-                "leave",
-                f"{w.name} (pid {pid}) crashed; noticed "
-                f"{w.left_after * 1000:.2f} ms after the kill",
-            )
-        else:
-            w.fate = "exited"
-            self.say("leave", f"{w.name} (pid {pid}) exited")
-
-    def _announce(self, event: str, payload: dict) -> None:
-        w = self.by_pid.get(payload.get("pid", -1))
-        if w is None:
-            return
-        if event == "join":
-            w.status = payload["status"]
-            self.say("join", f"{w.name} (pid {w.pid}) status={w.status}")
-        elif event == "update":
-            w.updates += 1
-            self.say("update", f"{w.name} (pid {w.pid}) {payload['was']} -> {payload['status']}")
-            w.status = payload["status"]
+    def _diff(self, diff: dict, received: float) -> None:
+        joins, leaves = diff["joins"], diff["leaves"]
+        for key, entry in joins.items():
+            meta = entry["metas"][-1]
+            w = self.by_pid.get(meta.get("pid", -1))
+            if w is None:
+                continue
+            if key in leaves:
+                w.updates += 1
+                was = leaves[key]["metas"][0].get("status")
+                self.say("update", f"{w.name} (pid {w.pid}) {was} -> {meta['status']}")
+            else:
+                self.say("join", f"{w.name} (pid {w.pid}) status={meta['status']}")
+            w.status = meta["status"]
+        for key, entry in leaves.items():
+            if key in joins:
+                continue
+            w = self.by_pid.get(entry["metas"][0].get("pid", -1))
+            if w is None:
+                continue
+            if w.killed_at is not None:
+                w.left_after = received - w.killed_at
+                w.fate = "killed"
+                self.say(
+                    "leave",
+                    f"{w.name} (pid {w.pid}) crashed: left "
+                    f"{w.left_after * 1000:.2f} ms after the kill",
+                )
+            else:
+                w.fate = "left"
+                self.say("leave", f"{w.name} (pid {w.pid})")
 
     def _summary(self) -> None:
         print("\nsummary", file=self.out)
@@ -170,7 +164,7 @@ class Demo:
         samples = [w.left_after for w in self.by_pid.values() if w.left_after is not None]
         if samples:
             print(
-                f"\n  {len(samples)} crash(es) noticed; kill -> leave median "
+                f"\n  {len(samples)} crash-driven leave(s); kill -> leave diff median "
                 f"{statistics.median(samples) * 1000:.2f} ms, max {max(samples) * 1000:.2f} ms",
                 file=self.out,
                 flush=True,

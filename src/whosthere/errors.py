@@ -59,6 +59,10 @@ class RestartIntensityExceeded(WhosthereError):
     """Actors crashed more often than the restart intensity allows; the node stopped."""
 
 
+class RefChanged(WhosthereError):
+    """Internal: a conditional update lost a race (the meta changed since it was read)."""
+
+
 class MessagesLost(WhosthereError):
     """A subscriber missed messages on a topic (it fell behind, or the PubSub actor restarted).
 

@@ -22,8 +22,10 @@ from whosthere.actors.pubsub import DEFAULT_HWM
 from whosthere.client import ADDRESS_ENV, NodeInfo, lookup
 from whosthere.errors import NodeStartError, NodeUnavailable, WhosthereError, error_class
 from whosthere.links import Links
+from whosthere.presence import Presence, presence_class_ref
 from whosthere.pubsub import PubSub
 from whosthere.transport import runtime_dir
+from whosthere.transport.codec import DEFAULT_META_LIMIT
 from whosthere.transport.messages import GetStats, GetStatus
 from whosthere.transport.sockets import DEFAULT_TIMEOUT, Dealer
 
@@ -45,6 +47,7 @@ def node_status(address: str, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any
     finally:
         dealer.close()
     endpoints = lookup(address, timeout).endpoints
+    presences = 0
     for actor in status["actors"]:
         endpoint = endpoints.get(actor["name"])
         if endpoint is None:
@@ -56,6 +59,9 @@ def node_status(address: str, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any
             actor["stats"] = None  # restarting right now
         finally:
             conn.close()
+        if actor["name"].startswith("shard.") and actor["stats"]:
+            presences += actor["stats"]["presences"]
+    status["presences"] = presences
     return status
 
 
@@ -80,12 +86,17 @@ class Node:
         call_timeout: float = DEFAULT_TIMEOUT,
         pubsub_hwm: int = DEFAULT_HWM,
         max_pidfds: int | None = None,
+        fetchers: int = 2,
+        fetch_timeout: float = 5.0,
+        meta_limit: int = DEFAULT_META_LIMIT,
         log_level: str | None = None,
     ) -> None:
         """Configure a node; nothing starts before `start()`.
 
         Args:
-            presence: the Presence class bound to `node.presence` (the presence issue).
+            presence: the `Presence` subclass bound to `node.presence` (default: Presence).
+                Its `fetch`, `init` and `handle_metas` run in the node's processes, which
+                import it: define it at module level.
             pool_size: number of tracker shards (must match on every node of a cluster).
             name: node name (default: host name and a random suffix).
             listen, peers: cluster wiring; not available yet on this version.
@@ -96,6 +107,9 @@ class Node:
             pubsub_hwm: messages queued per subscriber before it starts losing messages.
             max_pidfds: cap on pidfds used to watch linked processes (default: what the open
                 file limit allows); processes beyond it are watched by sweeping.
+            fetchers: fetcher worker processes that run `fetch` on diffs.
+            fetch_timeout: seconds a diff waits for its `fetch` before it is published as is.
+            meta_limit: largest packed meta accepted, in bytes (`InvalidMeta` beyond).
             log_level: the actors' log level (default `$WHOSTHERE_LOG_LEVEL` or WARNING).
         """
         if listen is not None or peers:
@@ -104,7 +118,20 @@ class Node:
             raise ValueError(f"pool_size must be a positive int, got {pool_size!r}")
         if max_restarts < 0 or max_seconds <= 0:
             raise ValueError("max_restarts must be >= 0 and max_seconds > 0")
-        self.presence_class = presence
+        if fetchers < 1 or fetch_timeout <= 0 or meta_limit < 1:
+            raise ValueError("fetchers, fetch_timeout and meta_limit must be positive")
+        self.presence_class: type[Presence] = presence or Presence
+        self._presence_ref = presence_class_ref(self.presence_class)
+        has_init = hasattr(self.presence_class, "init")
+        self._handle_metas = hasattr(self.presence_class, "handle_metas")
+        if self._handle_metas and not has_init:
+            raise TypeError(
+                f"{self.presence_class.__qualname__} defines handle_metas but not "
+                "init, which makes the state handle_metas starts from"
+            )
+        self.fetchers = fetchers
+        self.fetch_timeout = fetch_timeout
+        self.meta_limit = meta_limit
         self.pool_size = pool_size
         self.name = name or f"{_socket.gethostname()}-{uuid.uuid4().hex[:6]}"
         self.max_restarts = max_restarts
@@ -122,6 +149,7 @@ class Node:
         self._error: WhosthereError | None = None
         self._info: NodeInfo | None = None
         self._pubsub: PubSub | None = None
+        self._presence: Presence | None = None
         self._workers: list[multiprocessing.process.BaseProcess] = []
         self._stopped = False
 
@@ -153,6 +181,12 @@ class Node:
             "start_timeout": self.start_timeout,
             "pubsub_hwm": self.pubsub_hwm,
             "max_pidfds": self.max_pidfds,
+            "presence": self._presence_ref,
+            "custom_fetch": self.presence_class.fetch is not Presence.fetch,
+            "handle_metas": self._handle_metas,
+            "fetchers": self.fetchers,
+            "fetch_timeout": self.fetch_timeout,
+            "meta_limit": self.meta_limit,
             "log_level": self.log_level,
             "ready_fd": events_w,
             "lock_fd": lock_fd,
@@ -183,6 +217,8 @@ class Node:
         self._stopped = True
         if self._pubsub is not None:
             self._pubsub.close()
+        if self._presence is not None:
+            self._presence.close()
         self._stop_workers()
         deadline = time.monotonic() + timeout
         if self._proc.poll() is None:
@@ -255,6 +291,13 @@ class Node:
         if self._pubsub is None:
             self._pubsub = PubSub.connect(self.address, timeout=self.call_timeout)
         return self._pubsub
+
+    @property
+    def presence(self) -> Presence:
+        """This node's presence, an instance of the `presence` class (created on first use)."""
+        if self._presence is None:
+            self._presence = self.presence_class.connect(self.address, timeout=self.call_timeout)
+        return self._presence
 
     def links(self) -> Links:
         """A new `Links` to watch OS processes through this node (close it when done)."""

@@ -38,6 +38,7 @@ from whosthere.errors import (
     RestartIntensityExceeded,
     WhosthereError,
 )
+from whosthere.tracker.pool import fetcher_name, shard_name
 from whosthere.transport import runtime_dir
 from whosthere.transport.messages import (
     ActorReady,
@@ -75,18 +76,65 @@ def node_children(config: dict[str, Any]) -> list[ActorSpec]:
         "node_name": config["name"],
         "log_level": config["log_level"],
     }
-    return [
+
+    def endpoint(name: str) -> str:
+        return runtime_dir.ipc_endpoint(rdir, name)
+
+    pool = int(config["pool_size"])
+    fetchers = int(config["fetchers"])
+    presence = config["presence"]
+    client = endpoint("client") if config["handle_metas"] else ""
+    specs = [
         ActorSpec(
             name="pubsub",
             actor="whosthere.actors.pubsub:PubSubActor",
-            endpoint=runtime_dir.ipc_endpoint(rdir, "pubsub"),
-            options={
-                "pub_endpoint": runtime_dir.ipc_endpoint(rdir, "pubsub-pub"),
-                "hwm": config["pubsub_hwm"],
-            },
+            endpoint=endpoint("pubsub"),
+            options={"pub_endpoint": endpoint("pubsub-pub"), "hwm": config["pubsub_hwm"]},
             **common,
-        ),
+        )
     ]
+    for i in range(pool):
+        specs.append(
+            ActorSpec(
+                name=shard_name(i),
+                actor="whosthere.tracker.shard:ShardActor",
+                endpoint=endpoint(shard_name(i)),
+                options={
+                    "index": i,
+                    "pubsub": endpoint("pubsub"),
+                    "fetchers": [endpoint(fetcher_name(f)) for f in range(fetchers)],
+                    "custom_fetch": config["custom_fetch"],
+                    "client": client,
+                    "meta_limit": config["meta_limit"],
+                    "fetch_timeout": config["fetch_timeout"],
+                },
+                **common,
+            )
+        )
+    for f in range(fetchers):
+        specs.append(
+            ActorSpec(
+                name=fetcher_name(f),
+                actor="whosthere.actors.fetcher:FetcherActor",
+                endpoint=endpoint(fetcher_name(f)),
+                options={
+                    "presence": presence,
+                    "shards": [endpoint(shard_name(i)) for i in range(pool)],
+                },
+                **common,
+            )
+        )
+    if client:
+        specs.append(
+            ActorSpec(
+                name="client",
+                actor="whosthere.actors.client:PresenceClientActor",
+                endpoint=client,
+                options={"presence": presence},
+                **common,
+            )
+        )
+    return specs
 
 
 class Supervisor(Actor):
@@ -173,7 +221,14 @@ class Supervisor(Actor):
     def on_lookup(self, msg: Lookup) -> dict[str, Any]:
         endpoints = {name: c.spec.endpoint for name, c in self.children.items()}
         endpoints["pubsub_pub"] = self.children["pubsub"].spec.options["pub_endpoint"]
-        return {"name": self.spec.node_name, "address": self.address, "endpoints": endpoints}
+        opts = self.spec.options
+        settings = {"pool_size": opts["pool_size"], "meta_limit": opts["meta_limit"]}
+        return {
+            "name": self.spec.node_name,
+            "address": self.address,
+            "endpoints": endpoints,
+            "settings": settings,
+        }
 
     def on_get_status(self, msg: GetStatus) -> dict[str, Any]:
         actors = [

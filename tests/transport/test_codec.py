@@ -43,6 +43,16 @@ def test_every_message_round_trips():
         m.Subscribe("t", "inbox"),
         m.Broadcast("t", "e", None, True),
         m.Published(1, 2, "e", b"x"),
+        m.Track(1, 2, "t", "k", b"\x80"),
+        m.Untrack(1, "t", "k"),
+        m.UntrackPid(1),
+        m.Update(1, "t", "k", b"\x80", None),
+        m.GetMeta(1, "t", "k"),
+        m.ListTopic("t"),
+        m.GetByKey("t", "k"),
+        m.Fetch(0, 1, "t", {}, {}),
+        m.Fetched(1, None, "boom"),
+        m.MetasDiff("t", {"joins": {}, "leaves": {}}),
     ]
     assert {type(s) for s in samples} == {c for c, t in codec.TAGS.items() if t < 1000}
     for sample in samples:

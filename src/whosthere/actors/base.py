@@ -178,9 +178,10 @@ class Actor:
         if wakeup_fd >= 0:
             self.add_reader(wakeup_fd, self._on_signal)
         self.bind()
-        self.on_start()
         if self.spec.supervisor:
             self.supervisor = Dealer(self.spec.supervisor, what="supervisor")
+        self.on_start()
+        if self.supervisor is not None:
             self.supervisor.cast(ActorReady(self.name, os.getpid()))
         self.announce_ready()
         try:

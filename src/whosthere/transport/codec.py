@@ -32,6 +32,16 @@ TAGS: dict[type, int] = {
     m.Subscribe: 20,
     m.Broadcast: 21,
     m.Published: 22,
+    m.Track: 30,
+    m.Untrack: 31,
+    m.UntrackPid: 32,
+    m.Update: 33,
+    m.GetMeta: 34,
+    m.ListTopic: 35,
+    m.GetByKey: 36,
+    m.Fetch: 40,
+    m.Fetched: 41,
+    m.MetasDiff: 42,
 }
 
 MAX_FRAME_BYTES = 64 * 1024 * 1024  # larger frames are refused before unpacking
@@ -94,6 +104,73 @@ def register(cls: type, tag: int) -> None:
         raise ValueError(f"tag {tag} or {cls.__name__} is registered already")
     TAGS[cls] = tag
     _SHAPES[tag] = _shape(cls)
+
+
+DEFAULT_META_LIMIT = 64 * 1024  # bytes of a packed meta
+RESERVED_META_KEYS = ("phx_ref", "phx_ref_prev")  # set by the tracker, never by users
+
+
+def pack_meta(meta: object, limit: int = DEFAULT_META_LIMIT) -> bytes:
+    """A meta as msgpack map bytes, without phx_ref/phx_ref_prev; `InvalidMeta` if it is not
+    a dict with str keys and msgpack-able values, or packs to more than `limit` bytes."""
+    if not isinstance(meta, dict):
+        raise InvalidMeta(f"meta must be a dict, got {type(meta).__name__}")
+    for k in meta:
+        if not isinstance(k, str):
+            raise InvalidMeta(f"meta keys must be str, got {type(k).__name__} {k!r}")
+    if any(k in meta for k in RESERVED_META_KEYS):
+        meta = {k: v for k, v in meta.items() if k not in RESERVED_META_KEYS}
+    try:
+        packed = msgpack.packb(meta, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidMeta(f"meta cannot be packed with msgpack: {exc}") from exc
+    if len(packed) > limit:
+        raise InvalidMeta(f"meta is {len(packed)} bytes packed, over the {limit}-byte limit")
+    return packed
+
+
+def check_packed_meta(packed: bytes, limit: int = DEFAULT_META_LIMIT) -> None:
+    """Check bytes from the wire as `pack_meta` would have made them; `InvalidMeta` if not."""
+    if len(packed) > limit:
+        raise InvalidMeta(f"meta is {len(packed)} bytes packed, over the {limit}-byte limit")
+    try:
+        meta = msgpack.unpackb(packed, raw=False, strict_map_key=False)
+    except Exception as exc:
+        raise InvalidMeta(f"meta is not msgpack: {exc}") from None
+    if not isinstance(meta, dict) or not all(isinstance(k, str) for k in meta):
+        raise InvalidMeta("meta must be a map with str keys")
+    if any(k in meta for k in RESERVED_META_KEYS):
+        raise InvalidMeta("meta must not carry phx_ref or phx_ref_prev")
+
+
+def meta_with_refs(packed: bytes, ref: str, prev: str | None = None) -> bytes:
+    """Append phx_ref (and phx_ref_prev) to a packed map, without unpacking it."""
+    head = packed[0]
+    if 0x80 <= head <= 0x8F:
+        count, body = head & 0x0F, packed[1:]
+    elif head == 0xDE:
+        count, body = int.from_bytes(packed[1:3], "big"), packed[3:]
+    elif head == 0xDF:
+        count, body = int.from_bytes(packed[1:5], "big"), packed[5:]
+    else:
+        raise InvalidMeta("meta must be a msgpack map")
+    extra = msgpack.packb("phx_ref") + msgpack.packb(ref)
+    count += 1
+    if prev is not None:
+        extra += msgpack.packb("phx_ref_prev") + msgpack.packb(prev)
+        count += 1
+    if count < 16:
+        header = bytes((0x80 | count,))
+    elif count < 0x10000:
+        header = b"\xde" + count.to_bytes(2, "big")
+    else:
+        header = b"\xdf" + count.to_bytes(4, "big")
+    return header + body + extra
+
+
+def unpack(data: bytes) -> Any:
+    """A value packed by `pack_meta` / `meta_with_refs`."""
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
 
 
 def encode(msg: tuple) -> bytes:

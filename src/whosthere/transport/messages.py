@@ -118,3 +118,88 @@ class Published(NamedTuple):
     seq: int  # per topic, starts at 1 in each epoch, +1 per message
     event: str
     payload: Any
+
+
+# -- tracker shard ---------------------------------------------------------------------------
+# Metas travel packed (msgpack map bytes, see `codec.pack_meta`): the shard stores them as
+# they are and adds phx_ref / phx_ref_prev to the packed map.
+
+
+class Track(NamedTuple):
+    """Track `pid` on `topic` under `key`; the reply is the new phx_ref."""
+
+    pid: int
+    start_time: int | float | None  # the pid's process start time, as read by the client
+    topic: str
+    key: str
+    meta: bytes  # packed meta, without phx_ref
+
+
+class Untrack(NamedTuple):
+    """Untrack one presence (no-op if absent)."""
+
+    pid: int
+    topic: str
+    key: str
+
+
+class UntrackPid(NamedTuple):
+    """Untrack every presence of `pid` in the shard."""
+
+    pid: int
+
+
+class Update(NamedTuple):
+    """Replace a presence's meta; the reply is the new phx_ref."""
+
+    pid: int
+    topic: str
+    key: str
+    meta: bytes  # packed meta, without phx_ref
+    expect_ref: str | None  # only if the current phx_ref is this one (update by callable)
+
+
+class GetMeta(NamedTuple):
+    """The packed meta of one presence (for update by callable); `NotTracked` if absent."""
+
+    pid: int
+    topic: str
+    key: str
+
+
+class ListTopic(NamedTuple):
+    """The presences of a topic: [[key, packed meta], ...]."""
+
+    topic: str
+
+
+class GetByKey(NamedTuple):
+    """The packed metas of one key of a topic."""
+
+    topic: str
+    key: str
+
+
+class Fetch(NamedTuple):
+    """Shard -> fetcher worker: run the user's `fetch` on a diff."""
+
+    shard: int  # the shard to answer (`Fetched`)
+    id: int  # the diff's place in the shard's order
+    topic: str
+    joins: dict[str, Any]  # in the list shape
+    leaves: dict[str, Any]
+
+
+class Fetched(NamedTuple):
+    """Fetcher worker -> shard: the fetched diff, or why there is none."""
+
+    id: int
+    payload: dict[str, Any] | None  # {"joins": ..., "leaves": ...}; None if fetch failed
+    error: str  # "" on success
+
+
+class MetasDiff(NamedTuple):
+    """Shard -> presence client actor: a published diff, for `handle_metas`."""
+
+    topic: str
+    diff: dict[str, Any]  # {"joins": ..., "leaves": ...}, as published

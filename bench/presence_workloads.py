@@ -1,0 +1,215 @@
+"""Presence workloads: track/update/untrack throughput, list latency, kill-to-leave latency."""
+
+from __future__ import annotations
+
+import multiprocessing
+import subprocess
+import time
+from typing import Any
+
+import baselines
+from common import Row, Sizes, median_spread, pct, progress
+
+import whosthere
+
+_CTX = multiprocessing.get_context("spawn")
+META = {  # ~100 bytes packed
+    "status": "online",
+    "device": "desktop",
+    "joined_at": 1_764_288_000.123,
+    "name": "user-0000",
+    "note": "x" * 32,
+}
+
+
+def _sleepers(count: int) -> list[subprocess.Popen[bytes]]:
+    procs = []
+    for i in range(count):
+        procs.append(subprocess.Popen(["sleep", "3600"]))
+        if i % 500 == 0:
+            progress(f"starting owner processes {i:,}/{count:,}")
+    return procs
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        p.kill()
+    for p in procs:
+        p.wait()
+
+
+def _client(address: str, pids: list[int], topics: int, conn: Any) -> None:
+    """A client process: runs the phases the bench asks for, answers with its count."""
+    presence = whosthere.Presence.connect(address, timeout=60)
+    conn.send("ready")
+    while True:
+        phase, prefix = conn.recv()
+        if phase == "exit":
+            break
+        n = 0
+        for pid in pids:
+            key = f"user-{pid}"
+            for t in range(topics):
+                topic = f"{prefix}:{t}"
+                if phase == "track":
+                    presence.track(pid, topic, key, META)
+                elif phase == "update":
+                    presence.update(pid, topic, key, {**META, "status": "away"})
+                else:
+                    presence.untrack(pid, topic, key)
+                n += 1
+        conn.send(n)
+    presence.close()
+
+
+def _run_phase(conns: list[Any], phase: str, prefix: str) -> float:
+    """Ops per second of one phase across all client processes."""
+    started = time.perf_counter()
+    for c in conns:
+        c.send((phase, prefix))
+    total = sum(c.recv() for c in conns)
+    return total / (time.perf_counter() - started)
+
+
+def bench_track(sizes: Sizes) -> list[Row]:
+    owners = _sleepers(sizes.owners)
+    total = sizes.owners * sizes.topics
+    rows: list[Row] = []
+    try:
+        for clients in (1, 2, 4):
+            progress(f"raw round trips from {clients} client process(es)")
+            raw = baselines.raw_call_rate(clients, 5_000)
+            rows.append(Row("track", f"raw calls/s, {clients} client(s)", raw, "call/s"))
+            for pool in (1, 2):
+                with whosthere.Node(name="bench", pool_size=pool) as node:
+                    pids = [p.pid for p in owners]
+                    conns, procs = [], []
+                    for c in range(clients):
+                        mine, theirs = _CTX.Pipe()
+                        proc = _CTX.Process(
+                            target=_client,
+                            args=(node.address, pids[c::clients], sizes.topics, theirs),
+                        )
+                        proc.start()
+                        conns.append(mine)
+                        procs.append(proc)
+                    for c in conns:
+                        c.recv()
+                    phases = ("track", "update", "untrack")
+                    rates: dict[str, list[float]] = {phase: [] for phase in phases}
+                    for rep in range(sizes.reps):
+                        for phase in phases:
+                            progress(
+                                f"{phase} {total:,} presences, pool_size {pool}, "
+                                f"{clients} client(s), rep {rep + 1}"
+                            )
+                            rates[phase].append(_run_phase(conns, phase, f"r{rep}"))
+                    for c in conns:
+                        c.send(("exit", ""))
+                    for p in procs:
+                        p.join(30)
+                for phase, values in rates.items():
+                    value, spread = median_spread(values)
+                    rows.append(
+                        Row(
+                            "track",
+                            f"{phase}/s pool {pool}, {clients} client(s)",
+                            value,
+                            "op/s",
+                            spread,
+                            "raw calls",
+                            value / raw,
+                        )
+                    )
+    finally:
+        _stop(owners)
+    return rows
+
+
+def bench_list(sizes: Sizes) -> list[Row]:
+    rows: list[Row] = []
+    owner = _sleepers(1)
+    try:
+        with whosthere.Node(name="bench") as node:
+            presence = node.presence
+            for size in sizes.list_sizes:
+                topic = f"list:{size}"
+                progress(f"tracking {size:,} presences in one topic")
+                for i in range(size):
+                    presence.track(owner[0].pid, topic, f"user-{i}", META)
+                reps = max(30, min(500, 200_000 // size))
+                samples = []
+                for i in range(reps + 5):
+                    if i % 20 == 0:
+                        progress(f"list of {size:,}: {i}/{reps}")
+                    t = time.perf_counter()
+                    listed = presence.list(topic)
+                    if i >= 5:
+                        samples.append(time.perf_counter() - t)
+                assert len(listed) == size
+                progress(f"raw round trip carrying {size:,} entries")
+                raw = baselines.raw_list_round_trips(size, META, reps)
+                b50 = pct(raw, 0.5) * 1e3
+                p50, p99 = pct(samples, 0.5) * 1e3, pct(samples, 0.99) * 1e3
+                rows.append(
+                    Row(
+                        "list",
+                        f"list p50, {size:,} in topic",
+                        p50,
+                        "ms",
+                        f"p99 {p99:.3f}",
+                        "raw p50",
+                        p50 / b50,
+                    )
+                )
+                rows.append(Row("list", f"  raw reply of {size:,} entries p50", b50, "ms"))
+    finally:
+        _stop(owner)
+    return rows
+
+
+def bench_kill_to_leave(sizes: Sizes) -> list[Row]:
+    per_owner = 100
+    owners = _sleepers(max(1, sizes.others // per_owner))
+    samples: list[float] = []
+    try:
+        with whosthere.Node(name="bench") as node:
+            presence = node.presence
+            progress(f"tracking {sizes.others:,} other presences")
+            for o in owners:
+                for t in range(per_owner):
+                    presence.track(o.pid, f"others:{t}", f"user-{o.pid}", META)
+            with presence.subscribe("victims") as sub:
+                for k in range(sizes.kills):
+                    if k % 50 == 0:
+                        progress(f"kill -> leave diff: {k}/{sizes.kills}")
+                    victim = subprocess.Popen(["sleep", "3600"])
+                    presence.track(victim.pid, "victims", "v", META)
+                    joined = sub.get(timeout=10)
+                    assert joined is not None and "v" in joined.payload["joins"]
+                    t = time.perf_counter()
+                    victim.kill()
+                    left = sub.get(timeout=10)
+                    samples.append(time.perf_counter() - t)
+                    assert left is not None and "v" in left.payload["leaves"], left
+                    victim.wait()
+        progress("pidfd baseline")
+        base = baselines.pidfd_kill_to_notice(_sleepers(min(sizes.kills, 200)))
+    finally:
+        _stop(owners)
+    b50, b99 = pct(base, 0.5) * 1e3, pct(base, 0.99) * 1e3
+    p50, p99 = pct(samples, 0.5) * 1e3, pct(samples, 0.99) * 1e3
+    n = f"{sizes.kills:,} kills, {sizes.others:,} others"
+    return [
+        Row("leave", "raw pidfd kill->notice p50", b50, "ms", f"p99 {b99:.3f}"),
+        Row(
+            "leave",
+            f"kill->leave diff p50 ({n})",
+            p50,
+            "ms",
+            f"p99 {p99:.3f}",
+            "pidfd p50",
+            p50 / b50,
+        ),
+        Row("leave", "kill->leave diff p99", p99, "ms", "", "pidfd p99", p99 / b99),
+    ]

@@ -1,0 +1,58 @@
+"""Fetcher worker: runs the user's `Presence.fetch` on diffs, off the shard's loop.
+
+Each diff is fetched in two calls, joins and leaves, as Phoenix does; the result (or the
+error) goes back to the shard that sent it, which publishes in its own order.
+"""
+
+from __future__ import annotations
+
+import traceback
+from typing import Any
+
+from whosthere.actors.base import Actor, ActorSpec
+from whosthere.presence import Presence, load_presence_class
+from whosthere.transport.messages import Fetch, Fetched
+from whosthere.transport.sockets import Dealer
+
+
+class FetcherActor(Actor):
+    handles = (Fetch,)
+
+    def __init__(self, spec: ActorSpec) -> None:
+        super().__init__(spec)
+        self.presence_class = load_presence_class(spec.options["presence"])
+        self.presence: Presence | None = None  # bound to the node on first use
+        self.shards = [Dealer(e, what="shard") for e in spec.options["shards"]]
+        self.fetched = 0
+        self.failed = 0
+
+    def stats(self) -> dict[str, Any]:
+        return {"fetched": self.fetched, "failed": self.failed}
+
+    def on_fetch(self, msg: Fetch) -> None:
+        try:
+            if self.presence is None:
+                self.presence = self.presence_class.connect(self.spec.supervisor)
+            joins = self.presence.fetch(msg.topic, msg.joins) if msg.joins else msg.joins
+            leaves = self.presence.fetch(msg.topic, msg.leaves) if msg.leaves else msg.leaves
+            reply = Fetched(msg.id, {"joins": joins, "leaves": leaves}, "")
+            self.fetched += 1
+        except Exception as exc:
+            self.failed += 1
+            self.log.error(
+                "%s: fetch raised on topic %r\n%s", self.name, msg.topic, traceback.format_exc()
+            )
+            reply = Fetched(msg.id, None, f"{type(exc).__name__}: {exc}")
+        try:
+            self.shards[msg.shard].cast(reply)
+        except Exception as exc:  # e.g. fetch returned something msgpack cannot carry
+            self.log.error(
+                "%s: fetch result for topic %r cannot be sent: %s", self.name, msg.topic, exc
+            )
+            self.shards[msg.shard].cast(Fetched(msg.id, None, f"{type(exc).__name__}: {exc}"))
+
+    def on_stop(self) -> None:
+        for dealer in self.shards:
+            dealer.close()
+        if self.presence is not None:
+            self.presence.close()

@@ -1,0 +1,250 @@
+"""`Presence`: Phoenix.Presence's API over a whosthere node.
+
+Subclass it to add callbacks, all optional: `fetch(topic, presences)` enriches what `list`,
+`get_by_key` and `presence_diff` carry (it runs in the fetcher workers and in the callers of
+`list`/`get_by_key`); `init()` and `handle_metas(topic, diff, presences, state)` run in the
+node's presence client actor. Instances are safe to share between threads.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable
+from typing import Any, NamedTuple, Self
+
+from whosthere.client import NodeInfo, lookup
+from whosthere.errors import InvalidMeta, RefChanged
+from whosthere.pubsub import PubSub, Subscription
+from whosthere.tracker.pool import shard_for
+from whosthere.transport import codec
+from whosthere.transport.messages import (
+    GetByKey,
+    GetMeta,
+    GetStatus,
+    ListTopic,
+    Track,
+    Untrack,
+    UntrackPid,
+    Update,
+)
+from whosthere.transport.sockets import DEFAULT_TIMEOUT, Connection
+from whosthere.watch import start_time
+
+UPDATE_RETRIES = 20  # attempts of an update by callable that keeps losing races
+
+Presences = dict[str, dict[str, Any]]  # {key: {"metas": [meta, ...], ...fetched}}
+
+
+class Channel(NamedTuple):
+    """A (pid, topic) pair, as Phoenix's socket: `track(channel, key, meta)`."""
+
+    pid: int
+    topic: str
+
+
+def _check_pid(pid: object) -> int:
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        raise TypeError(f"pid must be a positive int, got {pid!r}")
+    return pid
+
+
+def _check_topic(topic: object) -> str:
+    if not isinstance(topic, str):
+        raise TypeError(f"topic must be a str, got {type(topic).__name__}")
+    return topic
+
+
+def _key(key: object) -> str:
+    if isinstance(key, str):
+        return key
+    if isinstance(key, int) and not isinstance(key, bool):
+        return str(key)
+    raise TypeError(f"key must be a str or an int, got {type(key).__name__}")
+
+
+def _topic_of(topic_or_channel: object) -> str:
+    if isinstance(topic_or_channel, str):
+        return topic_or_channel
+    topic = getattr(topic_or_channel, "topic", None)
+    if isinstance(topic, str):
+        return topic
+    raise TypeError(f"expected a topic (str) or a channel, got {type(topic_or_channel).__name__}")
+
+
+def _pid_topic(args: tuple[Any, ...], rest: int, call: str) -> tuple[int, str, tuple[Any, ...]]:
+    """Split (pid, topic, *rest) or (channel, *rest)."""
+    if len(args) == rest + 2:
+        return _check_pid(args[0]), _check_topic(args[1]), args[2:]
+    if len(args) == rest + 1 and hasattr(args[0], "pid") and hasattr(args[0], "topic"):
+        return _check_pid(args[0].pid), _check_topic(args[0].topic), args[1:]
+    raise TypeError(f"{call} takes (pid, topic, ...) or (channel, ...); got {len(args)} arguments")
+
+
+class Presence:
+    """Presence tracking on a node: track, untrack, update, list, get_by_key, subscribe.
+
+    Get one with `node.presence`, or `YourPresence.connect(address)` from any process of the
+    host. Every call is a request with a deadline: `NodeUnavailable` past `timeout`.
+    """
+
+    def __init__(self, info: NodeInfo, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.info = info
+        self.timeout = timeout
+        self.pool_size = int(info.settings.get("pool_size", 1))
+        self.meta_limit = int(info.settings.get("meta_limit", codec.DEFAULT_META_LIMIT))
+        self._shards = [
+            Connection(info.endpoints[f"shard.{i}"], timeout=timeout, what=f"shard {i}")
+            for i in range(self.pool_size)
+        ]
+        self._pubsub: PubSub | None = None
+        self._supervisor = Connection(info.address, timeout=timeout, what="node")
+
+    @classmethod
+    def connect(cls, address: str | None = None, *, timeout: float = DEFAULT_TIMEOUT) -> Self:
+        """A presence bound to the node at `address` (default `$WHOSTHERE_ADDRESS`)."""
+        return cls(lookup(address, timeout), timeout=timeout)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} node={self.info.name!r} address={self.info.address!r}>"
+
+    # -- callbacks -------------------------------------------------------------------------
+
+    def fetch(self, topic: str, presences: Presences) -> Presences:
+        """Override to add fields beside each entry's "metas" (keep "metas" as it is)."""
+        return presences
+
+    # -- the API ---------------------------------------------------------------------------
+
+    def track(self, *args: Any) -> str:
+        """`track(pid, topic, key, meta)` or `track(channel, key, meta)`: the new phx_ref.
+
+        Links `pid` through the node: when that process exits, however it exits, its
+        presences leave. Raises `AlreadyTracked`, `InvalidMeta`, `NodeUnavailable`.
+        """
+        pid, topic, (key, meta) = _pid_topic(args, 2, "track")
+        packed = codec.pack_meta(meta, self.meta_limit)
+        msg = Track(pid, start_time(pid), topic, _key(key), packed)
+        return self._shard(topic).call(msg)
+
+    def untrack(self, *args: Any) -> None:
+        """`untrack(pid, topic, key)`, `untrack(channel, key)`, or `untrack(pid)` (everything
+        of that pid, in every shard). Untracking what is not tracked is a no-op."""
+        if len(args) == 1 and not hasattr(args[0], "topic"):
+            pid = _check_pid(args[0])
+            for shard in self._shards:
+                shard.call(UntrackPid(pid))
+            return
+        pid, topic, (key,) = _pid_topic(args, 1, "untrack")
+        self._shard(topic).call(Untrack(pid, topic, _key(key)))
+
+    def update(self, *args: Any) -> str:
+        """`update(pid, topic, key, meta_or_fn)` or `update(channel, key, meta_or_fn)`.
+
+        A dict replaces the meta; a callable gets the current meta (phx_ref included) and
+        returns the new one. It runs here, in the caller, and the write only lands if the
+        meta has not changed since it was read (else it runs again on the newer meta).
+        Returns the new phx_ref; the new meta carries phx_ref_prev. Raises `NotTracked`.
+        """
+        pid, topic, (key, meta_or_fn) = _pid_topic(args, 2, "update")
+        key = _key(key)
+        shard = self._shard(topic)
+        if not callable(meta_or_fn):
+            packed = codec.pack_meta(meta_or_fn, self.meta_limit)
+            return shard.call(Update(pid, topic, key, packed, None))
+        fn: Callable[[dict[str, Any]], Any] = meta_or_fn
+        for _ in range(UPDATE_RETRIES):
+            current = codec.unpack(shard.call(GetMeta(pid, topic, key)))
+            packed = codec.pack_meta(fn(dict(current)), self.meta_limit)
+            try:
+                return shard.call(Update(pid, topic, key, packed, current["phx_ref"]))
+            except RefChanged:
+                continue
+        raise InvalidMeta(f"update of {key!r} on {topic!r} lost {UPDATE_RETRIES} races in a row")
+
+    def list(self, topic_or_channel: str | Channel) -> Presences:
+        """`{key: {"metas": [meta, ...], ...}}` for the topic, through `fetch`."""
+        topic = _topic_of(topic_or_channel)
+        grouped: Presences = {}
+        for key, meta in self._shard(topic).call(ListTopic(topic)):
+            entry = grouped.get(key)
+            if entry is None:
+                entry = grouped[key] = {"metas": []}
+            entry["metas"].append(codec.unpack(meta))
+        return self.fetch(topic, grouped) if grouped else grouped
+
+    def get_by_key(self, topic_or_channel: str | Channel, key: str | int) -> dict[str, Any] | None:
+        """That key's entry `{"metas": [...], ...}` through `fetch`, or None."""
+        topic = _topic_of(topic_or_channel)
+        key = _key(key)
+        metas = self._shard(topic).call(GetByKey(topic, key))
+        if not metas:
+            return None
+        fetched = self.fetch(topic, {key: {"metas": [codec.unpack(m) for m in metas]}})
+        return fetched.get(key)
+
+    def subscribe(self, topic: str) -> Subscription:
+        """The topic's messages, `presence_diff` events included; in place when it returns."""
+        if self._pubsub is None:
+            self._pubsub = PubSub(self.info, timeout=self.timeout)
+        return self._pubsub.subscribe(_check_topic(topic))
+
+    def fetchers_pids(self) -> list[int]:
+        """OS pids of the node's fetcher workers."""
+        status = self._supervisor.call(GetStatus())
+        return [a["pid"] for a in status["actors"] if a["name"].startswith("fetcher.")]
+
+    def close(self) -> None:
+        """Release the sockets. Idempotent."""
+        for conn in (*self._shards, self._supervisor):
+            conn.close()
+        if self._pubsub is not None:
+            self._pubsub.close()
+
+    def _shard(self, topic: str) -> Connection:
+        return self._shards[shard_for(topic, self.pool_size) if self.pool_size > 1 else 0]
+
+
+# -- finding the user's class in other processes ---------------------------------------------
+
+
+def presence_class_ref(cls: type[Presence]) -> dict[str, str]:
+    """How another process imports `cls`: its module, or the script it was defined in."""
+    if not (isinstance(cls, type) and issubclass(cls, Presence)):
+        raise TypeError(f"presence must be a whosthere.Presence subclass, got {cls!r}")
+    ref = {"module": cls.__module__, "qualname": cls.__qualname__}
+    if "<locals>" in cls.__qualname__:
+        raise TypeError(
+            f"{cls.__qualname__} is defined inside a function; define it at module "
+            "level so that the node's processes can import it"
+        )
+    if cls.__module__ == "__main__":
+        path = getattr(sys.modules["__main__"], "__file__", None)
+        if path is None:
+            raise TypeError(
+                f"{cls.__qualname__} is defined in an interactive session; define it in a "
+                "module so that the node's processes can import it"
+            )
+        ref["path"] = path
+    return ref
+
+
+def load_presence_class(ref: dict[str, str]) -> type[Presence]:
+    """The class `presence_class_ref` described (a script is loaded as a module, not run)."""
+    if "path" in ref:
+        name = "__whosthere_main__"
+        module = sys.modules.get(name)
+        if module is None:
+            spec = importlib.util.spec_from_file_location(name, ref["path"])
+            if spec is None or spec.loader is None:
+                raise ImportError(f"cannot load {ref['path']}")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(ref["module"])
+    obj: Any = module
+    for part in ref["qualname"].split("."):
+        obj = getattr(obj, part)
+    return obj

@@ -1,0 +1,21 @@
+"""phx_ref values: unique, roughly time-ordered, opaque 16-character strings (as Phoenix's)."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import zlib
+
+
+class RefMaker:
+    """Makes refs for one shard incarnation: 8 bytes of time, 2 of origin, 2 of counter."""
+
+    def __init__(self, origin: str) -> None:
+        self._origin = (zlib.crc32(origin.encode()) & 0xFFFF).to_bytes(2, "big")
+        self._counter = itertools.count()
+
+    def make(self, now_ns: int) -> str:
+        """A new ref; `now_ns` is the wall clock in nanoseconds."""
+        raw = (now_ns & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "big") + self._origin
+        raw += (next(self._counter) & 0xFFFF).to_bytes(2, "big")
+        return base64.urlsafe_b64encode(raw).decode()

@@ -1,0 +1,254 @@
+"""The shard actor: the thin shell around one `State`.
+
+Each handler is a short pipeline: check the request, call the state, report the diff. Owners
+are linked through the supervisor on their first presence; when one exits, its presences
+leave. Diffs are grouped per topic and published as `presence_diff` on the topic through the
+PubSub actor, this node's subscribers only (each node publishes from its own state).
+
+With a user `fetch`, diffs go through the fetcher workers first. They may finish in any
+order; `pending` releases them in the order the shard made them, so per topic the order
+holds. A fetch that fails or outlasts `fetch_timeout` is logged and its diff published as it
+was (unfetched): a slow or broken callback never holds up the shard.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import random
+import time
+from typing import Any
+
+from whosthere.actors.base import Actor, ActorSpec
+from whosthere.errors import NotTracked, RefChanged
+from whosthere.tracker.refs import RefMaker
+from whosthere.tracker.state import Element, State
+from whosthere.transport import codec
+from whosthere.transport.messages import (
+    Broadcast,
+    Fetch,
+    Fetched,
+    GetByKey,
+    GetMeta,
+    Link,
+    ListTopic,
+    MetasDiff,
+    ProcessesExited,
+    Track,
+    Unlink,
+    Untrack,
+    UntrackPid,
+    Update,
+)
+from whosthere.transport.sockets import Dealer
+
+Diff = dict[str, dict[str, Any]]  # {"joins": {key: {"metas": [...]}}, "leaves": {...}}
+_CHECK_FETCHES_S = 0.05  # how often overdue fetches are looked for
+
+
+class _Pending:
+    """A diff waiting for its fetch, in the shard's order."""
+
+    __slots__ = ("deadline", "diff", "fetched", "topic")
+
+    def __init__(self, topic: str, diff: Diff, deadline: float) -> None:
+        self.topic = topic
+        self.diff = diff  # as made by the shard (published as is if fetch fails)
+        self.fetched: Diff | None = None
+        self.deadline = deadline
+
+
+def group(elements: list[Element]) -> dict[str, dict[str, list[Any]]]:
+    """Elements of one topic in the list shape: {key: {"metas": [meta, ...]}}."""
+    out: dict[str, dict[str, list[Any]]] = {}
+    for e in elements:
+        entry = out.get(e.key)
+        if entry is None:
+            entry = out[e.key] = {"metas": []}
+        entry["metas"].append(codec.unpack(e.meta))
+    return out
+
+
+class ShardActor(Actor):
+    handles = (Track, Untrack, UntrackPid, Update, GetMeta, ListTopic, GetByKey, Fetched)
+
+    def __init__(self, spec: ActorSpec) -> None:
+        super().__init__(spec)
+        opts = spec.options
+        self.index: int = opts["index"]
+        self.meta_limit: int = opts["meta_limit"]
+        self.fetch_timeout: float = opts["fetch_timeout"]
+        vsn = time.time_ns() // 1000 * 1000 + random.randrange(1000)  # a new replica each start
+        self.state = State((spec.node_name, vsn))
+        self.refs = RefMaker(f"{spec.node_name}/{self.name}/{vsn}")
+        self.linked: dict[int, int | float | None] = {}  # pid -> start time it was linked with
+        self.pubsub = Dealer(opts["pubsub"], what="pubsub actor")
+        self.fetchers = [Dealer(e, what="fetcher") for e in opts.get("fetchers", ())]
+        self.use_fetchers = bool(opts.get("custom_fetch")) and bool(self.fetchers)
+        self.client = Dealer(opts["client"], what="presence client") if opts.get("client") else None
+        self.pending: collections.OrderedDict[int, _Pending] = collections.OrderedDict()
+        self.fetch_ids = itertools.count(1)
+        self.published = 0  # diffs published since start
+        self.fetch_failures = 0  # fetches that raised or timed out
+
+    def on_start(self) -> None:
+        assert self.supervisor is not None, "a shard runs under a supervisor (links)"
+        self.add_reader(self.supervisor.socket, self._on_supervisor)
+        if self.use_fetchers:
+            self.call_later(_CHECK_FETCHES_S, self._check_fetches)
+
+    def on_stop(self) -> None:
+        for dealer in (self.pubsub, *self.fetchers, *([self.client] if self.client else [])):
+            dealer.close()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "presences": len(self.state),
+            "topics": len(self.state.topics),
+            "pids": self.state.pid_count(),
+            "diffs": self.published,
+            "fetching": len(self.pending),
+            "fetch_failures": self.fetch_failures,
+        }
+
+    # -- requests --------------------------------------------------------------------------
+
+    def on_track(self, msg: Track) -> str:
+        codec.check_packed_meta(msg.meta, self.meta_limit)
+        ref = self.refs.make(time.time_ns())
+        element = self.state.join(msg.pid, msg.topic, msg.key, codec.meta_with_refs(msg.meta, ref))
+        if msg.pid not in self.linked:
+            self.linked[msg.pid] = msg.start_time
+            self.supervisor.cast(Link([[msg.pid, msg.start_time]]))  # type: ignore[union-attr]
+        self.report({msg.topic: ([element], [])})
+        return ref
+
+    def on_untrack(self, msg: Untrack) -> None:
+        element = self.state.leave(msg.pid, msg.topic, msg.key)
+        if element is not None:
+            self._unlink_if_done(msg.pid)
+            self.report({msg.topic: ([], [element])})
+
+    def on_untrack_pid(self, msg: UntrackPid) -> int:
+        left = self.state.leave_pid(msg.pid)
+        self._unlink_if_done(msg.pid)
+        self.report(_by_topic([], left))
+        return len(left)
+
+    def on_update(self, msg: Update) -> str:
+        codec.check_packed_meta(msg.meta, self.meta_limit)
+        current = self.state.get(msg.pid, msg.topic, msg.key)
+        if current is None:
+            raise NotTracked(f"pid {msg.pid} is not tracked on topic {msg.topic!r} as {msg.key!r}")
+        old_ref = codec.unpack(current.meta)["phx_ref"]
+        if msg.expect_ref is not None and old_ref != msg.expect_ref:
+            raise RefChanged(f"phx_ref is {old_ref}, not {msg.expect_ref}")
+        ref = self.refs.make(time.time_ns())
+        meta = codec.meta_with_refs(msg.meta, ref, old_ref)
+        old, new = self.state.leave_join(msg.pid, msg.topic, msg.key, meta)
+        self.report({msg.topic: ([new], [old])})
+        return ref
+
+    def on_get_meta(self, msg: GetMeta) -> bytes:
+        current = self.state.get(msg.pid, msg.topic, msg.key)
+        if current is None:
+            raise NotTracked(f"pid {msg.pid} is not tracked on topic {msg.topic!r} as {msg.key!r}")
+        return current.meta
+
+    def on_list_topic(self, msg: ListTopic) -> list[list[Any]]:
+        return [[e.key, e.meta] for e in self.state.list(msg.topic)]
+
+    def on_get_by_key(self, msg: GetByKey) -> list[bytes]:
+        return [e.meta for e in self.state.get_by_key(msg.topic, msg.key)]
+
+    def on_fetched(self, msg: Fetched) -> None:
+        pending = self.pending.get(msg.id)
+        if pending is None:
+            return  # timed out and published unfetched already
+        if msg.payload is None:
+            self.fetch_failures += 1
+            self.log.warning(
+                "%s: fetch failed for topic %r; publishing the diff unfetched: %s",
+                self.name,
+                pending.topic,
+                msg.error,
+            )
+            pending.fetched = pending.diff
+        else:
+            pending.fetched = msg.payload
+        self._release()
+
+    # -- exits -----------------------------------------------------------------------------
+
+    def _on_supervisor(self) -> None:
+        assert self.supervisor is not None
+        changes: dict[str, tuple[list[Element], list[Element]]] = {}
+        for push in self.supervisor.recv_pushes(0):
+            if not isinstance(push, ProcessesExited):
+                continue
+            for pid, start in push.exits:
+                if pid not in self.linked or self.linked[pid] != start:
+                    continue
+                del self.linked[pid]
+                for element in self.state.leave_pid(pid):
+                    changes.setdefault(element.topic, ([], []))[1].append(element)
+        if changes:
+            self.report(changes)
+
+    def _unlink_if_done(self, pid: int) -> None:
+        if pid in self.linked and not self.state.tracks(pid):
+            start = self.linked.pop(pid)
+            self.supervisor.cast(Unlink([[pid, start]]))  # type: ignore[union-attr]
+
+    # -- diffs -----------------------------------------------------------------------------
+
+    def report(self, changes: dict[str, tuple[list[Element], list[Element]]]) -> None:
+        """Publish one diff per topic, through the fetchers when the user has a `fetch`."""
+        for topic, (joins, leaves) in changes.items():
+            diff = {"joins": group(joins), "leaves": group(leaves)}
+            if not self.use_fetchers:
+                self._publish(topic, diff)
+                continue
+            fid = next(self.fetch_ids)
+            self.pending[fid] = _Pending(topic, diff, time.monotonic() + self.fetch_timeout)
+            fetcher = self.fetchers[fid % len(self.fetchers)]
+            fetcher.cast(Fetch(self.index, fid, topic, diff["joins"], diff["leaves"]))
+
+    def _publish(self, topic: str, diff: Diff) -> None:
+        self.pubsub.cast(Broadcast(topic, "presence_diff", diff, True))
+        if self.client is not None:
+            self.client.cast(MetasDiff(topic, diff))
+        self.published += 1
+
+    def _release(self) -> None:
+        while self.pending:
+            fid, head = next(iter(self.pending.items()))
+            if head.fetched is None:
+                return
+            del self.pending[fid]
+            self._publish(head.topic, head.fetched)
+
+    def _check_fetches(self) -> None:
+        now = time.monotonic()
+        for head in self.pending.values():
+            if head.fetched is not None or head.deadline > now:
+                break
+            self.fetch_failures += 1
+            self.log.warning(
+                "%s: fetch for topic %r took over %g s; publishing it unfetched",
+                self.name,
+                head.topic,
+                self.fetch_timeout,
+            )
+            head.fetched = head.diff
+        self._release()
+        self.call_later(_CHECK_FETCHES_S, self._check_fetches)
+
+
+def _by_topic(joins: list[Element], leaves: list[Element]) -> dict[str, tuple[list, list]]:
+    changes: dict[str, tuple[list[Element], list[Element]]] = {}
+    for e in joins:
+        changes.setdefault(e.topic, ([], []))[0].append(e)
+    for e in leaves:
+        changes.setdefault(e.topic, ([], []))[1].append(e)
+    return changes

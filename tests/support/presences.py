@@ -1,0 +1,56 @@
+"""Presence classes for tests; module level, so the node's processes can import them."""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+import whosthere
+
+
+class ExtraPresence(whosthere.Presence):
+    def fetch(self, topic: str, presences: dict[str, Any]) -> dict[str, Any]:
+        return {key: {**entry, "extra": "extra"} for key, entry in presences.items()}
+
+
+class SlowPresence(whosthere.Presence):
+    """Fetches take a random while, so results come back out of order."""
+
+    def fetch(self, topic: str, presences: dict[str, Any]) -> dict[str, Any]:
+        time.sleep(random.uniform(0, 0.01))
+        return {key: {**entry, "fetched": True} for key, entry in presences.items()}
+
+
+class BrokenPresence(whosthere.Presence):
+    """fetch raises on topics "boom:*" and hangs on "hang:*"."""
+
+    def fetch(self, topic: str, presences: dict[str, Any]) -> dict[str, Any]:
+        if topic.startswith("boom:"):
+            raise RuntimeError("fetch exploded")
+        if topic.startswith("hang:"):
+            time.sleep(3)
+        return {key: {**entry, "fetched": True} for key, entry in presences.items()}
+
+
+class MetasPresence(whosthere.Presence):
+    """Reports every handle_metas call on "metas:<topic>"."""
+
+    def init(self) -> int:
+        return 0
+
+    def handle_metas(self, topic: str, diff: dict, presences: dict, state: int) -> int:
+        if topic.startswith("crash:"):
+            raise ValueError("handle_metas exploded")
+        pubsub = getattr(self, "_reporter", None)
+        if pubsub is None:
+            pubsub = self._reporter = whosthere.PubSub(self.info)
+        pubsub.broadcast(
+            f"metas:{topic}", "handle_metas", {"presences": presences, "calls": state + 1}
+        )
+        return state + 1
+
+
+class HandleMetasWithoutInit(whosthere.Presence):
+    def handle_metas(self, topic: str, diff: dict, presences: dict, state: Any) -> Any:
+        return state
