@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -70,10 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     size.add_argument("--quick", action="store_true", help="CI sizes (default)")
     size.add_argument("--full", action="store_true", help="the sizes quoted in the issues")
     p.add_argument("--only", nargs="*", choices=sorted(WORKLOADS), help="run these workloads")
+    p.add_argument("--reps", type=int, help="repetitions of each throughput (default by size)")
     p.add_argument("--json", metavar="FILE", help="save the results")
     p.add_argument("--compare", metavar="FILE", help="show the change against a saved run")
     args = p.parse_args(argv)
     sizes = FULL if args.full else QUICK
+    if args.reps:
+        sizes = replace(sizes, reps=args.reps)
     names = args.only or list(WORKLOADS)
     rows: list[Row] = []
     started = time.time()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -159,9 +160,14 @@ def test_handle_metas_that_raises_is_logged_and_the_client_lives_on(capfd, owner
     assert "ValueError: handle_metas exploded" in capfd.readouterr().err
 
 
-def test_handle_metas_without_init_is_refused():
-    with pytest.raises(TypeError, match=r"defines handle_metas but not init"):
-        whosthere.Node(presence=HandleMetasWithoutInit)
+def test_handle_metas_without_init_starts_from_an_empty_state(owner):
+    with (
+        whosthere.Node(presence=HandleMetasWithoutInit) as node,
+        node.presence.subscribe("metas:room") as reports,
+    ):
+        node.presence.track(owner.pid, "room", "u", {})
+        msg = reports.get(timeout=5)
+        assert msg is not None and msg.payload["state"] == {}
 
 
 def test_a_presence_class_must_be_importable_by_the_node():
@@ -195,3 +201,15 @@ def test_a_presence_defined_in_a_script_works(tmp_path):
         [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=True
     ).stdout
     assert out.strip() == "True"
+
+
+def test_a_slow_fetch_holds_back_its_own_topic_only(owner):
+    with whosthere.Node(presence=BrokenPresence, fetch_timeout=5) as node:
+        presence = node.presence
+        with presence.subscribe("hang:1") as hang, presence.subscribe("fine") as fine:
+            presence.track(owner.pid, "hang:1", "u", {})
+            presence.track(owner.pid, "fine", "u", {})
+            started = time.monotonic()
+            expect_diff(fine, joins={"u": 1}, timeout=2)
+            assert time.monotonic() - started < 2.0  # not behind the 3 s fetch
+            expect_diff(hang, joins={"u": 1}, timeout=5)

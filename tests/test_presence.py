@@ -352,7 +352,7 @@ def test_bad_metas_get_a_typed_error_and_lose_nothing(presence, owner, topic, me
 
 
 def test_wrong_types_get_clear_errors(presence, topic):
-    with pytest.raises(TypeError, match=r"^pid must be a positive int, got 'x'$"):
+    with pytest.raises(TypeError, match=r"^pid must be a positive int \(an OS pid\), got 'x'$"):
         presence.track("x", topic, "k", {})
     with pytest.raises(TypeError, match=r"^topic must be a str, got int$"):
         presence.track(ME, 5, "k", {})
@@ -437,3 +437,30 @@ def test_connect_without_an_address_is_node_unavailable(monkeypatch):
     monkeypatch.delenv("WHOSTHERE_ADDRESS", raising=False)
     with pytest.raises(whosthere.NodeUnavailable, match="WHOSTHERE_ADDRESS is not set"):
         whosthere.Presence.connect()
+
+
+def test_a_pid_tracked_again_with_another_start_time_replaces_the_old_process(node, owner, topic):
+    """The linked process is gone if its pid now names another process (pid reuse)."""
+    from whosthere.transport import codec
+    from whosthere.transport.messages import Track
+    from whosthere.transport.sockets import Dealer
+    from whosthere.watch import start_time
+
+    presence = node.presence
+    real = start_time(owner.pid)
+    assert real is not None
+    shard = Dealer(presence.info.endpoints[f"shard.{shard_for(topic, 2)}"])
+    try:
+        with presence.subscribe(topic) as sub:
+            shard.call(Track(owner.pid, real - 100, topic, "old", codec.pack_meta({})))
+            expect_diff(sub, joins={"old": 1})
+            presence.track(owner.pid, topic, "new", {})
+            diffs = [next_diff(sub), next_diff(sub)]
+            joined = [k for d in diffs for k in d["joins"]]
+            left = [k for d in diffs for k in d["leaves"]]
+            assert (joined, left) == (["new"], ["old"])
+            assert list(presence.list(topic)) == ["new"]
+            owner.kill()
+            expect_diff(sub, leaves={"new": 1})
+    finally:
+        shard.close()

@@ -241,3 +241,23 @@ def test_a_restarted_pubsub_is_reported_as_a_possible_loss():
                 "an unknown number of message(s) lost on topic 'r': the PubSub actor restarted"
             )
             assert sub.get(timeout=5).payload == "after"
+
+
+def test_resubscribing_never_takes_old_messages_for_new_ones(node, pubsub):
+    """Regression: numbers restarted when a topic lost its last subscriber."""
+    with pubsub.subscribe("again") as sub:
+        for i in range(3):
+            pubsub.broadcast("again", "old", i)
+        pubsub._conn.dealer().flush()
+        sub.unsubscribe("again")
+        wait_until(lambda: _topics(node) == 0, what="the topic unsubscribed")
+        sub.subscribe("again")  # the 3 old messages may still sit unread in the socket
+        for i in range(3):
+            pubsub.broadcast("again", "new", i)
+        got = [sub.get(timeout=5) for _ in range(3)]
+        assert [(m.event, m.payload) for m in got if m] == [("new", 0), ("new", 1), ("new", 2)]
+        assert sub.get(timeout=0.2) is None
+
+
+def _topics(node: whosthere.Node) -> int:
+    return next(a for a in node.status()["actors"] if a["name"] == "pubsub")["stats"]["topics"]

@@ -162,3 +162,27 @@ def test_calls_on_a_stopped_node_raise_node_unavailable():
     node.stop()
     with pytest.raises(whosthere.NodeUnavailable, match="did not answer Lookup within 0.5 s"):
         lookup(address, timeout=0.5)
+
+
+def test_tracker_options_are_checked_with_phoenix_rules():
+    node = whosthere.Node(broadcast_period=0.1, max_silent_periods=2)
+    assert node.tracker_options["down_period"] == pytest.approx(0.4)
+    with pytest.raises(
+        ValueError,
+        match=r"^down_period \(0.1 s\) must be at least twice "
+        r"broadcast_period \(1.5 s\)$",
+    ):
+        whosthere.Node(down_period=0.1)
+    with pytest.raises(
+        ValueError,
+        match=r"^permdown_period \(100 s\) must be greater than "
+        r"down_period \(1200 s\)$",
+    ):
+        whosthere.Node(down_period=1200, permdown_period=100)
+    with pytest.raises(TypeError, match=r"^unknown Node option\(s\): bogus$"):
+        whosthere.Node(bogus=1)
+
+
+def test_a_malformed_address_is_node_unavailable():
+    with pytest.raises(whosthere.NodeUnavailable, match=r"^cannot connect to node at 'foo'"):
+        whosthere.Presence.connect("foo")

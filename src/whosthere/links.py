@@ -98,7 +98,7 @@ class Links:
             return
         if self._linked:
             with contextlib.suppress(NodeUnavailable):
-                self._dealer.cast(Unlink([[p, st] for p, st in self._linked.items()]), 0.5)
+                self._dealer.call(Unlink([[p, st] for p, st in self._linked.items()]), 0.5)
             self._linked.clear()
         self._dealer.close()
 

@@ -65,6 +65,38 @@ def node_status(address: str, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any
     return status
 
 
+TRACKER_DEFAULTS: dict[str, Any] = {  # Phoenix.Tracker's, in seconds
+    "broadcast_period": 1.5,
+    "max_silent_periods": 10,
+    "down_period": 30.0,
+    "permdown_period": 1200.0,
+    "clock_sample_periods": 2,
+    "max_delta_sizes": (100, 1000, 10000),
+    "permdown_on_shutdown": False,
+}
+
+
+def check_tracker_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The tracker options with defaults; `ValueError`/`TypeError` names the rule broken."""
+    unknown = sorted(set(options) - set(TRACKER_DEFAULTS))
+    if unknown:
+        raise TypeError(f"unknown Node option(s): {', '.join(unknown)}")
+    merged = {**TRACKER_DEFAULTS, **options}
+    if "down_period" not in options:
+        merged["down_period"] = merged["broadcast_period"] * merged["max_silent_periods"] * 2
+    if merged["down_period"] < 2 * merged["broadcast_period"]:
+        raise ValueError(
+            f"down_period ({merged['down_period']} s) must be at least twice "
+            f"broadcast_period ({merged['broadcast_period']} s)"
+        )
+    if merged["permdown_period"] <= merged["down_period"]:
+        raise ValueError(
+            f"permdown_period ({merged['permdown_period']} s) must be greater than "
+            f"down_period ({merged['down_period']} s)"
+        )
+    return merged
+
+
 class Node:
     """A whosthere node: a supervisor process and its actors, started from this process.
 
@@ -90,6 +122,7 @@ class Node:
         fetch_timeout: float = 5.0,
         meta_limit: int = DEFAULT_META_LIMIT,
         log_level: str | None = None,
+        **tracker_options: Any,
     ) -> None:
         """Configure a node; nothing starts before `start()`.
 
@@ -111,6 +144,8 @@ class Node:
             fetch_timeout: seconds a diff waits for its `fetch` before it is published as is.
             meta_limit: largest packed meta accepted, in bytes (`InvalidMeta` beyond).
             log_level: the actors' log level (default `$WHOSTHERE_LOG_LEVEL` or WARNING).
+            tracker_options: the replication periods (`broadcast_period`, `down_period`...),
+                checked now and used once nodes form a cluster.
         """
         if listen is not None or peers:
             raise NotImplementedError("clustering (listen=, peers=) is not available yet")
@@ -120,15 +155,13 @@ class Node:
             raise ValueError("max_restarts must be >= 0 and max_seconds > 0")
         if fetchers < 1 or fetch_timeout <= 0 or meta_limit < 1:
             raise ValueError("fetchers, fetch_timeout and meta_limit must be positive")
+        self.tracker_options = check_tracker_options(tracker_options)
         self.presence_class: type[Presence] = presence or Presence
         self._presence_ref = presence_class_ref(self.presence_class)
-        has_init = hasattr(self.presence_class, "init")
-        self._handle_metas = hasattr(self.presence_class, "handle_metas")
-        if self._handle_metas and not has_init:
-            raise TypeError(
-                f"{self.presence_class.__qualname__} defines handle_metas but not "
-                "init, which makes the state handle_metas starts from"
-            )
+        # the presence client actor runs when either callback is defined (init alone runs once)
+        self._client_actor = any(
+            hasattr(self.presence_class, name) for name in ("init", "handle_metas")
+        )
         self.fetchers = fetchers
         self.fetch_timeout = fetch_timeout
         self.meta_limit = meta_limit
@@ -183,7 +216,7 @@ class Node:
             "max_pidfds": self.max_pidfds,
             "presence": self._presence_ref,
             "custom_fetch": self.presence_class.fetch is not Presence.fetch,
-            "handle_metas": self._handle_metas,
+            "handle_metas": self._client_actor,
             "fetchers": self.fetchers,
             "fetch_timeout": self.fetch_timeout,
             "meta_limit": self.meta_limit,
@@ -197,6 +230,10 @@ class Node:
                 pass_fds=(events_w, lock_fd),
                 start_new_session=True,  # terminal signals go to us; we stop the node
             )
+        except BaseException:
+            os.close(events_r)
+            runtime_dir.remove(path)
+            raise
         finally:
             os.close(events_w)
             os.close(lock_fd)  # the supervisor holds the directory's lock now
@@ -215,12 +252,19 @@ class Node:
             self._stopped = True
             return
         self._stopped = True
-        if self._pubsub is not None:
-            self._pubsub.close()
-        if self._presence is not None:
-            self._presence.close()
-        self._stop_workers()
         deadline = time.monotonic() + timeout
+        try:
+            if self._pubsub is not None:
+                self._pubsub.close(flush_timeout=min(0.2, timeout / 10))
+            if self._presence is not None:
+                self._presence.close()
+            self._stop_workers(grace=min(0.5, timeout / 4))
+        finally:
+            self._stop_tree(deadline)
+
+    def _stop_tree(self, deadline: float) -> None:
+        """SIGTERM the supervisor, SIGKILL the process group at the deadline, clean up."""
+        assert self._proc is not None
         if self._proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 self._proc.send_signal(signal.SIGTERM)
@@ -331,11 +375,11 @@ class Node:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _stop_workers(self) -> None:
+    def _stop_workers(self, grace: float) -> None:
         live = [w for w in self._workers if w.is_alive()]
         for w in live:
             w.terminate()
-        deadline = time.monotonic() + 0.5
+        deadline = time.monotonic() + grace
         for w in live:
             w.join(max(0.0, deadline - time.monotonic()))
             if w.is_alive():

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple, Self
 
 from whosthere.client import NodeInfo, lookup
-from whosthere.errors import InvalidMeta, RefChanged
+from whosthere.errors import RefChanged
 from whosthere.pubsub import PubSub, Subscription
 from whosthere.tracker.pool import shard_for
 from whosthere.transport import codec
@@ -45,8 +45,8 @@ class Channel(NamedTuple):
 
 
 def _check_pid(pid: object) -> int:
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        raise TypeError(f"pid must be a positive int, got {pid!r}")
+    if not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid <= 1 << 22:
+        raise TypeError(f"pid must be a positive int (an OS pid), got {pid!r}")
     return pid
 
 
@@ -161,7 +161,7 @@ class Presence:
                 return shard.call(Update(pid, topic, key, packed, current["phx_ref"]))
             except RefChanged:
                 continue
-        raise InvalidMeta(f"update of {key!r} on {topic!r} lost {UPDATE_RETRIES} races in a row")
+        raise RefChanged(f"update of {key!r} on {topic!r} lost {UPDATE_RETRIES} races in a row")
 
     def list(self, topic_or_channel: str | Channel) -> Presences:
         """`{key: {"metas": [meta, ...], ...}}` for the topic, through `fetch`."""

@@ -77,9 +77,9 @@ class PubSub:
         """Confirm a SUB filter with the actor (see `messages.Subscribe`): [epoch, seq]."""
         return self._conn.call(Subscribe(topic, inbox))
 
-    def close(self) -> None:
-        """Deliver what was broadcast from this process (up to 1 s), then disconnect."""
-        self._conn.close()
+    def close(self, flush_timeout: float = 1.0) -> None:
+        """Deliver what this thread broadcast (up to `flush_timeout` s), then disconnect."""
+        self._conn.close(flush_timeout)
 
     def __enter__(self) -> PubSub:
         return self

@@ -262,9 +262,9 @@ class Supervisor(Actor):
             if key[1] is None:  # the linker found it gone already
                 gone.append([key[0], None])
                 continue
+            self.watcher.watch(key)
             self.links.setdefault(key, set()).add(linker)
             self.linked_by.setdefault(linker, set()).add(key)
-            self.watcher.watch(key)
         if gone:
             self._notify({linker: gone})
         return len(msg.pids)
@@ -390,14 +390,18 @@ class Supervisor(Actor):
             os.write(self.ready_fd, (json.dumps(event) + "\n").encode())
 
 
+PID_MAX = 1 << 22  # the largest pid_max Linux allows
+
+
 def _process_key(item: Any) -> ProcessKey:
     if (
         not isinstance(item, list | tuple)
         or len(item) != 2
         or not isinstance(item[0], int)
+        or not 0 < item[0] <= PID_MAX
         or not isinstance(item[1], int | float | type(None))
     ):
-        raise MalformedFrame(f"a linked process is [pid, start_time], got {item!r}")
+        raise MalformedFrame(f"a linked process is [pid in 1..{PID_MAX}, start_time], got {item!r}")
     return (item[0], item[1])
 
 

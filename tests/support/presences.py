@@ -52,5 +52,9 @@ class MetasPresence(whosthere.Presence):
 
 
 class HandleMetasWithoutInit(whosthere.Presence):
+    """Reports the state it was given on "metas:<topic>"."""
+
     def handle_metas(self, topic: str, diff: dict, presences: dict, state: Any) -> Any:
+        with whosthere.PubSub(self.info) as pubsub:
+            pubsub.broadcast(f"metas:{topic}", "handle_metas", {"state": state})
         return state

@@ -179,7 +179,7 @@ class Actor:
             self.add_reader(wakeup_fd, self._on_signal)
         self.bind()
         if self.spec.supervisor:
-            self.supervisor = Dealer(self.spec.supervisor, what="supervisor")
+            self.supervisor = Dealer(self.spec.supervisor, what="supervisor", unbounded=True)
         self.on_start()
         if self.supervisor is not None:
             self.supervisor.cast(ActorReady(self.name, os.getpid()))
@@ -205,7 +205,10 @@ class Actor:
             for source, _ in poll(timeout):
                 callback = readers.get(source)
                 if callback is not None:
-                    callback()
+                    try:
+                        callback()
+                    except Exception:  # a bug in one handler must not end the actor
+                        self.log.exception("%s: reader %r failed", self.name, callback)
                 if self._stopping:
                     return
             self._run_timers()

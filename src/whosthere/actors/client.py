@@ -54,19 +54,22 @@ class PresenceClientActor(Actor):
 
     def on_start(self) -> None:
         self.presence = self.presence_class.connect(self.spec.supervisor)
-        self.state = self.presence.init()  # type: ignore[attr-defined]
+        init = getattr(self.presence, "init", None)
+        self.state = init() if init is not None else {}
 
     def stats(self) -> dict[str, Any]:
         return {"topics": len(self.topics), "handle_metas": self.calls, "failures": self.failures}
 
     def on_metas_diff(self, msg: MetasDiff) -> None:
         presences = apply_diff(self.topics, msg.topic, msg.diff)
+        if not hasattr(self.presence, "handle_metas"):
+            return  # only init was defined
         self.calls += 1
         try:
             self.state = self.presence.handle_metas(  # type: ignore[union-attr]
                 msg.topic, msg.diff, presences, self.state
             )
-        except Exception:
+        except (Exception, SystemExit):  # the user's code: whatever it raises
             self.failures += 1
             self.log.error(
                 "%s: handle_metas raised on topic %r\n%s",

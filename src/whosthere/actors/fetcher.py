@@ -22,7 +22,7 @@ class FetcherActor(Actor):
         super().__init__(spec)
         self.presence_class = load_presence_class(spec.options["presence"])
         self.presence: Presence | None = None  # bound to the node on first use
-        self.shards = [Dealer(e, what="shard") for e in spec.options["shards"]]
+        self.shards = [Dealer(e, what="shard", unbounded=True) for e in spec.options["shards"]]
         self.fetched = 0
         self.failed = 0
 
@@ -37,7 +37,7 @@ class FetcherActor(Actor):
             leaves = self.presence.fetch(msg.topic, msg.leaves) if msg.leaves else msg.leaves
             reply = Fetched(msg.id, {"joins": joins, "leaves": leaves}, "")
             self.fetched += 1
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # the user's code: whatever it raises
             self.failed += 1
             self.log.error(
                 "%s: fetch raised on topic %r\n%s", self.name, msg.topic, traceback.format_exc()

@@ -10,6 +10,11 @@ slow subscriber never blocks the others. The subscriber sees the hole in the num
 raises `MessagesLost` rather than diverge silently. A new epoch (a restarted actor) is a
 possible loss too.
 
+Numbering: only topics that have subscribers (as XPUB reports them) are numbered; a topic's
+count starts from the actor's total of published messages, which only grows, so a topic that
+loses its last subscriber and gains a new one never reuses a number within an epoch. Messages
+to topics nobody subscribes to are not sent at all.
+
 Why XPUB and inboxes: a SUB subscription is asynchronous. `Subscribe` is answered only after
 the actor has seen the subscriber's one-off inbox filter, which the subscriber set right after
 the topic filter on the same pipe, so the topic filter is in place and every message published
@@ -28,6 +33,7 @@ from typing import Any
 import zmq
 
 from whosthere.actors.base import NOREPLY, Actor, ActorSpec, Request
+from whosthere.errors import MalformedFrame
 from whosthere.transport import codec
 from whosthere.transport.messages import Broadcast, Published, Subscribe
 from whosthere.transport.sockets import bind, socket
@@ -42,7 +48,7 @@ class PubSubActor(Actor):
     def __init__(self, spec: ActorSpec) -> None:
         super().__init__(spec)
         self.epoch = random.getrandbits(62) + 1  # this incarnation
-        self.seqs: dict[str, int] = {}  # topic -> last sequence number, while subscribed
+        self.seqs: dict[str, int] = {}  # subscribed topic -> last sequence number
         self.waiting: dict[str, tuple[Request, str, float]] = {}  # inbox -> (call, topic, t)
         self.seen_inboxes: dict[str, float] = {}  # inbox filters seen before their call
         self.published = 0  # messages published since start
@@ -56,7 +62,7 @@ class PubSubActor(Actor):
         self.call_later(_SYNC_TTL, self._expire_handshakes)
 
     def stats(self) -> dict[str, Any]:
-        return {"topics": len(self.seqs), "published": self.published}
+        return {"topics": len(self.seqs), "published": self.published}  # topics: subscribed
 
     # -- messages --------------------------------------------------------------------------
 
@@ -66,26 +72,30 @@ class PubSubActor(Actor):
             self.forward(msg)
 
     def on_subscribe(self, msg: Subscribe) -> Any:
+        if self.request is None:
+            raise MalformedFrame("Subscribe must be a call")
         if self.seen_inboxes.pop(msg.inbox, None) is not None:
             return self._sync_reply(msg.topic)
-        assert self.request is not None, "Subscribe must be a call"
         self.waiting[msg.inbox] = (self.request, msg.topic, time.monotonic())
         return NOREPLY
 
     # -- work ------------------------------------------------------------------------------
 
     def publish(self, topic: str, event: str, payload: Any) -> None:
-        seq = self.seqs.get(topic, 0) + 1
-        self.seqs[topic] = seq
+        last = self.seqs.get(topic)
+        self.published += 1
+        if last is None:
+            return  # no subscriber: XPUB would drop it anyway
+        seq = self.seqs[topic] = last + 1
         body = codec.encode(Published(self.epoch, seq, event, payload))
         self.xpub.send_multipart((codec.topic_frame(topic), body))
-        self.published += 1
 
     def forward(self, msg: Broadcast) -> None:
         """Hand a cluster-wide broadcast to the peers (none on a single node)."""
 
     def _sync_reply(self, topic: str) -> list[int]:
-        return [self.epoch, self.seqs.setdefault(topic, 0)]
+        # the topic's XPUB subscription came before the inbox's on the same pipe: it is known
+        return [self.epoch, self.seqs.setdefault(topic, self.published)]
 
     def _on_subscriptions(self) -> None:
         while True:
@@ -107,8 +117,11 @@ class PubSubActor(Actor):
                     self.reply(pending[0], self._sync_reply(pending[1]))
                 continue
             topic = codec.topic_of(filt)
-            if topic is not None and not subscribing:
-                # the last subscriber left: a new one syncs to whatever the count is then
+            if topic is None:
+                continue
+            if subscribing:  # the first subscriber of the topic
+                self.seqs.setdefault(topic, self.published)
+            else:  # the last one left
                 self.seqs.pop(topic, None)
 
     def _expire_handshakes(self) -> None:

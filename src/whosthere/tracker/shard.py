@@ -6,9 +6,14 @@ leave. Diffs are grouped per topic and published as `presence_diff` on the topic
 PubSub actor, this node's subscribers only (each node publishes from its own state).
 
 With a user `fetch`, diffs go through the fetcher workers first. They may finish in any
-order; `pending` releases them in the order the shard made them, so per topic the order
-holds. A fetch that fails or outlasts `fetch_timeout` is logged and its diff published as it
-was (unfetched): a slow or broken callback never holds up the shard.
+order; each topic's queue in `pending` releases them in the order the shard made them, so a
+slow fetch holds back its own topic only. A fetch that fails or outlasts `fetch_timeout` is
+logged and its diff published as it was (unfetched): a slow or broken callback never holds
+up the shard.
+
+Pid reuse: a link is (pid, start time). A track of a linked pid with another start time
+means the linked process is gone (its pid was reused): its presences leave at once, before
+the new process's presence joins.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import time
 from typing import Any
 
 from whosthere.actors.base import Actor, ActorSpec
-from whosthere.errors import NotTracked, RefChanged
+from whosthere.errors import MalformedFrame, NotTracked, RefChanged
 from whosthere.tracker.refs import RefMaker
 from whosthere.tracker.state import Element, State
 from whosthere.transport import codec
@@ -58,6 +63,14 @@ class _Pending:
         self.deadline = deadline
 
 
+PID_MAX = 1 << 22  # the largest pid_max Linux allows
+
+
+def check_pid(pid: int) -> None:
+    if not 0 < pid <= PID_MAX:
+        raise MalformedFrame(f"pid must be in 1..{PID_MAX}, got {pid}")
+
+
 def group(elements: list[Element]) -> dict[str, dict[str, list[Any]]]:
     """Elements of one topic in the list shape: {key: {"metas": [meta, ...]}}."""
     out: dict[str, dict[str, list[Any]]] = {}
@@ -82,12 +95,16 @@ class ShardActor(Actor):
         self.state = State((spec.node_name, vsn))
         self.refs = RefMaker(f"{spec.node_name}/{self.name}/{vsn}")
         self.linked: dict[int, int | float | None] = {}  # pid -> start time it was linked with
-        self.pubsub = Dealer(opts["pubsub"], what="pubsub actor")
-        self.fetchers = [Dealer(e, what="fetcher") for e in opts.get("fetchers", ())]
+        self.pubsub = Dealer(opts["pubsub"], what="pubsub actor", unbounded=True)
+        self.fetchers = [
+            Dealer(e, what="fetcher", unbounded=True) for e in opts.get("fetchers", ())
+        ]
         self.use_fetchers = bool(opts.get("custom_fetch")) and bool(self.fetchers)
-        self.client = Dealer(opts["client"], what="presence client") if opts.get("client") else None
-        self.pending: collections.OrderedDict[int, _Pending] = collections.OrderedDict()
-        self.fetch_ids = itertools.count(1)
+        client = opts.get("client")
+        self.client = Dealer(client, what="presence client", unbounded=True) if client else None
+        self.pending: dict[str, collections.deque[_Pending]] = {}  # topic -> diffs in order
+        self.by_fetch_id: dict[int, _Pending] = {}
+        self.fetch_ids = itertools.count(random.getrandbits(62))  # not reused by a restart
         self.published = 0  # diffs published since start
         self.fetch_failures = 0  # fetches that raised or timed out
 
@@ -107,19 +124,22 @@ class ShardActor(Actor):
             "topics": len(self.state.topics),
             "pids": self.state.pid_count(),
             "diffs": self.published,
-            "fetching": len(self.pending),
+            "fetching": len(self.by_fetch_id),
             "fetch_failures": self.fetch_failures,
         }
 
     # -- requests --------------------------------------------------------------------------
 
     def on_track(self, msg: Track) -> str:
+        check_pid(msg.pid)
         codec.check_packed_meta(msg.meta, self.meta_limit)
+        if msg.pid in self.linked and self.linked[msg.pid] != msg.start_time:
+            self._exited([(msg.pid, self.linked[msg.pid])])  # that pid now names another process
         ref = self.refs.make(time.time_ns())
         element = self.state.join(msg.pid, msg.topic, msg.key, codec.meta_with_refs(msg.meta, ref))
         if msg.pid not in self.linked:
-            self.linked[msg.pid] = msg.start_time
             self.supervisor.cast(Link([[msg.pid, msg.start_time]]))  # type: ignore[union-attr]
+            self.linked[msg.pid] = msg.start_time
         self.report({msg.topic: ([element], [])})
         return ref
 
@@ -162,7 +182,7 @@ class ShardActor(Actor):
         return [e.meta for e in self.state.get_by_key(msg.topic, msg.key)]
 
     def on_fetched(self, msg: Fetched) -> None:
-        pending = self.pending.get(msg.id)
+        pending = self.by_fetch_id.pop(msg.id, None)
         if pending is None:
             return  # timed out and published unfetched already
         if msg.payload is None:
@@ -176,22 +196,27 @@ class ShardActor(Actor):
             pending.fetched = pending.diff
         else:
             pending.fetched = msg.payload
-        self._release()
+        self._release(pending.topic)
 
     # -- exits -----------------------------------------------------------------------------
 
     def _on_supervisor(self) -> None:
         assert self.supervisor is not None
-        changes: dict[str, tuple[list[Element], list[Element]]] = {}
+        exits = []
         for push in self.supervisor.recv_pushes(0):
-            if not isinstance(push, ProcessesExited):
-                continue
-            for pid, start in push.exits:
-                if pid not in self.linked or self.linked[pid] != start:
-                    continue
-                del self.linked[pid]
-                for element in self.state.leave_pid(pid):
-                    changes.setdefault(element.topic, ([], []))[1].append(element)
+            if isinstance(push, ProcessesExited):
+                exits.extend((pid, start) for pid, start in push.exits)
+        self._exited(exits)
+
+    def _exited(self, exits: list[tuple[int, Any]]) -> None:
+        """Linked processes exited: their presences leave (one diff per topic)."""
+        changes: dict[str, tuple[list[Element], list[Element]]] = {}
+        for pid, start in exits:
+            if pid not in self.linked or self.linked[pid] != start:
+                continue  # unlinked since, or an older process that had this pid
+            del self.linked[pid]
+            for element in self.state.leave_pid(pid):
+                changes.setdefault(element.topic, ([], []))[1].append(element)
         if changes:
             self.report(changes)
 
@@ -210,7 +235,9 @@ class ShardActor(Actor):
                 self._publish(topic, diff)
                 continue
             fid = next(self.fetch_ids)
-            self.pending[fid] = _Pending(topic, diff, time.monotonic() + self.fetch_timeout)
+            pending = _Pending(topic, diff, time.monotonic() + self.fetch_timeout)
+            self.pending.setdefault(topic, collections.deque()).append(pending)
+            self.by_fetch_id[fid] = pending
             fetcher = self.fetchers[fid % len(self.fetchers)]
             fetcher.cast(Fetch(self.index, fid, topic, diff["joins"], diff["leaves"]))
 
@@ -220,28 +247,31 @@ class ShardActor(Actor):
             self.client.cast(MetasDiff(topic, diff))
         self.published += 1
 
-    def _release(self) -> None:
-        while self.pending:
-            fid, head = next(iter(self.pending.items()))
-            if head.fetched is None:
-                return
-            del self.pending[fid]
-            self._publish(head.topic, head.fetched)
+    def _release(self, topic: str) -> None:
+        """Publish the topic's fetched diffs that no earlier diff of the topic holds back."""
+        queue = self.pending.get(topic)
+        while queue and queue[0].fetched is not None:
+            head = queue.popleft()
+            self._publish(topic, head.fetched)  # type: ignore[arg-type]
+        if queue is not None and not queue:
+            del self.pending[topic]
 
     def _check_fetches(self) -> None:
         now = time.monotonic()
-        for head in self.pending.values():
-            if head.fetched is not None or head.deadline > now:
-                break
+        overdue = [
+            (fid, p) for fid, p in self.by_fetch_id.items() if p.deadline <= now
+        ]  # oldest first: ids grow with deadlines
+        for fid, pending in overdue:
+            del self.by_fetch_id[fid]
             self.fetch_failures += 1
             self.log.warning(
                 "%s: fetch for topic %r took over %g s; publishing it unfetched",
                 self.name,
-                head.topic,
+                pending.topic,
                 self.fetch_timeout,
             )
-            head.fetched = head.diff
-        self._release()
+            pending.fetched = pending.diff
+            self._release(pending.topic)
         self.call_later(_CHECK_FETCHES_S, self._check_fetches)
 
 

@@ -55,8 +55,10 @@ def create(name: str) -> tuple[Path, int]:
     clean_stale(base)
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:24] or "node"
     path = Path(tempfile.mkdtemp(prefix=f"{safe}-", dir=base))
-    fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    # Lock first, then give the file its name: nobody can see the lock file unlocked.
+    fd = os.open(path / f"{LOCK_NAME}.new", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.rename(path / f"{LOCK_NAME}.new", path / LOCK_NAME)
     longest = ipc_endpoint(path, "x" * 24)
     if len(longest) - len("ipc://") > IPC_PATH_MAX:
         remove(path)
@@ -78,10 +80,7 @@ def is_live(path: Path) -> bool:
     try:
         fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CLOEXEC)
     except FileNotFoundError:
-        try:
-            return time.time() - path.stat().st_mtime < _UNLOCKED_GRACE_S
-        except FileNotFoundError:
-            return False
+        return _young(path)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -89,6 +88,13 @@ def is_live(path: Path) -> bool:
     finally:
         os.close(fd)
     return False
+
+
+def _young(path: Path) -> bool:
+    try:
+        return time.time() - path.stat().st_mtime < _UNLOCKED_GRACE_S
+    except FileNotFoundError:
+        return False
 
 
 def clean_stale(base: Path | None = None) -> list[Path]:

@@ -70,13 +70,28 @@ def raise_failure(reply: Failed) -> None:
 class Dealer:
     """One DEALER socket to one actor's mailbox; not thread-safe."""
 
-    def __init__(self, endpoint: str, *, timeout: float = DEFAULT_TIMEOUT, what: str = "actor"):
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        what: str = "actor",
+        unbounded: bool = False,
+    ):
+        """`unbounded`: never block on send (an actor's casts queue in memory instead, so a
+        slow peer cannot stall the actor's loop)."""
         self.endpoint = endpoint
         self.timeout = timeout  # default deadline of call/cast, seconds
         self.what = what  # names the peer in errors
         self.socket = socket(zmq.DEALER)
         self.socket.setsockopt(zmq.RCVHWM, 0)  # pushes (exit notices) must never be dropped
-        self.socket.connect(endpoint)
+        if unbounded:
+            self.socket.setsockopt(zmq.SNDHWM, 0)
+        try:
+            self.socket.connect(endpoint)
+        except zmq.ZMQError as exc:
+            self.socket.close(linger=0)
+            raise NodeUnavailable(f"cannot connect to {what} at {endpoint!r}: {exc}") from exc
         self.pushes: collections.deque[Any] = collections.deque()  # decoded push messages
         self.unflushed = False  # casts sent since the last reply (see `flush`)
         self._refs = itertools.count(1)
@@ -170,7 +185,7 @@ class Connection:
         self.timeout = timeout
         self.what = what
         self._local = threading.local()
-        self._dealers: list[Dealer] = []
+        self._dealers: list[tuple[threading.Thread, Dealer]] = []
         self._lock = threading.Lock()
         self._closed = False
 
@@ -184,7 +199,13 @@ class Connection:
                 if self._closed:
                     raise NodeUnavailable(f"connection to {self.endpoint} is closed")
                 dealer = Dealer(self.endpoint, timeout=self.timeout, what=self.what)
-                self._dealers.append(dealer)
+                live = []
+                for thread, other in self._dealers:  # sockets of threads that ended
+                    if thread.is_alive():
+                        live.append((thread, other))
+                    else:
+                        other.close()
+                self._dealers = [*live, (threading.current_thread(), dealer)]
             self._local.dealer = dealer
         return dealer
 
@@ -197,12 +218,11 @@ class Connection:
         self.dealer().cast(msg, timeout)
 
     def close(self, flush_timeout: float = 1.0) -> None:
-        """Deliver pending casts (up to `flush_timeout` s), then close every thread's socket.
-
-        Later calls raise `NodeUnavailable`. Idempotent.
-        """
+        """Deliver this thread's pending casts (up to `flush_timeout` s), then close every
+        thread's socket. Later calls raise `NodeUnavailable`. Idempotent."""
+        me = threading.current_thread()
         with self._lock:
             self._closed = True
             dealers, self._dealers = self._dealers, []
-        for dealer in dealers:
-            dealer.close(flush_timeout)
+        for thread, dealer in dealers:
+            dealer.close(flush_timeout if thread is me else 0.0)

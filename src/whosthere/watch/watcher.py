@@ -146,8 +146,7 @@ class ProcessWatcher:
         except OSError as exc:
             if exc.errno in (errno.EMFILE, errno.ENFILE):
                 self.max_pidfds = len(self._fd_by_key)  # the real budget, as it turns out
-                return False
-            raise
+            return False  # (EINVAL: e.g. a thread id on an older kernel) sweep it instead
         # Read the start time after opening: if it still matches, the pidfd is that process.
         if start_time(pid) != expected:
             os.close(fd)
