@@ -52,7 +52,8 @@ class ActorError(WhosthereError):
 
 
 class NodeStartError(WhosthereError):
-    """The node could not start: an actor died or did not report ready during boot."""
+    """The node could not start an actor: one died or was not ready during boot, or a
+    crashed actor could not be started again."""
 
 
 class RestartIntensityExceeded(WhosthereError):

@@ -353,7 +353,10 @@ class Supervisor(Actor):
             code,
         )
         child.restarts += 1
-        self._spawn(child)
+        try:
+            self._spawn(child)
+        except OSError as exc:  # e.g. out of processes or memory
+            self.fail(NodeStartError(f"actor {name!r} could not be restarted: {exc}"))
 
     # -- internals -------------------------------------------------------------------------
 
