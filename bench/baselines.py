@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing
 import os
 import select
+import shutil
 import subprocess
 import tempfile
 import time
@@ -16,8 +18,15 @@ import zmq
 _CTX = multiprocessing.get_context("spawn")
 
 
+_DIR: str | None = None  # this run's socket files, removed at exit
+
+
 def _endpoint(name: str) -> str:
-    return f"ipc://{tempfile.gettempdir()}/whosthere-bench-{os.getpid()}-{name}.sock"
+    global _DIR
+    if _DIR is None:
+        _DIR = tempfile.mkdtemp(prefix="whosthere-bench-")
+        atexit.register(shutil.rmtree, _DIR, True)
+    return f"ipc://{_DIR}/{name}.sock"
 
 
 def _echo_server(endpoint: str, ready: Any) -> None:
@@ -67,19 +76,32 @@ def raw_round_trips(count: int) -> list[float]:
     """Seconds per DEALER->ROUTER->DEALER round trip of a small msgpack message."""
     endpoint = _endpoint("echo")
     server = _start(_echo_server, endpoint)
+    return _time_round_trips(endpoint, server, msgpack.packb([3]), count, warmup=200)
+
+
+def _time_round_trips(
+    endpoint: str, server: multiprocessing.process.BaseProcess, body: bytes, count: int, warmup: int
+) -> list[float]:
+    """Seconds per sequential round trip of `body` (after `warmup` untimed), then stop `server`."""
     sock = _dealer(endpoint)
     samples = []
-    for i in range(count + 200):
+    for i in range(count + warmup):
         t = time.perf_counter()
-        sock.send_multipart((i.to_bytes(8, "big"), msgpack.packb([3])))
+        sock.send_multipart((i.to_bytes(8, "big"), body))
         msgpack.unpackb(sock.recv_multipart()[1])
-        if i >= 200:
+        if i >= warmup:
             samples.append(time.perf_counter() - t)
+    sock.close()
+    _stop_server(endpoint, server)
+    return samples
+
+
+def _stop_server(endpoint: str, server: multiprocessing.process.BaseProcess) -> None:
+    sock = _dealer(endpoint)
     sock.send_multipart((b"x", msgpack.packb("stop")))
     sock.recv_multipart()
     sock.close()
     server.join(10)
-    return samples
 
 
 def raw_pipelined(count: int) -> float:
@@ -208,11 +230,7 @@ def raw_call_rate(clients: int, count: int) -> float:
     rate = clients * count / (time.perf_counter() - t)
     for p in procs:
         p.join(10)
-    sock = _dealer(endpoint)
-    sock.send_multipart((b"x", msgpack.packb("stop")))
-    sock.recv_multipart()
-    sock.close()
-    server.join(10)
+    _stop_server(endpoint, server)
     return rate
 
 
@@ -238,16 +256,4 @@ def raw_list_round_trips(size: int, meta: dict, count: int) -> list[float]:
     server = _CTX.Process(target=_blob_server, args=(endpoint, blob, ready))
     server.start()
     ready.wait(30)
-    sock = _dealer(endpoint)
-    samples = []
-    for i in range(count + 5):
-        t = time.perf_counter()
-        sock.send_multipart((i.to_bytes(8, "big"), msgpack.packb([35, "t"])))
-        msgpack.unpackb(sock.recv_multipart()[1])
-        if i >= 5:
-            samples.append(time.perf_counter() - t)
-    sock.send_multipart((b"x", msgpack.packb("stop")))
-    sock.recv_multipart()
-    sock.close()
-    server.join(10)
-    return samples
+    return _time_round_trips(endpoint, server, msgpack.packb([35, "t"]), count, warmup=5)

@@ -71,3 +71,15 @@ def median_spread(values: list[float]) -> tuple[float, str]:
 
 def progress(text: str) -> None:
     print(f"\r\033[K  ... {text}", end="", file=sys.stderr, flush=True)
+
+
+def versus_pidfd(workload: str, label: str, samples: list[float], base: list[float],
+                 extra: str = "") -> list[Row]:  # fmt: skip
+    """Rows for a kill -> notice latency beside the raw pidfd baseline (ms)."""
+    b50, b99 = pct(base, 0.5) * 1e3, pct(base, 0.99) * 1e3
+    p50, p99 = pct(samples, 0.5) * 1e3, pct(samples, 0.99) * 1e3
+    return [
+        Row(workload, "raw pidfd kill->notice p50", b50, "ms", f"p99 {b99:.3f}"),
+        Row(workload, f"{label} p50", p50, "ms", f"p99 {p99:.3f}", "pidfd p50", p50 / b50),
+        Row(workload, f"{label} p99", p99, "ms", extra, "pidfd p99", p99 / b99),
+    ]

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 import baselines
-from common import Row, Sizes, median_spread, pct, progress
+from common import Row, Sizes, median_spread, pct, progress, versus_pidfd
 
 import whosthere
 
@@ -197,19 +197,5 @@ def bench_kill_to_leave(sizes: Sizes) -> list[Row]:
         base = baselines.pidfd_kill_to_notice(_sleepers(min(sizes.kills, 200)))
     finally:
         _stop(owners)
-    b50, b99 = pct(base, 0.5) * 1e3, pct(base, 0.99) * 1e3
-    p50, p99 = pct(samples, 0.5) * 1e3, pct(samples, 0.99) * 1e3
     n = f"{sizes.kills:,} kills, {sizes.others:,} others"
-    return [
-        Row("leave", "raw pidfd kill->notice p50", b50, "ms", f"p99 {b99:.3f}"),
-        Row(
-            "leave",
-            f"kill->leave diff p50 ({n})",
-            p50,
-            "ms",
-            f"p99 {p99:.3f}",
-            "pidfd p50",
-            p50 / b50,
-        ),
-        Row("leave", "kill->leave diff p99", p99, "ms", "", "pidfd p99", p99 / b99),
-    ]
+    return versus_pidfd("leave", f"kill->leave diff ({n})", samples, base)

@@ -10,7 +10,7 @@ from typing import Any
 
 import baselines
 import zmq
-from common import Row, Sizes, median_spread, pct, progress
+from common import Row, Sizes, median_spread, pct, progress, versus_pidfd
 
 import whosthere
 from whosthere.client import lookup
@@ -172,21 +172,9 @@ def bench_links(node: whosthere.Node, sizes: Sizes) -> list[Row]:
             p.kill()
         for p in procs:
             p.wait()
-    b50, b99 = pct(base, 0.5) * 1e3, pct(base, 0.99) * 1e3
-    p50, p99 = pct(samples, 0.5) * 1e3, pct(samples, 0.99) * 1e3
-    n = len(rest)
     mech = f"pidfd {watched['pidfd']:,}, sweep {watched['sweep']:,}"
+    label = f"link notice ({len(rest):,} linked)"
     return [
-        Row("links", "raw pidfd kill->notice p50", b50, "ms", f"p99 {b99:.3f}"),
-        Row(
-            "links",
-            f"link notice p50 ({n:,} linked)",
-            p50,
-            "ms",
-            f"p99 {p99:.3f}",
-            "pidfd p50",
-            p50 / b50,
-        ),
-        Row("links", f"link notice p99 ({n:,} linked)", p99, "ms", mech, "pidfd p99", p99 / b99),
+        *versus_pidfd("links", label, samples, base, mech),
         Row("links", "link rate (batches of 1,000)", link_rate, "pid/s"),
     ]

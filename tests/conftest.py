@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 import uuid
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.processes import TAG_ENV, reap_children, tagged_processes
+from tests.support.processes import TAG_ENV, reap_children, sleeper, tagged_processes
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,6 +55,15 @@ def no_leaks() -> Iterator[None]:
     for d in dirs:
         shutil.rmtree(RUNTIME_BASE / d, ignore_errors=True)
     pytest.fail(f"test leaked processes {procs} and runtime directories {dirs}")
+
+
+@pytest.fixture
+def owner() -> Iterator[subprocess.Popen[bytes]]:
+    """A process to own presences (cheap, exec'd), killed after the test."""
+    proc = sleeper()
+    yield proc
+    proc.kill()
+    proc.wait()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -22,14 +22,6 @@ from tests.support.presences import (
 from tests.support.processes import sleeper
 
 
-@pytest.fixture
-def owner():
-    proc = sleeper()
-    yield proc
-    proc.kill()
-    proc.wait()
-
-
 def test_default_fetch_is_the_identity():
     presences = {"u": {"metas": [{"phx_ref": "x"}]}}
     assert whosthere.Presence.fetch(None, "t", presences) is presences  # type: ignore[arg-type]

@@ -31,15 +31,6 @@ def presence(node):
 
 
 @pytest.fixture
-def owner():
-    """A process to own presences (cheap, exec'd)."""
-    proc = sleeper()
-    yield proc
-    proc.kill()
-    proc.wait()
-
-
-@pytest.fixture
 def topic(request):
     """A topic of this test's own, so tests sharing the node do not see each other."""
     return f"t:{request.node.name}"

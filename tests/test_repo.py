@@ -87,3 +87,25 @@ def test_the_readme_presence_example_runs(tmp_path):
     assert "'status': 'away'" in lines[2] and "'status': 'online'" in lines[2]
     assert "user2" in lines[3] and "'leaves': {}" in lines[3]
     assert lines[4].startswith("{'joins': {}, 'leaves': {'user2'")
+
+
+def test_bench_runs_and_prints_its_table(tmp_path):
+    """A smoke test: the benchmark runs (some workloads, CI size); no speed is asserted."""
+    out_json = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--only", "call", "leave",
+         "--json", str(out_json)],
+        capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    assert "actor call (Ping) p50" in result.stdout
+    assert "kill->leave diff" in result.stdout
+    import json
+
+    saved = json.loads(out_json.read_text())
+    assert {r["workload"] for r in saved["rows"]} == {"call", "leave"}
+    again = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--only", "call",
+         "--compare", str(out_json)],
+        capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    assert "change" in again.stdout
