@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import itertools
+import random
 import sys
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple, Self
 
@@ -31,8 +34,6 @@ from whosthere.transport.messages import (
 )
 from whosthere.transport.sockets import DEFAULT_TIMEOUT, Connection
 from whosthere.watch import start_time
-
-UPDATE_RETRIES = 20  # attempts of an update by callable that keeps losing races
 
 Presences = dict[str, dict[str, Any]]  # {key: {"metas": [meta, ...], ...fetched}}
 
@@ -145,7 +146,8 @@ class Presence:
         A dict replaces the meta; a callable gets the current meta (phx_ref included) and
         returns the new one. It runs here, in the caller, and the write only lands if the
         meta has not changed since it was read (else it runs again on the newer meta).
-        Returns the new phx_ref; the new meta carries phx_ref_prev. Raises `NotTracked`.
+        Returns the new phx_ref; the new meta carries phx_ref_prev. Raises `NotTracked`, and
+        `RefChanged` if other writers keep winning the race for the whole timeout.
         """
         pid, topic, (key, meta_or_fn) = _pid_topic(args, 2, "update")
         key = _key(key)
@@ -154,14 +156,22 @@ class Presence:
             packed = codec.pack_meta(meta_or_fn, self.meta_limit)
             return shard.call(Update(pid, topic, key, packed, None))
         fn: Callable[[dict[str, Any]], Any] = meta_or_fn
-        for _ in range(UPDATE_RETRIES):
+        deadline = time.monotonic() + self.timeout
+        for attempt in itertools.count():
             current = codec.unpack(shard.call(GetMeta(pid, topic, key)))
             packed = codec.pack_meta(fn(dict(current)), self.meta_limit)
             try:
                 return shard.call(Update(pid, topic, key, packed, current["phx_ref"]))
             except RefChanged:
-                continue
-        raise RefChanged(f"update of {key!r} on {topic!r} lost {UPDATE_RETRIES} races in a row")
+                if time.monotonic() >= deadline:
+                    break
+                # another writer got there first: back off a random while, so that racing
+                # writers spread out instead of colliding again (no one starves)
+                time.sleep(random.uniform(0, min(0.05, 0.0005 * 2**attempt)))
+        raise RefChanged(
+            f"update of {key!r} on {topic!r} kept losing races to other writers for "
+            f"{self.timeout:g} s"
+        )
 
     def list(self, topic_or_channel: str | Channel) -> Presences:
         """`{key: {"metas": [meta, ...], ...}}` for the topic, through `fetch`."""
