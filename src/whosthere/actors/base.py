@@ -149,9 +149,6 @@ class Actor:
         """Answer a call that a handler deferred with NOREPLY."""
         self._send_reply(request, Ok(value))
 
-    def reply_error(self, request: Request, exc: WhosthereError) -> None:
-        self._send_reply(request, Failed(type(exc).__name__, str(exc), ""))
-
     def push(self, identity: bytes, msg: tuple) -> bool:
         """Send an unsolicited message to a connected peer; False if that peer is gone."""
         try:
