@@ -372,6 +372,79 @@ def test_malformed_requests_to_a_shard_are_refused_and_it_serves_on(node, presen
     assert all(a["restarts"] == 0 for a in node.status()["actors"])
 
 
+# -- track_many ------------------------------------------------------------------------------
+
+
+def test_track_many_tracks_across_shards_with_one_diff_per_topic(presence, owner):
+    topics = [f"batch:{i}" for i in range(40)]
+    assert {shard_for(t, 2) for t in topics} == {0, 1}
+    with presence.subscribe(topics[0]) as sub:
+        entries = [(owner.pid, t, k, {"n": k}) for t in topics for k in ("a", "b", 7)]
+        refs_out = presence.track_many(entries)
+        assert len(refs_out) == len(entries) == len(set(refs_out))
+        diff = expect_diff(sub, joins={"a": 1, "b": 1, "7": 1})  # one diff for the batch
+        expect_quiet(sub)
+    for (_, t, k, meta), ref in zip(entries, refs_out, strict=True):
+        assert presence.get_by_key(t, k) == {"metas": [{**meta, "phx_ref": ref}]}
+    assert diff["joins"]["7"]["metas"] == [{"n": 7, "phx_ref": refs_out[2]}]
+    presence.untrack(owner.pid)
+    assert presence.track_many([]) == []
+
+
+def test_track_many_refusals_do_not_stop_the_other_entries(presence, owner, topic):
+    presence.track(owner.pid, topic, "dup", {})
+    entries = [(owner.pid, topic, k, {}) for k in ("x", "dup", "y")]
+    with pytest.raises(whosthere.AlreadyTracked, match="already tracked on topic"):
+        presence.track_many(entries)
+    assert sorted(presence.list(topic)) == ["dup", "x", "y"]
+    presence.untrack(owner.pid, topic, "x")
+    out = presence.track_many(entries, return_exceptions=True)
+    assert isinstance(out[0], str) and isinstance(out[1], whosthere.AlreadyTracked)
+    assert isinstance(out[2], whosthere.AlreadyTracked)
+    assert presence.list(topic)["x"]["metas"][0]["phx_ref"] == out[0]
+
+
+def test_track_many_checks_every_entry_before_sending_any(presence, owner, topic):
+    good = (owner.pid, topic, "good", {})
+    with pytest.raises(TypeError, match="^key must be a str or an int"):
+        presence.track_many([good, (owner.pid, topic, 1.5, {})])
+    with pytest.raises(whosthere.InvalidMeta, match="meta must be a dict"):
+        presence.track_many([good, (owner.pid, topic, "k", [])])
+    with pytest.raises(TypeError, match="^pid must be a positive int"):
+        presence.track_many([good, (0, topic, "k", {})])
+    assert presence.list(topic) == {}
+
+
+def test_malformed_track_many_entries_are_refused_one_by_one(presence, owner, topic):
+    from whosthere.transport import codec
+    from whosthere.transport.messages import TrackMany
+    from whosthere.transport.sockets import Dealer
+    from whosthere.watch import start_time
+
+    st = start_time(owner.pid)
+    shard = Dealer(presence.info.endpoints[f"shard.{shard_for(topic, 2)}"])
+    ok = codec.pack_meta({})
+    try:
+        out = shard.call(
+            TrackMany(
+                [
+                    [owner.pid, st, topic, "a", ok],
+                    [owner.pid, st, topic, 5, ok],  # key not a str
+                    "garbage",
+                    [owner.pid, st, topic, "c", b"\xc1"],  # meta not msgpack
+                    [-1, st, topic, "d", ok],
+                    [owner.pid, st, topic, "e", ok],
+                ]
+            )
+        )
+    finally:
+        shard.close()
+    assert isinstance(out[0], str) and isinstance(out[5], str)
+    assert [o[0] for o in out[1:5]] == ["MalformedFrame", "MalformedFrame", "InvalidMeta",
+                                        "MalformedFrame"]  # fmt: skip
+    assert sorted(presence.list(topic)) == ["a", "e"]
+
+
 # -- clients ---------------------------------------------------------------------------------
 
 

@@ -191,6 +191,27 @@ def test_malformed_frames_are_rejected_and_the_pubsub_lives_on(node, pubsub):
     assert next(a for a in node.status()["actors"] if a["name"] == "pubsub")["restarts"] == 0
 
 
+def test_a_bad_item_of_a_publish_many_loses_only_itself(node, pubsub):
+    from whosthere.transport import codec
+    from whosthere.transport.messages import PublishMany
+
+    dealer = Dealer(pubsub.info.endpoints["pubsub"])
+    try:
+        with pubsub.subscribe("many") as sub:
+            items = [
+                ["many", "e", codec.pack_value(1)],
+                ["many", 5, b""],
+                "x",
+                ["many", "e", b"\x02"],
+            ]
+            dealer.cast(PublishMany(items, True))
+            assert sub.get(timeout=5) == whosthere.Message("many", "e", 1)
+            assert sub.get(timeout=5) == whosthere.Message("many", "e", 2)
+    finally:
+        dealer.close()
+    assert next(a for a in node.status()["actors"] if a["name"] == "pubsub")["restarts"] == 0
+
+
 def test_bad_input_gets_a_clear_error_client_side(pubsub):
     with pytest.raises(whosthere.InvalidMeta, match="cannot be sent"):
         pubsub.broadcast("t", "e", {"x": object()})

@@ -17,11 +17,11 @@ def metas(elements):
 def test_join_then_leave():
     s = State(A)
     e = s.join(10, "lobby", "alice", b"m1")
-    assert e.dot == ("a", 1, 1)
+    assert s.dot_of(e) == ("a", 1, 1)
     assert metas(s.list("lobby")) == [("lobby", 10, "alice", b"m1")]
     assert s.leave(10, "lobby", "alice") == e
     assert s.list("lobby") == []
-    assert s.topics == {} and s.local == {} and s.pids == {} and s.by_replica == {}
+    assert s.topics == {} and s.pids == {} and s.remote == {} and len(s) == 0
 
 
 def test_duplicate_track_is_refused_but_other_topic_or_key_is_fine():
@@ -55,8 +55,8 @@ def test_update_replaces_in_place_and_consumes_two_counters():
     s.join(2, "t", "k", b"other")
     old, new = s.leave_join(1, "t", "k", b"v2")
     assert old.meta == b"v1" and new.meta == b"v2"
-    assert new.dot == ("a", 1, 4)
-    assert [e.meta for e in s.list("t")] == [b"other", b"v2"]
+    assert s.dot_of(new) == ("a", 1, 4)
+    assert [e.meta for e in s.list("t")] == [b"v2", b"other"]  # in its place
     assert s.get(1, "t", "k") == new
     with pytest.raises(NotTracked, match=r"^pid 9 is not tracked on topic 't' as 'k'$"):
         s.leave_join(9, "t", "k", b"")
@@ -95,3 +95,21 @@ def test_reads_hide_elements_of_replicas_flagged_down():
     assert s.get_by_key("t", "k") == []
     s.down.clear()
     assert len(s.list("t")) == 1
+
+
+def test_without_delta_recording_nothing_accumulates():
+    """A replica without peers must not keep every change it ever made."""
+    s = State(A, record_delta=False)
+    s.join(1, "t", "k", b"v1")
+    s.leave_join(1, "t", "k", b"v2")
+    s.join(2, "t", "k", b"")
+    s.leave_pid(1)
+    assert not s.delta and s.delta.values == {}
+    assert s.context == {A: 5} and len(s) == 1
+
+
+def test_a_key_tracked_on_many_topics_is_one_string():
+    s = State(A)
+    for t in range(3):
+        s.join(1, f"t{t}", "".join(["us", "er"]), b"")  # a new str object each time
+    assert len({id(e.key) for t in range(3) for e in s.list(f"t{t}")}) == 1

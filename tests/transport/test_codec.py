@@ -54,6 +54,8 @@ def test_every_message_round_trips():
         m.Fetch(0, 1, "t", {}, {}),
         m.Fetched(1, None, "boom"),
         m.MetasDiff("t", {"joins": {}, "leaves": {}}),
+        m.PublishMany([["t", "e", b"\xc0"]], True),
+        m.TrackMany([[1, 2, "t", "k", b"\x80"]]),
     ]
     assert {type(s) for s in samples} == {c for c, t in codec.TAGS.items() if t < 1000}
     for sample in samples:
@@ -97,3 +99,38 @@ def test_topic_frames_match_exactly_not_by_prefix():
     assert codec.topic_of(codec.inbox_frame("abc")) is None
     assert codec.inbox_of(codec.inbox_frame("abc")) == "abc"
     assert codec.topic_of(b"\x00\x00\x00\x09short") is None
+
+
+metas = st.dictionaries(st.text(max_size=40), payloads, max_size=20)
+keys = st.text(max_size=40)
+
+
+@settings(deadline=None)
+@given(
+    st.dictionaries(keys, st.lists(metas, min_size=1, max_size=3), max_size=20),
+    st.dictionaries(keys, st.lists(metas, min_size=1, max_size=3), max_size=20),
+    st.text(max_size=40),
+    st.one_of(st.none(), st.text(max_size=40)),
+)
+def test_packed_diffs_unpack_to_the_list_shape(joins, leaves, ref, prev):
+    """pack_diff / meta_with_refs build by concatenation what msgpack itself would pack."""
+
+    def packed(grouped):
+        return {
+            k: [codec.meta_with_refs(codec.pack_meta(meta), ref, prev) for meta in metas]
+            for k, metas in grouped.items()
+        }
+
+    def expected(grouped):
+        refs = {"phx_ref": ref} if prev is None else {"phx_ref": ref, "phx_ref_prev": prev}
+
+        def with_refs(meta):
+            return {**{k: v for k, v in meta.items() if k not in codec.RESERVED_META_KEYS}, **refs}
+
+        return {k: {"metas": [with_refs(meta) for meta in metas]} for k, metas in grouped.items()}
+
+    payload = codec.pack_diff(packed(joins), packed(leaves))
+    want = {"joins": expected(joins), "leaves": expected(leaves)}
+    assert codec.unpack(payload) == want
+    body = codec.encode_published(7, 2**40, "presence_diff", payload)
+    assert codec.decode(body) == m.Published(7, 2**40, "presence_diff", want)

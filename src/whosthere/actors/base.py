@@ -120,6 +120,9 @@ class Actor:
         """Counters for `node.status()`."""
         return {}
 
+    def on_idle(self) -> None:
+        """Runs after each wake-up's messages and timers: flush what they batched up."""
+
     # -- built-in handlers -----------------------------------------------------------------
 
     def on_ping(self, msg: Ping) -> int:
@@ -207,8 +210,13 @@ class Actor:
                     except Exception:  # a bug in one handler must not end the actor
                         self.log.exception("%s: reader %r failed", self.name, callback)
                 if self._stopping:
-                    return
-            self._run_timers()
+                    break
+            else:
+                self._run_timers()
+            try:
+                self.on_idle()
+            except Exception:
+                self.log.exception("%s: on_idle failed", self.name)
 
     def _run_timers(self) -> None:
         now = time.monotonic()

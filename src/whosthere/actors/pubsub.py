@@ -35,7 +35,7 @@ import zmq
 from whosthere.actors.base import NOREPLY, Actor, ActorSpec, Request
 from whosthere.errors import MalformedFrame
 from whosthere.transport import codec
-from whosthere.transport.messages import Broadcast, Published, Subscribe
+from whosthere.transport.messages import Broadcast, Published, PublishMany, Subscribe
 from whosthere.transport.sockets import bind, socket
 
 DEFAULT_HWM = 100_000  # messages queued per subscriber before it starts losing them
@@ -43,7 +43,7 @@ _SYNC_TTL = 30.0  # seconds a half-done subscription handshake is kept
 
 
 class PubSubActor(Actor):
-    handles = (Subscribe, Broadcast)
+    handles = (Subscribe, Broadcast, PublishMany)
 
     def __init__(self, spec: ActorSpec) -> None:
         super().__init__(spec)
@@ -71,6 +71,25 @@ class PubSubActor(Actor):
         if not msg.local:
             self.forward(msg)
 
+    def on_publish_many(self, msg: PublishMany) -> None:
+        bad = 0
+        for item in msg.items:
+            if (
+                not isinstance(item, list)
+                or len(item) != 3
+                or not isinstance(item[0], str)
+                or not isinstance(item[1], str)
+                or not isinstance(item[2], bytes)
+            ):
+                bad += 1
+                continue
+            topic, event, payload = item
+            self.publish_packed(topic, event, payload)
+            if not msg.local:
+                self.forward(Broadcast(topic, event, codec.unpack(payload), False))
+        if bad:  # the good items went out: one bad entry must not cost the others
+            self.log.warning("%s: dropped %d malformed PublishMany item(s)", self.name, bad)
+
     def on_subscribe(self, msg: Subscribe) -> Any:
         if self.request is None:
             raise MalformedFrame("Subscribe must be a call")
@@ -88,6 +107,16 @@ class PubSubActor(Actor):
             return  # no subscriber: XPUB would drop it anyway
         seq = self.seqs[topic] = last + 1
         body = codec.encode(Published(self.epoch, seq, event, payload))
+        self.xpub.send_multipart((codec.topic_frame(topic), body))
+
+    def publish_packed(self, topic: str, event: str, payload: bytes) -> None:
+        """As `publish`, for a payload packed already (spliced in, never unpacked)."""
+        last = self.seqs.get(topic)
+        self.published += 1
+        if last is None:
+            return
+        seq = self.seqs[topic] = last + 1
+        body = codec.encode_published(self.epoch, seq, event, payload)
         self.xpub.send_multipart((codec.topic_frame(topic), body))
 
     def forward(self, msg: Broadcast) -> None:

@@ -19,18 +19,18 @@ the new process's presence joins.
 from __future__ import annotations
 
 import collections
+import gc
 import itertools
 import random
 import time
 from typing import Any
 
 from whosthere.actors.base import Actor, ActorSpec
-from whosthere.errors import MalformedFrame, NotTracked, RefChanged
+from whosthere.errors import MalformedFrame, NotTracked, RefChanged, WhosthereError
 from whosthere.tracker.refs import RefMaker
 from whosthere.tracker.state import Element, State
 from whosthere.transport import codec
 from whosthere.transport.messages import (
-    Broadcast,
     Fetch,
     Fetched,
     GetByKey,
@@ -39,7 +39,9 @@ from whosthere.transport.messages import (
     ListTopic,
     MetasDiff,
     ProcessesExited,
+    PublishMany,
     Track,
+    TrackMany,
     Unlink,
     Untrack,
     UntrackPid,
@@ -48,6 +50,7 @@ from whosthere.transport.messages import (
 from whosthere.transport.sockets import Dealer
 
 Diff = dict[str, dict[str, Any]]  # {"joins": {key: {"metas": [...]}}, "leaves": {...}}
+Changes = dict[str, tuple[list[Element], list[Element]]]  # topic -> (joins, leaves)
 _CHECK_FETCHES_S = 0.05  # how often overdue fetches are looked for
 
 
@@ -63,6 +66,8 @@ class _Pending:
         self.deadline = deadline
 
 
+_UNLINKED = object()
+_FREEZE_EVERY = 10_000  # presences added between two gc.freeze()
 PID_MAX = 1 << 22  # the largest pid_max Linux allows
 
 
@@ -71,19 +76,36 @@ def check_pid(pid: int) -> None:
         raise MalformedFrame(f"pid must be in 1..{PID_MAX}, got {pid}")
 
 
-def group(elements: list[Element]) -> dict[str, dict[str, list[Any]]]:
-    """Elements of one topic in the list shape: {key: {"metas": [meta, ...]}}."""
-    out: dict[str, dict[str, list[Any]]] = {}
+def group(elements: list[Element]) -> dict[str, list[bytes]]:
+    """Elements of one topic by key: {key: [packed meta, ...]}."""
+    out: dict[str, list[bytes]] = {}
     for e in elements:
-        entry = out.get(e.key)
-        if entry is None:
-            entry = out[e.key] = {"metas": []}
-        entry["metas"].append(codec.unpack(e.meta))
+        metas = out.get(e.key)
+        if metas is None:
+            out[e.key] = [e.meta]
+        else:
+            metas.append(e.meta)
     return out
 
 
+def _entry(entry: object) -> tuple[int, int | float | None, str, str, bytes]:
+    """One `TrackMany` entry, checked as `codec.decode` checks a `Track`."""
+    if not isinstance(entry, list) or len(entry) != 5:
+        raise MalformedFrame("a TrackMany entry is [pid, start_time, topic, key, meta]")
+    pid, start, topic, key, meta = entry
+    if (
+        not isinstance(pid, int)
+        or not (start is None or isinstance(start, (int, float)))
+        or not isinstance(topic, str)
+        or not isinstance(key, str)
+        or not isinstance(meta, bytes)
+    ):
+        raise MalformedFrame("a TrackMany entry is [int, int|float|None, str, str, bytes]")
+    return pid, start, topic, key, meta
+
+
 class ShardActor(Actor):
-    handles = (Track, Untrack, UntrackPid, Update, GetMeta, ListTopic, GetByKey, Fetched)
+    handles = (Track, TrackMany, Untrack, UntrackPid, Update, GetMeta, ListTopic, GetByKey, Fetched)
 
     def __init__(self, spec: ActorSpec) -> None:
         super().__init__(spec)
@@ -92,7 +114,8 @@ class ShardActor(Actor):
         self.meta_limit: int = opts["meta_limit"]
         self.fetch_timeout: float = opts["fetch_timeout"]
         vsn = time.time_ns() // 1000 * 1000 + random.randrange(1000)  # a new replica each start
-        self.state = State((spec.node_name, vsn))
+        # no peers yet (the cluster issue): a delta would only grow, nobody would take it
+        self.state = State((spec.node_name, vsn), record_delta=False)
         self.refs = RefMaker(f"{spec.node_name}/{self.name}/{vsn}")
         self.linked: dict[int, int | float | None] = {}  # pid -> start time it was linked with
         self.pubsub = Dealer(opts["pubsub"], what="pubsub actor", unbounded=True)
@@ -105,6 +128,8 @@ class ShardActor(Actor):
         self.pending: dict[str, collections.deque[_Pending]] = {}  # topic -> diffs in order
         self.by_fetch_id: dict[int, _Pending] = {}
         self.fetch_ids = itertools.count(random.getrandbits(62))  # not reused by a restart
+        self.outbox: list[list[Any]] = []  # [topic, event, packed diff], sent by `on_idle`
+        self.frozen_at = 0  # state size at the last gc.freeze()
         self.published = 0  # diffs published since start
         self.fetch_failures = 0  # fetches that raised or timed out
 
@@ -114,7 +139,21 @@ class ShardActor(Actor):
         if self.use_fetchers:
             self.call_later(_CHECK_FETCHES_S, self._check_fetches)
 
+    def on_idle(self) -> None:
+        if self.outbox:  # every diff of this wake-up in one frame, in the order made
+            self.pubsub.cast(PublishMany(self.outbox, True))
+            self.outbox = []
+        if len(self.state) >= self.frozen_at + _FREEZE_EVERY:
+            # The state holds no reference cycles, yet the collector would scan all of it
+            # again and again as it grows (a quarter of the track time at 100,000). Frozen
+            # objects are still freed by reference counting when the state drops them.
+            gc.freeze()
+            self.frozen_at = len(self.state)
+        elif len(self.state) < self.frozen_at:
+            self.frozen_at = len(self.state)
+
     def on_stop(self) -> None:
+        self.on_idle()
         for dealer in (self.pubsub, *self.fetchers, *([self.client] if self.client else [])):
             dealer.close()
 
@@ -131,16 +170,47 @@ class ShardActor(Actor):
     # -- requests --------------------------------------------------------------------------
 
     def on_track(self, msg: Track) -> str:
-        check_pid(msg.pid)
-        codec.check_packed_meta(msg.meta, self.meta_limit)
-        if msg.pid in self.linked and self.linked[msg.pid] != msg.start_time:
-            self._exited([(msg.pid, self.linked[msg.pid])])  # that pid now names another process
+        changes: Changes = {}
+        ref = self._track(msg.pid, msg.start_time, msg.topic, msg.key, msg.meta, changes=changes)
+        self.report(changes)
+        return ref
+
+    def on_track_many(self, msg: TrackMany) -> list[Any]:
+        """Each entry as a `Track`; one diff per topic for the whole batch."""
+        results: list[Any] = []
+        changes: Changes = {}
+        for entry in msg.entries:
+            try:
+                pid, start, topic, key, meta = _entry(entry)
+                if pid in self.linked and self.linked[pid] != start and changes:
+                    self.report(changes)  # joins of this batch go out before the reuse's leaves
+                    changes = {}
+                results.append(self._track(pid, start, topic, key, meta, changes=changes))
+            except WhosthereError as exc:
+                results.append([type(exc).__name__, str(exc)])
+        self.report(changes)
+        return results
+
+    def _track(
+        self, pid: int, start: int | float | None, topic: str, key: str, meta: bytes, *,
+        changes: Changes,
+    ) -> str:  # fmt: skip
+        check_pid(pid)
+        codec.check_packed_meta(meta, self.meta_limit)
+        linked = self.linked.get(pid, _UNLINKED)
+        if linked is not _UNLINKED and linked != start:
+            self._exited([(pid, linked)])  # that pid now names another process
+            linked = _UNLINKED
         ref = self.refs.make(time.time_ns())
-        element = self.state.join(msg.pid, msg.topic, msg.key, codec.meta_with_refs(msg.meta, ref))
-        if msg.pid not in self.linked:
-            self.supervisor.cast(Link([[msg.pid, msg.start_time]]))  # type: ignore[union-attr]
-            self.linked[msg.pid] = msg.start_time
-        self.report({msg.topic: ([element], [])})
+        element = self.state.join(pid, topic, key, codec.meta_with_refs(meta, ref))
+        if linked is _UNLINKED:
+            self.supervisor.cast(Link([[pid, start]]))  # type: ignore[union-attr]
+            self.linked[pid] = start
+        entry = changes.get(topic)
+        if entry is None:
+            changes[topic] = ([element], [])
+        else:
+            entry[0].append(element)
         return ref
 
     def on_untrack(self, msg: Untrack) -> None:
@@ -210,7 +280,7 @@ class ShardActor(Actor):
 
     def _exited(self, exits: list[tuple[int, Any]]) -> None:
         """Linked processes exited: their presences leave (one diff per topic)."""
-        changes: dict[str, tuple[list[Element], list[Element]]] = {}
+        changes: Changes = {}
         for pid, start in exits:
             if pid not in self.linked or self.linked[pid] != start:
                 continue  # unlinked since, or an older process that had this pid
@@ -227,13 +297,18 @@ class ShardActor(Actor):
 
     # -- diffs -----------------------------------------------------------------------------
 
-    def report(self, changes: dict[str, tuple[list[Element], list[Element]]]) -> None:
-        """Publish one diff per topic, through the fetchers when the user has a `fetch`."""
+    def report(self, changes: Changes) -> None:
+        """Publish one diff per topic, through the fetchers when the user has a `fetch`.
+
+        Diffs are packed from the stored metas without unpacking them; only a user callback
+        (`fetch`, `handle_metas`) makes them unpack.
+        """
         for topic, (joins, leaves) in changes.items():
-            diff = {"joins": group(joins), "leaves": group(leaves)}
+            packed = codec.pack_diff(group(joins), group(leaves))
             if not self.use_fetchers:
-                self._publish(topic, diff)
+                self._publish(topic, packed)
                 continue
+            diff = codec.unpack(packed)
             fid = next(self.fetch_ids)
             pending = _Pending(topic, diff, time.monotonic() + self.fetch_timeout)
             self.pending.setdefault(topic, collections.deque()).append(pending)
@@ -241,10 +316,13 @@ class ShardActor(Actor):
             fetcher = self.fetchers[fid % len(self.fetchers)]
             fetcher.cast(Fetch(self.index, fid, topic, diff["joins"], diff["leaves"]))
 
-    def _publish(self, topic: str, diff: Diff) -> None:
-        self.pubsub.cast(Broadcast(topic, "presence_diff", diff, True))
+    def _publish(self, topic: str, diff: bytes | Diff) -> None:
+        """Queue a diff (packed, or as fetched) for `on_idle`; the client actor gets it now."""
+        packed = diff if isinstance(diff, bytes) else codec.pack_value(diff)
+        self.outbox.append([topic, "presence_diff", packed])
         if self.client is not None:
-            self.client.cast(MetasDiff(topic, diff))
+            unpacked = codec.unpack(packed) if isinstance(diff, bytes) else diff
+            self.client.cast(MetasDiff(topic, unpacked))
         self.published += 1
 
     def _release(self, topic: str) -> None:
@@ -275,8 +353,8 @@ class ShardActor(Actor):
         self.call_later(_CHECK_FETCHES_S, self._check_fetches)
 
 
-def _by_topic(joins: list[Element], leaves: list[Element]) -> dict[str, tuple[list, list]]:
-    changes: dict[str, tuple[list[Element], list[Element]]] = {}
+def _by_topic(joins: list[Element], leaves: list[Element]) -> Changes:
+    changes: Changes = {}
     for e in joins:
         changes.setdefault(e.topic, ([], []))[0].append(e)
     for e in leaves:

@@ -42,6 +42,8 @@ TAGS: dict[type, int] = {
     m.Fetch: 40,
     m.Fetched: 41,
     m.MetasDiff: 42,
+    m.PublishMany: 23,
+    m.TrackMany: 37,
 }
 
 MAX_FRAME_BYTES = 64 * 1024 * 1024  # larger frames are refused before unpacking
@@ -84,6 +86,8 @@ def _shape(cls: type) -> _Shape:
     fields = tuple((name, *_field_spec(hints[name])) for name in cls._fields)  # type: ignore[attr-defined]
     return _Shape(cls, len(fields), fields)
 
+
+_PUBLISHED_TAG = msgpack.packb(TAGS[m.Published])
 
 _SHAPES: dict[int, _Shape] = {tag: _shape(cls) for cls, tag in TAGS.items()}
 if len(_SHAPES) != len(TAGS):
@@ -143,6 +147,10 @@ def check_packed_meta(packed: bytes, limit: int = DEFAULT_META_LIMIT) -> None:
         raise InvalidMeta("meta must not carry phx_ref or phx_ref_prev")
 
 
+_PHX_REF = msgpack.packb("phx_ref")
+_PHX_REF_PREV = msgpack.packb("phx_ref_prev")
+
+
 def meta_with_refs(packed: bytes, ref: str, prev: str | None = None) -> bytes:
     """Append phx_ref (and phx_ref_prev) to a packed map, without unpacking it."""
     head = packed[0]
@@ -154,18 +162,79 @@ def meta_with_refs(packed: bytes, ref: str, prev: str | None = None) -> bytes:
         count, body = int.from_bytes(packed[1:5], "big"), packed[5:]
     else:
         raise InvalidMeta("meta must be a msgpack map")
-    extra = msgpack.packb("phx_ref") + msgpack.packb(ref)
+    extra = _PHX_REF + _pack_str(ref)
     count += 1
     if prev is not None:
-        extra += msgpack.packb("phx_ref_prev") + msgpack.packb(prev)
+        extra += _PHX_REF_PREV + _pack_str(prev)
         count += 1
+    return _map_header(count) + body + extra
+
+
+def _pack_str(text: str) -> bytes:
+    data = text.encode()
+    n = len(data)
+    if n < 32:
+        return bytes((0xA0 | n,)) + data
+    return _PACKER.pack(text)
+
+
+def _map_header(count: int) -> bytes:
     if count < 16:
-        header = bytes((0x80 | count,))
-    elif count < 0x10000:
-        header = b"\xde" + count.to_bytes(2, "big")
-    else:
-        header = b"\xdf" + count.to_bytes(4, "big")
-    return header + body + extra
+        return _FIXMAP[count]
+    if count < 0x10000:
+        return b"\xde" + count.to_bytes(2, "big")
+    return b"\xdf" + count.to_bytes(4, "big")
+
+
+def _array_header(count: int) -> bytes:
+    if count < 16:
+        return _FIXARRAY[count]
+    if count < 0x10000:
+        return b"\xdc" + count.to_bytes(2, "big")
+    return b"\xdd" + count.to_bytes(4, "big")
+
+
+_PACKER = msgpack.Packer(use_bin_type=True)
+_FIXMAP = [bytes((0x80 | n,)) for n in range(16)]
+_FIXARRAY = [bytes((0x90 | n,)) for n in range(16)]
+_METAS = _map_header(1) + _pack_str("metas")
+_JOINS = _pack_str("joins")
+_LEAVES = _pack_str("leaves")
+
+
+def pack_grouped(grouped: dict[str, list[bytes]]) -> bytes:
+    """`{key: {"metas": [meta, ...]}}` packed, from packed metas: the list shape, built by
+    concatenation (the metas are never unpacked on the node)."""
+    parts = [_map_header(len(grouped))]
+    add = parts.append
+    for key, metas in grouped.items():
+        add(_pack_str(key))
+        add(_METAS)
+        add(_array_header(len(metas)))
+        parts.extend(metas)
+    return b"".join(parts)
+
+
+def pack_diff(joins: dict[str, list[bytes]], leaves: dict[str, list[bytes]]) -> bytes:
+    """A `presence_diff` payload `{"joins": ..., "leaves": ...}` packed, from packed metas."""
+    return b"".join((_FIXMAP[2], _JOINS, pack_grouped(joins), _LEAVES, pack_grouped(leaves)))
+
+
+def encode_published(epoch: int, seq: int, event: str, payload: bytes) -> bytes:
+    """The wire bytes of `Published(epoch, seq, event, <payload>)` where `payload` is packed
+    already: what `encode` would make of the unpacked payload, without unpacking it."""
+    return b"".join(
+        (_FIXARRAY[5], _PUBLISHED_TAG, _PACKER.pack(epoch), _PACKER.pack(seq), _pack_str(event),
+         payload)
+    )  # fmt: skip
+
+
+def pack_value(value: Any) -> bytes:
+    """Any msgpack-able value (a fetched diff, say); `InvalidMeta` if it is not one."""
+    try:
+        return msgpack.packb(value, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidMeta(f"value cannot be packed with msgpack: {exc}") from exc
 
 
 def unpack(data: bytes) -> Any:

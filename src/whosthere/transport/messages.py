@@ -111,6 +111,15 @@ class Broadcast(NamedTuple):
     local: bool  # True: this node's subscribers only (never bridged to peers)
 
 
+class PublishMany(NamedTuple):
+    """Publish several messages whose payloads are packed already (a shard's diffs, one
+    frame per loop wake-up): the PubSub actor splices each payload into its `Published`
+    without unpacking it."""
+
+    items: list[Any]  # [[topic, event, payload as msgpack bytes], ...]
+    local: bool
+
+
 class Published(NamedTuple):
     """What a subscriber receives on its SUB socket (after the topic frame)."""
 
@@ -133,6 +142,13 @@ class Track(NamedTuple):
     topic: str
     key: str
     meta: bytes  # packed meta, without phx_ref
+
+
+class TrackMany(NamedTuple):
+    """Several tracks in one frame; the reply has one item per entry, in order: the new
+    phx_ref, or [error class name, message] for an entry that was refused."""
+
+    entries: list[Any]  # [[pid, start_time, topic, key, packed meta], ...]
 
 
 class Untrack(NamedTuple):

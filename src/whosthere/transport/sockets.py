@@ -103,8 +103,17 @@ class Dealer:
         """
         timeout = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
+        return self.result(self.request(msg, deadline, timeout), msg, deadline, timeout)
+
+    def request(self, msg: tuple, deadline: float, timeout: float) -> bytes:
+        """Send a call without waiting: its ref, for `result`. Pipelining several requests
+        before the first `result` saves a round trip each."""
         ref = next(self._refs).to_bytes(8, "big")
         self._send(ref, codec.encode(msg), deadline, msg, timeout)
+        return ref
+
+    def result(self, ref: bytes, msg: tuple, deadline: float, timeout: float) -> Any:
+        """The reply to the request `ref` (requests are answered in the order sent)."""
         while True:
             frames = self._recv(deadline, msg, timeout)
             if len(frames) != 2:
