@@ -178,20 +178,20 @@ def _pack_str(text: str) -> bytes:
     return _PACKER.pack(text)
 
 
-def _map_header(count: int) -> bytes:
+def _header(count: int, fixed: list[bytes], marker16: bytes, marker32: bytes) -> bytes:
     if count < 16:
-        return _FIXMAP[count]
+        return fixed[count]
     if count < 0x10000:
-        return b"\xde" + count.to_bytes(2, "big")
-    return b"\xdf" + count.to_bytes(4, "big")
+        return marker16 + count.to_bytes(2, "big")
+    return marker32 + count.to_bytes(4, "big")
+
+
+def _map_header(count: int) -> bytes:
+    return _header(count, _FIXMAP, b"\xde", b"\xdf")
 
 
 def _array_header(count: int) -> bytes:
-    if count < 16:
-        return _FIXARRAY[count]
-    if count < 0x10000:
-        return b"\xdc" + count.to_bytes(2, "big")
-    return b"\xdd" + count.to_bytes(4, "big")
+    return _header(count, _FIXARRAY, b"\xdc", b"\xdd")
 
 
 _PACKER = msgpack.Packer(use_bin_type=True)
