@@ -194,29 +194,32 @@ def pidfd_kill_to_notice(procs: list[subprocess.Popen[bytes]]) -> list[float]:
     return samples
 
 
-def _call_client(endpoint: str, count: int, events: Any) -> None:
+def _call_client(endpoint: str, count: int, batch: int, events: Any) -> None:
     ready, go, done = events
     sock = _dealer(endpoint)
     sock.send_multipart((b"w", msgpack.packb([3])))  # connected once this returns
     sock.recv_multipart()
     ready.set()
     go.wait(30)
+    command = [30, 1, "t", "k", b"m" * 100]
     for i in range(count):
-        sock.send_multipart((i.to_bytes(8, "big"), msgpack.packb([30, 1, "t", "k", b"m" * 100])))
-        sock.recv_multipart()
+        body = msgpack.packb(command if batch == 1 else [37, [command] * batch])
+        sock.send_multipart((i.to_bytes(8, "big"), body))
+        msgpack.unpackb(sock.recv_multipart()[1])
     done.set()
     sock.close()
 
 
-def raw_call_rate(clients: int, count: int) -> float:
-    """Round trips per second from `clients` processes, each sequential, to one echo server."""
+def raw_call_rate(clients: int, count: int, batch: int = 1) -> float:
+    """Commands per second from `clients` processes, each making `count` sequential round
+    trips of `batch` commands per frame, to one echo server (which unpacks and repacks)."""
     endpoint = _endpoint("echo-many")
     server = _start(_echo_server, endpoint)
     go = _CTX.Event()
     dones, procs, readies = [], [], []
     for _ in range(clients):
         ready, done = _CTX.Event(), _CTX.Event()
-        p = _CTX.Process(target=_call_client, args=(endpoint, count, (ready, go, done)))
+        p = _CTX.Process(target=_call_client, args=(endpoint, count, batch, (ready, go, done)))
         p.start()
         procs.append(p)
         dones.append(done)
@@ -227,7 +230,7 @@ def raw_call_rate(clients: int, count: int) -> float:
     go.set()
     for d in dones:
         d.wait(120)
-    rate = clients * count / (time.perf_counter() - t)
+    rate = clients * count * batch / (time.perf_counter() - t)
     for p in procs:
         p.join(10)
     _stop_server(endpoint, server)
@@ -247,10 +250,16 @@ def _blob_server(endpoint: str, blob: bytes, ready: Any) -> None:
     sock.close(linger=0)
 
 
-def raw_list_round_trips(size: int, meta: dict, count: int) -> list[float]:
-    """Seconds per round trip whose reply is `size` [key, packed meta] pairs, decoded."""
-    packed_meta = msgpack.packb({**meta, "phx_ref": "GOwPPwk5GDftPAAA"})
-    blob = msgpack.packb([1, [[f"user-{i}", packed_meta] for i in range(size)]])
+def raw_list_round_trips(size: int, meta: dict, count: int, *, as_dicts: bool) -> list[float]:
+    """Seconds per round trip whose reply carries `size` entries, decoded: as dicts in the
+    list shape `{key: {"metas": [meta]}}` (the Python objects `list` returns), or as
+    [key, packed meta] pairs (the bytes alone)."""
+    listed = {**meta, "phx_ref": "GOwPPwk5GDftPAAA"}
+    if as_dicts:
+        blob = msgpack.packb([1, {f"user-{i}": {"metas": [listed]} for i in range(size)}])
+    else:
+        packed_meta = msgpack.packb(listed)
+        blob = msgpack.packb([1, [[f"user-{i}", packed_meta] for i in range(size)]])
     endpoint = _endpoint("blob")
     ready = _CTX.Event()
     server = _CTX.Process(target=_blob_server, args=(endpoint, blob, ready))

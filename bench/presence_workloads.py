@@ -13,6 +13,7 @@ from common import Row, Sizes, median_spread, pct, progress, versus_pidfd
 import whosthere
 
 _CTX = multiprocessing.get_context("spawn")
+_PER_CALL_TOPICS = 10  # topics per owner updated / untracked one call each
 META = {  # ~100 bytes packed
     "status": "online",
     "device": "desktop",
@@ -39,7 +40,12 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
 
 
 def _client(address: str, pids: list[int], topics: int, conn: Any) -> None:
-    """A client process: runs the phases the bench asks for, answers with its count."""
+    """A client process: runs the phases the bench asks for, answers with its count.
+
+    Tracks go with `track_many`, one call per owner (its 100 topics), as a worker tracking
+    itself on its topics would; updates and untracks are one call each, on the first
+    `_PER_CALL_TOPICS` topics of each owner (the rate, not the total, is the figure).
+    """
     presence = whosthere.Presence.connect(address, timeout=60)
     conn.send("ready")
     while True:
@@ -49,11 +55,14 @@ def _client(address: str, pids: list[int], topics: int, conn: Any) -> None:
         n = 0
         for pid in pids:
             key = f"user-{pid}"
-            for t in range(topics):
+            if phase == "track":
+                n += len(
+                    presence.track_many([(pid, f"{prefix}:{t}", key, META) for t in range(topics)])
+                )
+                continue
+            for t in range(min(topics, _PER_CALL_TOPICS)):
                 topic = f"{prefix}:{t}"
-                if phase == "track":
-                    presence.track(pid, topic, key, META)
-                elif phase == "update":
+                if phase == "update":
                     presence.update(pid, topic, key, {**META, "status": "away"})
                 else:
                     presence.untrack(pid, topic, key)
@@ -78,8 +87,14 @@ def bench_track(sizes: Sizes) -> list[Row]:
     try:
         for clients in (1, 2, 4):
             progress(f"raw round trips from {clients} client process(es)")
-            raw = baselines.raw_call_rate(clients, 5_000)
+            raw = baselines.raw_call_rate(clients, 5_000 // clients)
             rows.append(Row("track", f"raw calls/s, {clients} client(s)", raw, "call/s"))
+            progress(f"raw batched round trips from {clients} client process(es)")
+            batched = baselines.raw_call_rate(clients, 1_000 // clients, sizes.topics)
+            rows.append(
+                Row("track", f"raw commands/s, {sizes.topics}/frame, {clients} client(s)",
+                    batched, "cmd/s")
+            )  # fmt: skip
             for pool in (1, 2):
                 with whosthere.Node(name="bench", pool_size=pool) as node:
                     pids = [p.pid for p in owners]
@@ -110,15 +125,19 @@ def bench_track(sizes: Sizes) -> list[Row]:
                         p.join(30)
                 for phase, values in rates.items():
                     value, spread = median_spread(values)
+                    how = f"track_many x{sizes.topics}" if phase == "track" else "1 per call"
+                    base, name = (
+                        (batched, "raw batched") if phase == "track" else (raw, "raw calls")
+                    )
                     rows.append(
                         Row(
                             "track",
-                            f"{phase}/s pool {pool}, {clients} client(s)",
+                            f"{phase}s/s ({how}) pool {pool}, {clients} cl.",
                             value,
                             "op/s",
                             spread,
-                            "raw calls",
-                            value / raw,
+                            name,
+                            value / base,
                         )
                     )
     finally:
@@ -148,7 +167,8 @@ def bench_list(sizes: Sizes) -> list[Row]:
                         samples.append(time.perf_counter() - t)
                 assert len(listed) == size
                 progress(f"raw round trip carrying {size:,} entries")
-                raw = baselines.raw_list_round_trips(size, META, reps)
+                raw = baselines.raw_list_round_trips(size, META, reps, as_dicts=True)
+                raw_bytes = baselines.raw_list_round_trips(size, META, reps, as_dicts=False)
                 b50 = pct(raw, 0.5) * 1e3
                 p50, p99 = pct(samples, 0.5) * 1e3, pct(samples, 0.99) * 1e3
                 rows.append(
@@ -162,7 +182,11 @@ def bench_list(sizes: Sizes) -> list[Row]:
                         p50 / b50,
                     )
                 )
-                rows.append(Row("list", f"  raw reply of {size:,} entries p50", b50, "ms"))
+                rows.append(Row("list", f"  raw reply, same dicts, {size:,} p50", b50, "ms"))
+                rows.append(
+                    Row("list", f"  raw reply, metas as bytes, {size:,} p50",
+                        pct(raw_bytes, 0.5) * 1e3, "ms")
+                )  # fmt: skip
     finally:
         _stop(owner)
     return rows

@@ -92,6 +92,29 @@ def test_untracking_what_is_not_tracked_is_a_no_op(presence, topic):
     assert presence.untrack(ME, topic, "nobody") is None
 
 
+def test_list_follows_every_change_of_the_topic(presence, topic):
+    """The shard keeps a topic's packed list until the topic changes: each change shows."""
+    a, b = sleeper(), sleeper()
+    try:
+        assert presence.list(topic) == {}
+        ref_a = presence.track(a.pid, topic, "a", {"v": 1})
+        assert presence.list(topic) == {"a": {"metas": [{"v": 1, "phx_ref": ref_a}]}}
+        assert presence.list(topic) == presence.list(topic)  # served again, unchanged
+        ref_b = presence.track(b.pid, topic, "a", {"v": 2})
+        assert refs(presence.list(topic)["a"]) == [ref_a, ref_b]
+        ref_a2 = presence.update(a.pid, topic, "a", {"v": 3})
+        first = presence.list(topic)["a"]["metas"][0]
+        assert first == {"v": 3, "phx_ref": ref_a2, "phx_ref_prev": ref_a}
+        b.kill()
+        wait_until(lambda: refs(presence.list(topic)["a"]) == [ref_a2])
+        presence.untrack(a.pid, topic, "a")
+        assert presence.list(topic) == {}
+    finally:
+        for p in (a, b):
+            p.kill()
+            p.wait()
+
+
 def test_keys_are_strings(presence, owner, topic):
     presence.track(owner.pid, topic, 1, {})
     assert list(presence.list(topic)) == ["1"]

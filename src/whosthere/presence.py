@@ -233,12 +233,7 @@ class Presence:
     def list(self, topic_or_channel: str | Channel) -> Presences:
         """`{key: {"metas": [meta, ...], ...}}` for the topic, through `fetch`."""
         topic = _topic_of(topic_or_channel)
-        grouped: Presences = {}
-        for key, meta in self._shard(topic).call(ListTopic(topic)):
-            entry = grouped.get(key)
-            if entry is None:
-                entry = grouped[key] = {"metas": []}
-            entry["metas"].append(codec.unpack(meta))
+        grouped: Presences = codec.unpack(self._shard(topic).call(ListTopic(topic)))
         return self.fetch(topic, grouped) if grouped else grouped
 
     def get_by_key(self, topic_or_channel: str | Channel, key: str | int) -> dict[str, Any] | None:

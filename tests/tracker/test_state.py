@@ -92,9 +92,11 @@ def test_reads_hide_elements_of_replicas_flagged_down():
     s.join(1, "t", "k", b"")
     s.down.add(A)
     assert s.list("t") == []
+    assert s.metas_by_key("t") == {}
     assert s.get_by_key("t", "k") == []
     s.down.clear()
     assert len(s.list("t")) == 1
+    assert s.metas_by_key("t") == {"k": [b""]}
 
 
 def test_without_delta_recording_nothing_accumulates():

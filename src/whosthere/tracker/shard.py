@@ -68,6 +68,7 @@ class _Pending:
 
 _UNLINKED = object()
 _FREEZE_EVERY = 10_000  # presences added between two gc.freeze()
+_LISTED_MAX_BYTES = 64 * 1024 * 1024  # packed list replies kept (all dropped beyond)
 PID_MAX = 1 << 22  # the largest pid_max Linux allows
 
 
@@ -130,6 +131,10 @@ class ShardActor(Actor):
         self.fetch_ids = itertools.count(random.getrandbits(62))  # not reused by a restart
         self.outbox: list[list[Any]] = []  # [topic, event, packed diff], sent by `on_idle`
         self.frozen_at = 0  # state size at the last gc.freeze()
+        # topic -> packed list reply, kept until the topic's next diff (`report` drops it):
+        # every change of what a topic lists must go through `report`
+        self.listed: dict[str, bytes] = {}
+        self.listed_bytes = 0
         self.published = 0  # diffs published since start
         self.fetch_failures = 0  # fetches that raised or timed out
 
@@ -245,8 +250,16 @@ class ShardActor(Actor):
             raise NotTracked(f"pid {msg.pid} is not tracked on topic {msg.topic!r} as {msg.key!r}")
         return current.meta
 
-    def on_list_topic(self, msg: ListTopic) -> list[list[Any]]:
-        return [[e.key, e.meta] for e in self.state.list(msg.topic)]
+    def on_list_topic(self, msg: ListTopic) -> bytes:
+        packed = self.listed.get(msg.topic)
+        if packed is None:
+            packed = codec.pack_grouped(self.state.metas_by_key(msg.topic))
+            if self.listed_bytes + len(packed) > _LISTED_MAX_BYTES:
+                self.listed.clear()
+                self.listed_bytes = 0
+            self.listed[msg.topic] = packed
+            self.listed_bytes += len(packed)
+        return packed
 
     def on_get_by_key(self, msg: GetByKey) -> list[bytes]:
         return [e.meta for e in self.state.get_by_key(msg.topic, msg.key)]
@@ -304,6 +317,9 @@ class ShardActor(Actor):
         (`fetch`, `handle_metas`) makes them unpack.
         """
         for topic, (joins, leaves) in changes.items():
+            dropped = self.listed.pop(topic, None)
+            if dropped is not None:
+                self.listed_bytes -= len(dropped)
             packed = codec.pack_diff(group(joins), group(leaves))
             if not self.use_fetchers:
                 self._publish(topic, packed)

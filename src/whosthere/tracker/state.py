@@ -183,6 +183,21 @@ class State:
         hidden = self._hidden()
         return [e for same in keys.values() for e in same if e.dot >> COUNTER_BITS not in hidden]
 
+    def metas_by_key(self, topic: Topic) -> dict[Key, list[bytes]]:
+        """`list` grouped by key, metas only: what a packed list reply is made of."""
+        keys = self.topics.get(topic)
+        if not keys:
+            return {}
+        if not self.down:
+            return {key: [e.meta for e in same] for key, same in keys.items()}
+        hidden = self._hidden()
+        out = {}
+        for key, same in keys.items():
+            metas = [e.meta for e in same if e.dot >> COUNTER_BITS not in hidden]
+            if metas:
+                out[key] = metas
+        return out
+
     def get_by_key(self, topic: Topic, key: Key) -> list[Element]:
         """The elements of one key of `topic` (several pids: several metas)."""
         same = self.topics.get(topic, _EMPTY).get(key)

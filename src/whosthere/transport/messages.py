@@ -184,7 +184,8 @@ class GetMeta(NamedTuple):
 
 
 class ListTopic(NamedTuple):
-    """The presences of a topic: [[key, packed meta], ...]."""
+    """The presences of a topic, packed in the list shape `{key: {"metas": [...]}}` (bytes:
+    the shard concatenates stored metas and keeps the result until the topic changes)."""
 
     topic: str
 
