@@ -17,7 +17,7 @@ def metas(elements):
 def test_join_then_leave():
     s = State(A)
     e = s.join(10, "lobby", "alice", b"m1")
-    assert s.dot_of(e) == ("a", 1, 1)
+    assert s.dot_of(e) == (A, 1)
     assert metas(s.list("lobby")) == [("lobby", 10, "alice", b"m1")]
     assert s.leave(10, "lobby", "alice") == e
     assert s.list("lobby") == []
@@ -55,7 +55,7 @@ def test_update_replaces_in_place_and_consumes_two_counters():
     s.join(2, "t", "k", b"other")
     old, new = s.leave_join(1, "t", "k", b"v2")
     assert old.meta == b"v1" and new.meta == b"v2"
-    assert s.dot_of(new) == ("a", 1, 4)
+    assert s.dot_of(new) == (A, 4)
     assert [e.meta for e in s.list("t")] == [b"v2", b"other"]  # in its place
     assert s.get(1, "t", "k") == new
     with pytest.raises(NotTracked, match=r"^pid 9 is not tracked on topic 't' as 'k'$"):
@@ -68,11 +68,11 @@ def test_the_delta_records_every_consumed_counter():
     s.leave_join(1, "t", "k", b"v2")  # 2, 3
     s.leave(1, "t", "k")  # 4
     delta = s.take_delta()
-    assert (delta.start, delta.end) == (0, 4)
-    assert delta.dots == {1, 2, 3, 4}
+    assert (delta.start, delta.end) == ({A: 0}, {A: 4})
+    assert delta.clouds == {A: {1, 2, 3, 4}}
     assert delta.values == {}
     assert s.context == {A: 4}
-    assert not s.delta and (s.delta.start, s.delta.end) == (4, 4)
+    assert not s.delta and (s.delta.start, s.delta.end) == ({A: 4}, {A: 4})
 
 
 def test_leave_pid_removes_everything_of_that_pid_only():

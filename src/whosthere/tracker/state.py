@@ -1,15 +1,16 @@
 """The tracker's replicated state: Phoenix.Tracker's dot-cloud CRDT, as plain Python objects.
 
-A presence is an element (topic, pid, key, meta) added by one replica; its causal identity is
-its *dot* (replica name, vsn, counter). Only the replica that added an element ever removes it
-(a leave), so the set is an observed-remove set without tombstones: a replica that has *seen*
-a dot (its context covers it) but no longer holds its element knows it was removed.
+A presence is an element (topic, pid, key, meta) added by one replica, (node name, vsn); its
+causal identity is its *dot* (replica, counter). Only the replica that added an element ever
+removes it (a leave), so the set is an observed-remove set without tombstones: a replica that
+has *seen* a dot (its context covers it) but no longer holds its element knows it was removed.
 
 - `context`: per replica, the highest contiguous counter seen; `clouds`: dots seen beyond it
   (gaps a transfer must fill).
-- `delta`: this replica's changes since the last flush (joins as values, and every counter it
-  consumed in `dots`, removes included), shipped to peers on the next heartbeat. A replica
-  without peers records none (`record_delta=False`): nothing would ever take it.
+- `delta`: this replica's changes since the last flush (joins as values, every dot consumed in
+  `clouds`, removes included, and the removes it learnt from peers, which it re-gossips),
+  shipped to peers on the next heartbeat. A replica without peers records none
+  (`record_delta=False`): nothing would ever take it.
 - `down`: the local opinion of which replicas are down; reads hide their elements.
 
 Compact by measurement (bytes per presence is a figure users compare): an element's dot is one
@@ -23,6 +24,12 @@ replica (`remote`), for their down / permdown and their removes.
 Metas are kept as msgpack bytes: the node never looks inside one except to add `phx_ref`, and
 bytes are compact and go back on the wire as they are.
 
+Merging (`merge`) follows Phoenix's algorithm, minus its known defects: a delta costs what it
+carries, not a scan of the state; a stale copy of an element never replaces a newer one of the
+same replica (phoenix_pubsub#148); a permdowned replica leaves no trace (#179). Two replicas
+holding the same (topic, pid, key) keep both elements everywhere: OS pids are per host, so
+these are two processes, and every replica converges to the same two (#214).
+
 No sockets, no clock, no logging here: the shard actor turns messages into these calls.
 """
 
@@ -35,13 +42,15 @@ from typing import NamedTuple
 from whosthere.errors import AlreadyTracked, NotTracked
 
 ReplicaRef = tuple[str, int]  # (node name, vsn): a restarted shard is a new replica
-Dot = tuple[str, int, int]  # (node name, vsn, counter), as the protocol names it
+Dot = tuple[ReplicaRef, int]  # (replica, counter): an element's causal identity on the wire
+Value = tuple[str, int, str, bytes]  # (topic, pid, key, meta), as shipped between replicas
 Topic = str
 Key = str
 Pid = int
 
 COUNTER_BITS = 40  # counters of one replica incarnation stay below 2**40
 _OWN_MAX = 1 << COUNTER_BITS  # dots below this are this replica's own
+_COUNTER = _OWN_MAX - 1  # mask
 
 
 class Element(NamedTuple):
@@ -56,15 +65,44 @@ class Element(NamedTuple):
 
 @dataclass
 class Delta:
-    """This replica's changes since the last flush."""
+    """A contiguous stretch of history: what a heartbeat carries, what generations keep.
 
-    start: int  # own counter when the delta began
-    end: int  # own counter now
-    values: dict[int, Element] = field(default_factory=dict)  # joins not removed since
-    dots: set[int] = field(default_factory=set)  # own counters consumed (joins and removes)
+    `clouds` holds every dot the stretch consumed, joins and removes alike; a dot in `clouds`
+    without a value in `values` is a remove marker. `start` / `end` are the clocks the
+    stretch runs between (two deltas merge only if they touch: `deltas.merge`).
+    """
+
+    replica: ReplicaRef  # whose delta
+    start: dict[ReplicaRef, int]
+    end: dict[ReplicaRef, int]
+    clouds: dict[ReplicaRef, set[int]] = field(default_factory=dict)
+    values: dict[Dot, Value] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return bool(self.dots)
+        return any(self.clouds.values())
+
+    def size(self) -> int:
+        """Values plus dots, as Phoenix counts them against `max_delta_sizes`."""
+        return len(self.values) + sum(len(c) for c in self.clouds.values())
+
+
+@dataclass
+class Snapshot:
+    """A replica's whole state as extracted for one peer (pruned to what that peer knows)."""
+
+    replica: ReplicaRef
+    context: dict[ReplicaRef, int]
+    clouds: dict[ReplicaRef, set[int]]
+    values: dict[Dot, Value]
+
+
+def prune_delta(delta: Delta, replica: ReplicaRef) -> None:
+    """Drop every trace of `replica` from `delta` (it was permdowned)."""
+    delta.start.pop(replica, None)
+    delta.end.pop(replica, None)
+    delta.clouds.pop(replica, None)
+    for dot in [d for d in delta.values if d[0] == replica]:
+        del delta.values[dot]
 
 
 class State:
@@ -74,25 +112,25 @@ class State:
         self.replica = replica
         self.name, self.vsn = replica
         self.counter = 0  # own dots issued so far
-        self.context: dict[ReplicaRef, int] = {replica: 0}
-        self.clouds: dict[ReplicaRef, set[int]] = {}
+        self.context: dict[ReplicaRef, int] = {replica: 0}  # the replicas known here
+        self.clouds: dict[ReplicaRef, set[int]] = {}  # other replicas' dots beyond context
         self.replica_ids: dict[ReplicaRef, int] = {replica: 0}
-        self.replica_refs: list[ReplicaRef] = [replica]
+        self.replica_refs: dict[int, ReplicaRef] = {0: replica}
+        self._next_id = 1  # never reused: a dot's id names one incarnation for good
         self.topics: dict[Topic, dict[Key, list[Element]]] = {}
         self.pids: dict[Pid, dict[int, Element]] = {}  # own elements by pid, then dot
-        self.remote: dict[int, dict[int, Element]] = {}  # replica id -> dot -> element
+        self.remote: dict[int, dict[int, Element]] = {}  # replica id -> counter -> element
         self.down: set[ReplicaRef] = set()  # replicas flagged down (hidden from reads)
         self.record_delta = record_delta
-        self.delta = Delta(0, 0)
+        self.delta = self._fresh_delta()
         self._size = 0
 
     def __len__(self) -> int:
         return self._size
 
     def dot_of(self, element: Element) -> Dot:
-        """The element's dot as the protocol names it: (node name, vsn, counter)."""
-        name, vsn = self.replica_refs[element.dot >> COUNTER_BITS]
-        return (name, vsn, element.dot & (_OWN_MAX - 1))
+        """The element's dot as the protocol names it: (replica, counter)."""
+        return (self.replica_refs[element.dot >> COUNTER_BITS], element.dot & _COUNTER)
 
     # -- local operations (this replica's own elements) -----------------------------------
 
@@ -101,22 +139,14 @@ class State:
         if self.get(pid, topic, key) is not None:
             raise AlreadyTracked(f"pid {pid} is already tracked on topic {topic!r} as {key!r}")
         element = Element(sys.intern(topic), pid, sys.intern(key), meta, self._bump())
-        keys = self.topics.get(topic)
-        if keys is None:
-            keys = self.topics[element.topic] = {}
-        same = keys.get(key)
-        if same is None:
-            keys[element.key] = [element]
-        else:
-            same.append(element)
+        self._index(element)
         mine = self.pids.get(pid)
         if mine is None:
             self.pids[pid] = {element.dot: element}
         else:
             mine[element.dot] = element
-        self._size += 1
         if self.record_delta:
-            self.delta.values[element.dot] = element
+            self.delta.values[(self.replica, element.dot)] = (topic, pid, key, meta)
         return element
 
     def leave(self, pid: Pid, topic: Topic, key: Key) -> Element | None:
@@ -137,7 +167,7 @@ class State:
         old = self.get(pid, topic, key)
         if old is None:
             raise NotTracked(f"pid {pid} is not tracked on topic {topic!r} as {key!r}")
-        self._forget_in_delta(old.dot)
+        self._forget_in_delta(self.replica, old.dot)
         self._bump()
         new = old._replace(meta=meta, dot=self._bump())
         same = self.topics[topic][key]
@@ -146,7 +176,7 @@ class State:
         del mine[old.dot]
         mine[new.dot] = new
         if self.record_delta:
-            self.delta.values[new.dot] = new
+            self.delta.values[(self.replica, new.dot)] = (topic, pid, key, meta)
         return old, new
 
     def leave_pid(self, pid: Pid) -> list[Element]:
@@ -215,36 +245,212 @@ class State:
     def tracks(self, pid: Pid) -> bool:
         return pid in self.pids
 
-    # -- delta -----------------------------------------------------------------------------
+    def replica_elements(self, replica: ReplicaRef) -> list[Element]:
+        """Every element `replica` added, as held here (hidden or not)."""
+        rid = self.replica_ids.get(replica)
+        if rid is None:
+            return []
+        if rid == 0:
+            return [e for mine in self.pids.values() for e in mine.values()]
+        return list(self.remote.get(rid, _EMPTY).values())
+
+    # -- replication -----------------------------------------------------------------------
+
+    def clocks(self) -> dict[ReplicaRef, int]:
+        """The context advertised to peers: down replicas left out (phoenix_pubsub#135)."""
+        return {r: n for r, n in self.context.items() if r not in self.down}
 
     def take_delta(self) -> Delta:
         """The pending delta, replaced by an empty one (after a flush)."""
         delta = self.delta
-        self.delta = Delta(self.counter, self.counter)
+        self.delta = self._fresh_delta()
         return delta
 
-    # -- internals -------------------------------------------------------------------------
+    def replica_up(self, replica: ReplicaRef) -> list[Element]:
+        """Know `replica` (its heartbeat came) and show it: retained elements rejoin."""
+        if replica not in self.context:
+            self.context[replica] = 0
+            rid = self.replica_ids[replica] = self._next_id
+            self.replica_refs[rid] = replica
+            self._next_id += 1
+            return []
+        if replica in self.down:
+            self.down.discard(replica)
+            return self.replica_elements(replica)
+        return []
 
-    def _hidden(self) -> set[int]:
-        return {self.replica_ids[r] for r in self.down if r in self.replica_ids}
+    def replica_down(self, replica: ReplicaRef) -> list[Element]:
+        """Hide `replica`'s elements, kept for a return before permdown: they leave."""
+        if replica == self.replica or replica not in self.context or replica in self.down:
+            return []
+        self.down.add(replica)
+        return self.replica_elements(replica)
 
-    def _bump(self) -> int:
-        self.counter += 1
-        if self.counter >= _OWN_MAX:
-            raise OverflowError("a replica incarnation ran out of counters")
-        self.context[self.replica] = self.counter
+    def permdown(self, replica: ReplicaRef) -> list[Element]:
+        """Forget `replica` entirely (elements, context, clouds, down flag, id: nothing grows
+        with restarts, phoenix_pubsub#179). Returns the dropped elements that were visible."""
+        if replica == self.replica or replica not in self.context:
+            return []
+        visible = replica not in self.down
+        rid = self.replica_ids.pop(replica)
+        del self.replica_refs[rid]
+        dropped = list(self.remote.pop(rid, _EMPTY).values())
+        for element in dropped:
+            self._unindex(element)
+        del self.context[replica]
+        self.clouds.pop(replica, None)
+        self.down.discard(replica)
         if self.record_delta:
-            self.delta.dots.add(self.counter)
-            self.delta.end = self.counter
-        return self.counter
+            prune_delta(self.delta, replica)
+        return dropped if visible else []
 
-    def _forget_in_delta(self, dot: int) -> None:
-        """In the delta, the dot stays seen but its value goes: the remove marker."""
-        if self.record_delta:
-            self.delta.values.pop(dot, None)
-            self.delta.dots.add(dot)
+    def extract(self, peer: ReplicaRef, peer_context: dict[ReplicaRef, int]) -> Snapshot:
+        """The whole state for `peer`, pruned to the replicas it knows (it learns of others
+        from their own heartbeats); `peer`'s own elements are left out."""
+        known = [r for r in self.context if r in peer_context]
+        values: dict[Dot, Value] = {}
+        for r in known:
+            if r != peer:
+                for e in self.replica_elements(r):
+                    values[(r, e.dot & _COUNTER)] = (e.topic, e.pid, e.key, e.meta)
+        return Snapshot(
+            self.replica,
+            {r: self.context[r] for r in known},
+            {r: set(self.clouds[r]) for r in known if self.clouds.get(r)},
+            values,
+        )
 
-    def _remove_own(self, element: Element) -> None:
+    def merge(self, remote: Delta | Snapshot) -> tuple[list[Element], list[Element]]:
+        """Merge a peer's delta or snapshot: the (joins, leaves) it makes here.
+
+        Only replicas known here count (a replica is known from its own heartbeat), and a
+        peer never removes this replica's elements. A delta costs what it carries; only a
+        snapshot is compared with every element held, as it must be. Idempotent, and the
+        result does not depend on the order of merges. Changes of replicas flagged down are
+        applied but not reported (`replica_up` reports what is held then), so the joins and
+        leaves reported always add up to what `list` shows.
+        """
+        leaves = self._observe_removes(remote)
+        joins = self._admit(remote.values, leaves)
+        if self.down:  # a hidden replica's changes show when it comes back up, not now
+            hidden = self._hidden()
+            joins = [e for e in joins if e.dot >> COUNTER_BITS not in hidden]
+            leaves = [e for e in leaves if e.dot >> COUNTER_BITS not in hidden]
+        if isinstance(remote, Snapshot):
+            for r, n in remote.context.items():
+                if r != self.replica and n > self.context.get(r, n):
+                    self.context[r] = n
+        for r, cloud in remote.clouds.items():
+            if r != self.replica and r in self.context and cloud:
+                self.clouds.setdefault(r, set()).update(cloud)
+        self._compact()
+        return joins, leaves
+
+    # -- internals: merging ----------------------------------------------------------------
+
+    def _seen(self, replica: ReplicaRef, counter: int) -> bool:
+        return counter <= self.context[replica] or counter in self.clouds.get(replica, _EMPTY)
+
+    def _observe_removes(self, remote: Delta | Snapshot) -> list[Element]:
+        """Elements the peer has seen but no longer holds were removed: they leave."""
+        leaves = []
+        values = remote.values
+        if isinstance(remote, Delta):  # only the delta's own markers: O(delta)
+            candidates = (
+                (r, rid, c)
+                for r, cloud in remote.clouds.items()
+                if (rid := self.replica_ids.get(r)) and rid in self.remote
+                for c in cloud
+            )
+        else:  # a snapshot's context covers all it has seen: every element is a candidate
+            candidates = (
+                (r, rid, c)
+                for r, seen in remote.context.items()
+                if (rid := self.replica_ids.get(r)) and rid in self.remote
+                for c in list(self.remote[rid])
+                if c <= seen or c in remote.clouds.get(r, _EMPTY)
+            )
+        for r, rid, c in candidates:
+            if (r, c) in values:
+                continue
+            element = self.remote.get(rid, _EMPTY).get(c)
+            if element is not None:
+                self._drop_remote(element, rid, c)
+                self._forget_in_delta(r, c)  # re-gossiped in this replica's next heartbeat
+                leaves.append(element)
+        return leaves
+
+    def _admit(self, values: dict[Dot, Value], leaves: list[Element]) -> list[Element]:
+        """Elements of known replicas not seen here yet become joins."""
+        joins = []
+        for (replica, counter), (topic, pid, key, meta) in values.items():
+            seen = self.context.get(replica)
+            if seen is None or replica == self.replica or self._seen(replica, counter):
+                continue
+            rid = self.replica_ids[replica]
+            held = self._held(topic, pid, key, rid)
+            if held is not None:
+                held_counter = held.dot & _COUNTER
+                if held_counter > counter:
+                    # a stale copy (an old transfer after a newer delta): the newer element
+                    # replaced it, so it was removed (phoenix_pubsub#148)
+                    self.clouds.setdefault(replica, set()).add(counter)
+                    continue
+                # an older element whose remove marker has not arrived yet: replaced
+                self._drop_remote(held, rid, held_counter)
+                self.clouds.setdefault(replica, set()).add(held_counter)
+                self._forget_in_delta(replica, held_counter)
+                leaves.append(held)
+            element = Element(
+                sys.intern(topic), pid, sys.intern(key), meta, rid << COUNTER_BITS | counter
+            )
+            self._index(element)
+            self.remote.setdefault(rid, {})[counter] = element
+            self.clouds.setdefault(replica, set()).add(counter)
+            joins.append(element)
+        return joins
+
+    def _held(self, topic: Topic, pid: Pid, key: Key, rid: int) -> Element | None:
+        """The element of replica `rid` for (topic, pid, key), if held."""
+        for e in self.topics.get(topic, _EMPTY).get(key, ()):
+            if e.pid == pid and e.dot >> COUNTER_BITS == rid:
+                return e
+        return None
+
+    def _drop_remote(self, element: Element, rid: int, counter: int) -> None:
+        mine = self.remote[rid]
+        del mine[counter]
+        if not mine:
+            del self.remote[rid]
+        self._unindex(element)
+
+    def _compact(self) -> None:
+        """Fold each cloud's dots that continue the context into it."""
+        for r in list(self.clouds):
+            cloud = self.clouds[r]
+            n = self.context[r]
+            while n + 1 in cloud:
+                n += 1
+            if n != self.context[r]:
+                self.context[r] = n
+            cloud.difference_update([c for c in cloud if c <= n])
+            if not cloud:
+                del self.clouds[r]
+
+    # -- internals: indexes and own history ------------------------------------------------
+
+    def _index(self, element: Element) -> None:
+        keys = self.topics.get(element.topic)
+        if keys is None:
+            keys = self.topics[element.topic] = {}
+        same = keys.get(element.key)
+        if same is None:
+            keys[element.key] = [element]
+        else:
+            same.append(element)
+        self._size += 1
+
+    def _unindex(self, element: Element) -> None:
         keys = self.topics[element.topic]
         same = keys[element.key]
         if len(same) == 1:
@@ -253,12 +459,37 @@ class State:
                 del self.topics[element.topic]
         else:
             same.remove(element)
+        self._size -= 1
+
+    def _remove_own(self, element: Element) -> None:
+        self._unindex(element)
         mine = self.pids[element.pid]
         del mine[element.dot]
         if not mine:
             del self.pids[element.pid]
-        self._size -= 1
-        self._forget_in_delta(element.dot)
+        self._forget_in_delta(self.replica, element.dot)
+
+    def _hidden(self) -> set[int]:
+        return {self.replica_ids[r] for r in self.down if r in self.replica_ids}
+
+    def _fresh_delta(self) -> Delta:
+        return Delta(self.replica, {self.replica: self.counter}, {self.replica: self.counter})
+
+    def _bump(self) -> int:
+        self.counter += 1
+        if self.counter >= _OWN_MAX:
+            raise OverflowError("a replica incarnation ran out of counters")
+        self.context[self.replica] = self.counter
+        if self.record_delta:
+            self.delta.clouds.setdefault(self.replica, set()).add(self.counter)
+            self.delta.end[self.replica] = self.counter
+        return self.counter
+
+    def _forget_in_delta(self, replica: ReplicaRef, counter: int) -> None:
+        """In the delta, the dot stays seen but its value goes: the remove marker."""
+        if self.record_delta:
+            self.delta.values.pop((replica, counter), None)
+            self.delta.clouds.setdefault(replica, set()).add(counter)
 
 
 _EMPTY: dict = {}
