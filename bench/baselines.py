@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import select
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -266,3 +267,75 @@ def raw_list_round_trips(size: int, meta: dict, count: int, *, as_dicts: bool) -
     server.start()
     ready.wait(30)
     return _time_round_trips(endpoint, server, msgpack.packb([35, "t"]), count, warmup=5)
+
+
+def pidfd_mass_kill(procs: list[subprocess.Popen[bytes]]) -> float:
+    """Seconds from the first SIGKILL, sent to all of `procs` in a tight loop, until every
+    one's pidfd in an epoll is readable; the processes are reaped after."""
+    ep = select.epoll()
+    fds = [os.pidfd_open(p.pid) for p in procs]
+    for fd in fds:
+        ep.register(fd, select.EPOLLIN)
+    pending = set(fds)
+    t = time.perf_counter()
+    for p in procs:
+        os.kill(p.pid, signal.SIGKILL)
+    while pending:
+        for fd, _ in ep.poll(10, maxevents=len(pending)):
+            if fd in pending:
+                pending.discard(fd)
+                ep.unregister(fd)
+    elapsed = time.perf_counter() - t
+    ep.close()
+    for fd in fds:
+        os.close(fd)
+    for p in procs:
+        p.wait()
+    return elapsed
+
+
+def _stamping_publisher(endpoint: str, ready: Any) -> None:
+    """ROUTER at `endpoint`, PUB at `endpoint` + "-pub": each request publishes one message
+    carrying the monotonic time it was sent (shared by every process of the host)."""
+    ctx = zmq.Context.instance()
+    router, pub = ctx.socket(zmq.ROUTER), ctx.socket(zmq.PUB)
+    router.bind(endpoint)
+    pub.bind(endpoint.replace(".sock", "-pub.sock"))
+    ready.set()
+    while True:
+        ident, ref, body = router.recv_multipart()
+        if msgpack.unpackb(body) == "stop":
+            router.send_multipart((ident, ref, body))
+            break
+        pub.send_multipart((b"t", msgpack.packb([time.perf_counter(), ref])))
+        router.send_multipart((ident, ref, body))
+    router.close(linger=0)
+    pub.close(linger=0)
+
+
+def raw_pub_sub_latency(count: int) -> list[float]:
+    """Seconds from a PUB send in another process to the SUB here having the message decoded,
+    one message at a time."""
+    endpoint = _endpoint("stamp")
+    server = _start(_stamping_publisher, endpoint)
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.connect(endpoint.replace(".sock", "-pub.sock"))
+    sub.setsockopt(zmq.SUBSCRIBE, b"t")
+    trigger = _dealer(endpoint)
+    samples: list[float] = []
+    i = 0
+    while len(samples) < count:
+        i += 1
+        ref = i.to_bytes(8, "big")
+        trigger.send_multipart((ref, msgpack.packb(1)))
+        trigger.recv_multipart()
+        while sub.poll(1000 if samples else 50):  # none at first: the SUB is not in place yet
+            sent, got = msgpack.unpackb(sub.recv_multipart()[1])
+            if got == ref:  # not a late one from the warm-up
+                samples.append(time.perf_counter() - sent)
+                break
+    sub.close()
+    trigger.close()
+    _stop_server(endpoint, server)
+    return samples

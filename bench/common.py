@@ -1,10 +1,21 @@
-"""What every workload shares: result rows, sizes, percentiles, the progress line."""
+"""What every workload shares: result rows, sizes, percentiles, the progress line, owners."""
 
 from __future__ import annotations
 
 import statistics
+import subprocess
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
+
+META = {  # ~100 bytes packed
+    "status": "online",
+    "device": "desktop",
+    "joined_at": 1_764_288_000.123,
+    "name": "user-0000",
+    "note": "x" * 32,
+}
 
 
 @dataclass
@@ -32,19 +43,25 @@ class Sizes:
     topics: int  # topics per owner
     list_sizes: tuple[int, ...]  # presences in the listed topic
     others: int  # presences tracked beside the kill-to-leave trials
+    crash: tuple[tuple[int, int], ...]  # mass-crash cases: (owners, presences per owner)
+    memory: tuple[int, ...]  # presences tracked for the memory-per-presence figure
+    trials: int  # sequential tracks timed for call latency and diff delivery
 
 
 QUICK = Sizes(
     calls=2_000,
-    casts=20_000,
-    fanout_msgs=5_000,
+    casts=10_000,
+    fanout_msgs=2_000,
     links=500,
     kills=50,
     reps=2,
-    owners=100,
-    topics=20,
+    owners=50,
+    topics=10,
     list_sizes=(10, 1_000),
     others=1_000,
+    crash=((50, 10), (500, 1)),
+    memory=(10_000,),
+    trials=100,
 )
 FULL = Sizes(
     calls=20_000,
@@ -57,6 +74,9 @@ FULL = Sizes(
     topics=100,
     list_sizes=(10, 1_000, 10_000),
     others=10_000,
+    crash=((1_000, 10), (10_000, 1)),
+    memory=(100_000, 1_000_000),
+    trials=2_000,
 )
 
 
@@ -65,8 +85,8 @@ def pct(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def median_spread(values: list[float]) -> tuple[float, str]:
-    return statistics.median(values), f"{min(values):,.0f}-{max(values):,.0f}"
+def median_spread(values: list[float], digits: int = 0) -> tuple[float, str]:
+    return statistics.median(values), f"{min(values):,.{digits}f}-{max(values):,.{digits}f}"
 
 
 def progress(text: str) -> None:
@@ -83,3 +103,48 @@ def versus_pidfd(workload: str, label: str, samples: list[float], base: list[flo
         Row(workload, f"{label} p50", p50, "ms", f"p99 {p99:.3f}", "pidfd p50", p50 / b50),
         Row(workload, f"{label} p99", p99, "ms", extra, "pidfd p99", p99 / b99),
     ]
+
+
+# -- presence owners -------------------------------------------------------------------------
+
+
+def sleepers(count: int) -> list[subprocess.Popen[bytes]]:
+    """`count` fresh `sleep` processes: cheap owners, exec'd (no Python start-up)."""
+    procs = []
+    for i in range(count):
+        procs.append(subprocess.Popen(["sleep", "3600"]))
+        if i % 500 == 0:
+            progress(f"starting owner processes {i:,}/{count:,}")
+    return procs
+
+
+def reap(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Kill (if still alive) and wait for every process: no zombie, no orphan."""
+    for p in procs:
+        p.kill()
+    for p in procs:
+        p.wait()
+
+
+def track_all(presence: Any, entries: Iterable[tuple[int, str, str, dict]], what: str,
+              chunk: int = 10_000) -> None:  # fmt: skip
+    """Track `(pid, topic, key, meta)` entries, in `track_many` chunks when the client has it
+    (a `track` each otherwise), with a progress line."""
+    many = getattr(presence, "track_many", None)
+    batch: list[tuple[int, str, str, dict]] = []
+    done = 0
+    for entry in entries:
+        if many is None:
+            presence.track(*entry)
+            done += 1
+            if done % 1_000 == 0:
+                progress(f"{what}: {done:,} tracked")
+            continue
+        batch.append(entry)
+        if len(batch) == chunk:
+            many(batch)
+            done += len(batch)
+            batch = []
+            progress(f"{what}: {done:,} tracked")
+    if batch:
+        many(batch)

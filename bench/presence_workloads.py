@@ -8,35 +8,14 @@ import time
 from typing import Any
 
 import baselines
-from common import Row, Sizes, median_spread, pct, progress, versus_pidfd
+from common import META, Row, Sizes, median_spread, pct, progress, track_all, versus_pidfd
+from common import reap as _stop
+from common import sleepers as _sleepers
 
 import whosthere
 
 _CTX = multiprocessing.get_context("spawn")
 _PER_CALL_TOPICS = 10  # topics per owner updated / untracked one call each
-META = {  # ~100 bytes packed
-    "status": "online",
-    "device": "desktop",
-    "joined_at": 1_764_288_000.123,
-    "name": "user-0000",
-    "note": "x" * 32,
-}
-
-
-def _sleepers(count: int) -> list[subprocess.Popen[bytes]]:
-    procs = []
-    for i in range(count):
-        procs.append(subprocess.Popen(["sleep", "3600"]))
-        if i % 500 == 0:
-            progress(f"starting owner processes {i:,}/{count:,}")
-    return procs
-
-
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for p in procs:
-        p.kill()
-    for p in procs:
-        p.wait()
 
 
 def _client(address: str, pids: list[int], topics: int, conn: Any) -> None:
@@ -195,31 +174,42 @@ def bench_list(sizes: Sizes) -> list[Row]:
 def bench_kill_to_leave(sizes: Sizes) -> list[Row]:
     per_owner = 100
     owners = _sleepers(max(1, sizes.others // per_owner))
-    samples: list[float] = []
     try:
         with whosthere.Node(name="bench") as node:
-            presence = node.presence
-            progress(f"tracking {sizes.others:,} other presences")
-            for o in owners:
-                for t in range(per_owner):
-                    presence.track(o.pid, f"others:{t}", f"user-{o.pid}", META)
-            with presence.subscribe("victims") as sub:
-                for k in range(sizes.kills):
-                    if k % 50 == 0:
-                        progress(f"kill -> leave diff: {k}/{sizes.kills}")
-                    victim = subprocess.Popen(["sleep", "3600"])
-                    presence.track(victim.pid, "victims", "v", META)
-                    joined = sub.get(timeout=10)
-                    assert joined is not None and "v" in joined.payload["joins"]
-                    t = time.perf_counter()
-                    victim.kill()
-                    left = sub.get(timeout=10)
-                    samples.append(time.perf_counter() - t)
-                    assert left is not None and "v" in left.payload["leaves"], left
-                    victim.wait()
+            others = (
+                (o.pid, f"others:{t}", f"user-{o.pid}", META)
+                for o in owners
+                for t in range(per_owner)
+            )
+            track_all(node.presence, others, "other presences")
+            samples = kill_to_leave_samples(node.presence, sizes.kills, "victims")
         progress("pidfd baseline")
         base = baselines.pidfd_kill_to_notice(_sleepers(min(sizes.kills, 200)))
     finally:
         _stop(owners)
     n = f"{sizes.kills:,} kills, {sizes.others:,} others"
     return versus_pidfd("leave", f"kill->leave diff ({n})", samples, base)
+
+
+def kill_to_leave_samples(presence: whosthere.Presence, kills: int, topic: str) -> list[float]:
+    """Seconds from SIGKILL of a freshly tracked owner to its leave diff at a subscriber,
+    one owner at a time."""
+    samples: list[float] = []
+    with presence.subscribe(topic) as sub:
+        for k in range(kills):
+            if k % 50 == 0:
+                progress(f"kill -> leave diff: {k}/{kills}")
+            victim = subprocess.Popen(["sleep", "3600"])
+            try:
+                presence.track(victim.pid, topic, "v", META)
+                joined = sub.get(timeout=10)
+                assert joined is not None and "v" in joined.payload["joins"]
+                t = time.perf_counter()
+                victim.kill()
+                left = sub.get(timeout=10)
+                samples.append(time.perf_counter() - t)
+                assert left is not None and "v" in left.payload["leaves"], left
+            finally:
+                victim.kill()
+                victim.wait()
+    return samples

@@ -24,7 +24,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import crash_workloads
+import diff_workload
+import memory_workload
 import presence_workloads
+import redis_baseline
 import runtime_workloads
 from common import FULL, QUICK, Row, Sizes
 
@@ -36,6 +40,10 @@ WORKLOADS: dict[str, Callable[[Sizes], list[Row]]] = {
     "track": presence_workloads.bench_track,
     "list": presence_workloads.bench_list,
     "leave": presence_workloads.bench_kill_to_leave,
+    "diff": diff_workload.bench_diff,
+    "crash": crash_workloads.bench_crash,
+    "memory": memory_workload.bench_memory,
+    "redis": redis_baseline.bench_redis,
 }
 
 
@@ -50,22 +58,28 @@ def fmt(value: float) -> str:
     return f"{value:.3f}"
 
 
+def ratio_text(ratio: float) -> str:
+    return f"{ratio:.2f}x" if ratio >= 0.1 else f"{ratio:.2g}x"
+
+
 def print_table(rows: list[Row], previous: dict[str, float] | None = None) -> None:
     print(
-        f"\n{'figure':<42} {'value':>12} {'unit':<6} {'spread':<18} {'vs baseline':>16}"
+        f"\n{'figure':<46} {'value':>12} {'unit':<7} {'spread':<20} {'vs baseline'}"
         + ("  change" if previous else "")
     )
-    print("-" * (98 + (9 if previous else 0)))
+    print("-" * (116 + (9 if previous else 0)))
     for r in rows:
-        ratio = f"{r.ratio:.2f}x {r.baseline}" if r.ratio is not None else ""
-        line = f"{r.figure:<42} {fmt(r.value):>12} {r.unit:<6} {r.spread:<18} {ratio:>16}"
+        ratio = f"{ratio_text(r.ratio)} {r.baseline}" if r.ratio is not None else ""
+        line = f"{r.figure:<46} {fmt(r.value):>12} {r.unit:<7} {r.spread:<20} {ratio:<28}"
         if previous and r.figure in previous and previous[r.figure]:
             line += f"  {(r.value / previous[r.figure] - 1) * 100:+6.1f}%"
-        print(line)
+        print(line.rstrip() if not previous else line)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="CI sizes (default)")
     size.add_argument("--full", action="store_true", help="the sizes quoted in the issues")

@@ -1,4 +1,4 @@
-"""The command line: serve, status, demo."""
+"""The command line: serve, status, list, watch, demo, bench."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import os
 import signal
 import subprocess
 import sys
+
+import pytest
 
 import whosthere
 from tests.support.waiting import wait_until
@@ -138,3 +140,25 @@ def _broadcast_from_worker() -> None:
 
 def _sleep_forever() -> None:
     signal.pause()
+
+
+def test_bench_passes_its_arguments_to_the_benchmarks():
+    result = subprocess.run(
+        whosthere_cmd("bench", "--help"), capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: whosthere bench")
+    assert "--only" in result.stdout and "--quick" in result.stdout
+
+
+def test_bench_without_the_source_checkout_is_a_clear_error(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(cli, "bench_script", lambda: tmp_path / "bench" / "run.py")
+    assert cli.main(["bench", "--quick"]) == 2
+    assert "the benchmarks ship with the source checkout" in capsys.readouterr().err
+
+
+def test_other_commands_still_refuse_unknown_options(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["status", "--bogus"])
+    assert exit_.value.code == 2
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err

@@ -94,18 +94,60 @@ def test_bench_runs_and_prints_its_table(tmp_path):
     out_json = tmp_path / "bench.json"
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--only", "call", "leave",
-         "--json", str(out_json)],
+         "diff", "--json", str(out_json)],
         capture_output=True, text=True, timeout=300, check=True,
     )  # fmt: skip
     assert "actor call (Ping) p50" in result.stdout
     assert "kill->leave diff" in result.stdout
+    assert "track returned -> join at subscriber p50" in result.stdout
     import json
 
     saved = json.loads(out_json.read_text())
-    assert {r["workload"] for r in saved["rows"]} == {"call", "leave"}
+    assert {r["workload"] for r in saved["rows"]} == {"call", "leave", "diff"}
     again = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--only", "call",
          "--compare", str(out_json)],
         capture_output=True, text=True, timeout=300, check=True,
     )  # fmt: skip
     assert "change" in again.stdout
+
+
+TINY_BENCH = """
+import dataclasses, sys
+sys.path.insert(0, sys.argv[1])
+import common, crash_workloads, memory_workload, redis_baseline
+tiny = dataclasses.replace(common.QUICK, reps=1, owners=5, topics=4, list_sizes=(10,), kills=3,
+                           crash=((5, 2), (20, 1)), memory=(1_000,))
+benches = (crash_workloads.bench_crash, memory_workload.bench_memory, redis_baseline.bench_redis)
+for bench in benches:
+    for row in bench(tiny):
+        print(row.workload, row.figure, row.value, sep="|")
+"""
+
+
+def test_crash_memory_and_redis_benches_run_at_a_tiny_size():
+    """The slower workloads, at a size no figure means anything: they run and clean up."""
+    result = subprocess.run(
+        [sys.executable, "-c", TINY_BENCH, str(ROOT / "bench")],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    rows = [line.split("|") for line in result.stdout.splitlines()]
+    figures = {figure for _, figure, _ in rows}
+    assert "mass crash 20 owners x 1: all leaves in" in figures
+    assert "node RSS per presence, 1,000" in figures
+    assert {w for w, _, _ in rows} == {"crash", "memory", "redis"}
+    if shutil.which("redis-server"):
+        assert "redis kill->expired p50 (TTL 1,000 ms)" in figures
+    else:
+        assert "redis-server not installed: skipped" in figures
+
+
+def test_redis_bench_is_skipped_without_redis_server(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import common
+    import redis_baseline
+    import resp
+
+    monkeypatch.setattr(resp, "available", lambda: None)
+    rows = redis_baseline.bench_redis(common.QUICK)
+    assert [r.figure for r in rows] == ["redis-server not installed: skipped"]

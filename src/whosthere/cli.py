@@ -1,14 +1,17 @@
-"""The `whosthere` command: demo, serve, status, list, watch."""
+"""The `whosthere` command: demo, serve, status, list, watch, bench."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
+import whosthere
 from whosthere import demo
 from whosthere.client import resolve_address
 from whosthere.errors import MessagesLost, WhosthereError
@@ -117,6 +120,27 @@ def _demo(args: argparse.Namespace) -> int:
     return demo.main(workers=args.workers, kills=args.kills, duration=args.duration, seed=args.seed)
 
 
+def bench_script() -> Path:
+    """bench/run.py of the source checkout this package runs from (an editable install)."""
+    return Path(whosthere.__file__).resolve().parents[2] / "bench" / "run.py"
+
+
+def _bench(args: argparse.Namespace) -> int:
+    script = bench_script()
+    if not script.is_file():
+        print(
+            f"whosthere: the benchmarks ship with the source checkout, not the package "
+            f"(no {script}); clone the repository and `pip install -e .` it",
+            file=sys.stderr,
+        )
+        return 2
+    spec = importlib.util.spec_from_file_location("whosthere_bench_run", script)
+    assert spec is not None and spec.loader is not None
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    return int(run.main(args.bench_args, prog="whosthere bench"))
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="whosthere", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -157,13 +181,24 @@ def parser() -> argparse.ArgumentParser:
         cmd.add_argument("--json", action="store_true", help="print JSON")
         cmd.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
         cmd.set_defaults(func=func)
+
+    bench = sub.add_parser(
+        "bench",
+        help="run the benchmarks (source checkout only); `whosthere bench --help` for options",
+        add_help=False,  # --help goes to bench/run.py, with every other option
+    )
+    bench.set_defaults(func=_bench)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     # Ctrl-C must work even when started with SIGINT ignored (e.g. in the background)
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    args = parser().parse_args(argv)
+    p = parser()
+    args, rest = p.parse_known_args(argv)  # only `bench` takes options of its own
+    if rest and args.command != "bench":
+        p.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.bench_args = rest
     try:
         return int(args.func(args))
     except WhosthereError as exc:
