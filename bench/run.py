@@ -24,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import cluster_workload
 import crash_workloads
 import diff_workload
 import memory_workload
@@ -44,6 +45,7 @@ WORKLOADS: dict[str, Callable[[Sizes], list[Row]]] = {
     "crash": crash_workloads.bench_crash,
     "memory": memory_workload.bench_memory,
     "redis": redis_baseline.bench_redis,
+    "cluster": cluster_workload.bench_cluster,
 }
 
 

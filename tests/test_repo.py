@@ -115,17 +115,18 @@ def test_bench_runs_and_prints_its_table(tmp_path):
 TINY_BENCH = """
 import dataclasses, sys
 sys.path.insert(0, sys.argv[1])
-import common, crash_workloads, memory_workload, redis_baseline
+import cluster_workload, common, crash_workloads, memory_workload, redis_baseline
 tiny = dataclasses.replace(common.QUICK, reps=1, owners=5, topics=4, list_sizes=(10,), kills=3,
                            crash=((5, 2), (20, 1)), memory=(1_000,))
-benches = (crash_workloads.bench_crash, memory_workload.bench_memory, redis_baseline.bench_redis)
+benches = (crash_workloads.bench_crash, memory_workload.bench_memory, redis_baseline.bench_redis,
+           cluster_workload.bench_cluster)
 for bench in benches:
     for row in bench(tiny):
         print(row.workload, row.figure, row.value, sep="|")
 """
 
 
-def test_crash_memory_and_redis_benches_run_at_a_tiny_size():
+def test_crash_memory_redis_and_cluster_benches_run_at_a_tiny_size():
     """The slower workloads, at a size no figure means anything: they run and clean up."""
     result = subprocess.run(
         [sys.executable, "-c", TINY_BENCH, str(ROOT / "bench")],
@@ -135,7 +136,8 @@ def test_crash_memory_and_redis_benches_run_at_a_tiny_size():
     figures = {figure for _, figure, _ in rows}
     assert "mass crash 20 owners x 1: all leaves in" in figures
     assert "node RSS per presence, 1,000" in figures
-    assert {w for w, _, _ in rows} == {"crash", "memory", "redis"}
+    assert "A killed (1,000) -> all leaves on B" in figures
+    assert {w for w, _, _ in rows} == {"crash", "memory", "redis", "cluster"}
     if shutil.which("redis-server"):
         assert "redis kill->expired p50 (TTL 1,000 ms)" in figures
     else:

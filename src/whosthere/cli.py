@@ -20,7 +20,14 @@ from whosthere.presence import Presence
 
 
 def _serve(args: argparse.Namespace) -> int:
-    node = Node(name=args.name, pool_size=args.pool_size, log_level=args.log_level)
+    node = Node(
+        name=args.name,
+        pool_size=args.pool_size,
+        log_level=args.log_level,
+        listen=args.listen,
+        peers=args.peer,
+        cookie=args.cookie,
+    )
     stop = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -32,6 +39,8 @@ def _serve(args: argparse.Namespace) -> int:
     with node:
         print(f"whosthere node {node.name!r} serving at {node.address}", flush=True)
         print(f"  export WHOSTHERE_ADDRESS={node.address}", flush=True)
+        if node.listen:
+            print(f"  peers join with --peer {node.cluster_address}", flush=True)
         print("  (Ctrl-C stops it)", flush=True)
         while not stop and node.alive:
             time.sleep(0.1)
@@ -60,6 +69,16 @@ def _format_status(status: dict[str, Any]) -> str:
         f"links      {links['processes']} process(es) from {links['linkers']} linker(s)"
         f" (pidfd {links['pidfd']}, sweep {links['sweep']})",
     ]
+    if "cluster" in status:
+        lines += ["", f"cluster    listening at {status['cluster']['listen']}"]
+        for name, peer in sorted(status["peers"].items()):
+            clock = ", ".join(f"{r}={n}" for r, n in peer["clock"].items())
+            lines.append(
+                f"  peer {name:<16} {peer['status']:<5} vsn {peer['vsn']}, "
+                f"heard {peer['last_heartbeat_age']:.1f} s ago, clock {clock}"
+            )
+        for name, why in sorted(status["cluster"]["refused"].items()):
+            lines.append(f"  refused {name}: {why}")
     return "\n".join(lines)
 
 
@@ -156,6 +175,11 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--name", default=None, help="node name (default: host and suffix)")
     serve.add_argument("--pool-size", type=int, default=1, help="tracker shards (default 1)")
     serve.add_argument("--log-level", default=None, help="actors' log level (WARNING)")
+    serve.add_argument("--listen", default=None, help="tcp://host:port where peers reach it")
+    serve.add_argument(
+        "--peer", action="append", default=[], help="a peer's listen address (repeatable)"
+    )
+    serve.add_argument("--cookie", default=None, help="cluster secret ($WHOSTHERE_COOKIE)")
     serve.set_defaults(func=_serve)
 
     status = sub.add_parser("status", help="print a running node's status")

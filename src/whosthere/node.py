@@ -24,10 +24,11 @@ from whosthere.errors import NodeStartError, NodeUnavailable, WhosthereError, er
 from whosthere.links import Links
 from whosthere.presence import Presence, presence_class_ref
 from whosthere.pubsub import PubSub
+from whosthere.tracker.pool import shard_name
 from whosthere.transport import runtime_dir
 from whosthere.transport.codec import DEFAULT_META_LIMIT
-from whosthere.transport.messages import GetStats, GetStatus
-from whosthere.transport.sockets import DEFAULT_TIMEOUT, Dealer
+from whosthere.transport.messages import Depart, GetStats, GetStatus
+from whosthere.transport.sockets import DEFAULT_TIMEOUT, Connection, Dealer
 
 log = logging.getLogger("whosthere.node")
 
@@ -62,6 +63,10 @@ def node_status(address: str, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any
         if actor["name"].startswith("shard.") and actor["stats"]:
             presences += actor["stats"]["presences"]
     status["presences"] = presences
+    by_name = {a["name"]: a.get("stats") or {} for a in status["actors"]}
+    if "cluster" in by_name:  # each peer replica as shard 0 sees it; the connections
+        status["peers"] = by_name.get("shard.0", {}).get("replicas", {})
+        status["cluster"] = by_name["cluster"]
     return status
 
 
@@ -74,6 +79,29 @@ TRACKER_DEFAULTS: dict[str, Any] = {  # Phoenix.Tracker's, in seconds
     "max_delta_sizes": (100, 1000, 10000),
     "permdown_on_shutdown": False,
 }
+
+
+_LOOPBACK = ("127.", "localhost", "[::1]", "::1")
+
+
+def _check_cluster(
+    listen: str | None, peers: tuple[str, ...] | list[str], cookie: str | None
+) -> tuple[str | None, tuple[str, ...]]:
+    """Cluster wiring as given, checked: tcp endpoints, and loopback only without a cookie."""
+    if isinstance(peers, str):
+        peers = (peers,)
+    peers = tuple(peers)
+    for endpoint in (*([listen] if listen else []), *peers):
+        if not isinstance(endpoint, str) or not endpoint.startswith("tcp://"):
+            raise ValueError(f"cluster endpoints are tcp://host:port, got {endpoint!r}")
+    if peers and not listen:
+        raise ValueError("peers need listen=: peers must be able to reach this node too")
+    if listen and not cookie and not listen[len("tcp://") :].startswith(_LOOPBACK):
+        raise ValueError(
+            f"listen={listen!r} without a cookie: only loopback addresses are allowed; "
+            "give cookie= (or $WHOSTHERE_COOKIE) to listen on other interfaces"
+        )
+    return listen, peers
 
 
 def check_tracker_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -122,6 +150,7 @@ class Node:
         fetch_timeout: float = 5.0,
         meta_limit: int = DEFAULT_META_LIMIT,
         log_level: str | None = None,
+        cookie: str | None = None,
         **tracker_options: Any,
     ) -> None:
         """Configure a node; nothing starts before `start()`.
@@ -132,7 +161,12 @@ class Node:
                 import it: define it at module level.
             pool_size: number of tracker shards (must match on every node of a cluster).
             name: node name (default: host name and a random suffix).
-            listen, peers: cluster wiring; not available yet on this version.
+            listen: `tcp://host:port` where this node accepts peers (port 0: any free one);
+                without it the node is alone. `peers`: listen addresses of other nodes
+                (each needs only one; the cluster meshes itself).
+            cookie: the cluster secret (default `$WHOSTHERE_COOKIE`); traffic between nodes
+                is CURVE-authenticated with keys derived from it. Without one, `listen`
+                must be a loopback address.
             max_restarts, max_seconds: restart intensity, as OTP's: more than `max_restarts`
                 actor restarts within `max_seconds` stops the node.
             start_timeout: seconds `start()` waits for every actor to be ready.
@@ -147,8 +181,8 @@ class Node:
             tracker_options: the replication periods (`broadcast_period`, `down_period`...),
                 checked now and used once nodes form a cluster.
         """
-        if listen is not None or peers:
-            raise NotImplementedError("clustering (listen=, peers=) is not available yet")
+        self.cookie = cookie if cookie is not None else os.environ.get("WHOSTHERE_COOKIE")
+        self.listen, self.peers = _check_cluster(listen, peers, self.cookie)
         if not isinstance(pool_size, int) or pool_size < 1:
             raise ValueError(f"pool_size must be a positive int, got {pool_size!r}")
         if max_restarts < 0 or max_seconds <= 0:
@@ -221,6 +255,10 @@ class Node:
             "fetch_timeout": self.fetch_timeout,
             "meta_limit": self.meta_limit,
             "log_level": self.log_level,
+            "listen": self.listen,
+            "peers": list(self.peers),
+            "cookie": self.cookie,
+            "tracker": self.tracker_options,
             "ready_fd": events_w,
             "lock_fd": lock_fd,
         }
@@ -254,6 +292,8 @@ class Node:
         self._stopped = True
         deadline = time.monotonic() + timeout
         try:
+            if self.listen and self.tracker_options["permdown_on_shutdown"] and self.alive:
+                self._depart(min(1.0, timeout / 4))
             if self._pubsub is not None:
                 self._pubsub.close(flush_timeout=min(0.2, timeout / 10))
             if self._presence is not None:
@@ -261,6 +301,32 @@ class Node:
             self._stop_workers(grace=min(0.5, timeout / 4))
         finally:
             self._stop_tree(deadline)
+
+    @property
+    def cluster_address(self) -> str | None:
+        """Where peers reach this node (`listen` with its port resolved), or None alone."""
+        if not self.listen:
+            return None
+        return self.status()["cluster"]["listen"]
+
+    def graceful_permdown(self) -> None:
+        """Leave the cluster for good: peers drop this node's presences at once (instead of
+        after down_period), then the node stops."""
+        if self.listen and self.alive:
+            self._depart(self.call_timeout)
+        self.stop()
+
+    def _depart(self, timeout: float) -> None:
+        assert self._address is not None
+        info = lookup(self._address, timeout)
+        for i in range(self.pool_size):
+            conn = Connection(info.endpoints[shard_name(i)], timeout=timeout, what="shard")
+            try:
+                conn.call(Depart())
+            except WhosthereError as exc:  # stopping anyway: peers fall back to down_period
+                log.warning("graceful permdown of shard %d failed: %s", i, exc)
+            finally:
+                conn.close(0)
 
     def _stop_tree(self, deadline: float) -> None:
         """SIGTERM the supervisor, SIGKILL the process group at the deadline, clean up."""

@@ -84,7 +84,25 @@ def node_children(config: dict[str, Any]) -> list[ActorSpec]:
     fetchers = int(config["fetchers"])
     presence = config["presence"]
     client = endpoint("client") if config["handle_metas"] else ""
-    specs = [
+    cluster = endpoint("cluster") if config.get("listen") else ""
+    specs = []
+    if cluster:  # first up, last down: a departing shard's goodbye still goes out
+        specs.append(
+            ActorSpec(
+                name="cluster",
+                actor="whosthere.actors.cluster:ClusterActor",
+                endpoint=cluster,
+                options={
+                    "listen": config["listen"],
+                    "peers": config["peers"],
+                    "cookie": config["cookie"],
+                    "pool_size": pool,
+                    "shards": [endpoint(shard_name(i)) for i in range(pool)],
+                },
+                **common,
+            )
+        )
+    specs += [
         ActorSpec(
             name="pubsub",
             actor="whosthere.actors.pubsub:PubSubActor",
@@ -107,6 +125,8 @@ def node_children(config: dict[str, Any]) -> list[ActorSpec]:
                     "client": client,
                     "meta_limit": config["meta_limit"],
                     "fetch_timeout": config["fetch_timeout"],
+                    "cluster": cluster,
+                    "tracker": config.get("tracker", {}),
                 },
                 **common,
             )

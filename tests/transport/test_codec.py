@@ -56,6 +56,18 @@ def test_every_message_round_trips():
         m.MetasDiff("t", {"joins": {}, "leaves": {}}),
         m.PublishMany([["t", "e", b"\xc0"]], True),
         m.TrackMany([[1, 2, "t", "k", b"\x80"]]),
+        m.PeerHello("a", 2, "tcp://127.0.0.1:1", ["tcp://127.0.0.1:2"]),
+        m.PeerWelcome("b", []),
+        m.PeerRefused("b", "pool_size mismatch"),
+        m.DropPeers(["b"]),
+        m.ClusterCast("*", 0, b"x"),
+        m.PeerCast("a", 1, b"x"),
+        m.FromPeer("a", b"x"),
+        m.Heartbeat(["a", 1], None, [["a", 1, 3]]),
+        m.TransferReq(7, ["a", 1], []),
+        m.TransferAck(7, ["b", 2], None, [["b", 2], [], [], []]),
+        m.GracefulPermdown(["a", 1]),
+        m.Depart(),
     ]
     assert {type(s) for s in samples} == {c for c, t in codec.TAGS.items() if t < 1000}
     for sample in samples:

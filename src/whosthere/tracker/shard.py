@@ -28,13 +28,19 @@ from typing import Any
 from whosthere.actors.base import Actor, ActorSpec
 from whosthere.errors import MalformedFrame, NotTracked, RefChanged, WhosthereError
 from whosthere.tracker.refs import RefMaker
+from whosthere.tracker.replication import Replication
 from whosthere.tracker.state import Element, State
 from whosthere.transport import codec
 from whosthere.transport.messages import (
+    ClusterCast,
+    Depart,
     Fetch,
     Fetched,
+    FromPeer,
     GetByKey,
     GetMeta,
+    GracefulPermdown,
+    Heartbeat,
     Link,
     ListTopic,
     MetasDiff,
@@ -42,6 +48,8 @@ from whosthere.transport.messages import (
     PublishMany,
     Track,
     TrackMany,
+    TransferAck,
+    TransferReq,
     Unlink,
     Untrack,
     UntrackPid,
@@ -106,7 +114,10 @@ def _entry(entry: object) -> tuple[int, int | float | None, str, str, bytes]:
 
 
 class ShardActor(Actor):
-    handles = (Track, TrackMany, Untrack, UntrackPid, Update, GetMeta, ListTopic, GetByKey, Fetched)
+    handles = (
+        Track, TrackMany, Untrack, UntrackPid, Update, GetMeta, ListTopic, GetByKey, Fetched,
+        FromPeer, Depart,
+    )  # fmt: skip
 
     def __init__(self, spec: ActorSpec) -> None:
         super().__init__(spec)
@@ -115,8 +126,13 @@ class ShardActor(Actor):
         self.meta_limit: int = opts["meta_limit"]
         self.fetch_timeout: float = opts["fetch_timeout"]
         vsn = time.time_ns() // 1000 * 1000 + random.randrange(1000)  # a new replica each start
-        # no peers yet (the cluster issue): a delta would only grow, nobody would take it
-        self.state = State((spec.node_name, vsn), record_delta=False)
+        cluster = opts.get("cluster") or ""
+        # without a cluster a delta would only grow: nobody would ever take it
+        self.state = State((spec.node_name, vsn), record_delta=bool(cluster))
+        self.cluster = Dealer(cluster, what="cluster actor", unbounded=True) if cluster else None
+        self.tracker: dict[str, Any] = opts.get("tracker") or {}
+        self.replication = Replication(self.state, self.tracker) if cluster else None
+        self.departed = False
         self.refs = RefMaker(f"{spec.node_name}/{self.name}/{vsn}")
         self.linked: dict[int, int | float | None] = {}  # pid -> start time it was linked with
         self.pubsub = Dealer(opts["pubsub"], what="pubsub actor", unbounded=True)
@@ -143,6 +159,9 @@ class ShardActor(Actor):
         self.add_reader(self.supervisor.socket, self._on_supervisor)
         if self.use_fetchers:
             self.call_later(_CHECK_FETCHES_S, self._check_fetches)
+        if self.replication is not None:  # the first tick comes soon, spread between nodes
+            period = self.replication.broadcast_period
+            self.call_later(random.uniform(0, period / 4), self._tick)
 
     def on_idle(self) -> None:
         if self.outbox:  # every diff of this wake-up in one frame, in the order made
@@ -159,8 +178,9 @@ class ShardActor(Actor):
 
     def on_stop(self) -> None:
         self.on_idle()
-        for dealer in (self.pubsub, *self.fetchers, *([self.client] if self.client else [])):
-            dealer.close()
+        others = [d for d in (self.client, self.cluster) if d is not None]
+        for dealer in (self.pubsub, *self.fetchers, *others):
+            dealer.close(flush_timeout=0.5 if dealer is self.cluster else 0.0)
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -170,7 +190,52 @@ class ShardActor(Actor):
             "diffs": self.published,
             "fetching": len(self.by_fetch_id),
             "fetch_failures": self.fetch_failures,
-        }
+            **(
+                {"replicas": self.replication.status(time.monotonic()),
+                 "transfers": self.replication.transfers}
+                if self.replication is not None
+                else {}
+            ),
+        }  # fmt: skip
+
+    # -- replication -----------------------------------------------------------------------
+
+    def _tick(self) -> None:
+        assert self.replication is not None
+        outs, diff = self.replication.tick(time.monotonic())
+        self._send_peers(outs)
+        self.report(_by_topic(*diff))
+        self.call_later(self.replication.broadcast_period, self._tick)
+
+    def on_from_peer(self, msg: FromPeer) -> None:
+        if self.replication is None or self.departed:
+            return
+        inner = codec.decode(msg.payload)  # MalformedFrame: logged and dropped by the loop
+        if isinstance(inner, Heartbeat):
+            diff = self.replication.on_heartbeat(inner, time.monotonic())
+        elif isinstance(inner, TransferReq):
+            self._send_peers(self.replication.on_transfer_req(inner))
+            return
+        elif isinstance(inner, TransferAck):
+            diff = self.replication.on_transfer_ack(inner)
+        elif isinstance(inner, GracefulPermdown):
+            diff = self.replication.on_graceful_permdown(inner)
+        else:
+            raise MalformedFrame(f"{type(inner).__name__} is not a replication message")
+        self.report(_by_topic(*diff))
+
+    def on_depart(self, msg: Depart) -> None:
+        """Tell the peers to drop this replica now (graceful permdown); it replicates no more."""
+        if self.replication is not None and not self.departed:
+            self._send_peers([self.replication.goodbye()])
+            self.departed = True
+            self.cluster.flush(1.0)  # type: ignore[union-attr]  # handed over when we answer
+
+    def _send_peers(self, outs: list[tuple[str, tuple]]) -> None:
+        if self.departed:
+            return
+        for to, message in outs:
+            self.cluster.cast(ClusterCast(to, self.index, codec.encode(message)))  # type: ignore[union-attr]
 
     # -- requests --------------------------------------------------------------------------
 

@@ -44,6 +44,18 @@ TAGS: dict[type, int] = {
     m.MetasDiff: 42,
     m.PublishMany: 23,
     m.TrackMany: 37,
+    m.PeerHello: 50,
+    m.PeerWelcome: 51,
+    m.PeerRefused: 52,
+    m.ClusterCast: 53,
+    m.PeerCast: 54,
+    m.FromPeer: 55,
+    m.DropPeers: 56,
+    m.Heartbeat: 60,
+    m.TransferReq: 61,
+    m.TransferAck: 62,
+    m.GracefulPermdown: 63,
+    m.Depart: 64,
 }
 
 MAX_FRAME_BYTES = 64 * 1024 * 1024  # larger frames are refused before unpacking

@@ -220,3 +220,98 @@ class MetasDiff(NamedTuple):
 
     topic: str
     diff: dict[str, Any]  # {"joins": ..., "leaves": ...}, as published
+
+
+# -- cluster ---------------------------------------------------------------------------------
+# Between the cluster actors of two nodes (over tcp, CURVE-authenticated with the cookie), and
+# between a shard and its node's cluster actor. A shard's replication messages travel packed
+# inside `ClusterCast` / `PeerCast` / `FromPeer`: the cluster actor routes them unopened.
+
+
+class PeerHello(NamedTuple):
+    """Cluster actor -> peer: who I am; repeated until answered, and on every reconnect."""
+
+    name: str
+    pool_size: int
+    listen: str  # where I accept peers
+    peers: list[str]  # the listen addresses I know: a cluster meshes itself
+
+
+class PeerWelcome(NamedTuple):
+    """The answer to a compatible `PeerHello`."""
+
+    name: str
+    peers: list[str]
+
+
+class PeerRefused(NamedTuple):
+    """The answer to an incompatible `PeerHello` (e.g. another pool_size), with why."""
+
+    name: str
+    reason: str
+
+
+class DropPeers(NamedTuple):
+    """Test hook to the cluster actor: lose all traffic with these peer nodes (a netsplit)."""
+
+    names: list[str]
+
+
+class ClusterCast(NamedTuple):
+    """Shard -> its cluster actor: deliver `payload` to shard `index` of node `to`
+    (`"*"`: every peer node)."""
+
+    to: str
+    index: int
+    payload: bytes  # an encoded replication message
+
+
+class PeerCast(NamedTuple):
+    """Cluster actor -> peer cluster actor: hand `payload` to shard `index`."""
+
+    sender: str  # node name
+    index: int
+    payload: bytes
+
+
+class FromPeer(NamedTuple):
+    """Cluster actor -> shard: a replication message from node `sender`."""
+
+    sender: str
+    payload: bytes
+
+
+class Heartbeat(NamedTuple):
+    """Shard i -> shard i of every peer, each broadcast_period: its pending delta (or None)
+    and its clocks. Deltas and clocks in the lists of `crdt_wire`."""
+
+    replica: list[Any]  # [node name, vsn]
+    delta: list[Any] | None
+    clocks: list[Any]
+
+
+class TransferReq(NamedTuple):
+    """Ask a peer replica for what its clock shows this one lacks."""
+
+    ref: int
+    replica: list[Any]
+    clocks: list[Any]
+
+
+class TransferAck(NamedTuple):
+    """The answer to a `TransferReq`: a delta generation, or the whole state."""
+
+    ref: int
+    replica: list[Any]
+    delta: list[Any] | None  # a generation, or None when `snapshot` is sent
+    snapshot: list[Any] | None
+
+
+class Depart(NamedTuple):
+    """To a shard: announce a graceful permdown to the peers, and replicate no more."""
+
+
+class GracefulPermdown(NamedTuple):
+    """A replica going away for good: drop its presences now."""
+
+    replica: list[Any]

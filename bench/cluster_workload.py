@@ -1,0 +1,129 @@
+"""Cluster workloads: replication delay between two nodes, delta merge cost, node-death leaves.
+
+Two nodes on loopback with short periods (broadcast 50 ms, down 0.5 s), so the figures show
+the machinery, not the defaults; each delay is also given as a ratio to the period it waits
+on. The merge cost is measured on the pure state, beside the same merge into a small state:
+a delta merge must cost what the delta carries, not the size of the state.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import time
+from collections.abc import Callable
+
+from common import META, Row, Sizes, median_spread, progress, reap, sleepers
+
+import whosthere
+from whosthere.tracker.state import State
+
+PERIODS = {"broadcast_period": 0.05, "max_silent_periods": 2, "down_period": 0.5,
+           "permdown_period": 5.0}  # fmt: skip
+LISTEN = "tcp://127.0.0.1:0"
+
+
+def _pair() -> tuple[whosthere.Node, whosthere.Node]:
+    a = whosthere.Node(name="bench-a", listen=LISTEN, **PERIODS).start()
+    b = whosthere.Node(name="bench-b", listen=LISTEN, peers=[a.cluster_address], **PERIODS)
+    b.start()
+    deadline = time.monotonic() + 10
+    while not b.status().get("peers") or not a.status().get("peers"):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the bench nodes did not see each other")
+        time.sleep(0.01)
+    return a, b
+
+
+def _repeat(count: int, reps: int, what: str, measure: Callable[..., float]) -> list[float]:
+    """`measure(a, b, entries)` on a fresh pair of nodes, `reps` times."""
+    owners = sleepers(max(1, count // 100))
+    samples = []
+    try:
+        for rep in range(reps):
+            a, b = _pair()
+            try:
+                progress(f"{what}, rep {rep + 1}")
+                topics = [f"c:{t}" for t in range(100)]
+                entries = [(o.pid, t, f"u{o.pid}", META) for o in owners for t in topics]
+                samples.append(measure(a, b, entries[:count]))
+            finally:
+                b.stop()
+                a.stop()
+    finally:
+        reap(owners)
+    return samples
+
+
+def _replicated(a: whosthere.Node, b: whosthere.Node, entries: list) -> float:
+    """Seconds from track_many on A to B holding every presence."""
+    t0 = time.perf_counter()
+    a.presence.track_many(entries)
+    while b.status()["presences"] < len(entries):
+        time.sleep(0.002)
+    return time.perf_counter() - t0
+
+
+def _node_death(a: whosthere.Node, b: whosthere.Node, entries: list) -> float:
+    """Seconds from SIGKILL of A's whole process tree to B's subscribers having every leave."""
+    subs = [b.presence.subscribe(t) for t in sorted({e[1] for e in entries})]
+    try:
+        _replicated(a, b, entries)
+        for s in subs:  # drain the joins
+            while s.get(timeout=0.05) is not None:
+                pass
+        t0 = time.perf_counter()
+        os.killpg(a.pid, signal.SIGKILL)
+        left = 0
+        while left < len(entries):
+            for s in subs:
+                msg = s.get(timeout=0.001)
+                if msg is not None:
+                    left += sum(len(e["metas"]) for e in msg.payload["leaves"].values())
+        return time.perf_counter() - t0
+    finally:
+        for s in subs:
+            s.close()
+
+
+def _merge_cost(held: int, delta_size: int, reps: int) -> float:
+    """Median seconds to merge a delta of `delta_size` joins into a replica holding `held`."""
+    a, b = State(("a", 1)), State(("b", 1))
+    a.replica_up(b.replica)
+    b.replica_up(a.replica)
+    for i in range(held):
+        b.join(i % 5000 + 1, f"t{i % 1000}", f"k{i}", b"\x80")
+    a.merge(b.take_delta())
+    times = []
+    for r in range(reps):
+        for i in range(delta_size):
+            b.join(r + 100_000, f"t{i}", f"new{i}", b"\x80")
+        delta = b.take_delta()
+        t0 = time.perf_counter()
+        a.merge(delta)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_cluster(sizes: Sizes) -> list[Row]:
+    big = 10_000 if sizes.owners >= 1_000 else 1_000
+    rows: list[Row] = []
+    period = PERIODS["broadcast_period"] * 1e3
+    delays = _repeat(big, sizes.reps, f"{big:,} tracked on node A, listed on B", _replicated)
+    value, spread = median_spread([s * 1e3 for s in delays], 1)
+    rows.append(Row("cluster", f"{big:,} tracked on A -> listed on B", value, "ms", spread,
+                    "broadcast_period", value / period))  # fmt: skip
+    down = PERIODS["down_period"] * 1e3
+    deaths = _repeat(big, sizes.reps, f"node A killed with {big:,} presences", _node_death)
+    value, spread = median_spread([s * 1e3 for s in deaths], 1)
+    rows.append(Row("cluster", f"A killed ({big:,}) -> all leaves on B", value, "ms", spread,
+                    "down_period", value / down))  # fmt: skip
+    progress("delta merge cost")
+    held = 200_000 if sizes.owners >= 1_000 else 20_000
+    small = _merge_cost(1_000, 100, 20) * 1e6
+    large = _merge_cost(held, 100, 20) * 1e6
+    rows.append(Row("cluster", "merge 100-join delta into 1,000", small, "us"))
+    rows.append(Row("cluster", f"merge 100-join delta into {held:,}", large, "us", "",
+                    "into 1,000", large / small))  # fmt: skip
+    return rows

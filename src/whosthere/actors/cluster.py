@@ -1,0 +1,249 @@
+"""The cluster actor: this node's one door to its peers.
+
+It listens on the node's `listen` endpoint (tcp) and connects to every peer it knows of; the
+peers it hears of from others (`PeerHello` carries the addresses a node knows) it connects to
+as well, so nodes given one another's address form a full mesh. Shards hand it their
+replication messages (`ClusterCast`); it routes them, unopened, to shard i of the named node
+or of every node, and hands what comes in to the local shard (`FromPeer`).
+
+With a cookie, every connection is ZeroMQ CURVE with keys derived from it: a node without the
+cookie cannot complete the handshake. Without a cookie the node listens on loopback only.
+Peers with another pool_size are refused, and both sides log and report why.
+
+A peer that is not up yet or goes away never blocks anything: sends never wait (ZeroMQ
+reconnects by itself; what cannot be sent now is dropped, and replication repairs the loss
+with transfers). Hellos are repeated every second until answered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any
+
+import zmq
+import zmq.utils.z85
+
+from whosthere.actors.base import Actor, ActorSpec
+from whosthere.errors import MalformedFrame
+from whosthere.transport import codec
+from whosthere.transport.messages import (
+    ClusterCast,
+    DropPeers,
+    FromPeer,
+    PeerCast,
+    PeerHello,
+    PeerRefused,
+    PeerWelcome,
+)
+from whosthere.transport.sockets import Dealer, bind, socket
+
+_HELLO_EVERY_S = 1.0
+_PEER_HWM = 10_000  # frames queued for one peer before they are dropped
+
+
+def curve_keys(cookie: str) -> tuple[bytes, bytes]:
+    """(public, secret) CURVE keys every holder of the cookie derives alike."""
+    secret = zmq.utils.z85.encode(hashlib.sha256(b"whosthere-cookie:" + cookie.encode()).digest())
+    return zmq.curve_public(secret), secret
+
+
+class ClusterActor(Actor):
+    handles = (ClusterCast, DropPeers)
+
+    def __init__(self, spec: ActorSpec) -> None:
+        super().__init__(spec)
+        opts = spec.options
+        self.me: str = spec.node_name
+        self.pool_size: int = opts["pool_size"]
+        self.cookie: str | None = opts.get("cookie") or None
+        self.listen_endpoint: str = opts["listen"]
+        self.known: set[str] = {p for p in opts.get("peers", ()) if p}
+        self.shards = [Dealer(e, what=f"shard {i}", unbounded=True)
+                       for i, e in enumerate(opts["shards"])]  # fmt: skip
+        self.listener = socket(zmq.ROUTER)
+        self.listener.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.outgoing: dict[str, zmq.Socket] = {}  # peer listen address -> our DEALER
+        self.address_of: dict[str, str] = {}  # peer name -> its listen address
+        self.routes: dict[str, tuple[str, Any]] = {}  # peer name -> ("out", addr) / ("in", id)
+        self.refused: dict[str, str] = {}  # peer name or address -> why
+        self.heard: dict[str, float] = {}  # peer name -> monotonic time last heard
+        self.dropping: set[str] = set()  # test hook: peers whose traffic is dropped
+        self.sent = self.received = self.dropped = 0
+
+    # -- setup -----------------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        if self.cookie:
+            public, secret = curve_keys(self.cookie)
+            self.listener.curve_server = True
+            self.listener.curve_publickey = public
+            self.listener.curve_secretkey = secret
+        self.listen_endpoint = bind(self.listener, self.listen_endpoint)
+        self.known.discard(self.listen_endpoint)
+        self.add_reader(self.listener, self._on_listener)
+        for address in sorted(self.known):
+            self._connect(address)
+        self.call_later(0, self._hello_all)
+
+    def on_stop(self) -> None:
+        for sock in self.outgoing.values():
+            sock.close(linger=500)  # a departing shard's goodbye may still be queued
+        for dealer in self.shards:
+            dealer.close()
+
+    def stats(self) -> dict[str, Any]:
+        now = time.monotonic()
+        return {
+            "listen": self.listen_endpoint,
+            "peers": {
+                name: {
+                    "address": self.address_of.get(name, ""),
+                    "via": self.routes[name][0],
+                    "last_heard_age": round(now - self.heard.get(name, now), 3),
+                }
+                for name in sorted(self.routes)
+            },
+            "refused": dict(self.refused),
+            "sent": self.sent,
+            "received": self.received,
+            "dropped": self.dropped,
+        }
+
+    def _connect(self, address: str) -> None:
+        if address in self.outgoing or address == self.listen_endpoint:
+            return
+        sock = socket(zmq.DEALER, hwm=_PEER_HWM)
+        sock.setsockopt(zmq.IMMEDIATE, 1)  # queue nothing for a peer that is not there
+        if self.cookie:
+            public, secret = curve_keys(self.cookie)
+            sock.curve_serverkey = public
+            sock.curve_publickey = public
+            sock.curve_secretkey = secret
+        sock.connect(address)
+        self.outgoing[address] = sock
+        self.add_reader(sock, lambda: self._on_outgoing(address))
+
+    def _hello(self) -> bytes:
+        peers = sorted({*self.known, *self.address_of.values()} - {self.listen_endpoint})
+        return codec.encode(PeerHello(self.me, self.pool_size, self.listen_endpoint, peers))
+
+    def _hello_all(self) -> None:
+        """Greet every peer connection, every second: a restarted peer learns of us again,
+        and the mesh fills in as addresses spread."""
+        hello = self._hello()
+        for address in self.outgoing:
+            self._reply(("out", address), hello)
+        self.call_later(_HELLO_EVERY_S, self._hello_all)
+
+    # -- from shards -----------------------------------------------------------------------
+
+    def on_cluster_cast(self, msg: ClusterCast) -> None:
+        names = list(self.routes) if msg.to == "*" else [msg.to]
+        body = codec.encode(PeerCast(self.me, msg.index, msg.payload))
+        for name in names:
+            self._send_to(name, body)
+
+    def on_drop_peers(self, msg: DropPeers) -> None:
+        """Test hook: simulate a netsplit with these peers (their traffic both ways lost)."""
+        self.dropping = set(msg.names)
+
+    def _send_to(self, name: str, body: bytes) -> None:
+        route = self.routes.get(name)
+        if route is None or name in self.dropping:
+            self.dropped += 1
+            return
+        self._reply(route, body)
+
+    # -- from peers ------------------------------------------------------------------------
+
+    def _on_listener(self) -> None:
+        while True:
+            try:
+                frames = self.listener.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) == 2:
+                self._from_peer(frames[1], ("in", frames[0]))
+
+    def _on_outgoing(self, address: str) -> None:
+        sock = self.outgoing[address]
+        while True:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) == 1:
+                self._from_peer(frames[0], ("out", address))
+
+    def _from_peer(self, body: bytes, route: tuple[str, Any]) -> None:
+        try:
+            msg = codec.decode(body)
+        except MalformedFrame as exc:
+            self.log.warning("%s: dropped a malformed frame from a peer: %s", self.me, exc)
+            return
+        if isinstance(msg, PeerCast):
+            if msg.sender in self.dropping or msg.sender not in self.routes:
+                self.dropped += 1
+                return
+            self.received += 1
+            self.heard[msg.sender] = time.monotonic()
+            if 0 <= msg.index < len(self.shards):
+                self.shards[msg.index].cast(FromPeer(msg.sender, msg.payload))
+        elif isinstance(msg, PeerHello):
+            self._on_hello(msg, route)
+        elif isinstance(msg, PeerWelcome):
+            self._learn(msg.name, route, msg.peers)
+        elif isinstance(msg, PeerRefused):
+            if self.refused.get(msg.name) != msg.reason:
+                self.log.error("%s: peer %s refused this node: %s", self.me, msg.name, msg.reason)
+            self.refused[msg.name] = msg.reason
+        else:
+            self.log.warning("%s: unexpected %s from a peer", self.me, type(msg).__name__)
+
+    def _on_hello(self, msg: PeerHello, route: tuple[str, Any]) -> None:
+        if msg.name == self.me:
+            return
+        if msg.pool_size != self.pool_size:
+            reason = (
+                f"pool_size mismatch: {msg.name} has {msg.pool_size}, "
+                f"{self.me} has {self.pool_size}; every node of a cluster needs the same"
+            )
+            if self.refused.get(msg.name) != reason:
+                self.log.error("%s: refused peer %s: %s", self.me, msg.name, reason)
+            self.refused[msg.name] = reason
+            self._reply(route, codec.encode(PeerRefused(self.me, reason)))
+            return
+        self.refused.pop(msg.name, None)
+        self._learn(msg.name, route, [msg.listen, *msg.peers])
+        self.address_of[msg.name] = msg.listen
+        self._reply(route, codec.encode(PeerWelcome(self.me, sorted(self.address_of.values()))))
+
+    def _reply(self, route: tuple[str, Any], body: bytes) -> None:
+        """Send on a route without ever waiting: a frame that cannot go now is dropped
+        (not connected yet, queue full, peer gone); replication repairs losses."""
+        kind, where = route
+        try:
+            if kind == "out":
+                self.outgoing[where].send(body, zmq.NOBLOCK)
+            else:
+                self.listener.send_multipart((where, body), zmq.NOBLOCK)
+            self.sent += 1
+        except zmq.ZMQError:
+            self.dropped += 1
+
+    def _learn(self, name: str, route: tuple[str, Any], addresses: list[str]) -> None:
+        if name == self.me:
+            return
+        current = self.routes.get(name)
+        if current is None or current[0] == "in" or route[0] == "out":
+            if current is None:
+                self.log.info("%s: connected to peer %s", self.me, name)
+            self.routes[name] = route  # prefer our own connection: it reconnects by itself
+        if route[0] == "out":
+            self.address_of[name] = route[1]
+        self.heard.setdefault(name, time.monotonic())
+        for address in addresses:
+            if isinstance(address, str) and address and address != self.listen_endpoint:
+                self.known.add(address)
+                self._connect(address)

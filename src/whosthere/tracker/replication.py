@@ -1,0 +1,191 @@
+"""Replication bookkeeping of one shard: heartbeats, transfers, peers up, down and permdown.
+
+Pure like `State`: time comes in as an argument, messages go out as (node name, message)
+pairs for the shard to send (`"*"`: every peer). The shard turns the joins and leaves these
+calls return into diffs, as it does for local changes.
+
+Peers are known by node name; a heartbeat with a new vsn is a restarted shard: the old
+incarnation is dropped (its presences leave, if they were still shown) and the new one
+comes up. Silence beyond `down_period` hides a peer's presences (they leave, kept); beyond
+`permdown_period` they are dropped. Every `clock_sample_periods` ticks, the shard asks the
+peers whose clocks show knowledge it lacks for a transfer.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from whosthere.tracker import deltas
+from whosthere.tracker.clock import ClockSet, append_clock, replicas_of
+from whosthere.tracker.state import Delta, Element, ReplicaRef, State
+from whosthere.transport import crdt_wire as wire
+from whosthere.transport.messages import GracefulPermdown, Heartbeat, TransferAck, TransferReq
+
+log = logging.getLogger("whosthere.replication")
+
+Out = tuple[str, tuple]  # (node name or "*", message)
+Diff = tuple[list[Element], list[Element]]  # (joins, leaves)
+
+
+@dataclass
+class Peer:
+    vsn: int
+    down: bool
+    heard_at: float  # monotonic seconds of the last heartbeat
+    clock: dict[ReplicaRef, int]
+
+
+class Replication:
+    def __init__(self, state: State, options: dict[str, Any]) -> None:
+        self.state = state
+        self.me = wire.encode_replica(state.replica)
+        self.broadcast_period = float(options["broadcast_period"])
+        self.max_silent = int(options["max_silent_periods"])
+        self.down_period = float(options["down_period"])
+        self.permdown_period = float(options["permdown_period"])
+        self.sample_periods = int(options["clock_sample_periods"])
+        self.caps = tuple(int(c) for c in options["max_delta_sizes"])
+        self.generations: list[Delta] = []
+        self.peers: dict[str, Peer] = {}
+        self.clockset: ClockSet = []
+        self.silent = self.max_silent  # the first tick announces this replica
+        self.countdown = self.sample_periods
+        self.refs = itertools.count(random.getrandbits(40))
+        self.transfers = 0  # transfers answered
+
+    # -- the tick --------------------------------------------------------------------------
+
+    def tick(self, now: float) -> tuple[list[Out], Diff]:
+        """Every broadcast_period: heartbeat, transfer sampling, failure detection."""
+        outs: list[Out] = []
+        state = self.state
+        if state.delta:
+            delta = state.take_delta()
+            self.generations = deltas.push(self.generations, delta, self.caps, state.delta)
+            outs.append(("*", Heartbeat(self.me, wire.encode_delta(delta), self._clocks())))
+            self.silent = 0
+        elif self.silent >= self.max_silent:
+            outs.append(("*", Heartbeat(self.me, None, self._clocks())))
+            self.silent = 0
+        else:
+            self.silent += 1
+        if self.countdown <= 1:
+            self.clockset = append_clock(self.clockset, state.replica, state.clocks())
+            for replica in replicas_of(self.clockset):
+                if replica != state.replica:
+                    name = replica[0]  # type: ignore[index]
+                    outs.append((name, TransferReq(next(self.refs), self.me, self._clocks())))
+            self.clockset = []
+            self.countdown = self.sample_periods
+        else:
+            self.countdown -= 1
+        return outs, self._detect_failures(now)
+
+    def _detect_failures(self, now: float) -> Diff:
+        leaves: list[Element] = []
+        for name, peer in list(self.peers.items()):
+            silence = now - peer.heard_at
+            ref = (name, peer.vsn)
+            if silence > self.permdown_period:
+                leaves += self._forget(name)
+                log.info("%s: replica %s permdown after %.1f s of silence", self.me, ref, silence)
+            elif silence > self.down_period and not peer.down:
+                peer.down = True
+                leaves += self.state.replica_down(ref)
+                log.info("%s: replica %s down after %.1f s of silence", self.me, ref, silence)
+        return [], leaves
+
+    def _forget(self, name: str) -> list[Element]:
+        peer = self.peers.pop(name)
+        ref = (name, peer.vsn)
+        leaves = [] if peer.down else self.state.replica_down(ref)
+        self.state.permdown(ref)
+        deltas.prune(self.generations, ref)
+        return leaves
+
+    # -- messages --------------------------------------------------------------------------
+
+    def on_heartbeat(self, msg: Heartbeat, now: float) -> Diff:
+        ref = wire.decode_replica(msg.replica)
+        delta = None if msg.delta is None else wire.decode_delta(msg.delta)
+        clocks = wire.decode_clock(msg.clocks)
+        name, vsn = ref
+        joins, leaves = [], []
+        peer = self.peers.get(name)
+        if peer is not None and peer.vsn != vsn:  # a restarted shard: a new replica
+            leaves += self._forget(name)
+            log.info("%s: replica %s replaced by vsn %d", self.me, (name, peer.vsn), vsn)
+            peer = None
+        if peer is None:
+            joins += self.state.replica_up(ref)
+            peer = self.peers[name] = Peer(vsn, False, now, clocks)
+            log.info("%s: replica %s up", self.me, ref)
+        elif peer.down:
+            peer.down = False
+            joins += self.state.replica_up(ref)
+            log.info("%s: replica %s up again", self.me, ref)
+        peer.heard_at = now
+        peer.clock = clocks
+        if delta is not None:
+            j, lv = self.state.merge(delta)
+            joins += j
+            leaves += lv
+            self.generations = deltas.push(self.generations, delta, self.caps, self.state.delta)
+        self.clockset = append_clock(self.clockset, ref, clocks)
+        return joins, leaves
+
+    def on_transfer_req(self, msg: TransferReq) -> list[Out]:
+        ref = wire.decode_replica(msg.replica)
+        clocks = wire.decode_clock(msg.clocks)
+        chosen = deltas.for_peer(self.generations, clocks)
+        self.transfers += 1
+        if chosen is not None:
+            ack = TransferAck(msg.ref, self.me, wire.encode_delta(chosen), None)
+        else:
+            snapshot = self.state.extract(ref, clocks)
+            ack = TransferAck(msg.ref, self.me, None, wire.encode_snapshot(snapshot))
+        log.info("%s: transfer to %s (%s)", self.me, ref, "delta" if chosen else "whole state")
+        return [(ref[0], ack)]
+
+    def on_transfer_ack(self, msg: TransferAck) -> Diff:
+        if msg.delta is not None:
+            delta = wire.decode_delta(msg.delta)
+            diff = self.state.merge(delta)
+            self.generations = deltas.push(self.generations, delta, self.caps, self.state.delta)
+        elif msg.snapshot is not None:
+            diff = self.state.merge(wire.decode_snapshot(msg.snapshot))
+            self.generations = []
+        else:
+            return [], []
+        log.info("%s: transfer from %s merged", self.me, msg.replica)
+        return diff
+
+    def on_graceful_permdown(self, msg: GracefulPermdown) -> Diff:
+        name, vsn = wire.decode_replica(msg.replica)
+        peer = self.peers.get(name)
+        if peer is None or peer.vsn != vsn:
+            return [], []
+        log.info("%s: replica %s left (graceful permdown)", self.me, (name, vsn))
+        return [], self._forget(name)
+
+    def goodbye(self) -> Out:
+        """The message that makes peers drop this replica at once."""
+        return ("*", GracefulPermdown(self.me))
+
+    def status(self, now: float) -> dict[str, Any]:
+        return {
+            name: {
+                "vsn": p.vsn,
+                "status": "down" if p.down else "up",
+                "last_heartbeat_age": round(now - p.heard_at, 3),
+                "clock": {f"{r[0]}/{r[1]}": n for r, n in p.clock.items()},
+            }
+            for name, p in self.peers.items()
+        }
+
+    def _clocks(self) -> list[Any]:
+        return wire.encode_clock(self.state.clocks())

@@ -1,0 +1,116 @@
+"""Deltas, snapshots and clocks as msgpack-friendly lists (maps with tuple keys are not).
+
+The one place where the replication state meets the wire; `decode_*` raise `MalformedFrame`
+on anything that is not what `encode_*` makes, so a bad peer frame is dropped, never merged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from whosthere.errors import MalformedFrame
+from whosthere.tracker.state import Delta, ReplicaRef, Snapshot
+
+
+def encode_replica(ref: ReplicaRef) -> list[Any]:
+    return [ref[0], ref[1]]
+
+
+def decode_replica(raw: Any) -> ReplicaRef:
+    if not (isinstance(raw, list) and len(raw) == 2 and isinstance(raw[0], str)
+            and isinstance(raw[1], int)):  # fmt: skip
+        raise MalformedFrame(f"a replica is [name, vsn], got {raw!r:.80}")
+    return (raw[0], raw[1])
+
+
+def encode_clock(clock: dict[ReplicaRef, int]) -> list[Any]:
+    return [[r[0], r[1], n] for r, n in clock.items()]
+
+
+def decode_clock(raw: Any) -> dict[ReplicaRef, int]:
+    try:
+        return {(name, vsn): n for name, vsn, n in raw if _ints(vsn, n) and isinstance(name, str)}
+    except (TypeError, ValueError):
+        raise MalformedFrame("a clock is [[name, vsn, counter], ...]") from None
+
+
+def _ints(*values: Any) -> bool:
+    if all(isinstance(v, int) and v >= 0 for v in values):
+        return True
+    raise ValueError
+
+
+def _encode_clouds(clouds: dict[ReplicaRef, set[int]]) -> list[Any]:
+    return [[r[0], r[1], sorted(c)] for r, c in clouds.items() if c]
+
+
+def _decode_clouds(raw: Any) -> dict[ReplicaRef, set[int]]:
+    try:
+        out = {}
+        for name, vsn, dots in raw:
+            _ints(vsn, *dots)
+            if not isinstance(name, str):
+                raise ValueError
+            out[(name, vsn)] = set(dots)
+        return out
+    except (TypeError, ValueError):
+        raise MalformedFrame("clouds are [[name, vsn, [counter, ...]], ...]") from None
+
+
+def _encode_values(values: dict) -> list[Any]:
+    return [[r[0], r[1], c, *value] for (r, c), value in values.items()]
+
+
+def _decode_values(raw: Any) -> dict:
+    try:
+        out = {}
+        for name, vsn, counter, topic, pid, key, meta in raw:
+            _ints(vsn, counter, pid)
+            if not (isinstance(name, str) and isinstance(topic, str) and isinstance(key, str)
+                    and isinstance(meta, bytes)):  # fmt: skip
+                raise ValueError
+            out[((name, vsn), counter)] = (topic, pid, key, meta)
+        return out
+    except (TypeError, ValueError):
+        raise MalformedFrame(
+            "values are [[name, vsn, counter, topic, pid, key, meta], ...]"
+        ) from None
+
+
+def encode_delta(delta: Delta) -> list[Any]:
+    return [
+        encode_replica(delta.replica),
+        encode_clock(delta.start),
+        encode_clock(delta.end),
+        _encode_clouds(delta.clouds),
+        _encode_values(delta.values),
+    ]
+
+
+def decode_delta(raw: Any) -> Delta:
+    if not (isinstance(raw, list) and len(raw) == 5):
+        raise MalformedFrame("a delta is [replica, start, end, clouds, values]")
+    return Delta(
+        decode_replica(raw[0]),
+        decode_clock(raw[1]),
+        decode_clock(raw[2]),
+        _decode_clouds(raw[3]),
+        _decode_values(raw[4]),
+    )
+
+
+def encode_snapshot(snapshot: Snapshot) -> list[Any]:
+    return [
+        encode_replica(snapshot.replica),
+        encode_clock(snapshot.context),
+        _encode_clouds(snapshot.clouds),
+        _encode_values(snapshot.values),
+    ]
+
+
+def decode_snapshot(raw: Any) -> Snapshot:
+    if not (isinstance(raw, list) and len(raw) == 4):
+        raise MalformedFrame("a snapshot is [replica, context, clouds, values]")
+    return Snapshot(
+        decode_replica(raw[0]), decode_clock(raw[1]), _decode_clouds(raw[2]), _decode_values(raw[3])
+    )

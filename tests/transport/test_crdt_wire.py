@@ -1,0 +1,47 @@
+"""Deltas and snapshots on the wire: they round-trip, and bad ones are refused, never merged."""
+
+from __future__ import annotations
+
+import pytest
+
+from whosthere.errors import MalformedFrame
+from whosthere.tracker.state import State
+from whosthere.transport import codec
+from whosthere.transport import crdt_wire as wire
+
+A, B = ("a", 1), ("b", 2)
+
+
+def test_deltas_and_snapshots_round_trip_through_msgpack():
+    a, b = State(A), State(B)
+    a.replica_up(B)
+    b.replica_up(A)
+    a.join(10, "t", "k", b"\x81\xa1v\x01")
+    a.join(11, "u", "k2", b"\x80")
+    a.leave(11, "u", "k2")
+    delta = a.take_delta()
+    raw = codec.unpack(codec.pack_value(wire.encode_delta(delta)))
+    assert wire.decode_delta(raw) == delta
+    b.merge(delta)
+    snapshot = b.extract(A, a.clocks())
+    raw = codec.unpack(codec.pack_value(wire.encode_snapshot(snapshot)))
+    assert wire.decode_snapshot(raw) == snapshot
+    assert wire.decode_clock(wire.encode_clock(a.clocks())) == a.clocks()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        None,
+        [],
+        [["a", 1], [], [], [], "x"],
+        [["a", "1"], [], [], [], []],
+        [["a", 1], [["a", 1, -1]], [], [], []],
+        [["a", 1], [], [], [["a", 1, "x"]], []],
+        [["a", 1], [], [], [], [["a", 1, 1, "t", 5, "k"]]],
+        [["a", 1], [], [], [], [["a", 1, 1, "t", 5, "k", "not bytes"]]],
+    ],
+)
+def test_malformed_deltas_are_refused(raw):
+    with pytest.raises(MalformedFrame):
+        wire.decode_delta(raw)
