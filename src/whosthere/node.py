@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from whosthere.actors.cluster import COOKIE_ENV, valid_endpoint
 from whosthere.actors.pubsub import DEFAULT_HWM
 from whosthere.client import ADDRESS_ENV, NodeInfo, lookup
 from whosthere.errors import NodeStartError, NodeUnavailable, WhosthereError, error_class
@@ -92,8 +93,11 @@ def _check_cluster(
         peers = (peers,)
     peers = tuple(peers)
     for endpoint in (*([listen] if listen else []), *peers):
-        if not isinstance(endpoint, str) or not endpoint.startswith("tcp://"):
-            raise ValueError(f"cluster endpoints are tcp://host:port, got {endpoint!r}")
+        if not isinstance(endpoint, str) or not valid_endpoint(endpoint):
+            raise ValueError(
+                f"cluster endpoints are tcp://host:port with a host peers can dial "
+                f"(not a wildcard such as 0.0.0.0), got {endpoint!r}"
+            )
     if peers and not listen:
         raise ValueError("peers need listen=: peers must be able to reach this node too")
     if listen and not cookie and not listen[len("tcp://") :].startswith(_LOOPBACK):
@@ -181,7 +185,7 @@ class Node:
             tracker_options: the replication periods (`broadcast_period`, `down_period`...),
                 checked now and used once nodes form a cluster.
         """
-        self.cookie = cookie if cookie is not None else os.environ.get("WHOSTHERE_COOKIE")
+        self.cookie = cookie if cookie is not None else os.environ.get(COOKIE_ENV)
         self.listen, self.peers = _check_cluster(listen, peers, self.cookie)
         if not isinstance(pool_size, int) or pool_size < 1:
             raise ValueError(f"pool_size must be a positive int, got {pool_size!r}")
@@ -257,16 +261,20 @@ class Node:
             "log_level": self.log_level,
             "listen": self.listen,
             "peers": list(self.peers),
-            "cookie": self.cookie,
             "tracker": self.tracker_options,
             "ready_fd": events_w,
             "lock_fd": lock_fd,
         }
         try:
+            env = dict(os.environ)
+            env.pop(COOKIE_ENV, None)
+            if self.cookie:  # by environment (readable by this user only), not by argv
+                env[COOKIE_ENV] = self.cookie
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "whosthere.supervisor", json.dumps(config)],
                 pass_fds=(events_w, lock_fd),
                 start_new_session=True,  # terminal signals go to us; we stop the node
+                env=env,
             )
         except BaseException:
             os.close(events_r)

@@ -95,7 +95,6 @@ def node_children(config: dict[str, Any]) -> list[ActorSpec]:
                 options={
                     "listen": config["listen"],
                     "peers": config["peers"],
-                    "cookie": config["cookie"],
                     "pool_size": pool,
                     "shards": [endpoint(shard_name(i)) for i in range(pool)],
                 },

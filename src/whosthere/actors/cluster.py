@@ -18,6 +18,8 @@ with transfers). Hellos are repeated every second until answered.
 from __future__ import annotations
 
 import hashlib
+import os
+import re
 import time
 from typing import Any
 
@@ -39,6 +41,16 @@ from whosthere.transport.messages import (
 from whosthere.transport.sockets import Dealer, bind, socket
 
 _HELLO_EVERY_S = 1.0
+COOKIE_ENV = "WHOSTHERE_COOKIE"
+_ENDPOINT = re.compile(r"^tcp://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+):([0-9]{1,5})$")
+
+
+def valid_endpoint(address: str) -> bool:
+    """tcp://host:port with a concrete host (peers must be able to dial it)."""
+    match = _ENDPOINT.match(address)
+    return bool(match) and match.group(1) not in ("0.0.0.0", "[::]") and int(match.group(2)) < 65536
+
+
 _PEER_HWM = 10_000  # frames queued for one peer before they are dropped
 
 
@@ -56,7 +68,8 @@ class ClusterActor(Actor):
         opts = spec.options
         self.me: str = spec.node_name
         self.pool_size: int = opts["pool_size"]
-        self.cookie: str | None = opts.get("cookie") or None
+        # from the environment, never the command line (other users can read argv)
+        self.cookie: str | None = os.environ.get(COOKIE_ENV) or None
         self.listen_endpoint: str = opts["listen"]
         self.known: set[str] = {p for p in opts.get("peers", ()) if p}
         self.shards = [Dealer(e, what=f"shard {i}", unbounded=True)
@@ -110,9 +123,13 @@ class ClusterActor(Actor):
             "dropped": self.dropped,
         }
 
-    def _connect(self, address: str) -> None:
+    def _connect(self, address: str) -> bool:
+        """Dial a peer's listen address; False (logged) if it is not a usable endpoint."""
         if address in self.outgoing or address == self.listen_endpoint:
-            return
+            return True
+        if not valid_endpoint(address):
+            self.log.warning("%s: ignored peer address %r (not tcp://host:port)", self.me, address)
+            return False
         sock = socket(zmq.DEALER, hwm=_PEER_HWM)
         sock.setsockopt(zmq.IMMEDIATE, 1)  # queue nothing for a peer that is not there
         if self.cookie:
@@ -120,9 +137,15 @@ class ClusterActor(Actor):
             sock.curve_serverkey = public
             sock.curve_publickey = public
             sock.curve_secretkey = secret
-        sock.connect(address)
+        try:
+            sock.connect(address)
+        except zmq.ZMQError as exc:
+            sock.close(linger=0)
+            self.log.warning("%s: cannot dial peer %r: %s", self.me, address, exc)
+            return False
         self.outgoing[address] = sock
         self.add_reader(sock, lambda: self._on_outgoing(address))
+        return True
 
     def _hello(self) -> bytes:
         peers = sorted({*self.known, *self.address_of.values()} - {self.listen_endpoint})
@@ -236,14 +259,18 @@ class ClusterActor(Actor):
         if name == self.me:
             return
         current = self.routes.get(name)
-        if current is None or current[0] == "in" or route[0] == "out":
+        if current is None or (current[0] == "in" and route[0] == "out"):
             if current is None:
                 self.log.info("%s: connected to peer %s", self.me, name)
-            self.routes[name] = route  # prefer our own connection: it reconnects by itself
+            # prefer our own connection (it reconnects by itself), and then keep it: one
+            # connection per peer keeps the peer's messages in order
+            self.routes[name] = route
+        elif current[0] == "in" and route[0] == "in":
+            self.routes[name] = route  # the peer reconnected: its new identity
         if route[0] == "out":
             self.address_of[name] = route[1]
         self.heard.setdefault(name, time.monotonic())
         for address in addresses:
-            if isinstance(address, str) and address and address != self.listen_endpoint:
+            ok = isinstance(address, str) and address != self.listen_endpoint
+            if ok and self._connect(address):
                 self.known.add(address)
-                self._connect(address)

@@ -68,7 +68,7 @@ class Replication:
             self.generations = deltas.push(self.generations, delta, self.caps, state.delta)
             outs.append(("*", Heartbeat(self.me, wire.encode_delta(delta), self._clocks())))
             self.silent = 0
-        elif self.silent >= self.max_silent:
+        elif self.silent >= self.max_silent or not self.peers:  # alone: keep announcing
             outs.append(("*", Heartbeat(self.me, None, self._clocks())))
             self.silent = 0
         else:
@@ -116,6 +116,8 @@ class Replication:
         name, vsn = ref
         joins, leaves = [], []
         peer = self.peers.get(name)
+        if peer is not None and vsn < peer.vsn:
+            return [], []  # a late message of an older incarnation (vsns grow with time)
         if peer is not None and peer.vsn != vsn:  # a restarted shard: a new replica
             leaves += self._forget(name)
             log.info("%s: replica %s replaced by vsn %d", self.me, (name, peer.vsn), vsn)
@@ -123,6 +125,7 @@ class Replication:
         if peer is None:
             joins += self.state.replica_up(ref)
             peer = self.peers[name] = Peer(vsn, False, now, clocks)
+            self.silent = self.max_silent  # announce this replica to the newcomer next tick
             log.info("%s: replica %s up", self.me, ref)
         elif peer.down:
             peer.down = False
@@ -135,7 +138,12 @@ class Replication:
             joins += j
             leaves += lv
             self.generations = deltas.push(self.generations, delta, self.caps, self.state.delta)
-        self.clockset = append_clock(self.clockset, ref, clocks)
+        # only what this replica can take counts: entries for replicas unknown or down here
+        # would make the peer look ahead for ever (and every sample a whole-state transfer)
+        mine = self.state.clocks()
+        self.clockset = append_clock(
+            self.clockset, ref, {r: n for r, n in clocks.items() if r in mine}
+        )
         return joins, leaves
 
     def on_transfer_req(self, msg: TransferReq) -> list[Out]:

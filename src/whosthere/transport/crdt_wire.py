@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from whosthere.errors import MalformedFrame
-from whosthere.tracker.state import Delta, ReplicaRef, Snapshot
+from whosthere.tracker.state import COUNTER_BITS, Delta, ReplicaRef, Snapshot
 
 
 def encode_replica(ref: ReplicaRef) -> list[Any]:
@@ -35,9 +35,12 @@ def decode_clock(raw: Any) -> dict[ReplicaRef, int]:
 
 
 def _ints(*values: Any) -> bool:
-    if all(isinstance(v, int) and v >= 0 for v in values):
+    if all(isinstance(v, int) and 0 <= v < _LIMIT for v in values):
         return True
     raise ValueError
+
+
+_LIMIT = 1 << 62  # vsns are microseconds; counters are checked against COUNTER_BITS too
 
 
 def _encode_clouds(clouds: dict[ReplicaRef, set[int]]) -> list[Any]:
@@ -49,6 +52,8 @@ def _decode_clouds(raw: Any) -> dict[ReplicaRef, set[int]]:
         out = {}
         for name, vsn, dots in raw:
             _ints(vsn, *dots)
+            if any(d >= 1 << COUNTER_BITS for d in dots):
+                raise ValueError
             if not isinstance(name, str):
                 raise ValueError
             out[(name, vsn)] = set(dots)
@@ -66,6 +71,8 @@ def _decode_values(raw: Any) -> dict:
         out = {}
         for name, vsn, counter, topic, pid, key, meta in raw:
             _ints(vsn, counter, pid)
+            if counter >= 1 << COUNTER_BITS:
+                raise ValueError
             if not (isinstance(name, str) and isinstance(topic, str) and isinstance(key, str)
                     and isinstance(meta, bytes)):  # fmt: skip
                 raise ValueError
