@@ -194,6 +194,22 @@ def test_graceful_permdown_drops_presences_at_once(owner):
         assert b.status()["peers"] == {}
 
 
+def test_permdown_on_shutdown_drops_presences_when_a_node_stops(owner):
+    opts = {**FAST, "down_period": 5.0, "permdown_period": 20.0}
+    a = whosthere.Node(name="s0", listen=LISTEN, permdown_on_shutdown=True, **opts).start()
+    try:
+        b = whosthere.Node(name="s1", listen=LISTEN, peers=[a.cluster_address], **opts)
+        with b:
+            wait_until(lambda: up_peers(b) == ["s0"], timeout=10)
+            a.presence.track(owner.pid, "room", "alice", {"v": 1})
+            wait_until(lambda: listed(b, "room") == {"alice": [1]})
+            a.stop()
+            wait_until(lambda: listed(b, "room") == {}, timeout=2)  # well before down_period
+            assert b.status()["peers"] == {}
+    finally:
+        a.stop()
+
+
 def test_a_restarted_node_is_a_new_replica(owner):
     """The new incarnation's first heartbeat replaces the old one, long before down_period."""
     with cluster(2, down_period=10.0, permdown_period=30.0) as (a, b):

@@ -301,7 +301,7 @@ class Node:
         deadline = time.monotonic() + timeout
         try:
             if self.listen and self.tracker_options["permdown_on_shutdown"] and self.alive:
-                self._depart(min(1.0, timeout / 4))
+                self._depart(min(1.5, timeout / 2))
             if self._pubsub is not None:
                 self._pubsub.close(flush_timeout=min(0.2, timeout / 10))
             if self._presence is not None:
