@@ -427,6 +427,25 @@ def test_track_many_refusals_do_not_stop_the_other_entries(presence, owner, topi
     assert presence.list(topic)["x"]["metas"][0]["phx_ref"] == out[0]
 
 
+def test_track_many_takes_a_generator_that_reuses_one_meta(presence, owner, topic):
+    def entries():
+        meta = {}
+        for i in range(5):
+            meta["n"] = i  # the same dict, changed each time
+            yield (owner.pid, topic, f"k{i}", meta)
+
+    presence.track_many(entries())
+    assert {k: e["metas"][0]["n"] for k, e in presence.list(topic).items()} == {
+        f"k{i}": i for i in range(5)
+    }
+
+
+def test_track_many_cuts_batches_by_bytes(presence, owner, topic):
+    big = {"blob": "x" * 60_000}  # 100 x 60 KB: more than one 4 MiB frame
+    refs_out = presence.track_many([(owner.pid, topic, f"k{i}", big) for i in range(100)])
+    assert len(set(refs_out)) == 100 and len(presence.list(topic)) == 100
+
+
 def test_track_many_checks_every_entry_before_sending_any(presence, owner, topic):
     good = (owner.pid, topic, "good", {})
     with pytest.raises(TypeError, match="^key must be a str or an int"):

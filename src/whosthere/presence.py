@@ -38,6 +38,7 @@ from whosthere.watch import start_time
 
 Presences = dict[str, dict[str, Any]]  # {key: {"metas": [meta, ...], ...fetched}}
 BATCH = 1000  # tracks per TrackMany frame: large enough to amortize, small enough to pipeline
+BATCH_BYTES = 4 * 1024 * 1024  # and bytes: frames and the diffs they make stay small
 
 
 class Channel(NamedTuple):
@@ -145,45 +146,59 @@ class Presence:
         refuses (`AlreadyTracked`) does not stop the others: the first such error is raised
         once all are done, or with `return_exceptions` it takes that entry's place.
         """
-        packed_metas: dict[int, bytes] = {}  # id(meta) -> packed: one meta, many topics
+        # one meta object shared by many entries is packed once; only for a list or tuple,
+        # whose entries cannot change under us (a generator may reuse and mutate one dict)
+        share = isinstance(entries, (list, tuple))
+        packed_metas: dict[int, bytes] = {}  # id(meta) -> packed
         starts: dict[int, Any] = {}
-        per_shard: list[list[list[Any]]] = [[] for _ in self._shards]
-        places: list[list[int]] = [[] for _ in self._shards]
+        batches: list[list[tuple[list[Any], list[int]]]] = [[] for _ in self._shards]
+        sizes = [BATCH_BYTES] * len(self._shards)  # bytes in each shard's open batch
         count = 0
-        keep_alive = []  # metas whose id() is cached must outlive the loop
-        for pid, topic, key, meta in entries:
+        for pid, topic, raw_key, meta in entries:
             _check_pid(pid)
             _check_topic(topic)
-            packed = packed_metas.get(id(meta))
+            packed = packed_metas.get(id(meta)) if share else None
             if packed is None:
-                packed = packed_metas[id(meta)] = codec.pack_meta(meta, self.meta_limit)
-                keep_alive.append(meta)
+                packed = codec.pack_meta(meta, self.meta_limit)
+                if share:
+                    packed_metas[id(meta)] = packed
             start = starts.get(pid, starts)
             if start is starts:
                 start = starts[pid] = start_time(pid)
             shard = shard_for(topic, self.pool_size) if self.pool_size > 1 else 0
-            per_shard[shard].append([pid, start, topic, _key(key), packed])
-            places[shard].append(count)
+            key = _key(raw_key)
+            size = len(packed) + len(topic) + len(key) + 32
+            if sizes[shard] + size > BATCH_BYTES or len(batches[shard][-1][0]) >= BATCH:
+                batches[shard].append(([], []))  # cut by count and by bytes
+                sizes[shard] = 0
+            batch, places = batches[shard][-1]
+            batch.append([pid, start, topic, key, packed])
+            places.append(count)
+            sizes[shard] += size
             count += 1
-        deadline = time.monotonic() + self.timeout
         sent = []
-        for conn, batch in zip(self._shards, per_shard, strict=True):
+        for conn, shard_batches in zip(self._shards, batches, strict=True):
             dealer = conn.dealer()
-            for i in range(0, len(batch), BATCH):
-                msg = TrackMany(batch[i : i + BATCH])
-                sent.append((dealer, msg, dealer.request(msg, deadline, self.timeout)))
-        replies: list[Any] = []
-        for dealer, msg, ref in sent:
-            replies.extend(dealer.result(ref, msg, deadline, self.timeout))
+            deadline = time.monotonic() + self.timeout
+            for batch, places in shard_batches:
+                msg = TrackMany(batch)
+                sent.append((dealer, msg, places, dealer.request(msg, deadline, self.timeout)))
         results: list[Any] = [None] * count
-        for place, reply in zip(itertools.chain.from_iterable(places), replies, strict=True):
-            if isinstance(reply, list):  # [error class name, message]
-                error = (error_class(reply[0]) or WhosthereError)(reply[1])
-                if not return_exceptions:
-                    raise error
-                results[place] = error
-            else:
-                results[place] = reply
+        for dealer, msg, places, ref in sent:
+            deadline = time.monotonic() + self.timeout  # the timeout bounds a lack of progress
+            try:
+                replies = dealer.result(ref, msg, deadline, self.timeout)
+            except WhosthereError as exc:  # this batch failed as a whole; read the others
+                replies = [exc] * len(places)
+            for place, reply in zip(places, replies, strict=True):
+                if isinstance(reply, list):  # [error class name, message]
+                    results[place] = (error_class(reply[0]) or WhosthereError)(reply[1])
+                else:
+                    results[place] = reply
+        if not return_exceptions:
+            for result in results:  # the first error in input order
+                if isinstance(result, WhosthereError):
+                    raise result
         return results
 
     def untrack(self, *args: Any) -> None:

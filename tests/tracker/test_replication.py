@@ -37,7 +37,7 @@ def test_a_new_peer_hears_from_us_at_the_next_tick():
 
 def test_down_then_permdown_by_silence_and_back_up():
     a, b = replica("a"), replica("b")
-    b.state.join(1, "t", "bob", b"")
+    b.state.join(1, "t", "bob", b"\x80")
     a.on_heartbeat(heartbeat(b, with_delta=True), 0.0)
     assert [e.key for e in a.state.list("t")] == ["bob"]
     assert a.tick(5.5)[1][1][0].key == "bob"  # down: bob leaves, kept
@@ -50,7 +50,7 @@ def test_down_then_permdown_by_silence_and_back_up():
 
 def test_a_new_vsn_replaces_the_old_incarnation_and_a_late_old_one_is_ignored():
     a, old, new = replica("a"), replica("b", 1), replica("b", 2)
-    old.state.join(1, "t", "old", b"")
+    old.state.join(1, "t", "old", b"\x80")
     a.on_heartbeat(heartbeat(old, with_delta=True), 0.0)
     joins, leaves = a.on_heartbeat(heartbeat(new), 1.0)
     assert [e.key for e in leaves] == ["old"] and joins == []

@@ -40,6 +40,10 @@ def test_deltas_and_snapshots_round_trip_through_msgpack():
         [["a", 1], [], [], [["a", 1, "x"]], []],
         [["a", 1], [], [], [], [["a", 1, 1, "t", 5, "k"]]],
         [["a", 1], [], [], [], [["a", 1, 1, "t", 5, "k", "not bytes"]]],
+        [["a", 1], [], [], [], [["a", 1, 1, "t", 5, "k", b"\x80\x80"]]],  # two maps
+        [["a", 1], [], [], [], [["a", 1, 1, "t", 5, "k", b"\x93\x01\x02\x03"]]],  # no map
+        [["a", 1], [], [], [], [["a", 1, 1, "t", 5, "k", b"\x81"]]],  # truncated
+        [["a", 1], [], [], [], [["a", 1, 2**40, "t", 5, "k", b"\x80"]]],  # counter too big
     ],
 )
 def test_malformed_deltas_are_refused(raw):

@@ -84,9 +84,16 @@ class PubSubActor(Actor):
                 bad += 1
                 continue
             topic, event, payload = item
-            self.publish_packed(topic, event, payload)
             if not msg.local:
-                self.forward(Broadcast(topic, event, codec.unpack(payload), False))
+                try:
+                    unpacked = codec.unpack(payload)
+                except Exception:  # msgpack raises several types on garbage
+                    bad += 1
+                    continue
+                self.publish_packed(topic, event, payload)
+                self.forward(Broadcast(topic, event, unpacked, False))
+            else:
+                self.publish_packed(topic, event, payload)
         if bad:  # the good items went out: one bad entry must not cost the others
             self.log.warning("%s: dropped %d malformed PublishMany item(s)", self.name, bad)
 

@@ -75,6 +75,7 @@ class _Pending:
 
 
 _UNLINKED = object()
+_OUTBOX_MAX_BYTES = 8 * 1024 * 1024  # diffs batched into one PublishMany frame at most
 _FREEZE_EVERY = 10_000  # presences added between two gc.freeze()
 _LISTED_MAX_BYTES = 64 * 1024 * 1024  # packed list replies kept (all dropped beyond)
 PID_MAX = 1 << 22  # the largest pid_max Linux allows
@@ -146,6 +147,7 @@ class ShardActor(Actor):
         self.by_fetch_id: dict[int, _Pending] = {}
         self.fetch_ids = itertools.count(random.getrandbits(62))  # not reused by a restart
         self.outbox: list[list[Any]] = []  # [topic, event, packed diff], sent by `on_idle`
+        self.outbox_bytes = 0
         self.frozen_at = 0  # state size at the last gc.freeze()
         # topic -> packed list reply, kept until the topic's next diff (`report` drops it):
         # every change of what a topic lists must go through `report`
@@ -167,10 +169,12 @@ class ShardActor(Actor):
         if self.outbox:  # every diff of this wake-up in one frame, in the order made
             self.pubsub.cast(PublishMany(self.outbox, True))
             self.outbox = []
+            self.outbox_bytes = 0
         if len(self.state) >= self.frozen_at + _FREEZE_EVERY:
             # The state holds no reference cycles, yet the collector would scan all of it
             # again and again as it grows (a quarter of the track time at 100,000). Frozen
             # objects are still freed by reference counting when the state drops them.
+            gc.collect(1)  # young garbage is not frozen with the rest of the process heap
             gc.freeze()
             self.frozen_at = len(self.state)
         elif len(self.state) < self.frozen_at:
@@ -249,16 +253,18 @@ class ShardActor(Actor):
         """Each entry as a `Track`; one diff per topic for the whole batch."""
         results: list[Any] = []
         changes: Changes = {}
-        for entry in msg.entries:
-            try:
-                pid, start, topic, key, meta = _entry(entry)
-                if pid in self.linked and self.linked[pid] != start and changes:
-                    self.report(changes)  # joins of this batch go out before the reuse's leaves
-                    changes = {}
-                results.append(self._track(pid, start, topic, key, meta, changes=changes))
-            except WhosthereError as exc:
-                results.append([type(exc).__name__, str(exc)])
-        self.report(changes)
+        try:
+            for entry in msg.entries:
+                try:
+                    pid, start, topic, key, meta = _entry(entry)
+                    if pid in self.linked and self.linked[pid] != start and changes:
+                        self.report(changes)  # this batch's joins go out before the leaves
+                        changes = {}
+                    results.append(self._track(pid, start, topic, key, meta, changes=changes))
+                except WhosthereError as exc:
+                    results.append([type(exc).__name__, str(exc)])
+        finally:  # what changed is reported, even if an entry broke something unexpected
+            self.report(changes)
         return results
 
     def _track(
@@ -381,10 +387,11 @@ class ShardActor(Actor):
         Diffs are packed from the stored metas without unpacking them; only a user callback
         (`fetch`, `handle_metas`) makes them unpack.
         """
-        for topic, (joins, leaves) in changes.items():
+        for topic in changes:  # first: whatever happens below, no stale list is served
             dropped = self.listed.pop(topic, None)
             if dropped is not None:
                 self.listed_bytes -= len(dropped)
+        for topic, (joins, leaves) in changes.items():
             packed = codec.pack_diff(group(joins), group(leaves))
             if not self.use_fetchers:
                 self._publish(topic, packed)
@@ -401,6 +408,9 @@ class ShardActor(Actor):
         """Queue a diff (packed, or as fetched) for `on_idle`; the client actor gets it now."""
         packed = diff if isinstance(diff, bytes) else codec.pack_value(diff)
         self.outbox.append([topic, "presence_diff", packed])
+        self.outbox_bytes += len(packed)
+        if self.outbox_bytes > _OUTBOX_MAX_BYTES:  # frames stay far below the frame limit
+            self.on_idle()
         if self.client is not None:
             unpacked = codec.unpack(packed) if isinstance(diff, bytes) else diff
             self.client.cast(MetasDiff(topic, unpacked))

@@ -10,6 +10,7 @@ from typing import Any
 
 from whosthere.errors import MalformedFrame
 from whosthere.tracker.state import COUNTER_BITS, Delta, ReplicaRef, Snapshot
+from whosthere.transport import codec
 
 
 def encode_replica(ref: ReplicaRef) -> list[Any]:
@@ -76,12 +77,24 @@ def _decode_values(raw: Any) -> dict:
             if not (isinstance(name, str) and isinstance(topic, str) and isinstance(key, str)
                     and isinstance(meta, bytes)):  # fmt: skip
                 raise ValueError
+            _check_meta(meta)
             out[((name, vsn), counter)] = (topic, pid, key, meta)
         return out
     except (TypeError, ValueError):
         raise MalformedFrame(
             "values are [[name, vsn, counter, topic, pid, key, meta], ...]"
         ) from None
+
+
+def _check_meta(meta: bytes) -> None:
+    """A stored meta is exactly one msgpack map with str keys: diffs and lists are built by
+    concatenating metas, so anything else from a peer would corrupt them."""
+    try:
+        value = codec.unpack(meta)
+    except Exception:  # msgpack raises several types; trailing bytes included
+        raise ValueError from None
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise ValueError
 
 
 def encode_delta(delta: Delta) -> list[Any]:
