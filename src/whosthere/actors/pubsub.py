@@ -35,7 +35,7 @@ import zmq
 from whosthere.actors.base import NOREPLY, Actor, ActorSpec, Request
 from whosthere.errors import MalformedFrame
 from whosthere.transport import codec
-from whosthere.transport.messages import Broadcast, Published, PublishMany, Subscribe
+from whosthere.transport.messages import Broadcast, PublishMany, Subscribe
 from whosthere.transport.sockets import bind, socket
 
 DEFAULT_HWM = 100_000  # messages queued per subscriber before it starts losing them
@@ -108,16 +108,13 @@ class PubSubActor(Actor):
     # -- work ------------------------------------------------------------------------------
 
     def publish(self, topic: str, event: str, payload: Any) -> None:
-        last = self.seqs.get(topic)
-        self.published += 1
-        if last is None:
-            return  # no subscriber: XPUB would drop it anyway
-        seq = self.seqs[topic] = last + 1
-        body = codec.encode(Published(self.epoch, seq, event, payload))
-        self.xpub.send_multipart((codec.topic_frame(topic), body))
+        if topic not in self.seqs:  # no subscriber: XPUB would drop it anyway; don't pack
+            self.published += 1
+            return
+        self.publish_packed(topic, event, codec.pack_value(payload))
 
     def publish_packed(self, topic: str, event: str, payload: bytes) -> None:
-        """As `publish`, for a payload packed already (spliced in, never unpacked)."""
+        """Publish a payload packed already (spliced into `Published`, never unpacked)."""
         last = self.seqs.get(topic)
         self.published += 1
         if last is None:

@@ -149,14 +149,21 @@ def check_packed_meta(packed: bytes, limit: int = DEFAULT_META_LIMIT) -> None:
     """Check bytes from the wire as `pack_meta` would have made them; `InvalidMeta` if not."""
     if len(packed) > limit:
         raise InvalidMeta(f"meta is {len(packed)} bytes packed, over the {limit}-byte limit")
+    meta = unpack_map(packed)
+    if any(k in meta for k in RESERVED_META_KEYS):
+        raise InvalidMeta("meta must not carry phx_ref or phx_ref_prev")
+
+
+def unpack_map(packed: bytes) -> dict[str, Any]:
+    """Bytes that must be exactly one msgpack map with str keys (a meta); `InvalidMeta` if
+    not. Diffs and lists are built by concatenating metas: anything else would corrupt them."""
     try:
         meta = msgpack.unpackb(packed, raw=False, strict_map_key=False)
-    except Exception as exc:
+    except Exception as exc:  # msgpack raises several types; trailing bytes included
         raise InvalidMeta(f"meta is not msgpack: {exc}") from None
     if not isinstance(meta, dict) or not all(isinstance(k, str) for k in meta):
         raise InvalidMeta("meta must be a map with str keys")
-    if any(k in meta for k in RESERVED_META_KEYS):
-        raise InvalidMeta("meta must not carry phx_ref or phx_ref_prev")
+    return meta
 
 
 _PHX_REF = msgpack.packb("phx_ref")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from whosthere.errors import MalformedFrame
+from whosthere.errors import InvalidMeta, MalformedFrame
 from whosthere.tracker.state import COUNTER_BITS, Delta, ReplicaRef, Snapshot
 from whosthere.transport import codec
 
@@ -87,14 +87,11 @@ def _decode_values(raw: Any) -> dict:
 
 
 def _check_meta(meta: bytes) -> None:
-    """A stored meta is exactly one msgpack map with str keys: diffs and lists are built by
-    concatenating metas, so anything else from a peer would corrupt them."""
+    """A stored meta is one msgpack map, wherever it came from (`codec.unpack_map`)."""
     try:
-        value = codec.unpack(meta)
-    except Exception:  # msgpack raises several types; trailing bytes included
+        codec.unpack_map(meta)
+    except InvalidMeta:
         raise ValueError from None
-    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-        raise ValueError
 
 
 def encode_delta(delta: Delta) -> list[Any]:
