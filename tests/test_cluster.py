@@ -65,6 +65,17 @@ def listed(node: whosthere.Node, topic: str) -> dict[str, list]:
     return out
 
 
+def converged(
+    nodes: list[whosthere.Node], want: dict[str, dict[str, list]], timeout: float = 10
+) -> None:
+    """Wait until every node lists exactly `want` ({topic: listed}): the same everywhere."""
+
+    def views() -> list[dict[str, dict[str, list]]]:
+        return [{topic: listed(node, topic) for topic in want} for node in nodes]
+
+    wait_until(lambda: all(v == want for v in views()), timeout=timeout, what=f"{want}")
+
+
 def split(node: whosthere.Node, *peers: str) -> None:
     """Lose all traffic between `node` and `peers` (both ways, as seen from `node`)."""
     dealer = Dealer(node.presence.info.endpoints["cluster"])
@@ -74,52 +85,81 @@ def split(node: whosthere.Node, *peers: str) -> None:
         dealer.close()
 
 
+def isolate(nodes: list[whosthere.Node], i: int) -> None:
+    """A netsplit between node i and all the others."""
+    for j, node in enumerate(nodes):
+        split(node, *([f"n{k}" for k in range(len(nodes)) if k != i] if j == i else [f"n{i}"]))
+
+
+def heal(nodes: list[whosthere.Node]) -> None:
+    for node in nodes:
+        split(node)
+
+
+def restart(nodes: list[whosthere.Node], i: int, **options) -> whosthere.Node:
+    """Stop node i and start a new incarnation on its address (a new replica, new vsn)."""
+    address = nodes[i].cluster_address
+    seed = nodes[(i + 1) % len(nodes)].cluster_address
+    nodes[i].stop()
+    nodes[i] = whosthere.Node(
+        name=f"n{i}", listen=address, peers=[seed], **{**FAST, **options}
+    ).start()
+    return nodes[i]
+
+
 def test_joins_updates_and_leaves_replicate(owner):
-    with cluster(2) as (a, b), b.presence.subscribe("room") as sub:
+    with cluster(3) as nodes, nodes[1].presence.subscribe("room") as sub:
+        a = nodes[0]
         a.presence.track(owner.pid, "room", "alice", {"v": 1})
-        wait_until(lambda: listed(b, "room") == {"alice": [1]})
+        converged(nodes, {"room": {"alice": [1]}})
         assert next_diff(sub)["joins"]["alice"]["metas"][0]["v"] == 1
         a.presence.update(owner.pid, "room", "alice", {"v": 2})
-        wait_until(lambda: listed(b, "room") == {"alice": [2]})
+        converged(nodes, {"room": {"alice": [2]}})
         a.presence.untrack(owner.pid, "room", "alice")
-        wait_until(lambda: listed(b, "room") == {})
+        converged(nodes, {"room": {}})
 
 
 def test_three_nodes_hold_the_same_presences(owner):
     with cluster(3, pool_size=2) as nodes:
         for i, node in enumerate(nodes):
             node.presence.track_many([(owner.pid, f"t{t}", f"u{i}", {"v": i}) for t in range(10)])
-        want = {f"u{i}": [i] for i in range(3)}
-        for node in nodes:
-            for t in range(10):
-                wait_until(lambda node=node, t=t: listed(node, f"t{t}") == want)
+        converged(nodes, {f"t{t}": {f"u{i}": [i] for i in range(3)} for t in range(10)})
 
 
-def test_a_worker_killed_on_one_node_leaves_everywhere():
-    with cluster(2) as (a, b):
+def test_a_worker_killed_on_one_node_leaves_everywhere(owner):
+    with cluster(3) as nodes:
+        a, b, c = nodes
         worker = sleeper()
         try:
             with b.presence.subscribe("room") as sub:
+                c.presence.track(owner.pid, "room", "stays", {"v": 3})
                 a.presence.track(worker.pid, "room", "w", {"v": 1})
-                assert "w" in next_diff(sub)["joins"]
+                converged(nodes, {"room": {"stays": [3], "w": [1]}})
+                while "w" not in next_diff(sub)["joins"]:
+                    pass
                 worker.kill()
-                assert "w" in next_diff(sub, timeout=5)["leaves"]
-                assert listed(b, "room") == {}
+                while "w" not in (diff := next_diff(sub, timeout=5))["leaves"]:
+                    assert not diff["leaves"], diff  # only the join of "stays" may come between
+                converged(nodes, {"room": {"stays": [3]}})
         finally:
             worker.kill()
             worker.wait()
 
 
 def test_a_node_killed_with_sigkill_leaves_after_down_period(owner):
-    with cluster(2) as (a, b):
-        a.presence.track(owner.pid, "room", "alice", {"v": 1})
-        wait_until(lambda: listed(b, "room") == {"alice": [1]})
+    with cluster(3) as nodes:
+        a, b, c = nodes
+        for i, node in enumerate(nodes):
+            node.presence.track(owner.pid, "room", f"u{i}", {"v": i})
+        converged(nodes, {"room": {"u0": [0], "u1": [1], "u2": [2]}})
         with b.presence.subscribe("room") as sub:
             os.killpg(a.pid, signal.SIGKILL)  # the supervisor and every actor of node a
             # a join diff may still be on its way (list can show a change before its diff)
-            wait_until(lambda: "alice" in (sub.get(timeout=0.1) or _NO_DIFF).payload["leaves"])
-        assert listed(b, "room") == {}
-        wait_until(lambda: b.status()["peers"] == {}, timeout=10)  # permdown: forgotten
+            wait_until(lambda: "u0" in (sub.get(timeout=0.1) or _NO_DIFF).payload["leaves"])
+        converged([b, c], {"room": {"u1": [1], "u2": [2]}})
+        for node in (b, c):  # permdown: forgotten
+            wait_until(lambda node=node: list(node.status()["peers"]) == [
+                p for p in ("n1", "n2") if p != node.name], timeout=10)  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -132,14 +172,16 @@ def test_a_node_killed_with_sigkill_leaves_after_down_period(owner):
     ids=["shorter-than-down", "between-down-and-permdown", "longer-than-permdown"],
 )
 def test_netsplits_heal(owner, seconds, periods):
-    """B sees each key's joins and leaves in an order that ends in A's state after the heal.
+    """Node a is cut off from b and c, changes its presences, and the split heals.
 
-    As upstream, a split longer than down_period shows A's presences leave, then rejoin on
-    the heal, then the changes made during the split (a presence removed meanwhile may
-    flicker: leave, join, leave)."""
+    b sees each key's joins and leaves in an order that ends in a's state. As upstream, a
+    split longer than down_period shows a's presences leave, then rejoin on the heal, then
+    the changes made during the split (a presence removed meanwhile may flicker: leave,
+    join, leave)."""
     import time
 
-    with cluster(2, **periods) as (a, b), b.presence.subscribe("room") as sub:
+    with cluster(3, **periods) as nodes, nodes[1].presence.subscribe("room") as sub:
+        a, b, c = nodes
         events: dict[str, list[str]] = {}
 
         def drain(timeout: float = 0.3) -> None:
@@ -150,80 +192,109 @@ def test_netsplits_heal(owner, seconds, periods):
 
         a.presence.track(owner.pid, "room", "stays", {"v": 1})
         a.presence.track(owner.pid, "room", "goes", {"v": 1})
-        wait_until(lambda: listed(b, "room") == {"goes": [1], "stays": [1]})
-        split(a, "n1")
-        split(b, "n0")
+        c.presence.track(owner.pid, "room", "carol", {"v": 3})
+        converged(nodes, {"room": {"carol": [3], "goes": [1], "stays": [1]}})
+        isolate(nodes, 0)
         a.presence.untrack(owner.pid, "room", "goes")  # during the split
         a.presence.track(owner.pid, "room", "new", {"v": 2})
         started = time.monotonic()
         time.sleep(seconds)  # the split itself: its length is the test's input
         if seconds > periods["down_period"]:
-            wait_until(lambda: listed(b, "room") == {})  # a's presences hidden: down
+            converged([b, c], {"room": {"carol": [3]}})  # a's presences hidden: down
+            converged([a], {"room": {"new": [2], "stays": [1]}})  # and c's on a
         else:
             assert time.monotonic() - started < periods["down_period"]
-            assert listed(b, "room") == {"goes": [1], "stays": [1]}  # nothing noticed
-        split(a)
-        split(b)
-        wait_until(lambda: listed(b, "room") == {"new": [2], "stays": [1]}, timeout=10)
+            assert listed(b, "room") == {"carol": [3], "goes": [1], "stays": [1]}
+        heal(nodes)
+        converged(nodes, {"room": {"carol": [3], "new": [2], "stays": [1]}})
         drain()
         assert events["stays"][-1] == "joins" and events["new"] == ["joins"]
         assert events["goes"][-1] == "leaves"
         if seconds <= periods["down_period"]:
-            assert events == {"stays": ["joins"], "goes": ["joins", "leaves"], "new": ["joins"]}
+            assert events == {
+                "stays": ["joins"], "goes": ["joins", "leaves"], "new": ["joins"],
+                "carol": ["joins"],
+            }  # fmt: skip
 
 
 def test_a_partial_partition_converges_once_healed(owner):
-    with cluster(3) as (a, b, c):
+    """a and c cannot reach each other, both reach b: b sees all, a and c each other's not."""
+    with cluster(3) as nodes:
+        a, b, c = nodes
         split(a, "n2")
         split(c, "n0")
+        a.presence.track(owner.pid, "room", "alice", {"v": 1})
         c.presence.track(owner.pid, "room", "carol", {"v": 3})
-        wait_until(lambda: listed(b, "room") == {"carol": [3]})
-        wait_until(lambda: "n2" not in up_peers(a))
-        assert listed(a, "room") == {}
-        split(a)
-        split(c)
-        wait_until(lambda: listed(a, "room") == {"carol": [3]}, timeout=10)
+        converged([b], {"room": {"alice": [1], "carol": [3]}})
+        wait_until(lambda: "n2" not in up_peers(a) and "n0" not in up_peers(c))
+        converged([a], {"room": {"alice": [1]}})
+        converged([c], {"room": {"carol": [3]}})
+        heal(nodes)
+        converged(nodes, {"room": {"alice": [1], "carol": [3]}})
+
+
+def test_a_rolling_restart_keeps_every_other_presence(owner):
+    """Each node in turn restarts (a new replica) and tracks its presence again; the others'
+    presences never leave anywhere, and all three end with the same view."""
+    with cluster(3, down_period=5.0, permdown_period=20.0) as nodes:
+        for i, node in enumerate(nodes):
+            node.presence.track(owner.pid, "room", f"u{i}", {"v": 0})
+        converged(nodes, {"room": {f"u{i}": [0] for i in range(3)}})
+        version = [0, 0, 0]
+        for i in range(3):
+            watcher = nodes[(i + 1) % 3]
+            with watcher.presence.subscribe("room") as sub:
+                node = restart(nodes, i)
+                version[i] = 1
+                node.presence.track(owner.pid, "room", f"u{i}", {"v": 1})
+                want = {"room": {f"u{k}": [version[k]] for k in range(3)}}
+                converged(nodes, want)
+                left = set()
+                while (msg := sub.get(timeout=0.3)) is not None:
+                    left.update(msg.payload["leaves"])
+                assert left <= {f"u{i}"}, left  # only the restarted node's old presence
+            for other in nodes:
+                wait_until(lambda other=other: len(up_peers(other)) == 2, timeout=10)
+        # each old incarnation was replaced, not kept beside the new one
+        assert {n.name: sorted(n.status()["peers"]) for n in nodes} == {
+            "n0": ["n1", "n2"],
+            "n1": ["n0", "n2"],
+            "n2": ["n0", "n1"],
+        }
 
 
 def test_graceful_permdown_drops_presences_at_once(owner):
-    with cluster(2, down_period=5.0, permdown_period=20.0) as (a, b):
+    with cluster(3, down_period=5.0, permdown_period=20.0) as nodes:
+        a, b, c = nodes
         a.presence.track(owner.pid, "room", "alice", {"v": 1})
-        wait_until(lambda: listed(b, "room") == {"alice": [1]})
+        b.presence.track(owner.pid, "room", "bob", {"v": 2})
+        converged(nodes, {"room": {"alice": [1], "bob": [2]}})
         a.graceful_permdown()
-        wait_until(lambda: listed(b, "room") == {}, timeout=2)  # well before down_period
-        assert b.status()["peers"] == {}
+        converged([b, c], {"room": {"bob": [2]}}, timeout=2)  # well before down_period
+        assert sorted(b.status()["peers"]) == ["n2"] and sorted(c.status()["peers"]) == ["n1"]
 
 
 def test_permdown_on_shutdown_drops_presences_when_a_node_stops(owner):
-    opts = {**FAST, "down_period": 5.0, "permdown_period": 20.0}
-    a = whosthere.Node(name="s0", listen=LISTEN, permdown_on_shutdown=True, **opts).start()
-    try:
-        b = whosthere.Node(name="s1", listen=LISTEN, peers=[a.cluster_address], **opts)
-        with b:
-            wait_until(lambda: up_peers(b) == ["s0"], timeout=10)
-            a.presence.track(owner.pid, "room", "alice", {"v": 1})
-            wait_until(lambda: listed(b, "room") == {"alice": [1]})
-            a.stop()
-            wait_until(lambda: listed(b, "room") == {}, timeout=2)  # well before down_period
-            assert b.status()["peers"] == {}
-    finally:
+    opts = {"down_period": 5.0, "permdown_period": 20.0, "permdown_on_shutdown": True}
+    with cluster(3, **opts) as nodes:
+        a, b, c = nodes
+        a.presence.track(owner.pid, "room", "alice", {"v": 1})
+        c.presence.track(owner.pid, "room", "carol", {"v": 3})
+        converged(nodes, {"room": {"alice": [1], "carol": [3]}})
         a.stop()
+        converged([b, c], {"room": {"carol": [3]}}, timeout=2)  # well before down_period
+        assert sorted(b.status()["peers"]) == ["n2"] and sorted(c.status()["peers"]) == ["n1"]
 
 
 def test_a_restarted_node_is_a_new_replica(owner):
     """The new incarnation's first heartbeat replaces the old one, long before down_period."""
-    with cluster(2, down_period=10.0, permdown_period=30.0) as (a, b):
-        a.presence.track(owner.pid, "room", "old", {"v": 1})
-        wait_until(lambda: listed(b, "room") == {"old": [1]})
-        address = a.cluster_address
-        a.stop()
-        opts = {**FAST, "down_period": 10.0, "permdown_period": 30.0}
-        again = whosthere.Node(name="n0", listen=address, **opts).start()
-        try:
-            again.presence.track(owner.pid, "room", "new", {"v": 2})
-            wait_until(lambda: listed(b, "room") == {"new": [2]}, timeout=5)
-        finally:
-            again.stop()
+    with cluster(3, down_period=10.0, permdown_period=30.0) as nodes:
+        nodes[0].presence.track(owner.pid, "room", "old", {"v": 1})
+        nodes[2].presence.track(owner.pid, "room", "carol", {"v": 3})
+        converged(nodes, {"room": {"carol": [3], "old": [1]}})
+        again = restart(nodes, 0, down_period=10.0, permdown_period=30.0)
+        again.presence.track(owner.pid, "room", "new", {"v": 2})
+        converged(nodes, {"room": {"carol": [3], "new": [2]}}, timeout=5)
 
 
 def test_pool_size_mismatch_is_refused_on_both_sides():
