@@ -274,6 +274,22 @@ def test_graceful_permdown_drops_presences_at_once(owner):
         assert sorted(b.status()["peers"]) == ["n2"] and sorted(c.status()["peers"]) == ["n1"]
 
 
+def test_a_lost_goodbye_is_repeated_until_acknowledged(owner):
+    """b hears nothing from a while a says goodbye; the goodbye is repeated, and once the
+    split heals (well before down_period) b drops a's presences."""
+    import threading
+
+    with cluster(3, down_period=5.0, permdown_period=20.0) as nodes:
+        a, b, c = nodes
+        a.presence.track(owner.pid, "room", "alice", {"v": 1})
+        converged(nodes, {"room": {"alice": [1]}})
+        split(b, "n0")
+        threading.Timer(0.4, split, (b,)).start()
+        a.graceful_permdown()
+        converged([b, c], {"room": {}}, timeout=2)
+        assert list(b.status()["peers"]) == ["n2"]
+
+
 def test_permdown_on_shutdown_drops_presences_when_a_node_stops(owner):
     opts = {"down_period": 5.0, "permdown_period": 20.0, "permdown_on_shutdown": True}
     with cluster(3, **opts) as nodes:

@@ -29,7 +29,7 @@ from whosthere.tracker.pool import shard_name
 from whosthere.transport import runtime_dir
 from whosthere.transport.codec import DEFAULT_META_LIMIT
 from whosthere.transport.messages import Depart, GetStats, GetStatus
-from whosthere.transport.sockets import DEFAULT_TIMEOUT, Connection, Dealer
+from whosthere.transport.sockets import DEFAULT_TIMEOUT, Dealer
 
 log = logging.getLogger("whosthere.node")
 
@@ -326,15 +326,26 @@ class Node:
 
     def _depart(self, timeout: float) -> None:
         assert self._address is not None
+        deadline = time.monotonic() + timeout
         info = lookup(self._address, timeout)
-        for i in range(self.pool_size):
-            conn = Connection(info.endpoints[shard_name(i)], timeout=timeout, what="shard")
-            try:
-                conn.call(Depart())
-            except WhosthereError as exc:  # stopping anyway: peers fall back to down_period
-                log.warning("graceful permdown of shard %d failed: %s", i, exc)
-            finally:
-                conn.close(0)
+        shards = [info.endpoints[shard_name(i)] for i in range(self.pool_size)]
+        dealers = [Dealer(endpoint, what="shard") for endpoint in shards]
+        try:  # every shard says goodbye at once; each answers once its peers acknowledge
+            refs = [d.request(Depart(), deadline, timeout) for d in dealers]
+            for i, (dealer, ref) in enumerate(zip(dealers, refs, strict=True)):
+                try:
+                    missing = dealer.result(ref, Depart(), deadline, timeout)
+                except WhosthereError as exc:  # stopping anyway: peers use down_period
+                    log.warning("graceful permdown of shard %d failed: %s", i, exc)
+                    continue
+                if missing:
+                    log.warning(
+                        "graceful permdown of shard %d: no acknowledgement from %s (they "
+                        "drop this node after down_period)", i, ", ".join(missing),
+                    )  # fmt: skip
+        finally:
+            for dealer in dealers:
+                dealer.close()
 
     def _stop_tree(self, deadline: float) -> None:
         """SIGTERM the supervisor, SIGKILL the process group at the deadline, clean up."""

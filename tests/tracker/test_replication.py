@@ -6,7 +6,7 @@ from whosthere.node import TRACKER_DEFAULTS
 from whosthere.tracker.replication import Replication
 from whosthere.tracker.state import State
 from whosthere.transport import crdt_wire as wire
-from whosthere.transport.messages import Heartbeat, TransferReq
+from whosthere.transport.messages import GoodbyeAck, Heartbeat, TransferReq
 
 OPTS = {**TRACKER_DEFAULTS, "broadcast_period": 1.0, "down_period": 5.0,
         "permdown_period": 20.0, "max_silent_periods": 3, "clock_sample_periods": 2}  # fmt: skip
@@ -65,3 +65,19 @@ def test_a_peer_clock_naming_an_unknown_replica_does_not_make_transfers_for_ever
     a.on_heartbeat(heartbeat(b), 0.0)
     requests = [m for t in range(6) for _, m in a.tick(float(t))[0] if isinstance(m, TransferReq)]
     assert requests == []
+
+
+def test_a_goodbye_is_acknowledged_every_time_and_drops_the_replica_once():
+    a, b, c = replica("a"), replica("b"), replica("c")
+    b.state.join(1, "t", "bob", b"\x80")
+    a.on_heartbeat(heartbeat(b, with_delta=True), 0.0)
+    a.on_heartbeat(heartbeat(c), 0.0)
+    (to, goodbye), waiting = b.goodbye()
+    assert to == "*" and waiting == set()  # b heard from nobody: no one to wait for
+    outs, (_, leaves) = a.on_graceful_permdown(goodbye)
+    assert outs == [("b", GoodbyeAck(a.me))] and [e.key for e in leaves] == ["bob"]
+    assert list(a.peers) == ["c"]
+    outs, diff = a.on_graceful_permdown(goodbye)  # repeated (its ack was lost): ack again
+    assert outs == [("b", GoodbyeAck(a.me))] and diff == ([], [])
+    b.on_heartbeat(heartbeat(a), 1.0)
+    assert b.goodbye()[1] == {"a"}

@@ -23,7 +23,13 @@ from whosthere.tracker import deltas
 from whosthere.tracker.clock import ClockSet, append_clock, replicas_of
 from whosthere.tracker.state import Delta, Element, ReplicaRef, State
 from whosthere.transport import crdt_wire as wire
-from whosthere.transport.messages import GracefulPermdown, Heartbeat, TransferAck, TransferReq
+from whosthere.transport.messages import (
+    GoodbyeAck,
+    GracefulPermdown,
+    Heartbeat,
+    TransferAck,
+    TransferReq,
+)
 
 log = logging.getLogger("whosthere.replication")
 
@@ -172,17 +178,20 @@ class Replication:
         log.info("%s: transfer from %s merged", self.me, msg.replica)
         return diff
 
-    def on_graceful_permdown(self, msg: GracefulPermdown) -> Diff:
+    def on_graceful_permdown(self, msg: GracefulPermdown) -> tuple[list[Out], Diff]:
+        """Drop the departing replica and acknowledge (a repeated goodbye too)."""
         name, vsn = wire.decode_replica(msg.replica)
+        ack = [(name, GoodbyeAck(self.me))]
         peer = self.peers.get(name)
         if peer is None or peer.vsn != vsn:
-            return [], []
+            return ack, ([], [])
         log.info("%s: replica %s left (graceful permdown)", self.me, (name, vsn))
-        return [], self._forget(name)
+        return ack, ([], self._forget(name))
 
-    def goodbye(self) -> Out:
-        """The message that makes peers drop this replica at once."""
-        return ("*", GracefulPermdown(self.me))
+    def goodbye(self) -> tuple[Out, set[str]]:
+        """The message that makes peers drop this replica at once, and the peers that
+        should acknowledge it (those up now)."""
+        return ("*", GracefulPermdown(self.me)), {n for n, p in self.peers.items() if not p.down}
 
     def status(self, now: float) -> dict[str, Any]:
         return {

@@ -25,7 +25,7 @@ import random
 import time
 from typing import Any
 
-from whosthere.actors.base import Actor, ActorSpec
+from whosthere.actors.base import NOREPLY, Actor, ActorSpec, Request
 from whosthere.errors import MalformedFrame, NotTracked, RefChanged, WhosthereError
 from whosthere.tracker.refs import RefMaker
 from whosthere.tracker.replication import Replication
@@ -39,6 +39,7 @@ from whosthere.transport.messages import (
     FromPeer,
     GetByKey,
     GetMeta,
+    GoodbyeAck,
     GracefulPermdown,
     Heartbeat,
     Link,
@@ -75,6 +76,8 @@ class _Pending:
 
 
 _UNLINKED = object()
+_GOODBYE_EVERY_S = 0.1  # a graceful permdown's goodbye is repeated this often...
+_GOODBYE_FOR_S = 1.0  # ...until every peer acknowledges it, or for this long
 _OUTBOX_MAX_BYTES = 8 * 1024 * 1024  # diffs batched into one PublishMany frame at most
 _FREEZE_EVERY = 10_000  # presences added between two gc.freeze()
 _LISTED_MAX_BYTES = 64 * 1024 * 1024  # packed list replies kept (all dropped beyond)
@@ -134,6 +137,8 @@ class ShardActor(Actor):
         self.tracker: dict[str, Any] = opts.get("tracker") or {}
         self.replication = Replication(self.state, self.tracker) if cluster else None
         self.departed = False
+        # a Depart call waiting for acknowledgements: (request, peers waited for, deadline)
+        self.departing: tuple[Request, set[str], float] | None = None
         self.refs = RefMaker(f"{spec.node_name}/{self.name}/{vsn}")
         self.linked: dict[int, int | float | None] = {}  # pid -> start time it was linked with
         self.pubsub = Dealer(opts["pubsub"], what="pubsub actor", unbounded=True)
@@ -212,9 +217,15 @@ class ShardActor(Actor):
         self.call_later(self.replication.broadcast_period, self._tick)
 
     def on_from_peer(self, msg: FromPeer) -> None:
-        if self.replication is None or self.departed:
+        if self.replication is None:
             return
         inner = codec.decode(msg.payload)  # MalformedFrame: logged and dropped by the loop
+        if self.departed:
+            if isinstance(inner, GoodbyeAck) and self.departing is not None:
+                self.departing[1].discard(msg.sender)
+                if not self.departing[1]:
+                    self._departed()
+            return
         if isinstance(inner, Heartbeat):
             diff = self.replication.on_heartbeat(inner, time.monotonic())
         elif isinstance(inner, TransferReq):
@@ -223,23 +234,61 @@ class ShardActor(Actor):
         elif isinstance(inner, TransferAck):
             diff = self.replication.on_transfer_ack(inner)
         elif isinstance(inner, GracefulPermdown):
-            diff = self.replication.on_graceful_permdown(inner)
+            outs, diff = self.replication.on_graceful_permdown(inner)
+            self._send_peers(outs)
+        elif isinstance(inner, GoodbyeAck):
+            return  # a late answer to an earlier incarnation's goodbye
         else:
             raise MalformedFrame(f"{type(inner).__name__} is not a replication message")
         self.report(_by_topic(*diff))
 
-    def on_depart(self, msg: Depart) -> None:
-        """Tell the peers to drop this replica now (graceful permdown); it replicates no more."""
-        if self.replication is not None and not self.departed:
-            self._send_peers([self.replication.goodbye()])
-            self.departed = True
-            self.cluster.flush(1.0)  # type: ignore[union-attr]  # handed over when we answer
+    def on_depart(self, msg: Depart) -> Any:
+        """Tell the peers to drop this replica now (graceful permdown); it replicates no more.
+
+        The goodbye is repeated until every peer that was up acknowledges it (or
+        `_GOODBYE_FOR_S` passes): a lost goodbye would leave this node's presences shown
+        for down_period. The answer lists the peers that did not acknowledge."""
+        if self.replication is None or self.departed:
+            return []
+        goodbye, waiting = self.replication.goodbye()
+        self._send_peers([goodbye])
+        self.departed = True
+        if not waiting:
+            return []
+        assert self.request is not None, "Depart is a call"
+        self.departing = (self.request, waiting, time.monotonic() + _GOODBYE_FOR_S)
+        self.call_later(_GOODBYE_EVERY_S, lambda: self._say_goodbye(goodbye))
+        return NOREPLY
+
+    def _say_goodbye(self, goodbye: tuple[str, tuple]) -> None:
+        if self.departing is None:
+            return
+        if time.monotonic() >= self.departing[2]:
+            self.log.warning(
+                "%s: no goodbye acknowledgement from %s; they drop this replica after "
+                "down_period", self.name, ", ".join(sorted(self.departing[1])),
+            )  # fmt: skip
+            self._departed()
+            return
+        for name in self.departing[1]:
+            self._cast_peer(name, goodbye[1])
+        self.call_later(_GOODBYE_EVERY_S, lambda: self._say_goodbye(goodbye))
+
+    def _departed(self) -> None:
+        assert self.departing is not None
+        request, missing, _ = self.departing
+        self.departing = None
+        self.cluster.flush(1.0)  # type: ignore[union-attr]
+        self.reply(request, sorted(missing))
 
     def _send_peers(self, outs: list[tuple[str, tuple]]) -> None:
         if self.departed:
             return
         for to, message in outs:
-            self.cluster.cast(ClusterCast(to, self.index, codec.encode(message)))  # type: ignore[union-attr]
+            self._cast_peer(to, message)
+
+    def _cast_peer(self, to: str, message: tuple) -> None:
+        self.cluster.cast(ClusterCast(to, self.index, codec.encode(message)))  # type: ignore[union-attr]
 
     # -- requests --------------------------------------------------------------------------
 

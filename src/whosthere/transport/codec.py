@@ -56,6 +56,7 @@ TAGS: dict[type, int] = {
     m.TransferAck: 62,
     m.GracefulPermdown: 63,
     m.Depart: 64,
+    m.GoodbyeAck: 65,
 }
 
 MAX_FRAME_BYTES = 64 * 1024 * 1024  # larger frames are refused before unpacking

@@ -312,6 +312,12 @@ class Depart(NamedTuple):
 
 
 class GracefulPermdown(NamedTuple):
-    """A replica going away for good: drop its presences now."""
+    """A replica going away for good: drop its presences now (answered by `GoodbyeAck`)."""
+
+    replica: list[Any]
+
+
+class GoodbyeAck(NamedTuple):
+    """A peer replica has dropped the departing one; the goodbye is repeated until then."""
 
     replica: list[Any]
