@@ -147,19 +147,34 @@ def test_a_worker_killed_on_one_node_leaves_everywhere(owner):
 
 
 def test_a_node_killed_with_sigkill_leaves_after_down_period(owner):
+    """Node c's whole process tree is killed: after down_period its presences leave a and b;
+    after permdown_period they forget it (replica and address: no longer dialled)."""
     with cluster(3) as nodes:
         a, b, c = nodes
         for i, node in enumerate(nodes):
             node.presence.track(owner.pid, "room", f"u{i}", {"v": i})
         converged(nodes, {"room": {"u0": [0], "u1": [1], "u2": [2]}})
         with b.presence.subscribe("room") as sub:
-            os.killpg(a.pid, signal.SIGKILL)  # the supervisor and every actor of node a
+            os.killpg(c.pid, signal.SIGKILL)  # the supervisor and every actor of node c
             # a join diff may still be on its way (list can show a change before its diff)
-            wait_until(lambda: "u0" in (sub.get(timeout=0.1) or _NO_DIFF).payload["leaves"])
-        converged([b, c], {"room": {"u1": [1], "u2": [2]}})
-        for node in (b, c):  # permdown: forgotten
-            wait_until(lambda node=node: list(node.status()["peers"]) == [
-                p for p in ("n1", "n2") if p != node.name], timeout=10)  # fmt: skip
+            wait_until(lambda: "u2" in (sub.get(timeout=0.1) or _NO_DIFF).payload["leaves"])
+        converged([a, b], {"room": {"u0": [0], "u1": [1]}})
+        for node, other in ((a, "n1"), (b, "n0")):  # permdown: forgotten
+            wait_until(lambda n=node, o=other: list(n.status()["peers"]) == [o], timeout=10)
+            wait_until(lambda n=node, o=other: list(n.status()["cluster"]["peers"]) == [o])
+
+
+def test_a_node_restarted_under_another_name_replaces_the_old_name(owner):
+    with cluster(3, down_period=5.0, permdown_period=20.0) as nodes:
+        address = nodes[2].cluster_address
+        nodes[2].stop()
+        nodes[2] = whosthere.Node(
+            name="m2", listen=address, peers=[nodes[0].cluster_address], **FAST
+        ).start()
+        for node, others in zip(nodes, (["m2", "n1"], ["m2", "n0"], ["n0", "n1"]), strict=True):
+            wait_until(lambda node=node, o=others: sorted(node.status()["cluster"]["peers"]) == o)
+        nodes[2].presence.track(owner.pid, "room", "m", {"v": 1})
+        converged(nodes, {"room": {"m": [1]}})
 
 
 @pytest.mark.parametrize(

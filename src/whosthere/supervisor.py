@@ -97,6 +97,8 @@ def node_children(config: dict[str, Any]) -> list[ActorSpec]:
                     "peers": config["peers"],
                     "pool_size": pool,
                     "shards": [endpoint(shard_name(i)) for i in range(pool)],
+                    # a peer silent this long is forgotten by the shards: by this actor too
+                    "forget_after": config.get("tracker", {}).get("permdown_period", 1200.0),
                 },
                 **common,
             )

@@ -67,7 +67,7 @@ def test_every_message_round_trips():
         m.TransferReq(7, ["a", 1], []),
         m.TransferAck(7, ["b", 2], None, [["b", 2], [], [], []]),
         m.GracefulPermdown(["a", 1]),
-            m.GoodbyeAck(["b", 2]),
+        m.GoodbyeAck(["b", 2]),
         m.Depart(),
     ]
     assert {type(s) for s in samples} == {c for c, t in codec.TAGS.items() if t < 1000}

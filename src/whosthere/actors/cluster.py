@@ -13,6 +13,11 @@ Peers with another pool_size are refused, and both sides log and report why.
 A peer that is not up yet or goes away never blocks anything: sends never wait (ZeroMQ
 reconnects by itself; what cannot be sent now is dropped, and replication repairs the loss
 with transfers). Hellos are repeated every second until answered.
+
+Nothing is kept for ever: an address learned from others that has been silent for
+`forget_after` (the permdown period) is no longer dialled nor passed on (only addresses
+heard from are), and a name that reappears on another's address replaces it (a node
+restarted under a new name).
 """
 
 from __future__ import annotations
@@ -71,15 +76,18 @@ class ClusterActor(Actor):
         # from the environment, never the command line (other users can read argv)
         self.cookie: str | None = os.environ.get(COOKIE_ENV) or None
         self.listen_endpoint: str = opts["listen"]
-        self.known: set[str] = {p for p in opts.get("peers", ()) if p}
+        self.seeds: set[str] = {p for p in opts.get("peers", ()) if p}  # never forgotten
+        self.forget_after: float = float(opts.get("forget_after", 1200.0))
         self.shards = [Dealer(e, what=f"shard {i}", unbounded=True)
                        for i, e in enumerate(opts["shards"])]  # fmt: skip
         self.listener = socket(zmq.ROUTER)
         self.listener.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.outgoing: dict[str, zmq.Socket] = {}  # peer listen address -> our DEALER
+        self.answered: dict[str, float] = {}  # peer listen address -> last heard (or dialled)
         self.address_of: dict[str, str] = {}  # peer name -> its listen address
         self.routes: dict[str, tuple[str, Any]] = {}  # peer name -> ("out", addr) / ("in", id)
-        self.refused: dict[str, str] = {}  # peer name or address -> why
+        self.refused: dict[str, str] = {}  # peer name -> why
+        self.refused_at: dict[str, float] = {}
         self.heard: dict[str, float] = {}  # peer name -> monotonic time last heard
         self.dropping: set[str] = set()  # test hook: peers whose traffic is dropped
         self.sent = self.received = self.dropped = 0
@@ -93,9 +101,9 @@ class ClusterActor(Actor):
             self.listener.curve_publickey = public
             self.listener.curve_secretkey = secret
         self.listen_endpoint = bind(self.listener, self.listen_endpoint)
-        self.known.discard(self.listen_endpoint)
+        self.seeds.discard(self.listen_endpoint)
         self.add_reader(self.listener, self._on_listener)
-        for address in sorted(self.known):
+        for address in sorted(self.seeds):
             self._connect(address)
         self.call_later(0, self._hello_all)
 
@@ -144,20 +152,49 @@ class ClusterActor(Actor):
             self.log.warning("%s: cannot dial peer %r: %s", self.me, address, exc)
             return False
         self.outgoing[address] = sock
+        self.answered[address] = time.monotonic()
         self.add_reader(sock, lambda: self._on_outgoing(address))
         return True
 
     def _hello(self) -> bytes:
-        peers = sorted({*self.known, *self.address_of.values()} - {self.listen_endpoint})
+        """Our hello, with the addresses worth passing on: the seeds, and those that
+        answered lately (a dead address would otherwise circulate for ever)."""
+        now = time.monotonic()
+        live = {a for a, t in self.answered.items() if now - t < self.forget_after / 2}
+        peers = sorted((self.seeds | live) - {self.listen_endpoint})
         return codec.encode(PeerHello(self.me, self.pool_size, self.listen_endpoint, peers))
 
     def _hello_all(self) -> None:
         """Greet every peer connection, every second: a restarted peer learns of us again,
         and the mesh fills in as addresses spread."""
+        self._forget_silent(time.monotonic())
         hello = self._hello()
         for address in self.outgoing:
             self._reply(("out", address), hello)
         self.call_later(_HELLO_EVERY_S, self._hello_all)
+
+    def _forget_silent(self, now: float) -> None:
+        for address, at in list(self.answered.items()):
+            if address not in self.seeds and now - at > self.forget_after:
+                self.log.info("%s: forgot peer address %s (silent %.0f s)", self.me, address,
+                              now - at)  # fmt: skip
+                sock = self.outgoing.pop(address)
+                del self.answered[address]
+                self.remove_reader(sock)
+                sock.close(linger=0)
+                for name in [n for n, r in self.routes.items() if r == ("out", address)]:
+                    self._forget_name(name)
+        for name, at in list(self.heard.items()):
+            if now - at > self.forget_after and self.routes.get(name, ("in",))[0] == "in":
+                self._forget_name(name)  # an incoming route only: gone with its peer
+        for name, at in list(self.refused_at.items()):
+            if now - at > self.forget_after:
+                del self.refused[name], self.refused_at[name]
+
+    def _forget_name(self, name: str) -> None:
+        self.routes.pop(name, None)
+        self.address_of.pop(name, None)
+        self.heard.pop(name, None)
 
     # -- from shards -----------------------------------------------------------------------
 
@@ -197,6 +234,7 @@ class ClusterActor(Actor):
             except zmq.Again:
                 return
             if len(frames) == 1:
+                self.answered[address] = time.monotonic()
                 self._from_peer(frames[0], ("out", address))
 
     def _from_peer(self, body: bytes, route: tuple[str, Any]) -> None:
@@ -220,7 +258,7 @@ class ClusterActor(Actor):
         elif isinstance(msg, PeerRefused):
             if self.refused.get(msg.name) != msg.reason:
                 self.log.error("%s: peer %s refused this node: %s", self.me, msg.name, msg.reason)
-            self.refused[msg.name] = msg.reason
+            self._refuse(msg.name, msg.reason)
         else:
             self.log.warning("%s: unexpected %s from a peer", self.me, type(msg).__name__)
 
@@ -234,13 +272,21 @@ class ClusterActor(Actor):
             )
             if self.refused.get(msg.name) != reason:
                 self.log.error("%s: refused peer %s: %s", self.me, msg.name, reason)
-            self.refused[msg.name] = reason
+            self._refuse(msg.name, reason)
             self._reply(route, codec.encode(PeerRefused(self.me, reason)))
             return
         self.refused.pop(msg.name, None)
+        self.refused_at.pop(msg.name, None)
+        for ghost in [n for n, a in self.address_of.items() if a == msg.listen and n != msg.name]:
+            self.log.info("%s: peer %s is now %s (same address)", self.me, ghost, msg.name)
+            self._forget_name(ghost)  # restarted under another name
         self._learn(msg.name, route, [msg.listen, *msg.peers])
         self.address_of[msg.name] = msg.listen
         self._reply(route, codec.encode(PeerWelcome(self.me, sorted(self.address_of.values()))))
+
+    def _refuse(self, name: str, reason: str) -> None:
+        self.refused[name] = reason
+        self.refused_at[name] = time.monotonic()
 
     def _reply(self, route: tuple[str, Any], body: bytes) -> None:
         """Send on a route without ever waiting: a frame that cannot go now is dropped
@@ -269,8 +315,7 @@ class ClusterActor(Actor):
             self.routes[name] = route  # the peer reconnected: its new identity
         if route[0] == "out":
             self.address_of[name] = route[1]
-        self.heard.setdefault(name, time.monotonic())
+        self.heard[name] = time.monotonic()
         for address in addresses:
-            ok = isinstance(address, str) and address != self.listen_endpoint
-            if ok and self._connect(address):
-                self.known.add(address)
+            if isinstance(address, str) and address != self.listen_endpoint:
+                self._connect(address)
