@@ -365,3 +365,16 @@ def test_listening_beyond_loopback_needs_a_cookie(monkeypatch):
         whosthere.Node(listen="tcp://127.0.0.1:7000", peers=["tcp://nohost"])
     with pytest.raises(ValueError, match="peers need listen"):
         whosthere.Node(peers=["tcp://127.0.0.1:7000"])
+
+
+def test_a_whole_state_transfer_over_the_frame_limit_arrives_in_pieces(owner):
+    """70 MB of presences (frames over 64 MiB are refused unread) reach a newcomer."""
+    pad = "x" * 10_000
+    with whosthere.Node(name="big", listen=LISTEN, **FAST) as a:
+        a.presence.track_many(
+            [(owner.pid, f"t{i % 10}", f"k{i}", {"pad": pad}) for i in range(7000)]
+        )
+        with whosthere.Node(name="new", listen=LISTEN, peers=[a.cluster_address], **FAST) as b:
+            wait_until(lambda: len(b.presence.list("t3")) == 700, timeout=30)
+            assert sum(len(b.presence.list(f"t{t}")) for t in range(10)) == 7000
+            assert b.status()["actors"]

@@ -68,6 +68,7 @@ def test_every_message_round_trips():
         m.TransferAck(7, ["b", 2], None, [["b", 2], [], [], []]),
         m.GracefulPermdown(["a", 1]),
         m.GoodbyeAck(["b", 2]),
+        m.Fragment(7, 0, 2, b"piece"),
         m.Depart(),
     ]
     assert {type(s) for s in samples} == {c for c, t in codec.TAGS.items() if t < 1000}

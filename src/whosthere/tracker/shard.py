@@ -30,12 +30,13 @@ from whosthere.errors import MalformedFrame, NotTracked, RefChanged, WhosthereEr
 from whosthere.tracker.refs import RefMaker
 from whosthere.tracker.replication import Replication
 from whosthere.tracker.state import Element, State
-from whosthere.transport import codec
+from whosthere.transport import codec, fragments
 from whosthere.transport.messages import (
     ClusterCast,
     Depart,
     Fetch,
     Fetched,
+    Fragment,
     FromPeer,
     GetByKey,
     GetMeta,
@@ -137,6 +138,7 @@ class ShardActor(Actor):
         self.tracker: dict[str, Any] = opts.get("tracker") or {}
         self.replication = Replication(self.state, self.tracker) if cluster else None
         self.departed = False
+        self.reassembler = fragments.Reassembler()
         # a Depart call waiting for acknowledgements: (request, peers waited for, deadline)
         self.departing: tuple[Request, set[str], float] | None = None
         self.refs = RefMaker(f"{spec.node_name}/{self.name}/{vsn}")
@@ -201,7 +203,8 @@ class ShardActor(Actor):
             "fetch_failures": self.fetch_failures,
             **(
                 {"replicas": self.replication.status(time.monotonic()),
-                 "transfers": self.replication.transfers}
+                 "transfers": self.replication.transfers,
+                 "fragmented_lost": self.reassembler.lost}
                 if self.replication is not None
                 else {}
             ),
@@ -220,6 +223,10 @@ class ShardActor(Actor):
         if self.replication is None:
             return
         inner = codec.decode(msg.payload)  # MalformedFrame: logged and dropped by the loop
+        if isinstance(inner, Fragment):
+            inner = self.reassembler.add(msg.sender, inner)
+            if inner is None:
+                return  # more pieces to come
         if self.departed:
             if isinstance(inner, GoodbyeAck) and self.departing is not None:
                 self.departing[1].discard(msg.sender)
@@ -288,7 +295,8 @@ class ShardActor(Actor):
             self._cast_peer(to, message)
 
     def _cast_peer(self, to: str, message: tuple) -> None:
-        self.cluster.cast(ClusterCast(to, self.index, codec.encode(message)))  # type: ignore[union-attr]
+        for frame in fragments.encode(message):  # a whole-state transfer may need several
+            self.cluster.cast(ClusterCast(to, self.index, frame))  # type: ignore[union-attr]
 
     # -- requests --------------------------------------------------------------------------
 

@@ -57,6 +57,7 @@ TAGS: dict[type, int] = {
     m.GracefulPermdown: 63,
     m.Depart: 64,
     m.GoodbyeAck: 65,
+    m.Fragment: 66,
 }
 
 MAX_FRAME_BYTES = 64 * 1024 * 1024  # larger frames are refused before unpacking
@@ -274,10 +275,13 @@ def encode(msg: tuple) -> bytes:
         raise InvalidMeta(f"{type(msg).__name__} cannot be sent: {exc}") from exc
 
 
-def decode(data: bytes) -> Any:
-    """The message in `data`; `MalformedFrame` if it is not one, with the reason."""
-    if len(data) > MAX_FRAME_BYTES:
-        raise MalformedFrame(f"frame of {len(data)} bytes exceeds {MAX_FRAME_BYTES}")
+def decode(data: bytes, max_bytes: int = MAX_FRAME_BYTES) -> Any:
+    """The message in `data`; `MalformedFrame` if it is not one, with the reason.
+
+    `max_bytes`: larger frames are refused unread (a message reassembled from fragments,
+    whose size was bounded as they came, is allowed more)."""
+    if len(data) > max_bytes:
+        raise MalformedFrame(f"frame of {len(data)} bytes exceeds {max_bytes}")
     try:
         obj = msgpack.unpackb(data, raw=False, strict_map_key=False)
     except Exception as exc:  # msgpack raises several unrelated types on garbage

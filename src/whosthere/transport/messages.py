@@ -321,3 +321,13 @@ class GoodbyeAck(NamedTuple):
     """A peer replica has dropped the departing one; the goodbye is repeated until then."""
 
     replica: list[Any]
+
+
+class Fragment(NamedTuple):
+    """One piece of a replication message too large for one frame (a whole-state transfer
+    of a big shard). The pieces of one message travel in order on one route."""
+
+    ident: int  # the same for every piece of one message
+    index: int
+    count: int
+    data: bytes

@@ -1,0 +1,85 @@
+"""Replication messages larger than a frame, cut into `Fragment`s and put back together.
+
+A whole-state transfer of a shard holding a million presences is hundreds of megabytes,
+while every hop refuses frames over `codec.MAX_FRAME_BYTES` unread. The sender cuts such a
+message into pieces; the receiver keeps one message in progress per sender (the pieces of
+one message travel in order on one route, so a new ident means the last one lost a piece
+and will be repaired by a later transfer).
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+from whosthere.errors import MalformedFrame
+from whosthere.transport import codec
+from whosthere.transport.messages import Fragment
+
+FRAGMENT_BYTES = 8 * 1024 * 1024  # far below the frame limit once wrapped for the route
+MAX_MESSAGE_BYTES = 2 * 1024 * 1024 * 1024  # a reassembled message; larger ones are refused
+
+_idents = itertools.count(random.getrandbits(32))
+
+
+def encode(message: tuple, limit: int = FRAGMENT_BYTES) -> list[bytes]:
+    """The frames that carry `message`: itself, or its fragments if it is over `limit`."""
+    body = codec.encode(message)
+    if len(body) <= limit:
+        return [body]
+    ident = next(_idents)
+    count = -(-len(body) // limit)
+    view = memoryview(body)
+    return [
+        codec.encode(Fragment(ident, i, count, bytes(view[i * limit : (i + 1) * limit])))
+        for i in range(count)
+    ]
+
+
+class Reassembler:
+    """Puts fragments back together, one message in progress per sender."""
+
+    def __init__(self, max_bytes: int = MAX_MESSAGE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self.pending: dict[str, _Partial] = {}
+        self.lost = 0  # messages abandoned because a piece never came
+
+    def add(self, sender: str, piece: Fragment) -> tuple | None:
+        """The whole message once its last piece arrives, else None. `MalformedFrame` if
+        the pieces cannot make a message (it is dropped; later ones still work)."""
+        partial = self.pending.pop(sender, None)
+        if piece.index == 0:
+            if partial is not None:
+                self.lost += 1  # a new message: the last one lost a piece
+            if not 1 < piece.count <= self.max_bytes:
+                raise MalformedFrame(f"fragment count {piece.count} out of range")
+            partial = _Partial(piece.ident, piece.count)
+        elif partial is None or (piece.ident, piece.count, piece.index) != (
+            partial.ident, partial.count, len(partial.parts),
+        ):  # fmt: skip
+            self.lost += partial is not None
+            return None  # a piece of a message whose start (or a middle piece) was lost
+        partial.size += len(piece.data)
+        if partial.size > self.max_bytes:
+            raise MalformedFrame(f"fragmented message over {self.max_bytes} bytes")
+        partial.parts.append(piece.data)
+        if len(partial.parts) < partial.count:
+            self.pending[sender] = partial
+            return None
+        message = codec.decode(b"".join(partial.parts), max_bytes=self.max_bytes)
+        if isinstance(message, Fragment):
+            raise MalformedFrame("a fragment inside a fragmented message")
+        return message
+
+    def forget(self, sender: str) -> None:
+        self.pending.pop(sender, None)
+
+
+class _Partial:
+    __slots__ = ("count", "ident", "parts", "size")
+
+    def __init__(self, ident: int, count: int) -> None:
+        self.ident = ident
+        self.count = count
+        self.parts: list[bytes] = []
+        self.size = 0
