@@ -359,8 +359,12 @@ def test_listening_beyond_loopback_needs_a_cookie(monkeypatch):
         whosthere.Node(listen="tcp://192.0.2.1:7000")
     with pytest.raises(ValueError, match="tcp://host:port"):
         whosthere.Node(listen="ipc:///tmp/x")
-    with pytest.raises(ValueError, match="not a wildcard"):
+    with pytest.raises(ValueError, match="give advertise="):
         whosthere.Node(listen="tcp://0.0.0.0:7000", cookie="c")
+    with pytest.raises(ValueError, match="give advertise="):
+        whosthere.Node(listen="tcp://0.0.0.0:7000", advertise="tcp://*:7000", cookie="c")
+    with pytest.raises(ValueError, match="needs listen"):
+        whosthere.Node(advertise="tcp://127.0.0.1:7000")
     with pytest.raises(ValueError, match="tcp://host:port"):
         whosthere.Node(listen="tcp://127.0.0.1:7000", peers=["tcp://nohost"])
     with pytest.raises(ValueError, match="peers need listen"):
@@ -378,3 +382,17 @@ def test_a_whole_state_transfer_over_the_frame_limit_arrives_in_pieces(owner):
             wait_until(lambda: len(b.presence.list("t3")) == 700, timeout=30)
             assert sum(len(b.presence.list(f"t{t}")) for t in range(10)) == 7000
             assert b.status()["actors"]
+
+
+def test_a_node_listening_on_every_interface_advertises_a_dialable_address(owner):
+    opts = {**FAST, "cookie": "secret"}
+    anywhere = {"listen": "tcp://0.0.0.0:0", "advertise": "tcp://127.0.0.1:0"}
+    wild = whosthere.Node(name="w0", **anywhere, **opts)
+    with wild as a:
+        status = a.status()["cluster"]
+        assert status["bound"].startswith("tcp://0.0.0.0:")
+        assert a.cluster_address == "tcp://127.0.0.1:" + status["bound"].rsplit(":", 1)[1]
+        with whosthere.Node(name="w1", listen=LISTEN, peers=[a.cluster_address], **opts) as b:
+            a.presence.track(owner.pid, "room", "alice", {"v": 1})
+            converged([a, b], {"room": {"alice": [1]}})
+            assert b.status()["cluster"]["peers"]["w0"]["address"] == a.cluster_address

@@ -27,6 +27,7 @@ def _serve(args: argparse.Namespace) -> int:
         listen=args.listen,
         peers=args.peer,
         cookie=args.cookie,
+        advertise=args.advertise,
     )
     stop = False
 
@@ -180,6 +181,9 @@ def parser() -> argparse.ArgumentParser:
         "--peer", action="append", default=[], help="a peer's listen address (repeatable)"
     )
     serve.add_argument("--cookie", default=None, help="cluster secret ($WHOSTHERE_COOKIE)")
+    serve.add_argument(
+        "--advertise", default=None, help="tcp://host:port peers dial, if not --listen's"
+    )
     serve.set_defaults(func=_serve)
 
     status = sub.add_parser("status", help="print a running node's status")

@@ -86,18 +86,27 @@ _LOOPBACK = ("127.", "localhost", "[::1]", "::1")
 
 
 def _check_cluster(
-    listen: str | None, peers: tuple[str, ...] | list[str], cookie: str | None
+    listen: str | None,
+    peers: tuple[str, ...] | list[str],
+    cookie: str | None,
+    advertise: str | None = None,
 ) -> tuple[str | None, tuple[str, ...]]:
     """Cluster wiring as given, checked: tcp endpoints, and loopback only without a cookie."""
     if isinstance(peers, str):
         peers = (peers,)
     peers = tuple(peers)
-    for endpoint in (*([listen] if listen else []), *peers):
+    if advertise is not None and not listen:
+        raise ValueError("advertise= needs listen=")
+    wild = isinstance(listen, str) and advertise is not None and valid_endpoint(listen, True)
+    for endpoint in (*([advertise or listen] if listen else []), *peers):
         if not isinstance(endpoint, str) or not valid_endpoint(endpoint):
             raise ValueError(
                 f"cluster endpoints are tcp://host:port with a host peers can dial "
-                f"(not a wildcard such as 0.0.0.0), got {endpoint!r}"
+                f"(not a wildcard such as 0.0.0.0: to listen on every interface, give "
+                f"advertise= the address peers dial), got {endpoint!r}"
             )
+    if listen and not (wild or valid_endpoint(listen)):
+        raise ValueError(f"listen must be tcp://host:port, got {listen!r}")
     if peers and not listen:
         raise ValueError("peers need listen=: peers must be able to reach this node too")
     if listen and not cookie and not listen[len("tcp://") :].startswith(_LOOPBACK):
@@ -155,6 +164,7 @@ class Node:
         meta_limit: int = DEFAULT_META_LIMIT,
         log_level: str | None = None,
         cookie: str | None = None,
+        advertise: str | None = None,
         **tracker_options: Any,
     ) -> None:
         """Configure a node; nothing starts before `start()`.
@@ -171,6 +181,9 @@ class Node:
             cookie: the cluster secret (default `$WHOSTHERE_COOKIE`); traffic between nodes
                 is CURVE-authenticated with keys derived from it. Without one, `listen`
                 must be a loopback address.
+            advertise: the `tcp://host:port` peers are told to dial, when it is not `listen`
+                (a wildcard such as `tcp://0.0.0.0:7000`, or an address behind NAT); port 0:
+                the port bound.
             max_restarts, max_seconds: restart intensity, as OTP's: more than `max_restarts`
                 actor restarts within `max_seconds` stops the node.
             start_timeout: seconds `start()` waits for every actor to be ready.
@@ -186,7 +199,8 @@ class Node:
                 checked now and used once nodes form a cluster.
         """
         self.cookie = cookie if cookie is not None else os.environ.get(COOKIE_ENV)
-        self.listen, self.peers = _check_cluster(listen, peers, self.cookie)
+        self.listen, self.peers = _check_cluster(listen, peers, self.cookie, advertise)
+        self.advertise = advertise
         if not isinstance(pool_size, int) or pool_size < 1:
             raise ValueError(f"pool_size must be a positive int, got {pool_size!r}")
         if max_restarts < 0 or max_seconds <= 0:
@@ -260,6 +274,7 @@ class Node:
             "meta_limit": self.meta_limit,
             "log_level": self.log_level,
             "listen": self.listen,
+            "advertise": self.advertise,
             "peers": list(self.peers),
             "tracker": self.tracker_options,
             "ready_fd": events_w,

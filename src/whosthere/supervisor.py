@@ -94,6 +94,7 @@ def node_children(config: dict[str, Any]) -> list[ActorSpec]:
                 endpoint=cluster,
                 options={
                     "listen": config["listen"],
+                    "advertise": config.get("advertise"),
                     "peers": config["peers"],
                     "pool_size": pool,
                     "shards": [endpoint(shard_name(i)) for i in range(pool)],

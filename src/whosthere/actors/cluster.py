@@ -50,10 +50,29 @@ COOKIE_ENV = "WHOSTHERE_COOKIE"
 _ENDPOINT = re.compile(r"^tcp://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+):([0-9]{1,5})$")
 
 
-def valid_endpoint(address: str) -> bool:
-    """tcp://host:port with a concrete host (peers must be able to dial it)."""
-    match = _ENDPOINT.match(address)
-    return bool(match) and match.group(1) not in ("0.0.0.0", "[::]") and int(match.group(2)) < 65536
+_WILDCARDS = ("0.0.0.0", "[::]", "*")
+
+
+def valid_endpoint(address: str, wildcard: bool = False) -> bool:
+    """tcp://host:port with a concrete host (peers must be able to dial it); with
+    `wildcard`, an address to bind on every interface is accepted too."""
+    match = _ENDPOINT.match(address) or (
+        wildcard and re.match(r"^tcp://(\*):([0-9]{1,5})$", address)
+    )
+    return (
+        bool(match)
+        and (wildcard or match.group(1) not in _WILDCARDS)
+        and int(match.group(2)) < 65536
+    )
+
+
+def advertised(bound: str, advertise: str | None) -> str:
+    """The address peers are told: `advertise` (its port 0: the port bound), or `bound`."""
+    if not advertise:
+        return bound
+    if advertise.endswith(":0"):
+        return advertise[:-1] + bound.rsplit(":", 1)[1]
+    return advertise
 
 
 _PEER_HWM = 10_000  # frames queued for one peer before they are dropped
@@ -75,11 +94,13 @@ class ClusterActor(Actor):
         self.pool_size: int = opts["pool_size"]
         # from the environment, never the command line (other users can read argv)
         self.cookie: str | None = os.environ.get(COOKIE_ENV) or None
-        self.listen_endpoint: str = opts["listen"]
+        self.listen_endpoint: str = opts["listen"]  # once bound: the address peers are told
+        self.advertise: str | None = opts.get("advertise")
         self.seeds: set[str] = {p for p in opts.get("peers", ()) if p}  # never forgotten
         self.forget_after: float = float(opts.get("forget_after", 1200.0))
         self.shards = [Dealer(e, what=f"shard {i}", unbounded=True)
                        for i, e in enumerate(opts["shards"])]  # fmt: skip
+        self.bound = ""
         self.listener = socket(zmq.ROUTER)
         self.listener.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.outgoing: dict[str, zmq.Socket] = {}  # peer listen address -> our DEALER
@@ -100,7 +121,8 @@ class ClusterActor(Actor):
             self.listener.curve_server = True
             self.listener.curve_publickey = public
             self.listener.curve_secretkey = secret
-        self.listen_endpoint = bind(self.listener, self.listen_endpoint)
+        self.bound = bind(self.listener, self.listen_endpoint)
+        self.listen_endpoint = advertised(self.bound, self.advertise)
         self.seeds.discard(self.listen_endpoint)
         self.add_reader(self.listener, self._on_listener)
         for address in sorted(self.seeds):
@@ -117,6 +139,7 @@ class ClusterActor(Actor):
         now = time.monotonic()
         return {
             "listen": self.listen_endpoint,
+            "bound": self.bound,
             "peers": {
                 name: {
                     "address": self.address_of.get(name, ""),
