@@ -189,10 +189,9 @@ def test_a_node_restarted_under_another_name_replaces_the_old_name(owner):
 def test_netsplits_heal(owner, seconds, periods):
     """Node a is cut off from b and c, changes its presences, and the split heals.
 
-    b sees each key's joins and leaves in an order that ends in a's state. As upstream, a
-    split longer than down_period shows a's presences leave, then rejoin on the heal, then
-    the changes made during the split (a presence removed meanwhile may flicker: leave,
-    join, leave)."""
+    A split longer than down_period shows a's presences leave, and on the heal rejoin as
+    they are then: unlike upstream, a presence removed during the split does not join
+    again for a moment (b shows a once it has caught up)."""
     import time
 
     with cluster(3, **periods) as nodes, nodes[1].presence.subscribe("room") as sub:
@@ -223,13 +222,11 @@ def test_netsplits_heal(owner, seconds, periods):
         heal(nodes)
         converged(nodes, {"room": {"carol": [3], "new": [2], "stays": [1]}})
         drain()
-        assert events["stays"][-1] == "joins" and events["new"] == ["joins"]
-        assert events["goes"][-1] == "leaves"
-        if seconds <= periods["down_period"]:
-            assert events == {
-                "stays": ["joins"], "goes": ["joins", "leaves"], "new": ["joins"],
-                "carol": ["joins"],
-            }  # fmt: skip
+        split_seen = seconds > periods["down_period"]
+        assert events == {
+            "stays": ["joins", "leaves", "joins"] if split_seen else ["joins"],
+            "goes": ["joins", "leaves"], "new": ["joins"], "carol": ["joins"],
+        }  # fmt: skip
 
 
 def test_a_partial_partition_converges_once_healed(owner):

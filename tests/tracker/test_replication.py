@@ -81,3 +81,39 @@ def test_a_goodbye_is_acknowledged_every_time_and_drops_the_replica_once():
     assert outs == [("b", GoodbyeAck(a.me))] and diff == ([], [])
     b.on_heartbeat(heartbeat(a), 1.0)
     assert b.goodbye()[1] == {"a"}
+
+
+def test_a_peer_back_from_down_is_shown_once_caught_up_without_flicker():
+    """While b was down here it removed "goes" and added "new": a must not show "goes"
+    again (upstream: it joins, then leaves once the transfer is merged)."""
+    a, b = replica("a"), replica("b")
+    b.state.join(1, "t", "stays", b"\x80")
+    b.state.join(1, "t", "goes", b"\x80")
+    a.on_heartbeat(heartbeat(b, with_delta=True), 0.0)
+    b.on_heartbeat(heartbeat(a), 0.0)
+    _, (_, leaves) = a.tick(5.5)  # silent: down
+    assert sorted(e.key for e in leaves) == ["goes", "stays"]
+    b.state.leave(1, "t", "goes")
+    b.state.join(1, "t", "new", b"\x80")
+    b.state.take_delta()  # its heartbeats during the split were lost
+    assert a.on_heartbeat(heartbeat(b), 6.0) == ([], [])  # back, but behind: not shown yet
+    assert a.status(6.0)["b"]["status"] == "catching up"
+    requests = [m for to, m in a.tick(6.5)[0] if isinstance(m, TransferReq) and to == "b"]
+    assert len(requests) == 1  # asked at once, naming b's replica though it is down here
+    ((_to, ack),) = b.on_transfer_req(requests[0])
+    joins, leaves = a.on_transfer_ack(ack, 6.6)
+    assert sorted(e.key for e in joins) == ["new", "stays"] and leaves == []
+    assert a.status(6.6)["b"]["status"] == "up"
+
+
+def test_a_peer_that_cannot_be_caught_up_with_is_shown_after_down_period():
+    a, b = replica("a"), replica("b")
+    b.state.join(1, "t", "bob", b"\x80")
+    a.on_heartbeat(heartbeat(b, with_delta=True), 0.0)
+    a.tick(5.5)  # down
+    b.state.join(1, "t", "new", b"\x80")
+    b.state.take_delta()  # lost, and every transfer will be too
+    assert a.on_heartbeat(heartbeat(b), 6.0) == ([], [])
+    assert a.on_heartbeat(heartbeat(b), 9.0) == ([], [])
+    joins, _ = a.on_heartbeat(heartbeat(b), 11.5)  # down_period (5 s) of trying: shown
+    assert [e.key for e in joins] == ["bob"]

@@ -9,6 +9,12 @@ incarnation is dropped (its presences leave, if they were still shown) and the n
 comes up. Silence beyond `down_period` hides a peer's presences (they leave, kept); beyond
 `permdown_period` they are dropped. Every `clock_sample_periods` ticks, the shard asks the
 peers whose clocks show knowledge it lacks for a transfer.
+
+A down peer that speaks again is shown only once this replica has caught up with what it
+changed meanwhile (from its heartbeat's delta, or a transfer asked for at once): showing the
+presences held from before the split would make one removed during the split join again
+and leave a moment later (upstream's flicker). After `down_period` of catching up in vain,
+it is shown anyway.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ class Peer:
     down: bool
     heard_at: float  # monotonic seconds of the last heartbeat
     clock: dict[ReplicaRef, int]
+    returning_since: float | None = None  # down, heard again, not caught up yet
 
 
 class Replication:
@@ -81,10 +88,13 @@ class Replication:
             self.silent += 1
         if self.countdown <= 1:
             self.clockset = append_clock(self.clockset, state.replica, state.clocks())
-            for replica in replicas_of(self.clockset):
-                if replica != state.replica:
-                    name = replica[0]  # type: ignore[index]
-                    outs.append((name, TransferReq(next(self.refs), self.me, self._clocks())))
+            ahead = {r[0] for r in replicas_of(self.clockset) if r != state.replica}  # type: ignore[index]
+            returning = {n for n, p in self.peers.items() if p.returning_since is not None}
+            for name in sorted(ahead | returning):
+                # a returning peer is down here, so absent from our clocks: name it, or its
+                # answer would leave out its own presences
+                down = (name, self.peers[name].vsn) if name in returning else None
+                outs.append((name, TransferReq(next(self.refs), self.me, self._clocks(down))))
             self.clockset = []
             self.countdown = self.sample_periods
         else:
@@ -133,17 +143,15 @@ class Replication:
             peer = self.peers[name] = Peer(vsn, False, now, clocks)
             self.silent = self.max_silent  # announce this replica to the newcomer next tick
             log.info("%s: replica %s up", self.me, ref)
-        elif peer.down:
-            peer.down = False
-            joins += self.state.replica_up(ref)
-            log.info("%s: replica %s up again", self.me, ref)
         peer.heard_at = now
         peer.clock = clocks
-        if delta is not None:
+        if delta is not None:  # a down peer's changes are merged hidden, not reported
             j, lv = self.state.merge(delta)
             joins += j
             leaves += lv
             self.generations = deltas.push(self.generations, delta, self.caps, self.state.delta)
+        if peer.down:
+            joins += self._show_when_caught_up(name, peer, now)
         # only what this replica can take counts: entries for replicas unknown or down here
         # would make the peer look ahead for ever (and every sample a whole-state transfer)
         mine = self.state.clocks()
@@ -165,18 +173,39 @@ class Replication:
         log.info("%s: transfer to %s (%s)", self.me, ref, "delta" if chosen else "whole state")
         return [(ref[0], ack)]
 
-    def on_transfer_ack(self, msg: TransferAck) -> Diff:
+    def on_transfer_ack(self, msg: TransferAck, now: float) -> Diff:
         if msg.delta is not None:
             delta = wire.decode_delta(msg.delta)
-            diff = self.state.merge(delta)
+            joins, leaves = self.state.merge(delta)
             self.generations = deltas.push(self.generations, delta, self.caps, self.state.delta)
         elif msg.snapshot is not None:
-            diff = self.state.merge(wire.decode_snapshot(msg.snapshot))
+            joins, leaves = self.state.merge(wire.decode_snapshot(msg.snapshot))
             self.generations = []
         else:
             return [], []
         log.info("%s: transfer from %s merged", self.me, msg.replica)
-        return diff
+        name, vsn = wire.decode_replica(msg.replica)
+        peer = self.peers.get(name)
+        if peer is not None and peer.vsn == vsn and peer.returning_since is not None:
+            joins = joins + self._show_when_caught_up(name, peer, now)
+        return joins, leaves
+
+    def _show_when_caught_up(self, name: str, peer: Peer, now: float) -> list[Element]:
+        """Show a down peer that speaks again once nothing it changed is missing here
+        (or once it has been catching up for down_period): its presences rejoin."""
+        ref = (name, peer.vsn)
+        behind = peer.clock.get(ref, 0) > self.state.context.get(ref, 0)
+        if peer.returning_since is None:
+            peer.returning_since = now
+            if behind:
+                self.countdown = 1  # ask it for a transfer at the next tick
+                log.info("%s: replica %s back; shown once caught up", self.me, ref)
+        if behind and now - peer.returning_since < self.down_period:
+            return []
+        peer.down = False
+        peer.returning_since = None
+        log.info("%s: replica %s up again", self.me, ref)
+        return self.state.replica_up(ref)
 
     def on_graceful_permdown(self, msg: GracefulPermdown) -> tuple[list[Out], Diff]:
         """Drop the departing replica and acknowledge (a repeated goodbye too)."""
@@ -197,12 +226,20 @@ class Replication:
         return {
             name: {
                 "vsn": p.vsn,
-                "status": "down" if p.down else "up",
+                "status": "up"
+                if not p.down
+                else "down"
+                if p.returning_since is None
+                else "catching up",
                 "last_heartbeat_age": round(now - p.heard_at, 3),
                 "clock": {f"{r[0]}/{r[1]}": n for r, n in p.clock.items()},
             }
             for name, p in self.peers.items()
         }
 
-    def _clocks(self) -> list[Any]:
-        return wire.encode_clock(self.state.clocks())
+    def _clocks(self, down: ReplicaRef | None = None) -> list[Any]:
+        """Our clocks as peers are told them; `down`: with this down replica's entry too."""
+        clocks = self.state.clocks()
+        if down is not None:
+            clocks[down] = self.state.context.get(down, 0)
+        return wire.encode_clock(clocks)

@@ -239,7 +239,7 @@ class ShardActor(Actor):
             self._send_peers(self.replication.on_transfer_req(inner))
             return
         elif isinstance(inner, TransferAck):
-            diff = self.replication.on_transfer_ack(inner)
+            diff = self.replication.on_transfer_ack(inner, time.monotonic())
         elif isinstance(inner, GracefulPermdown):
             outs, diff = self.replication.on_graceful_permdown(inner)
             self._send_peers(outs)
