@@ -393,3 +393,61 @@ def test_a_node_listening_on_every_interface_advertises_a_dialable_address(owner
             a.presence.track(owner.pid, "room", "alice", {"v": 1})
             converged([a, b], {"room": {"alice": [1]}})
             assert b.status()["cluster"]["peers"]["w0"]["address"] == a.cluster_address
+
+
+def test_a_rogue_peer_sending_garbage_kills_nothing_and_loses_nothing(owner):
+    """Malformed frames, bad replication messages and a peer speaking for another are
+    dropped; the node keeps its presences and keeps replicating with its real peer."""
+    import msgpack
+    import zmq
+
+    from whosthere.transport import codec
+    from whosthere.transport import messages as m
+
+    with cluster(2) as (a, b):
+        a.presence.track(owner.pid, "room", "alice", {"v": 1})
+        converged([a, b], {"room": {"alice": [1]}})
+        vsn_a = b.status()["peers"]["n0"]["vsn"]
+        ctx = zmq.Context.instance()
+        rogue = ctx.socket(zmq.DEALER)
+        rogue.linger = 0
+        rogue.connect(b.cluster_address)
+        sub = b.presence.subscribe("room")
+        try:
+
+            def cast(index: int, inner: tuple | bytes, sender: str = "rogue") -> bytes:
+                payload = inner if isinstance(inner, bytes) else codec.encode(inner)
+                return codec.encode(m.PeerCast(sender, index, payload))
+
+            rogue.send(codec.encode(m.PeerHello("rogue", 1, "tcp://127.0.0.1:9", [])))
+            wait_until(lambda: "rogue" in b.status()["cluster"]["peers"])
+            frames = [
+                b"\x00garbage",
+                msgpack.packb([50, 123, "x", None, 5]),  # a hello of the wrong types
+                msgpack.packb([54, "rogue", 0]),  # too few fields
+                cast(0, m.GracefulPermdown(["n0", vsn_a]), sender="n0"),  # not its route
+                cast(0, m.GracefulPermdown(["n0", vsn_a])),  # speaks for another replica
+                cast(0, b"\xc1"),
+                cast(7, m.Heartbeat(["rogue", 1], None, [])),  # no such shard
+                cast(0, m.Heartbeat(["rogue", 1], [["x"]], [["n0", "vsn", 1]])),
+                cast(0, m.Heartbeat(["rogue", 1], None, [["n1", -1, 2**63]])),
+                cast(0, m.TransferAck(1, ["rogue", 1], None, [[], 5, "x", None])),
+                cast(0, m.Fragment(1, 0, 10**12, b"x")),
+                cast(0, m.Fragment(2, 0, 2, b"\xc1")),
+                cast(0, m.Fragment(2, 1, 2, b"\xc1")),
+                cast(0, m.Fragment(3, 5, 9, b"x")),
+                cast(0, m.ListTopic("room")),  # not a replication message
+            ]
+            for frame in frames:
+                rogue.send(frame)
+            a.presence.track(owner.pid, "room", "bob", {"v": 2})
+            converged([a, b], {"room": {"alice": [1], "bob": [2]}})
+            seen = []
+            while (msg := sub.get(timeout=0.5)) is not None:
+                seen.append(msg.payload)
+            assert [list(d["joins"]) for d in seen] == [["bob"]] and not seen[0]["leaves"]
+            assert [x["restarts"] for x in b.status()["actors"]] == [0] * len(b.status()["actors"])
+            assert b.status()["peers"]["n0"]["status"] == "up"
+        finally:
+            sub.close()
+            rogue.close()

@@ -107,6 +107,9 @@ class ClusterActor(Actor):
         self.answered: dict[str, float] = {}  # peer listen address -> last heard (or dialled)
         self.address_of: dict[str, str] = {}  # peer name -> its listen address
         self.routes: dict[str, tuple[str, Any]] = {}  # peer name -> ("out", addr) / ("in", id)
+        # route -> the peer name that greeted us on it: a peer's casts count only on the
+        # connections it introduced itself on (its `sender` field is not taken on trust)
+        self.speaks_for: dict[tuple[str, Any], str] = {}
         self.refused: dict[str, str] = {}  # peer name -> why
         self.refused_at: dict[str, float] = {}
         self.heard: dict[str, float] = {}  # peer name -> monotonic time last heard
@@ -203,6 +206,7 @@ class ClusterActor(Actor):
                               now - at)  # fmt: skip
                 sock = self.outgoing.pop(address)
                 del self.answered[address]
+                self.speaks_for.pop(("out", address), None)
                 self.remove_reader(sock)
                 sock.close(linger=0)
                 for name in [n for n, r in self.routes.items() if r == ("out", address)]:
@@ -215,6 +219,8 @@ class ClusterActor(Actor):
                 del self.refused[name], self.refused_at[name]
 
     def _forget_name(self, name: str) -> None:
+        for route in [r for r, n in self.speaks_for.items() if n == name]:
+            del self.speaks_for[route]
         self.routes.pop(name, None)
         self.address_of.pop(name, None)
         self.heard.pop(name, None)
@@ -267,7 +273,7 @@ class ClusterActor(Actor):
             self.log.warning("%s: dropped a malformed frame from a peer: %s", self.me, exc)
             return
         if isinstance(msg, PeerCast):
-            if msg.sender in self.dropping or msg.sender not in self.routes:
+            if msg.sender in self.dropping or self.speaks_for.get(route) != msg.sender:
                 self.dropped += 1
                 return
             self.received += 1
@@ -327,6 +333,10 @@ class ClusterActor(Actor):
     def _learn(self, name: str, route: tuple[str, Any], addresses: list[str]) -> None:
         if name == self.me:
             return
+        if route[0] == "in" and self.speaks_for.get(route) != name:
+            for old in [r for r, n in self.speaks_for.items() if n == name and r[0] == "in"]:
+                del self.speaks_for[old]  # a peer reconnected: its old identity is gone
+        self.speaks_for[route] = name
         current = self.routes.get(name)
         if current is None or (current[0] == "in" and route[0] == "out"):
             if current is None:

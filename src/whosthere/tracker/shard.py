@@ -227,6 +227,9 @@ class ShardActor(Actor):
             inner = self.reassembler.add(msg.sender, inner)
             if inner is None:
                 return  # more pieces to come
+        replica = getattr(inner, "replica", None)  # every replication message names its own
+        if not (isinstance(replica, list) and replica and replica[0] == msg.sender):
+            raise MalformedFrame(f"{type(inner).__name__} from {msg.sender} names {replica!r:.80}")
         if self.departed:
             if isinstance(inner, GoodbyeAck) and self.departing is not None:
                 self.departing[1].discard(msg.sender)
