@@ -451,3 +451,17 @@ def test_a_rogue_peer_sending_garbage_kills_nothing_and_loses_nothing(owner):
         finally:
             sub.close()
             rogue.close()
+
+
+def test_a_peer_not_up_yet_blocks_nothing_and_is_joined_when_it_comes(owner):
+    import socket as _socket
+
+    with _socket.socket() as probe:  # a free port, for a node that starts later
+        probe.bind(("127.0.0.1", 0))
+        later = f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+    with whosthere.Node(name="early", listen=LISTEN, peers=[later], **FAST) as a:
+        a.presence.track(owner.pid, "room", "alice", {"v": 1})  # works alone meanwhile
+        assert listed(a, "room") == {"alice": [1]}
+        with whosthere.Node(name="late", listen=later, **FAST) as b:
+            b.presence.track(owner.pid, "room", "bob", {"v": 2})
+            converged([a, b], {"room": {"alice": [1], "bob": [2]}})
