@@ -71,7 +71,9 @@ def _format_status(status: dict[str, Any]) -> str:
         f" (pidfd {links['pidfd']}, sweep {links['sweep']})",
     ]
     if "cluster" in status:
-        lines += ["", f"cluster    listening at {status['cluster']['listen']}"]
+        where, bound = status["cluster"]["listen"], status["cluster"].get("bound", "")
+        also = f" (bound {bound})" if bound and bound != where else ""
+        lines += ["", f"cluster    listening at {where}{also}"]
         for name, peer in sorted(status["peers"].items()):
             clock = ", ".join(f"{r}={n}" for r, n in peer["clock"].items())
             lines.append(
