@@ -161,7 +161,9 @@ def test_a_node_killed_with_sigkill_leaves_after_down_period(owner):
         converged([a, b], {"room": {"u0": [0], "u1": [1]}})
         for node, other in ((a, "n1"), (b, "n0")):  # permdown: forgotten
             wait_until(lambda n=node, o=other: list(n.status()["peers"]) == [o], timeout=10)
-            wait_until(lambda n=node, o=other: list(n.status()["cluster"]["peers"]) == [o])
+            wait_until(  # the cluster actor forgets it after max(permdown_period, 10 s)
+                lambda n=node, o=other: list(n.status()["cluster"]["peers"]) == [o], timeout=15
+            )
 
 
 def test_a_node_restarted_under_another_name_replaces_the_old_name(owner):
@@ -256,7 +258,7 @@ def test_a_rolling_restart_keeps_every_other_presence(owner):
         for i in range(3):
             watcher = nodes[(i + 1) % 3]
             with watcher.presence.subscribe("room") as sub:
-                node = restart(nodes, i)
+                node = restart(nodes, i, down_period=5.0, permdown_period=20.0)
                 version[i] = 1
                 node.presence.track(owner.pid, "room", f"u{i}", {"v": 1})
                 want = {"room": {f"u{k}": [version[k]] for k in range(3)}}
@@ -296,8 +298,16 @@ def test_a_lost_goodbye_is_repeated_until_acknowledged(owner):
         a.presence.track(owner.pid, "room", "alice", {"v": 1})
         converged(nodes, {"room": {"alice": [1]}})
         split(b, "n0")
-        threading.Timer(0.4, split, (b,)).start()
+        dropped = b.status()["cluster"]["dropped"]
+
+        def heal_once_a_goodbye_is_lost() -> None:
+            wait_until(lambda: b.status()["cluster"]["dropped"] > dropped)
+            split(b)
+
+        healer = threading.Thread(target=heal_once_a_goodbye_is_lost)
+        healer.start()
         a.graceful_permdown()
+        healer.join()
         converged([b, c], {"room": {}}, timeout=2)
         assert list(b.status()["peers"]) == ["n2"]
 

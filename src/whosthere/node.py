@@ -97,15 +97,16 @@ def _check_cluster(
     peers = tuple(peers)
     if advertise is not None and not listen:
         raise ValueError("advertise= needs listen=")
-    wild = isinstance(listen, str) and advertise is not None and valid_endpoint(listen, True)
-    for endpoint in (*([advertise or listen] if listen else []), *peers):
-        if not isinstance(endpoint, str) or not valid_endpoint(endpoint):
+    mine = [advertise or listen] if listen else []
+    for endpoint in (*mine, *peers):
+        if not valid_endpoint(endpoint, any_port=endpoint in mine):
             raise ValueError(
                 f"cluster endpoints are tcp://host:port with a host peers can dial "
                 f"(not a wildcard such as 0.0.0.0: to listen on every interface, give "
                 f"advertise= the address peers dial), got {endpoint!r}"
             )
-    if listen and not (wild or valid_endpoint(listen)):
+    wild = advertise is not None and valid_endpoint(listen, wildcard=True, any_port=True)
+    if listen and not (wild or valid_endpoint(listen, any_port=True)):
         raise ValueError(f"listen must be tcp://host:port, got {listen!r}")
     if peers and not listen:
         raise ValueError("peers need listen=: peers must be able to reach this node too")

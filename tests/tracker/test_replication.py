@@ -117,3 +117,18 @@ def test_a_peer_that_cannot_be_caught_up_with_is_shown_after_down_period():
     assert a.on_heartbeat(heartbeat(b), 9.0) == ([], [])
     joins, _ = a.on_heartbeat(heartbeat(b), 11.5)  # down_period (5 s) of trying: shown
     assert [e.key for e in joins] == ["bob"]
+
+
+def test_one_transfer_at_a_time_is_asked_of_a_peer():
+    a, b = replica("a"), replica("b")
+    b.state.join(1, "t", "bob", b"\x80")
+    b.state.take_delta()  # lost: a is behind and will ask
+    a.on_heartbeat(heartbeat(b), 0.0)
+    asked = []
+    for t in range(20):
+        a.on_heartbeat(heartbeat(b), t * 0.5)  # b keeps saying it is ahead
+        asked += [t for _, m in a.tick(t * 0.5)[0] if isinstance(m, TransferReq)]
+    assert asked == [1, 17]  # sampled every 2 ticks (1 s); asked again only after 8 s
+    ((_, ack),) = b.on_transfer_req(TransferReq(1, a.me, wire.encode_clock(a.state.clocks())))
+    a.on_transfer_ack(ack, 8.0)
+    assert a.asked == {} and [e.key for e in a.state.list("t")] == ["bob"]

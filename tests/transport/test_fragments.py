@@ -26,7 +26,7 @@ def test_a_small_message_is_one_frame_and_a_big_one_comes_back_whole():
     frames = fragments.encode(ack, limit=16 * 1024)
     assert len(frames) > 10 and all(len(f) < 17 * 1024 for f in frames)
     r = fragments.Reassembler()
-    results = [r.add("a", codec.decode(f)) for f in frames]
+    results = [r.add("a", codec.decode(f), 0.0) for f in frames]
     assert results[:-1] == [None] * (len(frames) - 1)
     whole = results[-1]
     assert whole == codec.decode(codec.encode(ack))
@@ -41,12 +41,12 @@ def test_a_lost_piece_loses_that_message_only():
     first = [codec.decode(f) for f in fragments.encode(big_snapshot(500), limit=4096)]
     second = [codec.decode(f) for f in fragments.encode(big_snapshot(400), limit=4096)]
     for piece in first[:2] + first[3:]:  # piece 2 lost: the rest is ignored
-        assert r.add("a", piece) is None
+        assert r.add("a", piece, 0.0) is None
     assert r.lost == 1
     for piece in second[:-1]:
-        assert r.add("b", piece) is None  # another sender, interleaved: its own message
-        assert r.add("a", piece) is None
-    assert r.add("a", second[-1]).ref == 1 and r.add("b", second[-1]).ref == 1
+        assert r.add("b", piece, 0.0) is None  # another sender, interleaved: its own message
+        assert r.add("a", piece, 0.0) is None
+    assert r.add("a", second[-1], 0.0).ref == 1 and r.add("b", second[-1], 0.0).ref == 1
 
 
 def test_a_new_message_replaces_one_whose_end_was_lost():
@@ -54,23 +54,35 @@ def test_a_new_message_replaces_one_whose_end_was_lost():
     first = [codec.decode(f) for f in fragments.encode(big_snapshot(300), limit=4096)]
     second = [codec.decode(f) for f in fragments.encode(big_snapshot(200), limit=4096)]
     for piece in first[:-1]:
-        r.add("a", piece)
-    results = [r.add("a", piece) for piece in second]
+        r.add("a", piece, 0.0)
+    results = [r.add("a", piece, 0.0) for piece in second]
     assert results[-1] is not None and r.lost == 1
 
 
 def test_bad_pieces_are_refused_clearly_and_leave_nothing_behind():
-    r = fragments.Reassembler(max_bytes=10_000)
+    r = fragments.Reassembler(max_bytes=10_000, max_pieces=8)
     with pytest.raises(MalformedFrame, match="count"):
-        r.add("a", Fragment(1, 0, 1, b"x"))
-    r.add("a", Fragment(2, 0, 5, b"x" * 6000))
+        r.add("a", Fragment(1, 0, 1, b"x"), 0.0)
+    r.add("a", Fragment(2, 0, 5, b"x" * 6000), 0.0)
     with pytest.raises(MalformedFrame, match="over 10000"):
-        r.add("a", Fragment(2, 1, 5, b"x" * 6000))
+        r.add("a", Fragment(2, 1, 5, b"x" * 6000), 0.0)
     assert r.pending == {}
     inner = codec.encode(Fragment(3, 0, 2, b"yy"))
-    r.add("a", Fragment(4, 0, 2, inner[:5]))
+    r.add("a", Fragment(4, 0, 2, inner[:5]), 0.0)
     with pytest.raises(MalformedFrame, match="inside"):
-        r.add("a", Fragment(4, 1, 2, inner[5:]))
-    r.add("a", Fragment(5, 0, 2, b"\xc1"))  # not msgpack once whole
+        r.add("a", Fragment(4, 1, 2, inner[5:]), 0.0)
+    r.add("a", Fragment(5, 0, 2, b"\xc1"), 0.0)  # not msgpack once whole
     with pytest.raises(MalformedFrame):
-        r.add("a", Fragment(5, 1, 2, b"\xc1"))
+        r.add("a", Fragment(5, 1, 2, b"\xc1"), 0.0)
+
+
+def test_partial_messages_are_bounded_in_age_in_total_size_and_in_pieces():
+    r = fragments.Reassembler(max_bytes=10_000, max_pieces=8)
+    with pytest.raises(MalformedFrame, match="count 9"):
+        r.add("a", Fragment(1, 0, 9, b"x"), 0.0)
+    r.add("a", Fragment(1, 0, 4, b"x" * 4000), 0.0)
+    r.add("b", Fragment(2, 0, 4, b"x" * 4000), 1.0)
+    r.add("c", Fragment(3, 0, 4, b"x" * 4000), 2.0)  # 12,000 held: the oldest (a's) goes
+    assert sorted(r.pending) == ["b", "c"] and r.lost == 1
+    r.expire(61.5)  # b's began 60.5 s ago
+    assert sorted(r.pending) == ["c"] and r.lost == 2

@@ -23,6 +23,7 @@ restarted under a new name).
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 import re
 import time
@@ -46,24 +47,35 @@ from whosthere.transport.messages import (
 from whosthere.transport.sockets import Dealer, bind, socket
 
 _HELLO_EVERY_S = 1.0
+_QUIET_S = 3 * _HELLO_EVERY_S  # a peer silent this long may be replaced by another name
+_MAX_DORMANT = 64  # forgotten addresses still dialled (a long split may heal through them)
 COOKIE_ENV = "WHOSTHERE_COOKIE"
-_ENDPOINT = re.compile(r"^tcp://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+):([0-9]{1,5})$")
+_ENDPOINT = re.compile(
+    r"tcp://(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9](?:[A-Za-z0-9.\-]*[A-Za-z0-9])?)|(\*))"
+    r":([0-9]{1,5})"
+)
 
 
-_WILDCARDS = ("0.0.0.0", "[::]", "*")
-
-
-def valid_endpoint(address: str, wildcard: bool = False) -> bool:
-    """tcp://host:port with a concrete host (peers must be able to dial it); with
-    `wildcard`, an address to bind on every interface is accepted too."""
-    match = _ENDPOINT.match(address) or (
-        wildcard and re.match(r"^tcp://(\*):([0-9]{1,5})$", address)
-    )
-    return (
-        bool(match)
-        and (wildcard or match.group(1) not in _WILDCARDS)
-        and int(match.group(2)) < 65536
-    )
+def valid_endpoint(address: object, wildcard: bool = False, any_port: bool = False) -> bool:
+    """tcp://host:port with a host peers can dial (no wildcard, in any spelling); with
+    `wildcard`, an address to bind on every interface too; with `any_port`, port 0 (any
+    free one) too."""
+    match = _ENDPOINT.fullmatch(address) if isinstance(address, str) else None
+    if match is None:
+        return False
+    v6, name, star, port = match.groups()
+    if int(port) > 65535 or (int(port) == 0 and not any_port):
+        return False
+    if star:
+        return wildcard
+    try:
+        ip = ipaddress.ip_address(v6 or name)
+    except ValueError:  # a host name, unless it only looks like a malformed address
+        return not v6 and ".." not in name and not re.fullmatch(r"[0-9.]+", name)
+    if bool(v6) != (ip.version == 6):
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return wildcard or not (ip.is_unspecified or (mapped is not None and mapped.is_unspecified))
 
 
 def advertised(bound: str, advertise: str | None) -> str:
@@ -97,19 +109,25 @@ class ClusterActor(Actor):
         self.listen_endpoint: str = opts["listen"]  # once bound: the address peers are told
         self.advertise: str | None = opts.get("advertise")
         self.seeds: set[str] = {p for p in opts.get("peers", ()) if p}  # never forgotten
-        self.forget_after: float = float(opts.get("forget_after", 1200.0))
+        # as long as the shards keep a silent peer, but long enough for many missed hellos
+        self.forget_after = max(float(opts.get("forget_after", 1200.0)), 10 * _HELLO_EVERY_S)
         self.shards = [Dealer(e, what=f"shard {i}", unbounded=True)
                        for i, e in enumerate(opts["shards"])]  # fmt: skip
         self.bound = ""
         self.listener = socket(zmq.ROUTER)
         self.listener.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # IPv6 only when asked for: with it, an IPv4 bind reports an IPv4-mapped address
+        self.listener.ipv6 = "[" in self.listen_endpoint
         self.outgoing: dict[str, zmq.Socket] = {}  # peer listen address -> our DEALER
-        self.answered: dict[str, float] = {}  # peer listen address -> last heard (or dialled)
+        self.answered: dict[str, float] = {}  # peer listen address -> last heard on it
+        self.dialled: dict[str, float] = {}  # peer listen address -> when first dialled
+        self.dormant: set[str] = set()  # addresses forgotten, still dialled, not passed on
         self.address_of: dict[str, str] = {}  # peer name -> its listen address
         self.routes: dict[str, tuple[str, Any]] = {}  # peer name -> ("out", addr) / ("in", id)
         # route -> the peer name that greeted us on it: a peer's casts count only on the
         # connections it introduced itself on (its `sender` field is not taken on trust)
         self.speaks_for: dict[tuple[str, Any], str] = {}
+        self.route_heard: dict[tuple[str, Any], float] = {}  # incoming route -> last frame
         self.refused: dict[str, str] = {}  # peer name -> why
         self.refused_at: dict[str, float] = {}
         self.heard: dict[str, float] = {}  # peer name -> monotonic time last heard
@@ -166,6 +184,8 @@ class ClusterActor(Actor):
             return False
         sock = socket(zmq.DEALER, hwm=_PEER_HWM)
         sock.setsockopt(zmq.IMMEDIATE, 1)  # queue nothing for a peer that is not there
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 5000)  # back off to 5 s for an absent peer
+        sock.ipv6 = "[" in address
         if self.cookie:
             public, secret = curve_keys(self.cookie)
             sock.curve_serverkey = public
@@ -178,17 +198,22 @@ class ClusterActor(Actor):
             self.log.warning("%s: cannot dial peer %r: %s", self.me, address, exc)
             return False
         self.outgoing[address] = sock
-        self.answered[address] = time.monotonic()
+        self.dialled[address] = time.monotonic()
         self.add_reader(sock, lambda: self._on_outgoing(address))
         return True
 
-    def _hello(self) -> bytes:
-        """Our hello, with the addresses worth passing on: the seeds, and those that
-        answered lately (a dead address would otherwise circulate for ever)."""
+    def _passed_on(self) -> list[str]:
+        """The addresses worth telling peers: the seeds, and those that answered lately
+        (a dead address would otherwise circulate for ever)."""
         now = time.monotonic()
-        live = {a for a, t in self.answered.items() if now - t < self.forget_after / 2}
-        peers = sorted((self.seeds | live) - {self.listen_endpoint})
-        return codec.encode(PeerHello(self.me, self.pool_size, self.listen_endpoint, peers))
+        live = {a for a, t in self.answered.items()
+                if now - t < self.forget_after / 2 and a not in self.dormant}  # fmt: skip
+        return sorted((self.seeds | live) - {self.listen_endpoint})
+
+    def _hello(self) -> bytes:
+        return codec.encode(
+            PeerHello(self.me, self.pool_size, self.listen_endpoint, self._passed_on())
+        )
 
     def _hello_all(self) -> None:
         """Greet every peer connection, every second: a restarted peer learns of us again,
@@ -200,19 +225,36 @@ class ClusterActor(Actor):
         self.call_later(_HELLO_EVERY_S, self._hello_all)
 
     def _forget_silent(self, now: float) -> None:
-        for address, at in list(self.answered.items()):
-            if address not in self.seeds and now - at > self.forget_after:
-                self.log.info("%s: forgot peer address %s (silent %.0f s)", self.me, address,
-                              now - at)  # fmt: skip
-                sock = self.outgoing.pop(address)
-                del self.answered[address]
+        """Forget what has been silent for forget_after: names, incoming routes, refusals.
+        A silent address goes dormant (still dialled, with back-off, so that a long split
+        can heal, but no longer passed on); only the oldest beyond _MAX_DORMANT are closed."""
+        for address in list(self.outgoing):
+            if address in self.seeds or address in self.dormant:
+                continue
+            silent = now - self.answered.get(address, self.dialled[address])
+            if silent > self.forget_after:
+                self.log.info("%s: peer address %s silent %.0f s: dormant", self.me, address,
+                              silent)  # fmt: skip
+                self.dormant.add(address)
                 self.speaks_for.pop(("out", address), None)
-                self.remove_reader(sock)
-                sock.close(linger=0)
                 for name in [n for n, r in self.routes.items() if r == ("out", address)]:
                     self._forget_name(name)
+        if len(self.dormant) > _MAX_DORMANT:
+            by_age = sorted(self.dormant, key=lambda a: self.answered.get(a, self.dialled[a]))
+            for address in by_age[: len(self.dormant) - _MAX_DORMANT]:
+                self.dormant.discard(address)
+                self.answered.pop(address, None)
+                del self.dialled[address]
+                sock = self.outgoing.pop(address)
+                self.remove_reader(sock)
+                sock.close(linger=0)
+        for route, at in list(self.route_heard.items()):
+            if now - at > self.forget_after:
+                del self.route_heard[route]
+                self.speaks_for.pop(route, None)
         for name, at in list(self.heard.items()):
-            if now - at > self.forget_after and self.routes.get(name, ("in",))[0] == "in":
+            route = self.routes.get(name)
+            if now - at > self.forget_after and (route is None or route[0] == "in"):
                 self._forget_name(name)  # an incoming route only: gone with its peer
         for name, at in list(self.refused_at.items()):
             if now - at > self.forget_after:
@@ -228,10 +270,15 @@ class ClusterActor(Actor):
     # -- from shards -----------------------------------------------------------------------
 
     def on_cluster_cast(self, msg: ClusterCast) -> None:
-        names = list(self.routes) if msg.to == "*" else [msg.to]
         body = codec.encode(PeerCast(self.me, msg.index, msg.payload))
-        for name in names:
-            self._send_to(name, body)
+        if msg.to != "*":
+            self._send_to(msg.to, body)
+            return
+        sent = set()
+        for name, route in list(self.routes.items()):
+            if route not in sent:  # two names on one route (a renamed node): send once
+                sent.add(route)
+                self._send_to(name, body)
 
     def on_drop_peers(self, msg: DropPeers) -> None:
         """Test hook: simulate a netsplit with these peers (their traffic both ways lost)."""
@@ -253,7 +300,10 @@ class ClusterActor(Actor):
             except zmq.Again:
                 return
             if len(frames) == 2:
-                self._from_peer(frames[1], ("in", frames[0]))
+                route = ("in", frames[0])
+                if route in self.speaks_for:
+                    self.route_heard[route] = time.monotonic()
+                self._from_peer(frames[1], route)
 
     def _on_outgoing(self, address: str) -> None:
         sock = self.outgoing[address]
@@ -264,6 +314,7 @@ class ClusterActor(Actor):
                 return
             if len(frames) == 1:
                 self.answered[address] = time.monotonic()
+                self.dormant.discard(address)
                 self._from_peer(frames[0], ("out", address))
 
     def _from_peer(self, body: bytes, route: tuple[str, Any]) -> None:
@@ -306,12 +357,17 @@ class ClusterActor(Actor):
             return
         self.refused.pop(msg.name, None)
         self.refused_at.pop(msg.name, None)
-        for ghost in [n for n, a in self.address_of.items() if a == msg.listen and n != msg.name]:
-            self.log.info("%s: peer %s is now %s (same address)", self.me, ghost, msg.name)
-            self._forget_name(ghost)  # restarted under another name
+        now = time.monotonic()
+        for other in [n for n, a in self.address_of.items() if a == msg.listen and n != msg.name]:
+            if now - self.heard.get(other, 0.0) > _QUIET_S:
+                self.log.info("%s: peer %s is now %s (same address)", self.me, other, msg.name)
+                self._forget_name(other)  # restarted under another name
+            elif self.refused.get(msg.name) is None:
+                self.log.warning("%s: peers %s and %s both say they listen at %s",
+                                 self.me, other, msg.name, msg.listen)  # fmt: skip
         self._learn(msg.name, route, [msg.listen, *msg.peers])
         self.address_of[msg.name] = msg.listen
-        self._reply(route, codec.encode(PeerWelcome(self.me, sorted(self.address_of.values()))))
+        self._reply(route, codec.encode(PeerWelcome(self.me, self._passed_on())))
 
     def _refuse(self, name: str, reason: str) -> None:
         self.refused[name] = reason
@@ -333,10 +389,13 @@ class ClusterActor(Actor):
     def _learn(self, name: str, route: tuple[str, Any], addresses: list[str]) -> None:
         if name == self.me:
             return
-        if route[0] == "in" and self.speaks_for.get(route) != name:
-            for old in [r for r, n in self.speaks_for.items() if n == name and r[0] == "in"]:
-                del self.speaks_for[old]  # a peer reconnected: its old identity is gone
-        self.speaks_for[route] = name
+        if route[0] == "out":  # whoever answers on our connection is the one there now
+            for old in [n for n, r in self.routes.items() if r == route and n != name]:
+                self.log.info("%s: peer %s is now %s (same address)", self.me, old, name)
+                self._forget_name(old)
+        else:
+            self.route_heard[route] = time.monotonic()
+        self.speaks_for[route] = name  # a peer may reach us on several routes
         current = self.routes.get(name)
         if current is None or (current[0] == "in" and route[0] == "out"):
             if current is None:

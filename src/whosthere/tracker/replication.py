@@ -68,6 +68,9 @@ class Replication:
         self.silent = self.max_silent  # the first tick announces this replica
         self.countdown = self.sample_periods
         self.refs = itertools.count(random.getrandbits(40))
+        # one transfer asked of a peer at a time: a whole-state answer may take a while
+        self.asked: dict[str, float] = {}  # peer name -> when
+        self.transfer_timeout = 4 * self.sample_periods * self.broadcast_period
         self.transfers = 0  # transfers answered
 
     # -- the tick --------------------------------------------------------------------------
@@ -91,6 +94,9 @@ class Replication:
             ahead = {r[0] for r in replicas_of(self.clockset) if r != state.replica}  # type: ignore[index]
             returning = {n for n, p in self.peers.items() if p.returning_since is not None}
             for name in sorted(ahead | returning):
+                if now - self.asked.get(name, -self.transfer_timeout) < self.transfer_timeout:
+                    continue  # its answer to the last request is still on its way
+                self.asked[name] = now
                 # a returning peer is down here, so absent from our clocks: name it, or its
                 # answer would leave out its own presences
                 down = (name, self.peers[name].vsn) if name in returning else None
@@ -117,6 +123,7 @@ class Replication:
 
     def _forget(self, name: str) -> list[Element]:
         peer = self.peers.pop(name)
+        self.asked.pop(name, None)
         ref = (name, peer.vsn)
         leaves = [] if peer.down else self.state.replica_down(ref)
         self.state.permdown(ref)
@@ -143,6 +150,8 @@ class Replication:
             peer = self.peers[name] = Peer(vsn, False, now, clocks)
             self.silent = self.max_silent  # announce this replica to the newcomer next tick
             log.info("%s: replica %s up", self.me, ref)
+        if peer.returning_since is not None and now - peer.heard_at > self.down_period:
+            peer.returning_since = None  # silent again since: catching up starts over
         peer.heard_at = now
         peer.clock = clocks
         if delta is not None:  # a down peer's changes are merged hidden, not reported
@@ -185,6 +194,7 @@ class Replication:
             return [], []
         log.info("%s: transfer from %s merged", self.me, msg.replica)
         name, vsn = wire.decode_replica(msg.replica)
+        self.asked.pop(name, None)
         peer = self.peers.get(name)
         if peer is not None and peer.vsn == vsn and peer.returning_since is not None:
             joins = joins + self._show_when_caught_up(name, peer, now)

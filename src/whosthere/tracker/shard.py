@@ -214,7 +214,9 @@ class ShardActor(Actor):
 
     def _tick(self) -> None:
         assert self.replication is not None
-        outs, diff = self.replication.tick(time.monotonic())
+        now = time.monotonic()
+        self.reassembler.expire(now)
+        outs, diff = self.replication.tick(now)
         self._send_peers(outs)
         self.report(_by_topic(*diff))
         self.call_later(self.replication.broadcast_period, self._tick)
@@ -224,7 +226,7 @@ class ShardActor(Actor):
             return
         inner = codec.decode(msg.payload)  # MalformedFrame: logged and dropped by the loop
         if isinstance(inner, Fragment):
-            inner = self.reassembler.add(msg.sender, inner)
+            inner = self.reassembler.add(msg.sender, inner, time.monotonic())
             if inner is None:
                 return  # more pieces to come
         replica = getattr(inner, "replica", None)  # every replication message names its own
@@ -235,6 +237,8 @@ class ShardActor(Actor):
                 self.departing[1].discard(msg.sender)
                 if not self.departing[1]:
                     self._departed()
+            elif isinstance(inner, GracefulPermdown):  # leaving together: let it go too
+                self._cast_peer(msg.sender, GoodbyeAck(self.replication.me))
             return
         if isinstance(inner, Heartbeat):
             diff = self.replication.on_heartbeat(inner, time.monotonic())
@@ -264,6 +268,7 @@ class ShardActor(Actor):
         self._send_peers([goodbye])
         self.departed = True
         if not waiting:
+            self._flush_cluster()
             return []
         assert self.request is not None, "Depart is a call"
         self.departing = (self.request, waiting, time.monotonic() + _GOODBYE_FOR_S)
@@ -288,8 +293,17 @@ class ShardActor(Actor):
         assert self.departing is not None
         request, missing, _ = self.departing
         self.departing = None
-        self.cluster.flush(1.0)  # type: ignore[union-attr]
-        self.reply(request, sorted(missing))
+        try:
+            self._flush_cluster()
+        finally:
+            self.reply(request, sorted(missing))
+
+    def _flush_cluster(self) -> None:
+        """Wait until the cluster actor has taken every frame cast to it (the goodbye)."""
+        try:
+            self.cluster.flush(1.0)  # type: ignore[union-attr]
+        except WhosthereError as exc:
+            self.log.warning("%s: goodbye may not have gone out: %s", self.name, exc)
 
     def _send_peers(self, outs: list[tuple[str, tuple]]) -> None:
         if self.departed:

@@ -2,9 +2,11 @@
 
 A whole-state transfer of a shard holding a million presences is hundreds of megabytes,
 while every hop refuses frames over `codec.MAX_FRAME_BYTES` unread. The sender cuts such a
-message into pieces; the receiver keeps one message in progress per sender (the pieces of
-one message travel in order on one route, so a new ident means the last one lost a piece
-and will be repaired by a later transfer).
+message into pieces; the receiver keeps one message in progress per sender. The pieces of
+one message are sent one after the other on one route, so they arrive in order unless a
+piece is dropped or the route changes midway; either way the message is lost, as any
+replication message may be, and a later transfer repairs it. Partial messages are bounded
+in total size and age, so a sender that stops midway leaves nothing behind for long.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from whosthere.transport import codec
 from whosthere.transport.messages import Fragment
 
 FRAGMENT_BYTES = 8 * 1024 * 1024  # far below the frame limit once wrapped for the route
-MAX_MESSAGE_BYTES = 2 * 1024 * 1024 * 1024  # a reassembled message; larger ones are refused
+MAX_MESSAGE_BYTES = 1024 * 1024 * 1024  # a reassembled message, and all partial ones together
+MAX_AGE_S = 60.0  # a partial message older than this is dropped
 
 _idents = itertools.count(random.getrandbits(32))
 
@@ -39,21 +42,22 @@ def encode(message: tuple, limit: int = FRAGMENT_BYTES) -> list[bytes]:
 class Reassembler:
     """Puts fragments back together, one message in progress per sender."""
 
-    def __init__(self, max_bytes: int = MAX_MESSAGE_BYTES) -> None:
+    def __init__(self, max_bytes: int = MAX_MESSAGE_BYTES, max_pieces: int | None = None) -> None:
         self.max_bytes = max_bytes
+        self.max_pieces = max_pieces or max_bytes // FRAGMENT_BYTES + 1
         self.pending: dict[str, _Partial] = {}
         self.lost = 0  # messages abandoned because a piece never came
 
-    def add(self, sender: str, piece: Fragment) -> tuple | None:
+    def add(self, sender: str, piece: Fragment, now: float) -> tuple | None:
         """The whole message once its last piece arrives, else None. `MalformedFrame` if
         the pieces cannot make a message (it is dropped; later ones still work)."""
         partial = self.pending.pop(sender, None)
         if piece.index == 0:
             if partial is not None:
                 self.lost += 1  # a new message: the last one lost a piece
-            if not 1 < piece.count <= self.max_bytes:
+            if not 1 < piece.count <= self.max_pieces:
                 raise MalformedFrame(f"fragment count {piece.count} out of range")
-            partial = _Partial(piece.ident, piece.count)
+            partial = _Partial(piece.ident, piece.count, now)
         elif partial is None or (piece.ident, piece.count, piece.index) != (
             partial.ident, partial.count, len(partial.parts),
         ):  # fmt: skip
@@ -62,6 +66,12 @@ class Reassembler:
         partial.size += len(piece.data)
         if partial.size > self.max_bytes:
             raise MalformedFrame(f"fragmented message over {self.max_bytes} bytes")
+        held = partial.size + sum(p.size for p in self.pending.values())
+        for other in sorted(self.pending, key=lambda s: self.pending[s].started):
+            if held <= self.max_bytes:
+                break
+            held -= self.pending.pop(other).size  # make room: others' oldest messages go
+            self.lost += 1
         partial.parts.append(piece.data)
         if len(partial.parts) < partial.count:
             self.pending[sender] = partial
@@ -71,15 +81,20 @@ class Reassembler:
             raise MalformedFrame("a fragment inside a fragmented message")
         return message
 
-    def forget(self, sender: str) -> None:
-        self.pending.pop(sender, None)
+    def expire(self, now: float, max_age: float = MAX_AGE_S) -> None:
+        """Drop partial messages begun more than `max_age` seconds ago."""
+        for sender, partial in list(self.pending.items()):
+            if now - partial.started > max_age:
+                del self.pending[sender]
+                self.lost += 1
 
 
 class _Partial:
-    __slots__ = ("count", "ident", "parts", "size")
+    __slots__ = ("count", "ident", "parts", "size", "started")
 
-    def __init__(self, ident: int, count: int) -> None:
+    def __init__(self, ident: int, count: int, started: float) -> None:
         self.ident = ident
         self.count = count
+        self.started = started
         self.parts: list[bytes] = []
         self.size = 0
