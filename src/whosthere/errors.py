@@ -47,6 +47,11 @@ class MalformedFrame(WhosthereError):
     """A frame on the wire does not decode to a known message of the right shape."""
 
 
+class MessageTooLarge(WhosthereError):
+    """A replication message is over what a peer puts back together (the shard's state
+    is too large to transfer whole: spread it over more shards with pool_size)."""
+
+
 class ActorError(WhosthereError):
     """An actor's handler raised an unexpected exception; the actor logged it and lives on."""
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from whosthere.actors.cluster import COOKIE_ENV, valid_endpoint
+from whosthere.actors.cluster import COOKIE_ENV, is_loopback, valid_endpoint
 from whosthere.actors.pubsub import DEFAULT_HWM
 from whosthere.client import ADDRESS_ENV, NodeInfo, lookup
 from whosthere.errors import NodeStartError, NodeUnavailable, WhosthereError, error_class
@@ -82,9 +82,6 @@ TRACKER_DEFAULTS: dict[str, Any] = {  # Phoenix.Tracker's, in seconds
 }
 
 
-_LOOPBACK = ("127.", "localhost", "[::1]", "::1")
-
-
 def _check_cluster(
     listen: str | None,
     peers: tuple[str, ...] | list[str],
@@ -110,7 +107,7 @@ def _check_cluster(
         raise ValueError(f"listen must be tcp://host:port, got {listen!r}")
     if peers and not listen:
         raise ValueError("peers need listen=: peers must be able to reach this node too")
-    if listen and not cookie and not listen[len("tcp://") :].startswith(_LOOPBACK):
+    if listen and not cookie and not is_loopback(listen):
         raise ValueError(
             f"listen={listen!r} without a cookie: only loopback addresses are allowed; "
             "give cookie= (or $WHOSTHERE_COOKIE) to listen on other interfaces"

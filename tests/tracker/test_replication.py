@@ -123,12 +123,24 @@ def test_one_transfer_at_a_time_is_asked_of_a_peer():
     a, b = replica("a"), replica("b")
     b.state.join(1, "t", "bob", b"\x80")
     b.state.take_delta()  # lost: a is behind and will ask
-    a.on_heartbeat(heartbeat(b), 0.0)
-    asked = []
+    requests = []
     for t in range(20):
         a.on_heartbeat(heartbeat(b), t * 0.5)  # b keeps saying it is ahead
-        asked += [t for _, m in a.tick(t * 0.5)[0] if isinstance(m, TransferReq)]
-    assert asked == [1, 17]  # sampled every 2 ticks (1 s); asked again only after 8 s
-    ((_, ack),) = b.on_transfer_req(TransferReq(1, a.me, wire.encode_clock(a.state.clocks())))
-    a.on_transfer_ack(ack, 8.0)
+        if t == 15:
+            a.transfer_progress("b", t * 0.5)  # a piece of a big answer came: wait on
+        requests += [(t, m) for _, m in a.tick(t * 0.5)[0] if isinstance(m, TransferReq)]
+    # sampled every 2 ticks (1 s); asked again only after 8 s of no answer (nor progress)
+    assert [t for t, _ in requests] == [1]
+    late, last = requests[0][1], None
+    for t in range(20, 40):
+        a.on_heartbeat(heartbeat(b), t * 0.5)
+        for _, m in a.tick(t * 0.5)[0]:
+            if isinstance(m, TransferReq):
+                last = (t, m)
+    assert last is not None and last[0] == 31  # 8 s after the progress at 7.5 s
+    ((_, stale),) = b.on_transfer_req(late)
+    a.on_transfer_ack(stale, 16.0)  # an answer to the older request: the gate stays
+    assert a.asked["b"][0] == last[1].ref
+    ((_, ack),) = b.on_transfer_req(last[1])
+    a.on_transfer_ack(ack, 16.1)
     assert a.asked == {} and [e.key for e in a.state.list("t")] == ["bob"]

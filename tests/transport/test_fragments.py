@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from whosthere.errors import MalformedFrame
+from whosthere.errors import MalformedFrame, MessageTooLarge
 from whosthere.tracker.state import State
 from whosthere.transport import codec, fragments
 from whosthere.transport import crdt_wire as wire
@@ -84,5 +84,12 @@ def test_partial_messages_are_bounded_in_age_in_total_size_and_in_pieces():
     r.add("b", Fragment(2, 0, 4, b"x" * 4000), 1.0)
     r.add("c", Fragment(3, 0, 4, b"x" * 4000), 2.0)  # 12,000 held: the oldest (a's) goes
     assert sorted(r.pending) == ["b", "c"] and r.lost == 1
-    r.expire(61.5)  # b's began 60.5 s ago
+    r.add("c", Fragment(3, 1, 4, b"x" * 10), 30.0)  # c's last piece came at 30 s
+    r.expire(61.5)  # b's last piece came 60.5 s ago
     assert sorted(r.pending) == ["c"] and r.lost == 2
+
+
+def test_a_message_over_what_peers_accept_is_refused_before_it_is_sent(monkeypatch):
+    monkeypatch.setattr(fragments, "MAX_MESSAGE_BYTES", 50_000)
+    with pytest.raises(MessageTooLarge, match="TransferAck of"):
+        fragments.encode(big_snapshot(3000), limit=16 * 1024)

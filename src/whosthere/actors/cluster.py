@@ -26,6 +26,7 @@ import hashlib
 import ipaddress
 import os
 import re
+import socket as socket_module
 import time
 from typing import Any
 
@@ -68,14 +69,44 @@ def valid_endpoint(address: object, wildcard: bool = False, any_port: bool = Fal
         return False
     if star:
         return wildcard
-    try:
-        ip = ipaddress.ip_address(v6 or name)
-    except ValueError:  # a host name, unless it only looks like a malformed address
-        return not v6 and ".." not in name and not re.fullmatch(r"[0-9.]+", name)
-    if bool(v6) != (ip.version == 6):
+    ip = _host_ip(v6, name)
+    if ip is None:
+        return not v6 and ".." not in name and not _numeric(name)  # a host name
+    if ip is False or bool(v6) != (ip.version == 6):
         return False
     mapped = getattr(ip, "ipv4_mapped", None)
     return wildcard or not (ip.is_unspecified or (mapped is not None and mapped.is_unspecified))
+
+
+def is_loopback(address: str) -> bool:
+    """Whether a tcp endpoint is on loopback (`localhost`, 127.0.0.0/8, ::1) for sure."""
+    match = _ENDPOINT.fullmatch(address)
+    if match is None or match.group(3):
+        return False
+    v6, name = match.group(1), match.group(2)
+    if name == "localhost":
+        return True
+    ip = _host_ip(v6, name)
+    return bool(ip) and ip.is_loopback  # type: ignore[union-attr]
+
+
+def _host_ip(v6: str | None, name: str | None) -> Any:
+    """The address a host spells (None: a host name; False: a malformed address)."""
+    try:
+        return ipaddress.ip_address(v6 or name)
+    except ValueError:
+        if v6 or not name or not _numeric(name):
+            return None if not v6 else False
+        return False
+
+
+def _numeric(name: str) -> bool:
+    """Looks like an address to the resolver (inet_aton reads "0x0" or "1.2.3" as one)."""
+    try:
+        socket_module.inet_aton(name)
+    except OSError:
+        return bool(re.fullmatch(r"[0-9.]+", name))
+    return True
 
 
 def advertised(bound: str, advertise: str | None) -> str:
@@ -132,6 +163,7 @@ class ClusterActor(Actor):
         self.refused_at: dict[str, float] = {}
         self.heard: dict[str, float] = {}  # peer name -> monotonic time last heard
         self.dropping: set[str] = set()  # test hook: peers whose traffic is dropped
+        self.conflicts: set[tuple[str, str]] = set()  # two live names on one address, logged
         self.sent = self.received = self.dropped = 0
 
     # -- setup -----------------------------------------------------------------------------
@@ -184,7 +216,7 @@ class ClusterActor(Actor):
             return False
         sock = socket(zmq.DEALER, hwm=_PEER_HWM)
         sock.setsockopt(zmq.IMMEDIATE, 1)  # queue nothing for a peer that is not there
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 5000)  # back off to 5 s for an absent peer
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)  # back off to 1 s for an absent peer
         sock.ipv6 = "[" in address
         if self.cookie:
             public, secret = curve_keys(self.cookie)
@@ -362,12 +394,19 @@ class ClusterActor(Actor):
             if now - self.heard.get(other, 0.0) > _QUIET_S:
                 self.log.info("%s: peer %s is now %s (same address)", self.me, other, msg.name)
                 self._forget_name(other)  # restarted under another name
-            elif self.refused.get(msg.name) is None:
+            elif (other, msg.name) not in self.conflicts:
+                self.conflicts.add((other, msg.name))
                 self.log.warning("%s: peers %s and %s both say they listen at %s",
                                  self.me, other, msg.name, msg.listen)  # fmt: skip
         self._learn(msg.name, route, [msg.listen, *msg.peers])
         self.address_of[msg.name] = msg.listen
         self._reply(route, codec.encode(PeerWelcome(self.me, self._passed_on())))
+
+    def _quiet(self, route: tuple[str, Any]) -> bool:
+        """Nothing came on `route` lately (its peer greets on every route every second)."""
+        kind, where = route
+        last = self.answered.get(where, 0.0) if kind == "out" else self.route_heard.get(route, 0.0)
+        return time.monotonic() - last > _QUIET_S
 
     def _refuse(self, name: str, reason: str) -> None:
         self.refused[name] = reason
@@ -403,8 +442,11 @@ class ClusterActor(Actor):
             # prefer our own connection (it reconnects by itself), and then keep it: one
             # connection per peer keeps the peer's messages in order
             self.routes[name] = route
-        elif current[0] == "in" and route[0] == "in":
-            self.routes[name] = route  # the peer reconnected: its new identity
+        elif current != route and (current[0] == route[0] == "in" or self._quiet(current)):
+            # the peer reconnected (a new identity), or moved (restarted on another
+            # address, or our connection to it broke): this route just carried its hello
+            self.log.info("%s: peer %s now reached via %s", self.me, name, route[0])
+            self.routes[name] = route
         if route[0] == "out":
             self.address_of[name] = route[1]
         self.heard[name] = time.monotonic()

@@ -68,8 +68,9 @@ class Replication:
         self.silent = self.max_silent  # the first tick announces this replica
         self.countdown = self.sample_periods
         self.refs = itertools.count(random.getrandbits(40))
-        # one transfer asked of a peer at a time: a whole-state answer may take a while
-        self.asked: dict[str, float] = {}  # peer name -> when
+        # one transfer asked of a peer at a time: a whole-state answer may take a while;
+        # peer name -> (request ref, when asked or when a piece of the answer last came)
+        self.asked: dict[str, tuple[int, float]] = {}
         self.transfer_timeout = 4 * self.sample_periods * self.broadcast_period
         self.transfers = 0  # transfers answered
 
@@ -94,13 +95,14 @@ class Replication:
             ahead = {r[0] for r in replicas_of(self.clockset) if r != state.replica}  # type: ignore[index]
             returning = {n for n, p in self.peers.items() if p.returning_since is not None}
             for name in sorted(ahead | returning):
-                if now - self.asked.get(name, -self.transfer_timeout) < self.transfer_timeout:
+                if name in self.asked and now - self.asked[name][1] < self.transfer_timeout:
                     continue  # its answer to the last request is still on its way
-                self.asked[name] = now
+                ref = next(self.refs)
+                self.asked[name] = (ref, now)
                 # a returning peer is down here, so absent from our clocks: name it, or its
                 # answer would leave out its own presences
                 down = (name, self.peers[name].vsn) if name in returning else None
-                outs.append((name, TransferReq(next(self.refs), self.me, self._clocks(down))))
+                outs.append((name, TransferReq(ref, self.me, self._clocks(down))))
             self.clockset = []
             self.countdown = self.sample_periods
         else:
@@ -117,6 +119,7 @@ class Replication:
                 log.info("%s: replica %s permdown after %.1f s of silence", self.me, ref, silence)
             elif silence > self.down_period and not peer.down:
                 peer.down = True
+                self.asked.pop(name, None)  # ask afresh when it is heard again
                 leaves += self.state.replica_down(ref)
                 log.info("%s: replica %s down after %.1f s of silence", self.me, ref, silence)
         return [], leaves
@@ -194,7 +197,8 @@ class Replication:
             return [], []
         log.info("%s: transfer from %s merged", self.me, msg.replica)
         name, vsn = wire.decode_replica(msg.replica)
-        self.asked.pop(name, None)
+        if self.asked.get(name, (None,))[0] == msg.ref:
+            del self.asked[name]  # answered (a late answer to an older request is not)
         peer = self.peers.get(name)
         if peer is not None and peer.vsn == vsn and peer.returning_since is not None:
             joins = joins + self._show_when_caught_up(name, peer, now)
@@ -209,6 +213,7 @@ class Replication:
             peer.returning_since = now
             if behind:
                 self.countdown = 1  # ask it for a transfer at the next tick
+                self.asked.pop(name, None)
                 log.info("%s: replica %s back; shown once caught up", self.me, ref)
         if behind and now - peer.returning_since < self.down_period:
             return []
@@ -216,6 +221,12 @@ class Replication:
         peer.returning_since = None
         log.info("%s: replica %s up again", self.me, ref)
         return self.state.replica_up(ref)
+
+    def transfer_progress(self, name: str, now: float) -> None:
+        """A piece of a big message from `name` came: an answer still arriving is not
+        asked for again."""
+        if name in self.asked:
+            self.asked[name] = (self.asked[name][0], now)
 
     def on_graceful_permdown(self, msg: GracefulPermdown) -> tuple[list[Out], Diff]:
         """Drop the departing replica and acknowledge (a repeated goodbye too)."""

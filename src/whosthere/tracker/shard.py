@@ -26,7 +26,13 @@ import time
 from typing import Any
 
 from whosthere.actors.base import NOREPLY, Actor, ActorSpec, Request
-from whosthere.errors import MalformedFrame, NotTracked, RefChanged, WhosthereError
+from whosthere.errors import (
+    MalformedFrame,
+    MessageTooLarge,
+    NotTracked,
+    RefChanged,
+    WhosthereError,
+)
 from whosthere.tracker.refs import RefMaker
 from whosthere.tracker.replication import Replication
 from whosthere.tracker.state import Element, State
@@ -139,6 +145,7 @@ class ShardActor(Actor):
         self.replication = Replication(self.state, self.tracker) if cluster else None
         self.departed = False
         self.reassembler = fragments.Reassembler()
+        self.too_large = 0  # replication messages not sent: over what peers accept
         # a Depart call waiting for acknowledgements: (request, peers waited for, deadline)
         self.departing: tuple[Request, set[str], float] | None = None
         self.refs = RefMaker(f"{spec.node_name}/{self.name}/{vsn}")
@@ -204,7 +211,9 @@ class ShardActor(Actor):
             **(
                 {"replicas": self.replication.status(time.monotonic()),
                  "transfers": self.replication.transfers,
-                 "fragmented_lost": self.reassembler.lost}
+                 "fragmented_lost": self.reassembler.lost,
+                 "too_large": self.too_large,
+                 "departing": sorted(self.departing[1]) if self.departing else None}
                 if self.replication is not None
                 else {}
             ),
@@ -226,7 +235,9 @@ class ShardActor(Actor):
             return
         inner = codec.decode(msg.payload)  # MalformedFrame: logged and dropped by the loop
         if isinstance(inner, Fragment):
-            inner = self.reassembler.add(msg.sender, inner, time.monotonic())
+            now = time.monotonic()
+            self.replication.transfer_progress(msg.sender, now)
+            inner = self.reassembler.add(msg.sender, inner, now)
             if inner is None:
                 return  # more pieces to come
         replica = getattr(inner, "replica", None)  # every replication message names its own
@@ -312,7 +323,14 @@ class ShardActor(Actor):
             self._cast_peer(to, message)
 
     def _cast_peer(self, to: str, message: tuple) -> None:
-        for frame in fragments.encode(message):  # a whole-state transfer may need several
+        try:
+            frames = fragments.encode(message)  # a whole-state transfer may need several
+        except MessageTooLarge as exc:
+            if not self.too_large:
+                self.log.error("%s: not sent to %s: %s", self.name, to, exc)
+            self.too_large += 1
+            return
+        for frame in frames:
             self.cluster.cast(ClusterCast(to, self.index, frame))  # type: ignore[union-attr]
 
     # -- requests --------------------------------------------------------------------------

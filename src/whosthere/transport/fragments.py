@@ -14,22 +14,28 @@ from __future__ import annotations
 import itertools
 import random
 
-from whosthere.errors import MalformedFrame
+from whosthere.errors import MalformedFrame, MessageTooLarge
 from whosthere.transport import codec
 from whosthere.transport.messages import Fragment
 
 FRAGMENT_BYTES = 8 * 1024 * 1024  # far below the frame limit once wrapped for the route
 MAX_MESSAGE_BYTES = 1024 * 1024 * 1024  # a reassembled message, and all partial ones together
-MAX_AGE_S = 60.0  # a partial message older than this is dropped
+MAX_AGE_S = 60.0  # a partial message whose last piece came longer ago is dropped
 
 _idents = itertools.count(random.getrandbits(32))
 
 
 def encode(message: tuple, limit: int = FRAGMENT_BYTES) -> list[bytes]:
-    """The frames that carry `message`: itself, or its fragments if it is over `limit`."""
+    """The frames that carry `message`: itself, or its fragments if it is over `limit`.
+    `MessageTooLarge` if it is over what a receiver puts back together."""
     body = codec.encode(message)
     if len(body) <= limit:
         return [body]
+    if len(body) > MAX_MESSAGE_BYTES:
+        raise MessageTooLarge(
+            f"{type(message).__name__} of {len(body)} bytes is over the {MAX_MESSAGE_BYTES} "
+            "a peer accepts"
+        )
     ident = next(_idents)
     count = -(-len(body) // limit)
     view = memoryview(body)
@@ -67,12 +73,13 @@ class Reassembler:
         if partial.size > self.max_bytes:
             raise MalformedFrame(f"fragmented message over {self.max_bytes} bytes")
         held = partial.size + sum(p.size for p in self.pending.values())
-        for other in sorted(self.pending, key=lambda s: self.pending[s].started):
+        for other in sorted(self.pending, key=lambda s: self.pending[s].last):
             if held <= self.max_bytes:
                 break
             held -= self.pending.pop(other).size  # make room: others' oldest messages go
             self.lost += 1
         partial.parts.append(piece.data)
+        partial.last = now
         if len(partial.parts) < partial.count:
             self.pending[sender] = partial
             return None
@@ -82,19 +89,19 @@ class Reassembler:
         return message
 
     def expire(self, now: float, max_age: float = MAX_AGE_S) -> None:
-        """Drop partial messages begun more than `max_age` seconds ago."""
+        """Drop partial messages whose last piece came more than `max_age` seconds ago."""
         for sender, partial in list(self.pending.items()):
-            if now - partial.started > max_age:
+            if now - partial.last > max_age:
                 del self.pending[sender]
                 self.lost += 1
 
 
 class _Partial:
-    __slots__ = ("count", "ident", "parts", "size", "started")
+    __slots__ = ("count", "ident", "last", "parts", "size")
 
     def __init__(self, ident: int, count: int, started: float) -> None:
         self.ident = ident
         self.count = count
-        self.started = started
+        self.last = started
         self.parts: list[bytes] = []
         self.size = 0
