@@ -481,3 +481,18 @@ def test_a_peer_not_up_yet_blocks_nothing_and_is_joined_when_it_comes(owner):
         with whosthere.Node(name="late", listen=later, **FAST) as b:
             b.presence.track(owner.pid, "room", "bob", {"v": 2})
             converged([a, b], {"room": {"alice": [1], "bob": [2]}})
+
+
+def test_a_node_restarted_on_another_address_is_reached_there(owner):
+    """Peers drop the route to the old address (silent) for the one the node greets on."""
+    with cluster(3, down_period=10.0, permdown_period=30.0) as nodes:
+        old = nodes[0].cluster_address
+        nodes[0].stop()
+        nodes[0] = whosthere.Node(
+            name="n0", listen=LISTEN, peers=[nodes[1].cluster_address],
+            **{**FAST, "down_period": 10.0, "permdown_period": 30.0},
+        ).start()  # fmt: skip
+        assert nodes[0].cluster_address != old
+        nodes[0].presence.track(owner.pid, "room", "moved", {"v": 1})
+        nodes[2].presence.track(owner.pid, "room", "carol", {"v": 3})
+        converged(nodes, {"room": {"carol": [3], "moved": [1]}}, timeout=15)

@@ -144,3 +144,15 @@ def test_one_transfer_at_a_time_is_asked_of_a_peer():
     ((_, ack),) = b.on_transfer_req(last[1])
     a.on_transfer_ack(ack, 16.1)
     assert a.asked == {} and [e.key for e in a.state.list("t")] == ["bob"]
+
+
+def test_pieces_of_other_messages_do_not_keep_a_lost_request_waiting_for_ever():
+    a, b = replica("a"), replica("b")
+    b.state.join(1, "t", "bob", b"\x80")
+    b.state.take_delta()
+    asked = []
+    for t in range(200):
+        a.on_heartbeat(heartbeat(b), t * 0.5)
+        a.transfer_progress("b", t * 0.5)  # big heartbeats keep coming, the answer never
+        asked += [t * 0.5 for _, m in a.tick(t * 0.5)[0] if isinstance(m, TransferReq)]
+    assert asked[:2] == [0.5, 80.5]  # asked again after 10 transfer timeouts (8 s each)

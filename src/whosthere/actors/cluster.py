@@ -398,7 +398,7 @@ class ClusterActor(Actor):
                 self.conflicts.add((other, msg.name))
                 self.log.warning("%s: peers %s and %s both say they listen at %s",
                                  self.me, other, msg.name, msg.listen)  # fmt: skip
-        self._learn(msg.name, route, [msg.listen, *msg.peers])
+        self._learn(msg.name, route, [msg.listen, *msg.peers], listen=msg.listen)
         self.address_of[msg.name] = msg.listen
         self._reply(route, codec.encode(PeerWelcome(self.me, self._passed_on())))
 
@@ -425,7 +425,9 @@ class ClusterActor(Actor):
         except zmq.ZMQError:
             self.dropped += 1
 
-    def _learn(self, name: str, route: tuple[str, Any], addresses: list[str]) -> None:
+    def _learn(
+        self, name: str, route: tuple[str, Any], addresses: list[str], listen: str | None = None
+    ) -> None:
         if name == self.me:
             return
         if route[0] == "out":  # whoever answers on our connection is the one there now
@@ -442,9 +444,14 @@ class ClusterActor(Actor):
             # prefer our own connection (it reconnects by itself), and then keep it: one
             # connection per peer keeps the peer's messages in order
             self.routes[name] = route
-        elif current != route and (current[0] == route[0] == "in" or self._quiet(current)):
-            # the peer reconnected (a new identity), or moved (restarted on another
-            # address, or our connection to it broke): this route just carried its hello
+        elif current != route and (
+            current[0] == route[0] == "in"
+            or (current[0] == "out" and listen not in (None, current[1]) and self._quiet(current))
+        ):
+            # the peer reconnected (a new identity), or moved: restarted on another address,
+            # our connection to the old one silent (its hello just came on this route). A
+            # connection that is only slow (a big transfer queued on it) is kept: switching
+            # midway would split a fragmented message across two connections.
             self.log.info("%s: peer %s now reached via %s", self.me, name, route[0])
             self.routes[name] = route
         if route[0] == "out":

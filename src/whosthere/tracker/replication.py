@@ -69,8 +69,8 @@ class Replication:
         self.countdown = self.sample_periods
         self.refs = itertools.count(random.getrandbits(40))
         # one transfer asked of a peer at a time: a whole-state answer may take a while;
-        # peer name -> (request ref, when asked or when a piece of the answer last came)
-        self.asked: dict[str, tuple[int, float]] = {}
+        # peer name -> (request ref, when asked, when a piece of a big message last came)
+        self.asked: dict[str, tuple[int, float, float]] = {}
         self.transfer_timeout = 4 * self.sample_periods * self.broadcast_period
         self.transfers = 0  # transfers answered
 
@@ -95,10 +95,10 @@ class Replication:
             ahead = {r[0] for r in replicas_of(self.clockset) if r != state.replica}  # type: ignore[index]
             returning = {n for n, p in self.peers.items() if p.returning_since is not None}
             for name in sorted(ahead | returning):
-                if name in self.asked and now - self.asked[name][1] < self.transfer_timeout:
+                if name in self.asked and self._waiting(self.asked[name], now):
                     continue  # its answer to the last request is still on its way
                 ref = next(self.refs)
-                self.asked[name] = (ref, now)
+                self.asked[name] = (ref, now, now)
                 # a returning peer is down here, so absent from our clocks: name it, or its
                 # answer would leave out its own presences
                 down = (name, self.peers[name].vsn) if name in returning else None
@@ -222,11 +222,18 @@ class Replication:
         log.info("%s: replica %s up again", self.me, ref)
         return self.state.replica_up(ref)
 
+    def _waiting(self, asked: tuple[int, float, float], now: float) -> bool:
+        """Whether an answer may still come: pieces came lately, and not for too long
+        (they might be of other big messages, while the request itself was lost)."""
+        _, at, progress = asked
+        return now - progress < self.transfer_timeout and now - at < 10 * self.transfer_timeout
+
     def transfer_progress(self, name: str, now: float) -> None:
         """A piece of a big message from `name` came: an answer still arriving is not
         asked for again."""
         if name in self.asked:
-            self.asked[name] = (self.asked[name][0], now)
+            ref, at, _ = self.asked[name]
+            self.asked[name] = (ref, at, now)
 
     def on_graceful_permdown(self, msg: GracefulPermdown) -> tuple[list[Out], Diff]:
         """Drop the departing replica and acknowledge (a repeated goodbye too)."""

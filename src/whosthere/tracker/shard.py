@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import gc
 import itertools
+import math
 import random
 import time
 from typing import Any
@@ -146,6 +147,7 @@ class ShardActor(Actor):
         self.departed = False
         self.reassembler = fragments.Reassembler()
         self.too_large = 0  # replication messages not sent: over what peers accept
+        self.too_large_logged = -math.inf
         # a Depart call waiting for acknowledgements: (request, peers waited for, deadline)
         self.departing: tuple[Request, set[str], float] | None = None
         self.refs = RefMaker(f"{spec.node_name}/{self.name}/{vsn}")
@@ -326,9 +328,12 @@ class ShardActor(Actor):
         try:
             frames = fragments.encode(message)  # a whole-state transfer may need several
         except MessageTooLarge as exc:
-            if not self.too_large:
-                self.log.error("%s: not sent to %s: %s", self.name, to, exc)
             self.too_large += 1
+            now = time.monotonic()
+            if now - self.too_large_logged > 60:  # asked again and again: log once a minute
+                self.too_large_logged = now
+                self.log.error("%s: not sent to %s (%d so far): %s", self.name, to,
+                               self.too_large, exc)  # fmt: skip
             return
         for frame in frames:
             self.cluster.cast(ClusterCast(to, self.index, frame))  # type: ignore[union-attr]
