@@ -14,10 +14,11 @@ A peer that is not up yet or goes away never blocks anything: sends never wait (
 reconnects by itself; what cannot be sent now is dropped, and replication repairs the loss
 with transfers). Hellos are repeated every second until answered.
 
-Nothing is kept for ever: an address learned from others that has been silent for
-`forget_after` (the permdown period) is no longer dialled nor passed on (only addresses
-heard from are), and a name that reappears on another's address replaces it (a node
-restarted under a new name).
+Nothing grows for ever: an address learned from others that has been silent for
+`forget_after` (the permdown period, at least 10 s) goes dormant: no longer passed on (only
+addresses heard from lately are), still dialled with back-off so a long split can heal, and
+only the newest `_MAX_DORMANT` kept. A name that answers on another's address replaces it
+(a node restarted under a new name).
 """
 
 from __future__ import annotations
