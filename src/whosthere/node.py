@@ -18,7 +18,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from whosthere.actors.cluster import COOKIE_ENV, is_loopback, valid_endpoint
 from whosthere.actors.pubsub import DEFAULT_HWM
 from whosthere.client import ADDRESS_ENV, NodeInfo, lookup
 from whosthere.errors import NodeStartError, NodeUnavailable, WhosthereError, error_class
@@ -28,6 +27,8 @@ from whosthere.pubsub import PubSub
 from whosthere.tracker.pool import shard_name
 from whosthere.transport import runtime_dir
 from whosthere.transport.codec import DEFAULT_META_LIMIT
+from whosthere.transport.cookie import COOKIE_ENV
+from whosthere.transport.endpoints import check_cluster
 from whosthere.transport.messages import Depart, GetStats, GetStatus
 from whosthere.transport.sockets import DEFAULT_TIMEOUT, Dealer
 
@@ -80,39 +81,6 @@ TRACKER_DEFAULTS: dict[str, Any] = {  # Phoenix.Tracker's, in seconds
     "max_delta_sizes": (100, 1000, 10000),
     "permdown_on_shutdown": False,
 }
-
-
-def _check_cluster(
-    listen: str | None,
-    peers: tuple[str, ...] | list[str],
-    cookie: str | None,
-    advertise: str | None = None,
-) -> tuple[str | None, tuple[str, ...]]:
-    """Cluster wiring as given, checked: tcp endpoints, and loopback only without a cookie."""
-    if isinstance(peers, str):
-        peers = (peers,)
-    peers = tuple(peers)
-    if advertise is not None and not listen:
-        raise ValueError("advertise= needs listen=")
-    mine = [advertise or listen] if listen else []
-    for endpoint in (*mine, *peers):
-        if not valid_endpoint(endpoint, any_port=endpoint in mine):
-            raise ValueError(
-                f"cluster endpoints are tcp://host:port with a host peers can dial "
-                f"(not a wildcard such as 0.0.0.0: to listen on every interface, give "
-                f"advertise= the address peers dial), got {endpoint!r}"
-            )
-    wild = advertise is not None and valid_endpoint(listen, wildcard=True, any_port=True)
-    if listen and not (wild or valid_endpoint(listen, any_port=True)):
-        raise ValueError(f"listen must be tcp://host:port, got {listen!r}")
-    if peers and not listen:
-        raise ValueError("peers need listen=: peers must be able to reach this node too")
-    if listen and not cookie and not is_loopback(listen):
-        raise ValueError(
-            f"listen={listen!r} without a cookie: only loopback addresses are allowed; "
-            "give cookie= (or $WHOSTHERE_COOKIE) to listen on other interfaces"
-        )
-    return listen, peers
 
 
 def check_tracker_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -197,7 +165,7 @@ class Node:
                 checked now and used once nodes form a cluster.
         """
         self.cookie = cookie if cookie is not None else os.environ.get(COOKIE_ENV)
-        self.listen, self.peers = _check_cluster(listen, peers, self.cookie, advertise)
+        self.listen, self.peers = check_cluster(listen, peers, self.cookie, advertise)
         self.advertise = advertise
         if not isinstance(pool_size, int) or pool_size < 1:
             raise ValueError(f"pool_size must be a positive int, got {pool_size!r}")

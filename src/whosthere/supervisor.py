@@ -117,7 +117,7 @@ def node_children(config: dict[str, Any]) -> list[ActorSpec]:
         specs.append(
             ActorSpec(
                 name=shard_name(i),
-                actor="whosthere.tracker.shard:ShardActor",
+                actor="whosthere.actors.shard:ShardActor",
                 endpoint=endpoint(shard_name(i)),
                 options={
                     "index": i,

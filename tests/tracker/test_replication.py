@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from whosthere.node import TRACKER_DEFAULTS
+from whosthere.tracker import wire
 from whosthere.tracker.replication import Replication
 from whosthere.tracker.state import State
-from whosthere.transport import crdt_wire as wire
 from whosthere.transport.messages import GoodbyeAck, Heartbeat, TransferReq
 
 OPTS = {**TRACKER_DEFAULTS, "broadcast_period": 1.0, "down_period": 5.0,

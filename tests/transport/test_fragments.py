@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from whosthere.errors import MalformedFrame, MessageTooLarge
+from whosthere.tracker import wire
 from whosthere.tracker.state import State
 from whosthere.transport import codec, fragments
-from whosthere.transport import crdt_wire as wire
 from whosthere.transport.messages import Fragment, Heartbeat, TransferAck
 
 

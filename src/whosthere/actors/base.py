@@ -4,7 +4,9 @@ Phases, as pykka's: setup (`on_start`: bind, connect), running (the loop below),
 (`on_stop`, then every socket is closed). The loop polls the mailbox, any extra sockets or file
 descriptors (`add_reader`) and the signal wakeup fd, and runs due timers (`call_later`).
 
-A message `Foo` is handled by the method `on_foo` (snake case of the class name). For a call,
+A message `Foo` is handled by the method `on_foo` (snake case of the class name): the one
+routing rule, `routes`, which actors also use for messages that arrive wrapped in others (a
+shard's replication messages, a cluster actor's frames from peers). For a call,
 the handler's return value is the reply; a handler that answers later returns `NOREPLY` and
 keeps `self.request` to pass to `reply`. An exception in a handler is logged with its
 traceback and sent back to the caller as an error; the actor keeps serving. A frame that does
@@ -21,7 +23,7 @@ import re
 import signal
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, NamedTuple
 
@@ -81,6 +83,13 @@ def _snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
+def routes(owner: object, classes: Iterable[type]) -> dict[type, Callable[..., Any]]:
+    """Each message class to its handler on `owner`: `FooBar` goes to `owner.on_foo_bar`.
+
+    A class without its handler is a bug found at construction, not at the first message."""
+    return {cls: getattr(owner, "on_" + _snake(cls.__name__)) for cls in classes}
+
+
 class Actor:
     """Base of every actor process. Subclasses define `on_<message>` handlers and hooks."""
 
@@ -103,10 +112,7 @@ class Actor:
         self._stopping = False
         self._wakeup_r = -1
         self.supervisor: Dealer | None = None  # casts to the supervisor (None for it)
-        handlers: dict[type, Callable[[Any], Any]] = {}
-        for cls in (Ping, GetStats, *self.handles):
-            handlers[cls] = getattr(self, "on_" + _snake(cls.__name__))
-        self._handlers = handlers
+        self._handlers = routes(self, (Ping, GetStats, *self.handles))
 
     # -- hooks -----------------------------------------------------------------------------
 

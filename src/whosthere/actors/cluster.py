@@ -23,20 +23,17 @@ only the newest `_MAX_DORMANT` kept. A name that answers on another's address re
 
 from __future__ import annotations
 
-import hashlib
-import ipaddress
 import os
-import re
-import socket as socket_module
 import time
 from typing import Any
 
 import zmq
-import zmq.utils.z85
 
-from whosthere.actors.base import Actor, ActorSpec
+from whosthere.actors.base import Actor, ActorSpec, routes
 from whosthere.errors import MalformedFrame
 from whosthere.transport import codec
+from whosthere.transport.cookie import COOKIE_ENV, curve_keys
+from whosthere.transport.endpoints import advertised, valid_endpoint
 from whosthere.transport.messages import (
     ClusterCast,
     DropPeers,
@@ -51,81 +48,7 @@ from whosthere.transport.sockets import Dealer, bind, socket
 _HELLO_EVERY_S = 1.0
 _QUIET_S = 3 * _HELLO_EVERY_S  # a peer silent this long may be replaced by another name
 _MAX_DORMANT = 64  # forgotten addresses still dialled (a long split may heal through them)
-COOKIE_ENV = "WHOSTHERE_COOKIE"
-_ENDPOINT = re.compile(
-    r"tcp://(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9](?:[A-Za-z0-9.\-]*[A-Za-z0-9])?)|(\*))"
-    r":([0-9]{1,5})"
-)
-
-
-def valid_endpoint(address: object, wildcard: bool = False, any_port: bool = False) -> bool:
-    """tcp://host:port with a host peers can dial (no wildcard, in any spelling); with
-    `wildcard`, an address to bind on every interface too; with `any_port`, port 0 (any
-    free one) too."""
-    match = _ENDPOINT.fullmatch(address) if isinstance(address, str) else None
-    if match is None:
-        return False
-    v6, name, star, port = match.groups()
-    if int(port) > 65535 or (int(port) == 0 and not any_port):
-        return False
-    if star:
-        return wildcard
-    ip = _host_ip(v6, name)
-    if ip is None:
-        return not v6 and ".." not in name and not _numeric(name)  # a host name
-    if ip is False or bool(v6) != (ip.version == 6):
-        return False
-    mapped = getattr(ip, "ipv4_mapped", None)
-    return wildcard or not (ip.is_unspecified or (mapped is not None and mapped.is_unspecified))
-
-
-def is_loopback(address: str) -> bool:
-    """Whether a tcp endpoint is on loopback (`localhost`, 127.0.0.0/8, ::1) for sure."""
-    match = _ENDPOINT.fullmatch(address)
-    if match is None or match.group(3):
-        return False
-    v6, name = match.group(1), match.group(2)
-    if name == "localhost":
-        return True
-    ip = _host_ip(v6, name)
-    return bool(ip) and ip.is_loopback  # type: ignore[union-attr]
-
-
-def _host_ip(v6: str | None, name: str | None) -> Any:
-    """The address a host spells (None: a host name; False: a malformed address)."""
-    try:
-        return ipaddress.ip_address(v6 or name)
-    except ValueError:
-        if v6 or not name or not _numeric(name):
-            return None if not v6 else False
-        return False
-
-
-def _numeric(name: str) -> bool:
-    """Looks like an address to the resolver (inet_aton reads "0x0" or "1.2.3" as one)."""
-    try:
-        socket_module.inet_aton(name)
-    except OSError:
-        return bool(re.fullmatch(r"[0-9.]+", name))
-    return True
-
-
-def advertised(bound: str, advertise: str | None) -> str:
-    """The address peers are told: `advertise` (its port 0: the port bound), or `bound`."""
-    if not advertise:
-        return bound
-    if advertise.endswith(":0"):
-        return advertise[:-1] + bound.rsplit(":", 1)[1]
-    return advertise
-
-
 _PEER_HWM = 10_000  # frames queued for one peer before they are dropped
-
-
-def curve_keys(cookie: str) -> tuple[bytes, bytes]:
-    """(public, secret) CURVE keys every holder of the cookie derives alike."""
-    secret = zmq.utils.z85.encode(hashlib.sha256(b"whosthere-cookie:" + cookie.encode()).digest())
-    return zmq.curve_public(secret), secret
 
 
 class ClusterActor(Actor):
@@ -166,6 +89,7 @@ class ClusterActor(Actor):
         self.dropping: set[str] = set()  # test hook: peers whose traffic is dropped
         self.conflicts: set[tuple[str, str]] = set()  # two live names on one address, logged
         self.sent = self.received = self.dropped = 0
+        self.from_peers = routes(self, (PeerCast, PeerHello, PeerWelcome, PeerRefused))
 
     # -- setup -----------------------------------------------------------------------------
 
@@ -356,26 +280,32 @@ class ClusterActor(Actor):
         except MalformedFrame as exc:
             self.log.warning("%s: dropped a malformed frame from a peer: %s", self.me, exc)
             return
-        if isinstance(msg, PeerCast):
-            if msg.sender in self.dropping or self.speaks_for.get(route) != msg.sender:
-                self.dropped += 1
-                return
-            self.received += 1
-            self.heard[msg.sender] = time.monotonic()
-            if 0 <= msg.index < len(self.shards):
-                self.shards[msg.index].cast(FromPeer(msg.sender, msg.payload))
-        elif isinstance(msg, PeerHello):
-            self._on_hello(msg, route)
-        elif isinstance(msg, PeerWelcome):
-            self._learn(msg.name, route, msg.peers)
-        elif isinstance(msg, PeerRefused):
-            if self.refused.get(msg.name) != msg.reason:
-                self.log.error("%s: peer %s refused this node: %s", self.me, msg.name, msg.reason)
-            self._refuse(msg.name, msg.reason)
-        else:
+        handler = self.from_peers.get(type(msg))
+        if handler is None:
             self.log.warning("%s: unexpected %s from a peer", self.me, type(msg).__name__)
+            return
+        handler(msg, route)
 
-    def _on_hello(self, msg: PeerHello, route: tuple[str, Any]) -> None:
+    # Frames from peers, by the actors' one routing rule; `route` is where the frame came.
+
+    def on_peer_cast(self, msg: PeerCast, route: tuple[str, Any]) -> None:
+        if msg.sender in self.dropping or self.speaks_for.get(route) != msg.sender:
+            self.dropped += 1
+            return
+        self.received += 1
+        self.heard[msg.sender] = time.monotonic()
+        if 0 <= msg.index < len(self.shards):
+            self.shards[msg.index].cast(FromPeer(msg.sender, msg.payload))
+
+    def on_peer_welcome(self, msg: PeerWelcome, route: tuple[str, Any]) -> None:
+        self._learn(msg.name, route, msg.peers)
+
+    def on_peer_refused(self, msg: PeerRefused, route: tuple[str, Any]) -> None:
+        if self.refused.get(msg.name) != msg.reason:
+            self.log.error("%s: peer %s refused this node: %s", self.me, msg.name, msg.reason)
+        self._refuse(msg.name, msg.reason)
+
+    def on_peer_hello(self, msg: PeerHello, route: tuple[str, Any]) -> None:
         if msg.name == self.me:
             return
         if msg.pool_size != self.pool_size:

@@ -25,10 +25,9 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from whosthere.tracker import deltas
+from whosthere.tracker import deltas, wire
 from whosthere.tracker.clock import ClockSet, append_clock, replicas_of
 from whosthere.tracker.state import Delta, Element, ReplicaRef, State
-from whosthere.transport import crdt_wire as wire
 from whosthere.transport.messages import (
     GoodbyeAck,
     GracefulPermdown,

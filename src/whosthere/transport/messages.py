@@ -283,7 +283,7 @@ class FromPeer(NamedTuple):
 
 class Heartbeat(NamedTuple):
     """Shard i -> shard i of every peer, each broadcast_period: its pending delta (or None)
-    and its clocks. Deltas and clocks in the lists of `crdt_wire`."""
+    and its clocks. Deltas and clocks in the lists of `tracker.wire`."""
 
     replica: list[Any]  # [node name, vsn]
     delta: list[Any] | None

@@ -26,7 +26,7 @@ import random
 import time
 from typing import Any
 
-from whosthere.actors.base import NOREPLY, Actor, ActorSpec, Request
+from whosthere.actors.base import NOREPLY, Actor, ActorSpec, Request, routes
 from whosthere.errors import (
     MalformedFrame,
     MessageTooLarge,
@@ -145,6 +145,9 @@ class ShardActor(Actor):
         self.tracker: dict[str, Any] = opts.get("tracker") or {}
         self.replication = Replication(self.state, self.tracker) if cluster else None
         self.departed = False
+        self.from_peers = routes(
+            self, (Heartbeat, TransferReq, TransferAck, GracefulPermdown, GoodbyeAck)
+        )
         self.reassembler = fragments.Reassembler()
         self.too_large = 0  # replication messages not sent: over what peers accept
         self.too_large_logged = -math.inf
@@ -245,29 +248,40 @@ class ShardActor(Actor):
         replica = getattr(inner, "replica", None)  # every replication message names its own
         if not (isinstance(replica, list) and replica and replica[0] == msg.sender):
             raise MalformedFrame(f"{type(inner).__name__} from {msg.sender} names {replica!r:.80}")
-        if self.departed:
-            if isinstance(inner, GoodbyeAck) and self.departing is not None:
-                self.departing[1].discard(msg.sender)
-                if not self.departing[1]:
-                    self._departed()
-            elif isinstance(inner, GracefulPermdown):  # leaving together: let it go too
-                self._cast_peer(msg.sender, GoodbyeAck(self.replication.me))
-            return
-        if isinstance(inner, Heartbeat):
-            diff = self.replication.on_heartbeat(inner, time.monotonic())
-        elif isinstance(inner, TransferReq):
-            self._send_peers(self.replication.on_transfer_req(inner))
-            return
-        elif isinstance(inner, TransferAck):
-            diff = self.replication.on_transfer_ack(inner, time.monotonic())
-        elif isinstance(inner, GracefulPermdown):
-            outs, diff = self.replication.on_graceful_permdown(inner)
-            self._send_peers(outs)
-        elif isinstance(inner, GoodbyeAck):
-            return  # a late answer to an earlier incarnation's goodbye
-        else:
+        handler = self.from_peers.get(type(inner))
+        if handler is None:
             raise MalformedFrame(f"{type(inner).__name__} is not a replication message")
+        handler(inner, msg.sender)
+
+    # Replication messages, unwrapped from `FromPeer`; a departed replica only says goodbye.
+
+    def on_heartbeat(self, msg: Heartbeat, sender: str) -> None:
+        if not self.departed:
+            self.report(_by_topic(*self.replication.on_heartbeat(msg, time.monotonic())))  # type: ignore[union-attr]
+
+    def on_transfer_req(self, msg: TransferReq, sender: str) -> None:
+        if not self.departed:
+            self._send_peers(self.replication.on_transfer_req(msg))  # type: ignore[union-attr]
+
+    def on_transfer_ack(self, msg: TransferAck, sender: str) -> None:
+        if not self.departed:
+            self.report(_by_topic(*self.replication.on_transfer_ack(msg, time.monotonic())))  # type: ignore[union-attr]
+
+    def on_graceful_permdown(self, msg: GracefulPermdown, sender: str) -> None:
+        assert self.replication is not None
+        if self.departed:  # leaving together: let it go too
+            self._cast_peer(sender, GoodbyeAck(self.replication.me))
+            return
+        outs, diff = self.replication.on_graceful_permdown(msg)
+        self._send_peers(outs)
         self.report(_by_topic(*diff))
+
+    def on_goodbye_ack(self, msg: GoodbyeAck, sender: str) -> None:
+        if self.departing is None:
+            return  # a late answer to an earlier incarnation's goodbye
+        self.departing[1].discard(sender)
+        if not self.departing[1]:
+            self._departed()
 
     def on_depart(self, msg: Depart) -> Any:
         """Tell the peers to drop this replica now (graceful permdown); it replicates no more.

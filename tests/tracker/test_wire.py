@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from whosthere.errors import MalformedFrame
+from whosthere.tracker import wire
 from whosthere.tracker.state import State
 from whosthere.transport import codec
-from whosthere.transport import crdt_wire as wire
 
 A, B = ("a", 1), ("b", 2)
 
