@@ -153,3 +153,84 @@ def test_redis_bench_is_skipped_without_redis_server(monkeypatch):
     monkeypatch.setattr(resp, "available", lambda: None)
     rows = redis_baseline.bench_redis(common.QUICK)
     assert [r.figure for r in rows] == ["redis-server not installed: skipped"]
+
+
+# -- layers ------------------------------------------------------------------------------------
+
+# Lowest first: a module imports only from its own layer and those below it.
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    ("errors", ("whosthere.errors",)),
+    ("wire and processes", ("whosthere.transport", "whosthere.watch")),
+    ("pure tracker", ("whosthere.tracker",)),
+    ("node description", ("whosthere.config", "whosthere.topology", "whosthere.loading")),
+    ("actors", ("whosthere.actors",)),
+    ("client API", ("whosthere",)),  # the rest: node, supervisor, presence, pubsub, cli...
+]
+
+
+def _layer(module: str) -> int:
+    for i, (_, prefixes) in enumerate(LAYERS[:-1]):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return i
+    assert module.partition(".")[0] == "whosthere", module
+    return len(LAYERS) - 1
+
+
+def _package(module: str) -> str:
+    """A subpackage (whosthere.tracker) or a top-level module (whosthere.node)."""
+    return ".".join(module.split(".")[:2])
+
+
+def _imports() -> dict[str, set[str]]:
+    """Module -> the whosthere modules it imports (anywhere in it, lazy imports too)."""
+    import ast
+    import importlib.util
+
+    src = ROOT / "src"
+    found: dict[str, set[str]] = {}
+    for path in sorted((src / "whosthere").rglob("*.py")):
+        parts = path.relative_to(src).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        package = module if parts[-1] == "__init__" else module.rpartition(".")[0]
+        names = found.setdefault(module, set())
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names.update(a.name for a in node.names if a.name.startswith("whosthere"))
+            elif isinstance(node, ast.ImportFrom):
+                relative = "." * node.level + (node.module or "")
+                base = importlib.util.resolve_name(relative, package) if node.level else relative
+                if base.startswith("whosthere"):
+                    names.add(base)
+    return found
+
+
+def test_no_import_runs_up_a_layer():
+    upward = [
+        f"{module} ({LAYERS[_layer(module)][0]}) imports {target} ({LAYERS[_layer(target)][0]})"
+        for module, targets in _imports().items()
+        for target in targets
+        if _layer(target) > _layer(module)
+    ]
+    assert upward == []
+
+
+def test_no_package_imports_itself_through_another():
+    graph: dict[str, set[str]] = {}
+    for module, targets in _imports().items():
+        graph.setdefault(_package(module), set()).update(
+            _package(t) for t in targets if _package(t) != _package(module)
+        )
+
+    def reaches(start: str, goal: str) -> bool:
+        seen, todo = set(), list(graph.get(start, ()))
+        while todo:
+            here = todo.pop()
+            if here == goal:
+                return True
+            if here not in seen:
+                seen.add(here)
+                todo.extend(graph.get(here, ()))
+        return False
+
+    cycles = sorted(p for p in graph if reaches(p, p))
+    assert cycles == []

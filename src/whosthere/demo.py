@@ -100,23 +100,26 @@ class Demo:
     def _loop(self, sub: Subscription, kill_times: list[float], rng: random.Random) -> None:
         end = self.t0 + self.duration
         while (now := time.perf_counter()) < end:
-            if kill_times and now - self.t0 >= kill_times[0]:
+            due = bool(kill_times) and now - self.t0 >= kill_times[0]
+            if due and self._kill_one(rng):
                 kill_times.pop(0)
-                self._kill_one(rng)
                 continue
-            next_at = self.t0 + kill_times[0] if kill_times else end
+            # a kill that found no worker joined yet waits for the next join
+            next_at = self.t0 + kill_times[0] if kill_times and not due else end
             msg = sub.get(timeout=max(0.001, min(next_at, end) - now))
             if msg is not None and msg.event == "presence_diff":
                 self._diff(msg.payload, time.perf_counter())
 
-    def _kill_one(self, rng: random.Random) -> None:
+    def _kill_one(self, rng: random.Random) -> bool:
+        """SIGKILL a worker that has joined; False if none has yet."""
         live = [w for w in self.by_pid.values() if w.fate == "running" and w.status != "starting"]
         if not live:
-            return
+            return False
         victim = rng.choice(live)
         self.say("KILL", f"{victim.name} (pid {victim.pid}) with SIGKILL")
         victim.killed_at = time.perf_counter()
         os.kill(victim.pid, signal.SIGKILL)
+        return True
 
     def _diff(self, diff: dict, received: float) -> None:
         joins, leaves = diff["joins"], diff["leaves"]

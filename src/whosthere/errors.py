@@ -1,8 +1,8 @@
 """The exceptions whosthere raises: one root, a named leaf for each way a call fails.
 
 Errors raised inside an actor travel back to the caller by class name (see
-`transport.messages.Failed`) and are raised there again as the same class, with the
-actor's traceback kept on `remote_traceback`.
+`transport.messages.Failed`) and are raised there again as the same class by `from_wire`,
+with the actor's traceback kept on `remote_traceback`.
 """
 
 from __future__ import annotations
@@ -83,9 +83,13 @@ class MessagesLost(WhosthereError):
         super().__init__(f"{count} message(s) lost on topic {topic!r}: {reason}")
 
 
-def error_class(name: str) -> type[WhosthereError] | None:
-    """The WhosthereError subclass called `name`, for errors coming back over the wire."""
-    found = globals().get(name)
+def from_wire(kind: str, message: str, traceback: str = "") -> WhosthereError:
+    """The error an actor or the supervisor sent back by class name, as its own class where
+    whosthere knows it, else as `ActorError` naming it; its remote traceback kept."""
+    found = globals().get(kind)
     if isinstance(found, type) and issubclass(found, WhosthereError) and found is not MessagesLost:
-        return found
-    return None
+        error: WhosthereError = found(message)
+    else:
+        error = ActorError(f"{kind}: {message}")
+    error.remote_traceback = traceback or None
+    return error

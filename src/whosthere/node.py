@@ -7,101 +7,47 @@ import json
 import logging
 import multiprocessing
 import os
-import select
 import signal
-import socket as _socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from whosthere.actors.pubsub import DEFAULT_HWM
-from whosthere.client import ADDRESS_ENV, NodeInfo, lookup
-from whosthere.errors import NodeStartError, NodeUnavailable, WhosthereError, error_class
+from whosthere.admin import depart, node_status
+from whosthere.config import DEFAULT_PUBSUB_HWM, ClusterConfig, NodeConfig
+from whosthere.errors import NodeStartError, NodeUnavailable, WhosthereError
 from whosthere.links import Links
-from whosthere.presence import Presence, presence_class_ref
+from whosthere.loading import class_ref
+from whosthere.node_events import EventReader
+from whosthere.presence import Presence
 from whosthere.pubsub import PubSub
-from whosthere.tracker.pool import shard_name
+from whosthere.topology import Topology
+from whosthere.tracker.options import TrackerOptions
 from whosthere.transport import runtime_dir
 from whosthere.transport.codec import DEFAULT_META_LIMIT
 from whosthere.transport.cookie import COOKIE_ENV
-from whosthere.transport.endpoints import check_cluster
-from whosthere.transport.messages import Depart, GetStats, GetStatus
-from whosthere.transport.sockets import DEFAULT_TIMEOUT, Dealer
+from whosthere.transport.sockets import DEFAULT_TIMEOUT
+from whosthere.workers import Workers
+
+__all__ = ["Node", "node_status"]
 
 log = logging.getLogger("whosthere.node")
 
 STOP_TIMEOUT = 2.0  # seconds Node.stop() waits before killing the process group
 
 
-def _spawn_entry(address: str, target: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
-    os.environ[ADDRESS_ENV] = address
-    return target(*args, **kwargs)
-
-
-def node_status(address: str, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
-    """The status of the node at `address`: its tree, each actor's counters, link counts."""
-    dealer = Dealer(address, timeout=timeout, what="node")
-    try:
-        status = dealer.call(GetStatus())
-    finally:
-        dealer.close()
-    endpoints = lookup(address, timeout).endpoints
-    presences = 0
-    for actor in status["actors"]:
-        endpoint = endpoints.get(actor["name"])
-        if endpoint is None:
-            continue
-        conn = Dealer(endpoint, timeout=min(timeout, 1.0), what=f"actor {actor['name']}")
-        try:
-            actor["stats"] = conn.call(GetStats())
-        except NodeUnavailable:
-            actor["stats"] = None  # restarting right now
-        finally:
-            conn.close()
-        if actor["name"].startswith("shard.") and actor["stats"]:
-            presences += actor["stats"]["presences"]
-    status["presences"] = presences
-    by_name = {a["name"]: a.get("stats") or {} for a in status["actors"]}
-    if "cluster" in by_name:  # each peer replica as shard 0 sees it; the connections
-        status["peers"] = by_name.get("shard.0", {}).get("replicas", {})
-        status["cluster"] = by_name["cluster"]
-    return status
-
-
-TRACKER_DEFAULTS: dict[str, Any] = {  # Phoenix.Tracker's, in seconds
-    "broadcast_period": 1.5,
-    "max_silent_periods": 10,
-    "down_period": 30.0,
-    "permdown_period": 1200.0,
-    "clock_sample_periods": 2,
-    "max_delta_sizes": (100, 1000, 10000),
-    "permdown_on_shutdown": False,
-}
-
-
-def check_tracker_options(options: dict[str, Any]) -> dict[str, Any]:
-    """The tracker options with defaults; `ValueError`/`TypeError` names the rule broken."""
-    unknown = sorted(set(options) - set(TRACKER_DEFAULTS))
-    if unknown:
-        raise TypeError(f"unknown Node option(s): {', '.join(unknown)}")
-    merged = {**TRACKER_DEFAULTS, **options}
-    if "down_period" not in options:
-        merged["down_period"] = merged["broadcast_period"] * merged["max_silent_periods"] * 2
-    if merged["down_period"] < 2 * merged["broadcast_period"]:
-        raise ValueError(
-            f"down_period ({merged['down_period']} s) must be at least twice "
-            f"broadcast_period ({merged['broadcast_period']} s)"
-        )
-    if merged["permdown_period"] <= merged["down_period"]:
-        raise ValueError(
-            f"permdown_period ({merged['permdown_period']} s) must be greater than "
-            f"down_period ({merged['down_period']} s)"
-        )
-    return merged
+def _presence_config(cls: type) -> dict[str, Any]:
+    """What the node's processes need to know of the user's Presence subclass."""
+    if not (isinstance(cls, type) and issubclass(cls, Presence)):
+        raise TypeError(f"presence must be a whosthere.Presence subclass, got {cls!r}")
+    return {
+        "presence": class_ref(cls),
+        "custom_fetch": cls.fetch is not Presence.fetch,
+        # the presence client actor runs when either callback is defined (init alone runs once)
+        "presence_client": any(hasattr(cls, name) for name in ("init", "handle_metas")),
+    }
 
 
 class Node:
@@ -123,7 +69,7 @@ class Node:
         max_seconds: float = 5.0,
         start_timeout: float = 30.0,
         call_timeout: float = DEFAULT_TIMEOUT,
-        pubsub_hwm: int = DEFAULT_HWM,
+        pubsub_hwm: int = DEFAULT_PUBSUB_HWM,
         max_pidfds: int | None = None,
         fetchers: int = 2,
         fetch_timeout: float = 5.0,
@@ -165,44 +111,46 @@ class Node:
                 checked now and used once nodes form a cluster.
         """
         self.cookie = cookie if cookie is not None else os.environ.get(COOKIE_ENV)
-        self.listen, self.peers = check_cluster(listen, peers, self.cookie, advertise)
-        self.advertise = advertise
-        if not isinstance(pool_size, int) or pool_size < 1:
-            raise ValueError(f"pool_size must be a positive int, got {pool_size!r}")
-        if max_restarts < 0 or max_seconds <= 0:
-            raise ValueError("max_restarts must be >= 0 and max_seconds > 0")
-        if fetchers < 1 or fetch_timeout <= 0 or meta_limit < 1:
-            raise ValueError("fetchers, fetch_timeout and meta_limit must be positive")
-        self.tracker_options = check_tracker_options(tracker_options)
+        cluster = ClusterConfig.create(listen, peers, self.cookie, advertise)
         self.presence_class: type[Presence] = presence or Presence
-        self._presence_ref = presence_class_ref(self.presence_class)
-        # the presence client actor runs when either callback is defined (init alone runs once)
-        self._client_actor = any(
-            hasattr(self.presence_class, name) for name in ("init", "handle_metas")
+        self.config = NodeConfig(
+            name=name or NodeConfig.default_name(),
+            pool_size=pool_size,
+            fetchers=fetchers,
+            fetch_timeout=fetch_timeout,
+            meta_limit=meta_limit,
+            max_restarts=max_restarts,
+            max_seconds=max_seconds,
+            start_timeout=start_timeout,
+            pubsub_hwm=pubsub_hwm,
+            max_pidfds=max_pidfds,
+            log_level=NodeConfig.default_log_level(log_level),
+            cluster=cluster,
+            tracker=TrackerOptions.from_options(tracker_options),
+            **_presence_config(self.presence_class),
         )
-        self.fetchers = fetchers
-        self.fetch_timeout = fetch_timeout
-        self.meta_limit = meta_limit
-        self.pool_size = pool_size
-        self.name = name or f"{_socket.gethostname()}-{uuid.uuid4().hex[:6]}"
-        self.max_restarts = max_restarts
-        self.max_seconds = max_seconds
-        self.start_timeout = start_timeout
         self.call_timeout = call_timeout
-        self.pubsub_hwm = pubsub_hwm
-        self.max_pidfds = max_pidfds
-        self.log_level = (log_level or os.environ.get("WHOSTHERE_LOG_LEVEL") or "WARNING").upper()
         self.runtime_dir: Path | None = None
         self._address: str | None = None
         self._proc: subprocess.Popen[bytes] | None = None
-        self._events_fd = -1  # read end of the supervisor's pipe
-        self._events = b""
-        self._error: WhosthereError | None = None
-        self._info: NodeInfo | None = None
+        self._events: EventReader | None = None  # the supervisor's pipe
         self._pubsub: PubSub | None = None
         self._presence: Presence | None = None
-        self._workers: list[multiprocessing.process.BaseProcess] = []
+        self._workers = Workers()
         self._stopped = False
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def pool_size(self) -> int:
+        return self.config.pool_size
+
+    @property
+    def listen(self) -> str | None:
+        """The `listen` address given (None: the node is alone)."""
+        return self.config.cluster.listen if self.config.cluster else None
 
     def __repr__(self) -> str:
         state = "running" if self.alive else ("stopped" if self._proc else "new")
@@ -219,40 +167,18 @@ class Node:
             raise RuntimeError("a Node starts once; create a new one")
         path, lock_fd = runtime_dir.create(self.name)
         self.runtime_dir = path
-        self._address = runtime_dir.ipc_endpoint(path, "supervisor")
+        config = self.config.started(str(path))
+        self._address = Topology(config).address
         events_r, events_w = os.pipe()
-        config = {
-            "name": self.name,
-            "address": self._address,
-            "runtime_dir": str(path),
-            "parent_pid": os.getpid(),
-            "pool_size": self.pool_size,
-            "max_restarts": self.max_restarts,
-            "max_seconds": self.max_seconds,
-            "start_timeout": self.start_timeout,
-            "pubsub_hwm": self.pubsub_hwm,
-            "max_pidfds": self.max_pidfds,
-            "presence": self._presence_ref,
-            "custom_fetch": self.presence_class.fetch is not Presence.fetch,
-            "handle_metas": self._client_actor,
-            "fetchers": self.fetchers,
-            "fetch_timeout": self.fetch_timeout,
-            "meta_limit": self.meta_limit,
-            "log_level": self.log_level,
-            "listen": self.listen,
-            "advertise": self.advertise,
-            "peers": list(self.peers),
-            "tracker": self.tracker_options,
-            "ready_fd": events_w,
-            "lock_fd": lock_fd,
-        }
+        args = {"config": config.to_json(), "parent_pid": os.getpid(),
+                "ready_fd": events_w, "lock_fd": lock_fd}  # fmt: skip
         try:
             env = dict(os.environ)
             env.pop(COOKIE_ENV, None)
             if self.cookie:  # by environment (readable by this user only), not by argv
                 env[COOKIE_ENV] = self.cookie
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "whosthere.supervisor", json.dumps(config)],
+                [sys.executable, "-m", "whosthere.supervisor", json.dumps(args)],
                 pass_fds=(events_w, lock_fd),
                 start_new_session=True,  # terminal signals go to us; we stop the node
                 env=env,
@@ -264,13 +190,12 @@ class Node:
         finally:
             os.close(events_w)
             os.close(lock_fd)  # the supervisor holds the directory's lock now
-        self._events_fd = events_r
-        event = self._next_event(self.start_timeout + 5)
+        self._events = EventReader(events_r)
+        event = self._events.next(self.config.start_timeout + 5)
         if event is None or not event.get("ready"):
             reason = (event or {}).get("message") or "the supervisor exited during start"
             self.stop()
             raise NodeStartError(f"node {self.name!r} did not start: {reason}")
-        self._info = NodeInfo(self.name, self._address, {})
         return self
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
@@ -281,13 +206,13 @@ class Node:
         self._stopped = True
         deadline = time.monotonic() + timeout
         try:
-            if self.listen and self.tracker_options["permdown_on_shutdown"] and self.alive:
-                self._depart(min(1.5, timeout / 2))
+            if self.listen and self.config.tracker.permdown_on_shutdown and self.alive:
+                depart(self.address, min(1.5, timeout / 2))
             if self._pubsub is not None:
                 self._pubsub.close(flush_timeout=min(0.2, timeout / 10))
             if self._presence is not None:
                 self._presence.close()
-            self._stop_workers(grace=min(0.5, timeout / 4))
+            self._workers.stop(grace=min(0.5, timeout / 4))
         finally:
             self._stop_tree(deadline)
 
@@ -302,31 +227,8 @@ class Node:
         """Leave the cluster for good: peers drop this node's presences at once (instead of
         after down_period), then the node stops."""
         if self.listen and self.alive:
-            self._depart(self.call_timeout)
+            depart(self.address, self.call_timeout)
         self.stop()
-
-    def _depart(self, timeout: float) -> None:
-        assert self._address is not None
-        deadline = time.monotonic() + timeout
-        info = lookup(self._address, timeout)
-        shards = [info.endpoints[shard_name(i)] for i in range(self.pool_size)]
-        dealers = [Dealer(endpoint, what="shard") for endpoint in shards]
-        try:  # every shard says goodbye at once; each answers once its peers acknowledge
-            refs = [d.request(Depart(), deadline, timeout) for d in dealers]
-            for i, (dealer, ref) in enumerate(zip(dealers, refs, strict=True)):
-                try:
-                    missing = dealer.result(ref, Depart(), deadline, timeout)
-                except WhosthereError as exc:  # stopping anyway: peers use down_period
-                    log.warning("graceful permdown of shard %d failed: %s", i, exc)
-                    continue
-                if missing:
-                    log.warning(
-                        "graceful permdown of shard %d: no acknowledgement from %s (they "
-                        "drop this node after down_period)", i, ", ".join(missing),
-                    )  # fmt: skip
-        finally:
-            for dealer in dealers:
-                dealer.close()
 
     def _stop_tree(self, deadline: float) -> None:
         """SIGTERM the supervisor, SIGKILL the process group at the deadline, clean up."""
@@ -341,9 +243,9 @@ class Node:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self._proc.pid, signal.SIGKILL)  # anything left of the tree
         self._proc.wait()
-        self._drain_events()
-        os.close(self._events_fd)
-        self._events_fd = -1
+        if self._events is not None:
+            self._events.drain()
+            self._events.close()
         if self.runtime_dir is not None:
             runtime_dir.remove(self.runtime_dir)
 
@@ -361,8 +263,10 @@ class Node:
     @property
     def error(self) -> WhosthereError | None:
         """Why the node stopped by itself (e.g. `RestartIntensityExceeded`), if it did."""
-        self._drain_events()
-        return self._error
+        if self._events is None:
+            return None
+        self._events.drain()
+        return self._events.error
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until the node stops (at most `timeout` s); raise the error it stopped with.
@@ -431,56 +335,4 @@ class Node:
         with `$WHOSTHERE_ADDRESS` set. It is started and returned; `stop()` terminates it if
         it still runs.
         """
-        ctx = multiprocessing.get_context("spawn")
-        proc = ctx.Process(
-            target=_spawn_entry, args=(self.address, target, args, kwargs or {}), name=name
-        )
-        proc.start()
-        self._workers = [w for w in self._workers if w.is_alive()] + [proc]
-        return proc
-
-    # -- internals -------------------------------------------------------------------------
-
-    def _stop_workers(self, grace: float) -> None:
-        live = [w for w in self._workers if w.is_alive()]
-        for w in live:
-            w.terminate()
-        deadline = time.monotonic() + grace
-        for w in live:
-            w.join(max(0.0, deadline - time.monotonic()))
-            if w.is_alive():
-                w.kill()
-                w.join()
-        self._workers.clear()
-
-    def _next_event(self, timeout: float) -> dict[str, Any] | None:
-        """The supervisor's next JSON line, None at EOF or timeout."""
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self._events:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([self._events_fd], [], [], remaining)[0]:
-                return None
-            chunk = os.read(self._events_fd, 65536)
-            if not chunk:
-                return None
-            self._events += chunk
-        line, _, self._events = self._events.partition(b"\n")
-        return self._record(json.loads(line))
-
-    def _drain_events(self) -> None:
-        if self._events_fd < 0:
-            return
-        while select.select([self._events_fd], [], [], 0)[0]:
-            chunk = os.read(self._events_fd, 65536)
-            if not chunk:
-                break
-            self._events += chunk
-        while b"\n" in self._events:
-            line, _, self._events = self._events.partition(b"\n")
-            self._record(json.loads(line))
-
-    def _record(self, event: dict[str, Any]) -> dict[str, Any]:
-        if "error" in event and self._error is None:
-            cls = error_class(event["error"]) or WhosthereError
-            self._error = cls(event["message"])
-        return event
+        return self._workers.spawn(self.address, target, args, kwargs or {}, name)

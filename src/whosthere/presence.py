@@ -8,18 +8,16 @@ node's presence client actor. Instances are safe to share between threads.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import itertools
 import random
-import sys
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple, Self
 
 from whosthere.client import NodeInfo, lookup
-from whosthere.errors import RefChanged, WhosthereError, error_class
-from whosthere.pubsub import PubSub, Subscription
+from whosthere.errors import RefChanged, WhosthereError, from_wire
+from whosthere.pubsub import PubSub, Subscription, check_topic
+from whosthere.topology import is_fetcher, shard_name
 from whosthere.tracker.pool import shard_for
 from whosthere.transport import codec
 from whosthere.transport.messages import (
@@ -34,7 +32,7 @@ from whosthere.transport.messages import (
     Update,
 )
 from whosthere.transport.sockets import DEFAULT_TIMEOUT, Connection
-from whosthere.watch import start_time
+from whosthere.watch import is_pid, start_time
 
 Presences = dict[str, dict[str, Any]]  # {key: {"metas": [meta, ...], ...fetched}}
 BATCH = 1000  # tracks per TrackMany frame: large enough to amortize, small enough to pipeline
@@ -49,15 +47,9 @@ class Channel(NamedTuple):
 
 
 def _check_pid(pid: object) -> int:
-    if not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid <= 1 << 22:
+    if not is_pid(pid):
         raise TypeError(f"pid must be a positive int (an OS pid), got {pid!r}")
     return pid
-
-
-def _check_topic(topic: object) -> str:
-    if not isinstance(topic, str):
-        raise TypeError(f"topic must be a str, got {type(topic).__name__}")
-    return topic
 
 
 def _key(key: object) -> str:
@@ -80,9 +72,9 @@ def _topic_of(topic_or_channel: object) -> str:
 def _pid_topic(args: tuple[Any, ...], rest: int, call: str) -> tuple[int, str, tuple[Any, ...]]:
     """Split (pid, topic, *rest) or (channel, *rest)."""
     if len(args) == rest + 2:
-        return _check_pid(args[0]), _check_topic(args[1]), args[2:]
+        return _check_pid(args[0]), check_topic(args[1]), args[2:]
     if len(args) == rest + 1 and hasattr(args[0], "pid") and hasattr(args[0], "topic"):
-        return _check_pid(args[0].pid), _check_topic(args[0].topic), args[1:]
+        return _check_pid(args[0].pid), check_topic(args[0].topic), args[1:]
     raise TypeError(f"{call} takes (pid, topic, ...) or (channel, ...); got {len(args)} arguments")
 
 
@@ -99,7 +91,7 @@ class Presence:
         self.pool_size = int(info.settings.get("pool_size", 1))
         self.meta_limit = int(info.settings.get("meta_limit", codec.DEFAULT_META_LIMIT))
         self._shards = [
-            Connection(info.endpoints[f"shard.{i}"], timeout=timeout, what=f"shard {i}")
+            Connection(info.endpoints[shard_name(i)], timeout=timeout, what=f"shard {i}")
             for i in range(self.pool_size)
         ]
         self._pubsub: PubSub | None = None
@@ -156,7 +148,7 @@ class Presence:
         count = 0
         for pid, topic, raw_key, meta in entries:
             _check_pid(pid)
-            _check_topic(topic)
+            check_topic(topic)
             packed = packed_metas.get(id(meta)) if share else None
             if packed is None:
                 packed = codec.pack_meta(meta, self.meta_limit)
@@ -192,7 +184,7 @@ class Presence:
                 replies = [exc] * len(places)
             for place, reply in zip(places, replies, strict=True):
                 if isinstance(reply, list):  # [error class name, message]
-                    results[place] = (error_class(reply[0]) or WhosthereError)(reply[1])
+                    results[place] = from_wire(reply[0], reply[1])
                 else:
                     results[place] = reply
         if not return_exceptions:
@@ -265,12 +257,12 @@ class Presence:
         """The topic's messages, `presence_diff` events included; in place when it returns."""
         if self._pubsub is None:
             self._pubsub = PubSub(self.info, timeout=self.timeout)
-        return self._pubsub.subscribe(_check_topic(topic))
+        return self._pubsub.subscribe(check_topic(topic))
 
     def fetchers_pids(self) -> list[int]:
         """OS pids of the node's fetcher workers."""
         status = self._supervisor.call(GetStatus())
-        return [a["pid"] for a in status["actors"] if a["name"].startswith("fetcher.")]
+        return [a["pid"] for a in status["actors"] if is_fetcher(a["name"])]
 
     def close(self) -> None:
         """Release the sockets. Idempotent."""
@@ -281,47 +273,3 @@ class Presence:
 
     def _shard(self, topic: str) -> Connection:
         return self._shards[shard_for(topic, self.pool_size) if self.pool_size > 1 else 0]
-
-
-# -- finding the user's class in other processes ---------------------------------------------
-
-
-def presence_class_ref(cls: type[Presence]) -> dict[str, str]:
-    """How another process imports `cls`: its module, or the script it was defined in."""
-    if not (isinstance(cls, type) and issubclass(cls, Presence)):
-        raise TypeError(f"presence must be a whosthere.Presence subclass, got {cls!r}")
-    ref = {"module": cls.__module__, "qualname": cls.__qualname__}
-    if "<locals>" in cls.__qualname__:
-        raise TypeError(
-            f"{cls.__qualname__} is defined inside a function; define it at module "
-            "level so that the node's processes can import it"
-        )
-    if cls.__module__ == "__main__":
-        path = getattr(sys.modules["__main__"], "__file__", None)
-        if path is None:
-            raise TypeError(
-                f"{cls.__qualname__} is defined in an interactive session; define it in a "
-                "module so that the node's processes can import it"
-            )
-        ref["path"] = path
-    return ref
-
-
-def load_presence_class(ref: dict[str, str]) -> type[Presence]:
-    """The class `presence_class_ref` described (a script is loaded as a module, not run)."""
-    if "path" in ref:
-        name = "__whosthere_main__"
-        module = sys.modules.get(name)
-        if module is None:
-            spec = importlib.util.spec_from_file_location(name, ref["path"])
-            if spec is None or spec.loader is None:
-                raise ImportError(f"cannot load {ref['path']}")
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            spec.loader.exec_module(module)
-    else:
-        module = importlib.import_module(ref["module"])
-    obj: Any = module
-    for part in ref["qualname"].split("."):
-        obj = getattr(obj, part)
-    return obj

@@ -12,6 +12,7 @@ import zmq
 
 from whosthere.client import NodeInfo, lookup
 from whosthere.errors import MalformedFrame, MessagesLost, NodeUnavailable
+from whosthere.topology import PUBSUB, PUBSUB_PUB
 from whosthere.transport import codec
 from whosthere.transport.messages import Broadcast, Published, Subscribe
 from whosthere.transport.sockets import DEFAULT_TIMEOUT, Connection, socket
@@ -29,7 +30,8 @@ class Message(NamedTuple):
     payload: Any
 
 
-def _check_topic(topic: object, what: str = "topic") -> str:
+def check_topic(topic: object, what: str = "topic") -> str:
+    """`topic` if it is a str (`TypeError` naming `what` if not)."""
     if not isinstance(topic, str):
         raise TypeError(f"{what} must be a str, got {type(topic).__name__}")
     return topic
@@ -41,7 +43,7 @@ class PubSub:
     def __init__(self, info: NodeInfo, *, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.info = info
         self.timeout = timeout
-        self._conn = Connection(info.endpoints["pubsub"], timeout=timeout, what="pubsub actor")
+        self._conn = Connection(info.endpoints[PUBSUB], timeout=timeout, what="pubsub actor")
 
     @classmethod
     def connect(cls, address: str | None = None, *, timeout: float = DEFAULT_TIMEOUT) -> PubSub:
@@ -55,12 +57,12 @@ class PubSub:
         was queued is delivered. Raises `InvalidMeta` if the payload cannot be packed,
         `NodeUnavailable` if it cannot be queued within the timeout.
         """
-        msg = Broadcast(_check_topic(topic), _check_topic(event, "event"), payload, False)
+        msg = Broadcast(check_topic(topic), check_topic(event, "event"), payload, False)
         self._conn.cast(msg)
 
     def local_broadcast(self, topic: str, event: str, payload: Any) -> None:
         """As `broadcast`, to this node's subscribers only."""
-        self._conn.cast(Broadcast(_check_topic(topic), _check_topic(event, "event"), payload, True))
+        self._conn.cast(Broadcast(check_topic(topic), check_topic(event, "event"), payload, True))
 
     def subscribe(self, *topics: str, hwm: int = DEFAULT_SUBSCRIBER_HWM) -> Subscription:
         """A subscription to `topics`, in place when this returns (nothing later is missed)."""
@@ -100,7 +102,7 @@ class Subscription:
         self._pubsub = pubsub
         self._socket = socket(zmq.SUB)
         self._socket.setsockopt(zmq.RCVHWM, hwm)
-        self._socket.connect(pubsub.info.endpoints["pubsub_pub"])
+        self._socket.connect(pubsub.info.endpoints[PUBSUB_PUB])
         self._expect: dict[bytes, list[int]] = {}  # topic frame -> [epoch, next seq]
         self._held: Message | None = None  # arrived after a reported gap
         self.missed = 0  # messages known lost, over the subscription's life
@@ -122,7 +124,7 @@ class Subscription:
 
     def subscribe(self, topic: str) -> None:
         """Add `topic`; in place when this returns. Raises `NodeUnavailable`."""
-        frame = codec.topic_frame(_check_topic(topic))
+        frame = codec.topic_frame(check_topic(topic))
         if frame in self._expect:
             return
         token = uuid.uuid4().hex
@@ -140,7 +142,7 @@ class Subscription:
 
     def unsubscribe(self, topic: str) -> None:
         """Stop receiving `topic` (messages already queued for it are skipped)."""
-        frame = codec.topic_frame(_check_topic(topic))
+        frame = codec.topic_frame(check_topic(topic))
         if self._expect.pop(frame, None) is not None:
             self._socket.setsockopt(zmq.UNSUBSCRIBE, frame)
 

@@ -32,13 +32,14 @@ from typing import Any
 
 from whosthere.actors.base import Actor, ActorSpec
 from whosthere.actors.boot import setup_logging, signal_wakeup_fd
+from whosthere.config import NodeConfig
 from whosthere.errors import (
-    MalformedFrame,
     NodeStartError,
     RestartIntensityExceeded,
     WhosthereError,
 )
-from whosthere.tracker.pool import fetcher_name, shard_name
+from whosthere.node_events import tell_error, tell_ready
+from whosthere.topology import SUPERVISOR, Topology
 from whosthere.transport import runtime_dir
 from whosthere.transport.messages import (
     ActorReady,
@@ -50,6 +51,7 @@ from whosthere.transport.messages import (
     Unlink,
 )
 from whosthere.watch import ProcessKey, ProcessWatcher, start_time
+from whosthere.watch.link_table import LinkTable, process_key
 
 STOP_GRACE_S = 1.0  # after SIGTERM, actors get this long before SIGKILL
 
@@ -66,117 +68,42 @@ class Child:
     exits: list[int | None] = field(default_factory=list)  # exit codes, newest last
 
 
-def node_children(config: dict[str, Any]) -> list[ActorSpec]:
-    """The actors of a node, from the Node's configuration."""
-    rdir = Path(config["runtime_dir"])
-    common = {
-        "runtime_dir": str(rdir),
-        "supervisor": config["address"],
-        "parent_pid": os.getpid(),
-        "node_name": config["name"],
-        "log_level": config["log_level"],
-    }
-
-    def endpoint(name: str) -> str:
-        return runtime_dir.ipc_endpoint(rdir, name)
-
-    pool = int(config["pool_size"])
-    fetchers = int(config["fetchers"])
-    presence = config["presence"]
-    client = endpoint("client") if config["handle_metas"] else ""
-    cluster = endpoint("cluster") if config.get("listen") else ""
-    specs = []
-    if cluster:  # first up, last down: a departing shard's goodbye still goes out
-        specs.append(
-            ActorSpec(
-                name="cluster",
-                actor="whosthere.actors.cluster:ClusterActor",
-                endpoint=cluster,
-                options={
-                    "listen": config["listen"],
-                    "advertise": config.get("advertise"),
-                    "peers": config["peers"],
-                    "pool_size": pool,
-                    "shards": [endpoint(shard_name(i)) for i in range(pool)],
-                    # a peer silent this long is forgotten by the shards: by this actor too
-                    "forget_after": config.get("tracker", {}).get("permdown_period", 1200.0),
-                },
-                **common,
-            )
-        )
-    specs += [
+def node_children(topology: Topology, supervisor_pid: int) -> list[ActorSpec]:
+    """The actors of a node, as its topology lists them."""
+    config = topology.config
+    return [
         ActorSpec(
-            name="pubsub",
-            actor="whosthere.actors.pubsub:PubSubActor",
-            endpoint=endpoint("pubsub"),
-            options={"pub_endpoint": endpoint("pubsub-pub"), "hwm": config["pubsub_hwm"]},
-            **common,
+            name=role.name,
+            actor=role.actor,
+            endpoint=topology.endpoint(role.name),
+            runtime_dir=config.runtime_dir,
+            supervisor=topology.address,
+            parent_pid=supervisor_pid,
+            node_name=config.name,
+            log_level=config.log_level,
+            index=role.index,
+            config=config,
         )
+        for role in topology.roles()
     ]
-    for i in range(pool):
-        specs.append(
-            ActorSpec(
-                name=shard_name(i),
-                actor="whosthere.actors.shard:ShardActor",
-                endpoint=endpoint(shard_name(i)),
-                options={
-                    "index": i,
-                    "pubsub": endpoint("pubsub"),
-                    "fetchers": [endpoint(fetcher_name(f)) for f in range(fetchers)],
-                    "custom_fetch": config["custom_fetch"],
-                    "client": client,
-                    "meta_limit": config["meta_limit"],
-                    "fetch_timeout": config["fetch_timeout"],
-                    "cluster": cluster,
-                    "tracker": config.get("tracker", {}),
-                },
-                **common,
-            )
-        )
-    for f in range(fetchers):
-        specs.append(
-            ActorSpec(
-                name=fetcher_name(f),
-                actor="whosthere.actors.fetcher:FetcherActor",
-                endpoint=endpoint(fetcher_name(f)),
-                options={
-                    "presence": presence,
-                    "shards": [endpoint(shard_name(i)) for i in range(pool)],
-                },
-                **common,
-            )
-        )
-    if client:
-        specs.append(
-            ActorSpec(
-                name="client",
-                actor="whosthere.actors.client:PresenceClientActor",
-                endpoint=client,
-                options={"presence": presence},
-                **common,
-            )
-        )
-    return specs
 
 
 class Supervisor(Actor):
     handles = (ActorReady, Lookup, GetStatus, Link, Unlink, Shutdown)
 
-    def __init__(self, spec: ActorSpec) -> None:
+    def __init__(self, spec: ActorSpec, ready_fd: int, lock_fd: int) -> None:
         super().__init__(spec)
-        opts = spec.options
-        self.address: str = opts["address"]
-        self.max_restarts = int(opts["max_restarts"])
-        self.max_seconds = float(opts["max_seconds"])
-        self.ready_fd: int = opts["ready_fd"]  # pipe to the Node: one JSON line
-        self.lock_fd: int = opts["lock_fd"]  # holds the runtime directory's lock
-        self.children = {c.name: Child(c) for c in node_children(opts)}
+        self.config = spec.node
+        self.topology = Topology(self.config)
+        self.address = self.topology.address
+        self.ready_fd = ready_fd  # pipe to the Node: one JSON line
+        self.lock_fd = lock_fd  # holds the runtime directory's lock
+        self.children = {c.name: Child(c) for c in node_children(self.topology, os.getpid())}
         self.by_key: dict[ProcessKey, Child] = {}
         self.restart_times: collections.deque[float] = collections.deque()
-        self.watcher = ProcessWatcher(max_pidfds=opts.get("max_pidfds"))
+        self.watcher = ProcessWatcher(max_pidfds=self.config.max_pidfds)
         self.parent_key: ProcessKey = (spec.parent_pid, start_time(spec.parent_pid))
-        self.links: dict[ProcessKey, set[bytes]] = {}  # process -> linker identities
-        self.linked_by: dict[bytes, set[ProcessKey]] = {}  # linker -> processes
+        self.links = LinkTable()
         self.booted = False
         self.stopping = False
         self.failure: WhosthereError | None = None
@@ -189,8 +116,7 @@ class Supervisor(Actor):
         self.watcher.watch(self.parent_key)
         for child in self.children.values():
             self._spawn(child)
-        boot_timeout = float(self.spec.options.get("start_timeout", 30.0))
-        self.call_later(boot_timeout, self._boot_deadline)
+        self.call_later(self.config.start_timeout, self._boot_deadline)
 
     def on_terminate(self) -> None:
         self.shutdown("SIGTERM")
@@ -202,7 +128,7 @@ class Supervisor(Actor):
                 child.proc.wait()
         self.watcher.close()
         if self.failure is not None:
-            self._tell_node({"error": type(self.failure).__name__, "message": str(self.failure)})
+            tell_error(self.ready_fd, self.failure)
         with contextlib.suppress(OSError):
             os.close(self.ready_fd)
         runtime_dir.remove(Path(self.spec.runtime_dir))
@@ -238,17 +164,14 @@ class Supervisor(Actor):
         child.ready = True
         if not self.booted and all(c.ready for c in self.children.values()):
             self.booted = True
-            self._tell_node({"ready": True, "pid": os.getpid()})
+            tell_ready(self.ready_fd)
 
     def on_lookup(self, msg: Lookup) -> dict[str, Any]:
-        endpoints = {name: c.spec.endpoint for name, c in self.children.items()}
-        endpoints["pubsub_pub"] = self.children["pubsub"].spec.options["pub_endpoint"]
-        opts = self.spec.options
-        settings = {"pool_size": opts["pool_size"], "meta_limit": opts["meta_limit"]}
+        settings = {"pool_size": self.config.pool_size, "meta_limit": self.config.meta_limit}
         return {
-            "name": self.spec.node_name,
+            "name": self.config.name,
             "address": self.address,
-            "endpoints": endpoints,
+            "endpoints": self.topology.endpoints(),
             "settings": settings,
         }
 
@@ -269,7 +192,7 @@ class Supervisor(Actor):
             "actors": actors,
             "links": {
                 "processes": len(self.links),
-                "linkers": len(self.linked_by),
+                "linkers": len(self.links.linked),
                 **self.watcher.stats(),
             },
         }
@@ -280,26 +203,21 @@ class Supervisor(Actor):
     def on_link(self, msg: Link) -> int:
         linker = self.sender
         gone = []
-        for key in [_process_key(item) for item in msg.pids]:
-            if key[1] is None:  # the linker found it gone already
-                gone.append([key[0], None])
+        for pid, start in [process_key(item) for item in msg.pids]:
+            if start is None:  # the linker found it gone already
+                gone.append([pid, None])
                 continue
-            self.watcher.watch(key)
-            self.links.setdefault(key, set()).add(linker)
-            self.linked_by.setdefault(linker, set()).add(key)
+            self.watcher.watch((pid, start))
+            self.links.link((pid, start), linker)
         if gone:
             self._notify({linker: gone})
         return len(msg.pids)
 
     def on_unlink(self, msg: Unlink) -> int:
         linker = self.sender
-        for key in [_process_key(item) for item in msg.pids]:
-            self._drop_link(key, linker)
-            mine = self.linked_by.get(linker)
-            if mine is not None:
-                mine.discard(key)
-                if not mine:
-                    del self.linked_by[linker]
+        for pid, start in [process_key(item) for item in msg.pids]:
+            if start is not None and self.links.unlink((pid, start), linker):
+                self._unwatch((pid, start))
         return len(msg.pids)
 
     # -- exits -----------------------------------------------------------------------------
@@ -312,13 +230,8 @@ class Supervisor(Actor):
                 self._child_exited(child)
             if key == self.parent_key:
                 self.shutdown(f"parent process {key[0]} exited")
-            for linker in self.links.pop(key, ()):
+            for linker in self.links.exited(key):
                 notices.setdefault(linker, []).append([key[0], key[1]])
-                mine = self.linked_by.get(linker)
-                if mine is not None:
-                    mine.discard(key)
-                    if not mine:
-                        del self.linked_by[linker]
         if notices:
             self._notify(notices)
 
@@ -327,20 +240,15 @@ class Supervisor(Actor):
             if not self.push(linker, ProcessesExited(exits)):
                 self.log.info(
                     "supervisor: linker gone, dropping its %d link(s)",
-                    len(self.linked_by.get(linker, ())),
+                    len(self.links.linked.get(linker, ())),
                 )
-                for key in self.linked_by.pop(linker, set()):
-                    self._drop_link(key, linker)
+                for key in self.links.drop_linker(linker):
+                    self._unwatch(key)
 
-    def _drop_link(self, key: ProcessKey, linker: bytes) -> None:
-        linkers = self.links.get(key)
-        if linkers is None:
-            return
-        linkers.discard(linker)
-        if not linkers:
-            del self.links[key]
-            if key not in self.by_key and key != self.parent_key:
-                self.watcher.unwatch(key)
+    def _unwatch(self, key: ProcessKey) -> None:
+        """Nobody links `key` any more: stop watching it, unless it is ours to watch."""
+        if key not in self.by_key and key != self.parent_key:
+            self.watcher.unwatch(key)
 
     def _child_exited(self, child: Child) -> None:
         assert child.proc is not None
@@ -357,13 +265,14 @@ class Supervisor(Actor):
             return
         now = time.monotonic()
         self.restart_times.append(now)
-        while self.restart_times and self.restart_times[0] < now - self.max_seconds:
+        while self.restart_times and self.restart_times[0] < now - self.config.max_seconds:
             self.restart_times.popleft()
-        if len(self.restart_times) > self.max_restarts:
+        limit = self.config.max_restarts
+        if len(self.restart_times) > limit:
             self.fail(
                 RestartIntensityExceeded(
                     f"actor {name!r} exited with code {code}: {len(self.restart_times)} restarts "
-                    f"within {self.max_seconds:g} s exceed max_restarts={self.max_restarts}; "
+                    f"within {self.config.max_seconds:g} s exceed max_restarts={limit}; "
                     f"node {self.spec.node_name!r} stopped"
                 )
             )
@@ -410,43 +319,26 @@ class Supervisor(Actor):
         if all(c.key is None for c in self.children.values()):
             self.stop()
 
-    def _tell_node(self, event: dict[str, Any]) -> None:
-        with contextlib.suppress(OSError):
-            os.write(self.ready_fd, (json.dumps(event) + "\n").encode())
-
-
-PID_MAX = 1 << 22  # the largest pid_max Linux allows
-
-
-def _process_key(item: Any) -> ProcessKey:
-    if (
-        not isinstance(item, list | tuple)
-        or len(item) != 2
-        or not isinstance(item[0], int)
-        or not 0 < item[0] <= PID_MAX
-        or not isinstance(item[1], int | float | type(None))
-    ):
-        raise MalformedFrame(f"a linked process is [pid in 1..{PID_MAX}, start_time], got {item!r}")
-    return (item[0], item[1])
-
 
 def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
-    config: dict[str, Any] = json.loads(args[0])
+    """`python -m whosthere.supervisor ARGS_JSON`: {"config", "parent_pid", "ready_fd",
+    "lock_fd"}, as `Node.start()` passes them."""
+    args = json.loads((sys.argv[1:] if argv is None else argv)[0])
+    config = NodeConfig.from_json(args["config"])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the Node's process
-    setup_logging("supervisor", config["log_level"])
+    setup_logging("supervisor", config.log_level)
     spec = ActorSpec(
-        name="supervisor",
+        name=SUPERVISOR,
         actor="whosthere.supervisor:Supervisor",
-        endpoint=config["address"],
-        runtime_dir=config["runtime_dir"],
+        endpoint=Topology(config).address,
+        runtime_dir=config.runtime_dir,
         supervisor="",
-        parent_pid=config["parent_pid"],
-        node_name=config["name"],
-        options=config,
-        log_level=config["log_level"],
+        parent_pid=args["parent_pid"],
+        node_name=config.name,
+        log_level=config.log_level,
+        config=config,
     )
-    Supervisor(spec).run(signal_wakeup_fd())
+    Supervisor(spec, args["ready_fd"], args["lock_fd"]).run(signal_wakeup_fd())
 
 
 if __name__ == "__main__":

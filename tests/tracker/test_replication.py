@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from whosthere.node import TRACKER_DEFAULTS
 from whosthere.tracker import wire
+from whosthere.tracker.options import TrackerOptions
 from whosthere.tracker.replication import Replication
 from whosthere.tracker.state import State
 from whosthere.transport.messages import GoodbyeAck, Heartbeat, TransferReq
 
-OPTS = {**TRACKER_DEFAULTS, "broadcast_period": 1.0, "down_period": 5.0,
-        "permdown_period": 20.0, "max_silent_periods": 3, "clock_sample_periods": 2}  # fmt: skip
+OPTS = TrackerOptions(broadcast_period=1.0, down_period=5.0, permdown_period=20.0,
+                      max_silent_periods=3, clock_sample_periods=2)  # fmt: skip
 
 
 def replica(name: str, vsn: int = 1) -> Replication:

@@ -29,6 +29,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import zmq
 
+from whosthere.config import NodeConfig
 from whosthere.errors import InvalidMeta, MalformedFrame, WhosthereError
 from whosthere.transport import codec
 from whosthere.transport.messages import ActorReady, Failed, GetStats, Ok, Ping
@@ -44,18 +45,34 @@ NOREPLY: Any = object()  # returned by a handler that will `reply` later
 class ActorSpec:
     """Everything a spawned actor process needs; travels as JSON on its command line."""
 
-    name: str  # unique in the node: "pubsub", "shard.0", ...
+    name: str  # unique in the node: "pubsub", "shard.0", ... (see `topology`)
     actor: str  # "module:Class"
     endpoint: str  # the mailbox, bound by the actor
     runtime_dir: str  # the node's private directory
     supervisor: str  # the supervisor's mailbox endpoint ("" for the supervisor itself)
     parent_pid: int  # the process that must outlive this one
     node_name: str
-    options: dict[str, Any] = field(default_factory=dict)  # actor-specific settings
+    options: dict[str, Any] = field(default_factory=dict)  # settings of an actor outside a node
     log_level: str = "WARNING"
+    index: int = 0  # the actor's slot in its pool (shard i, fetcher i)
+    config: NodeConfig | None = None  # the node's, for the actors of a node
+
+    @property
+    def node(self) -> NodeConfig:
+        """The node's configuration (every actor of a node has it)."""
+        if self.config is None:
+            raise TypeError(f"actor {self.name!r} runs outside a node: it has no node config")
+        return self.config
 
     def to_json_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        raw = asdict(self)
+        raw["config"] = None if self.config is None else self.config.to_json()
+        return raw
+
+    @classmethod
+    def from_json_dict(cls, raw: dict[str, Any]) -> ActorSpec:
+        config = raw.get("config")
+        return cls(**{**raw, "config": None if config is None else NodeConfig.from_json(config)})
 
 
 class Request(NamedTuple):

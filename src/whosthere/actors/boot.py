@@ -62,7 +62,7 @@ def load_actor(path: str) -> type[Actor]:
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     raw: dict[str, Any] = json.loads(args[0])
-    spec = ActorSpec(**raw)
+    spec = ActorSpec.from_json_dict(raw)
     die_with_parent(spec.parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     setup_logging(spec.name, spec.log_level)

@@ -12,7 +12,7 @@ import traceback
 from typing import Any
 
 from whosthere.actors.base import Actor, ActorSpec
-from whosthere.presence import Presence, load_presence_class
+from whosthere.loading import load_class
 from whosthere.transport.messages import MetasDiff
 
 
@@ -45,8 +45,8 @@ class PresenceClientActor(Actor):
 
     def __init__(self, spec: ActorSpec) -> None:
         super().__init__(spec)
-        self.presence_class = load_presence_class(spec.options["presence"])
-        self.presence: Presence | None = None
+        self.presence_class = load_class(spec.node.presence)  # the user's Presence subclass
+        self.presence: Any = None
         self.topics: dict[str, dict[str, list[Any]]] = {}
         self.state: Any = None
         self.calls = 0

@@ -31,6 +31,7 @@ import zmq
 
 from whosthere.actors.base import Actor, ActorSpec, routes
 from whosthere.errors import MalformedFrame
+from whosthere.topology import Topology
 from whosthere.transport import codec
 from whosthere.transport.cookie import COOKIE_ENV, curve_keys
 from whosthere.transport.endpoints import advertised, valid_endpoint
@@ -56,18 +57,19 @@ class ClusterActor(Actor):
 
     def __init__(self, spec: ActorSpec) -> None:
         super().__init__(spec)
-        opts = spec.options
+        config, cluster = spec.node, spec.node.cluster
+        assert cluster is not None, "the cluster actor runs on a node with listen="
         self.me: str = spec.node_name
-        self.pool_size: int = opts["pool_size"]
+        self.pool_size: int = config.pool_size
         # from the environment, never the command line (other users can read argv)
         self.cookie: str | None = os.environ.get(COOKIE_ENV) or None
-        self.listen_endpoint: str = opts["listen"]  # once bound: the address peers are told
-        self.advertise: str | None = opts.get("advertise")
-        self.seeds: set[str] = {p for p in opts.get("peers", ()) if p}  # never forgotten
+        self.listen_endpoint: str = cluster.listen  # once bound: the address peers are told
+        self.advertise: str | None = cluster.advertise
+        self.seeds: set[str] = {p for p in cluster.peers if p}  # never forgotten
         # as long as the shards keep a silent peer, but long enough for many missed hellos
-        self.forget_after = max(float(opts.get("forget_after", 1200.0)), 10 * _HELLO_EVERY_S)
+        self.forget_after = max(config.tracker.permdown_period, 10 * _HELLO_EVERY_S)
         self.shards = [Dealer(e, what=f"shard {i}", unbounded=True)
-                       for i, e in enumerate(opts["shards"])]  # fmt: skip
+                       for i, e in enumerate(Topology(config).shards)]  # fmt: skip
         self.bound = ""
         self.listener = socket(zmq.ROUTER)
         self.listener.setsockopt(zmq.ROUTER_MANDATORY, 1)

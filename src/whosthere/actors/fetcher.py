@@ -10,7 +10,8 @@ import traceback
 from typing import Any
 
 from whosthere.actors.base import Actor, ActorSpec
-from whosthere.presence import Presence, load_presence_class
+from whosthere.loading import load_class
+from whosthere.topology import Topology
 from whosthere.transport.messages import Fetch, Fetched
 from whosthere.transport.sockets import Dealer
 
@@ -20,9 +21,10 @@ class FetcherActor(Actor):
 
     def __init__(self, spec: ActorSpec) -> None:
         super().__init__(spec)
-        self.presence_class = load_presence_class(spec.options["presence"])
-        self.presence: Presence | None = None  # bound to the node on first use
-        self.shards = [Dealer(e, what="shard", unbounded=True) for e in spec.options["shards"]]
+        self.presence_class = load_class(spec.node.presence)  # the user's Presence subclass
+        self.presence: Any = None  # bound to the node on first use
+        shards = Topology(spec.node).shards
+        self.shards = [Dealer(e, what="shard", unbounded=True) for e in shards]
         self.fetched = 0
         self.failed = 0
 

@@ -34,11 +34,11 @@ import zmq
 
 from whosthere.actors.base import NOREPLY, Actor, ActorSpec, Request
 from whosthere.errors import MalformedFrame
+from whosthere.topology import Topology
 from whosthere.transport import codec
 from whosthere.transport.messages import Broadcast, PublishMany, Subscribe
 from whosthere.transport.sockets import bind, socket
 
-DEFAULT_HWM = 100_000  # messages queued per subscriber before it starts losing them
 _SYNC_TTL = 30.0  # seconds a half-done subscription handshake is kept
 
 
@@ -52,9 +52,8 @@ class PubSubActor(Actor):
         self.waiting: dict[str, tuple[Request, str, float]] = {}  # inbox -> (call, topic, t)
         self.seen_inboxes: dict[str, float] = {}  # inbox filters seen before their call
         self.published = 0  # messages published since start
-        hwm = int(spec.options.get("hwm", DEFAULT_HWM))
-        self.xpub = socket(zmq.XPUB, hwm=hwm)
-        self.pub_endpoint: str = spec.options["pub_endpoint"]
+        self.xpub = socket(zmq.XPUB, hwm=spec.node.pubsub_hwm)
+        self.pub_endpoint = Topology(spec.node).pubsub_pub
 
     def on_start(self) -> None:
         self.pub_endpoint = bind(self.xpub, self.pub_endpoint)

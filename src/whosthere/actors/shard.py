@@ -34,6 +34,7 @@ from whosthere.errors import (
     RefChanged,
     WhosthereError,
 )
+from whosthere.topology import Topology
 from whosthere.tracker.refs import RefMaker
 from whosthere.tracker.replication import Replication
 from whosthere.tracker.state import Element, State
@@ -65,6 +66,7 @@ from whosthere.transport.messages import (
     Update,
 )
 from whosthere.transport.sockets import Dealer
+from whosthere.watch import PID_MAX, is_pid
 
 Diff = dict[str, dict[str, Any]]  # {"joins": {key: {"metas": [...]}}, "leaves": {...}}
 Changes = dict[str, tuple[list[Element], list[Element]]]  # topic -> (joins, leaves)
@@ -89,11 +91,10 @@ _GOODBYE_FOR_S = 1.0  # ...until every peer acknowledges it, or for this long
 _OUTBOX_MAX_BYTES = 8 * 1024 * 1024  # diffs batched into one PublishMany frame at most
 _FREEZE_EVERY = 10_000  # presences added between two gc.freeze()
 _LISTED_MAX_BYTES = 64 * 1024 * 1024  # packed list replies kept (all dropped beyond)
-PID_MAX = 1 << 22  # the largest pid_max Linux allows
 
 
 def check_pid(pid: int) -> None:
-    if not 0 < pid <= PID_MAX:
+    if not is_pid(pid):
         raise MalformedFrame(f"pid must be in 1..{PID_MAX}, got {pid}")
 
 
@@ -133,17 +134,16 @@ class ShardActor(Actor):
 
     def __init__(self, spec: ActorSpec) -> None:
         super().__init__(spec)
-        opts = spec.options
-        self.index: int = opts["index"]
-        self.meta_limit: int = opts["meta_limit"]
-        self.fetch_timeout: float = opts["fetch_timeout"]
+        config, topology = spec.node, Topology(spec.node)
+        self.index = spec.index
+        self.meta_limit = config.meta_limit
+        self.fetch_timeout = config.fetch_timeout
         vsn = time.time_ns() // 1000 * 1000 + random.randrange(1000)  # a new replica each start
-        cluster = opts.get("cluster") or ""
+        cluster = topology.cluster
         # without a cluster a delta would only grow: nobody would ever take it
         self.state = State((spec.node_name, vsn), record_delta=bool(cluster))
         self.cluster = Dealer(cluster, what="cluster actor", unbounded=True) if cluster else None
-        self.tracker: dict[str, Any] = opts.get("tracker") or {}
-        self.replication = Replication(self.state, self.tracker) if cluster else None
+        self.replication = Replication(self.state, config.tracker) if cluster else None
         self.departed = False
         self.from_peers = routes(
             self, (Heartbeat, TransferReq, TransferAck, GracefulPermdown, GoodbyeAck)
@@ -155,12 +155,10 @@ class ShardActor(Actor):
         self.departing: tuple[Request, set[str], float] | None = None
         self.refs = RefMaker(f"{spec.node_name}/{self.name}/{vsn}")
         self.linked: dict[int, int | float | None] = {}  # pid -> start time it was linked with
-        self.pubsub = Dealer(opts["pubsub"], what="pubsub actor", unbounded=True)
-        self.fetchers = [
-            Dealer(e, what="fetcher", unbounded=True) for e in opts.get("fetchers", ())
-        ]
-        self.use_fetchers = bool(opts.get("custom_fetch")) and bool(self.fetchers)
-        client = opts.get("client")
+        self.pubsub = Dealer(topology.pubsub, what="pubsub actor", unbounded=True)
+        self.fetchers = [Dealer(e, what="fetcher", unbounded=True) for e in topology.fetchers]
+        self.use_fetchers = config.custom_fetch and bool(self.fetchers)
+        client = topology.client
         self.client = Dealer(client, what="presence client", unbounded=True) if client else None
         self.pending: dict[str, collections.deque[_Pending]] = {}  # topic -> diffs in order
         self.by_fetch_id: dict[int, _Pending] = {}

@@ -8,11 +8,3 @@ import zlib
 def shard_for(topic: str, pool_size: int) -> int:
     """The shard index of `topic` (crc32 of its UTF-8 bytes, never Python's salted hash)."""
     return zlib.crc32(topic.encode()) % pool_size
-
-
-def shard_name(index: int) -> str:
-    return f"shard.{index}"
-
-
-def fetcher_name(index: int) -> str:
-    return f"fetcher.{index}"

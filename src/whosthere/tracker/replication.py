@@ -27,6 +27,7 @@ from typing import Any
 
 from whosthere.tracker import deltas, wire
 from whosthere.tracker.clock import ClockSet, append_clock, replicas_of
+from whosthere.tracker.options import TrackerOptions
 from whosthere.tracker.state import Delta, Element, ReplicaRef, State
 from whosthere.transport.messages import (
     GoodbyeAck,
@@ -52,15 +53,15 @@ class Peer:
 
 
 class Replication:
-    def __init__(self, state: State, options: dict[str, Any]) -> None:
+    def __init__(self, state: State, options: TrackerOptions) -> None:
         self.state = state
         self.me = wire.encode_replica(state.replica)
-        self.broadcast_period = float(options["broadcast_period"])
-        self.max_silent = int(options["max_silent_periods"])
-        self.down_period = float(options["down_period"])
-        self.permdown_period = float(options["permdown_period"])
-        self.sample_periods = int(options["clock_sample_periods"])
-        self.caps = tuple(int(c) for c in options["max_delta_sizes"])
+        self.broadcast_period = float(options.broadcast_period)
+        self.max_silent = int(options.max_silent_periods)
+        self.down_period = float(options.down_period)
+        self.permdown_period = float(options.permdown_period)
+        self.sample_periods = int(options.clock_sample_periods)
+        self.caps = tuple(int(c) for c in options.max_delta_sizes)
         self.generations: list[Delta] = []
         self.peers: dict[str, Peer] = {}
         self.clockset: ClockSet = []

@@ -19,7 +19,7 @@ from typing import Any
 
 import zmq
 
-from whosthere.errors import ActorError, NodeUnavailable, error_class
+from whosthere.errors import ActorError, NodeUnavailable, from_wire
 from whosthere.transport import codec
 from whosthere.transport.messages import Failed, Ok, Ping
 
@@ -58,13 +58,7 @@ def tcp_endpoint(host: str, port: int = 0) -> str:
 
 def raise_failure(reply: Failed) -> None:
     """Raise the error an actor sent back, as its own class where whosthere knows it."""
-    cls = error_class(reply.kind)
-    if cls is None:
-        exc: Exception = ActorError(f"{reply.kind}: {reply.message}")
-    else:
-        exc = cls(reply.message)
-    exc.remote_traceback = reply.traceback or None  # type: ignore[attr-defined]
-    raise exc
+    raise from_wire(reply.kind, reply.message, reply.traceback)
 
 
 class Dealer:

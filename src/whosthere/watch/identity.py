@@ -7,6 +7,13 @@ import sys
 import psutil
 
 ProcessKey = tuple[int, int | float]  # (pid, start_time)
+PID_MAX = 1 << 22  # the largest pid_max Linux allows
+
+
+def is_pid(value: object) -> bool:
+    """Whether `value` can be an OS pid (an int, not a bool, in 1..PID_MAX)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= PID_MAX
+
 
 _LINUX = sys.platform.startswith("linux")
 

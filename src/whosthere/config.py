@@ -1,0 +1,103 @@
+"""A node's configuration: every option checked once, frozen, and carried to each process.
+
+`Node(...)` builds one from the user's arguments; the supervisor and every actor get it as
+JSON on their command line and read it back as this same object (attributes, not string
+keys), so an option has one name, one default and one check.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from whosthere.loading import ClassRef
+from whosthere.tracker.options import TrackerOptions
+from whosthere.transport.codec import DEFAULT_META_LIMIT
+from whosthere.transport.endpoints import check_cluster
+
+DEFAULT_PUBSUB_HWM = 100_000  # messages queued per subscriber before it starts losing them
+LOG_LEVEL_ENV = "WHOSTHERE_LOG_LEVEL"
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Where this node meets its peers (checked by `transport.endpoints.check_cluster`)."""
+
+    listen: str  # tcp://host:port (port 0: any free one)
+    advertise: str | None = None  # what peers dial, when it is not `listen`
+    peers: tuple[str, ...] = ()  # other nodes' listen addresses (one is enough)
+
+    @classmethod
+    def create(
+        cls,
+        listen: str | None,
+        peers: tuple[str, ...] | list[str] | str,
+        cookie: str | None,
+        advertise: str | None,
+    ) -> ClusterConfig | None:
+        """The cluster wiring, checked; None for a node alone (no `listen`)."""
+        listen, checked = check_cluster(listen, peers, cookie, advertise)  # type: ignore[arg-type]
+        return cls(listen, advertise, checked) if listen else None
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything the node's processes need to know about the node, checked on creation."""
+
+    name: str
+    presence: ClassRef  # the user's Presence subclass, as `loading.class_ref` names it
+    custom_fetch: bool = False  # the class overrides `fetch`: diffs go through fetchers
+    presence_client: bool = False  # it defines `init` or `handle_metas`: that actor runs
+    pool_size: int = 1
+    fetchers: int = 2
+    fetch_timeout: float = 5.0
+    meta_limit: int = DEFAULT_META_LIMIT
+    max_restarts: int = 3
+    max_seconds: float = 5.0
+    start_timeout: float = 30.0
+    pubsub_hwm: int = DEFAULT_PUBSUB_HWM
+    max_pidfds: int | None = None
+    log_level: str = "WARNING"
+    cluster: ClusterConfig | None = None
+    tracker: TrackerOptions = field(default_factory=TrackerOptions)
+    runtime_dir: str = ""  # the node's private directory, once `Node.start()` made it
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.pool_size, int) or self.pool_size < 1:
+            raise ValueError(f"pool_size must be a positive int, got {self.pool_size!r}")
+        if self.max_restarts < 0 or self.max_seconds <= 0:
+            raise ValueError("max_restarts must be >= 0 and max_seconds > 0")
+        if self.fetchers < 1 or self.fetch_timeout <= 0 or self.meta_limit < 1:
+            raise ValueError("fetchers, fetch_timeout and meta_limit must be positive")
+
+    @staticmethod
+    def default_name() -> str:
+        return f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+
+    @staticmethod
+    def default_log_level(level: str | None) -> str:
+        return (level or os.environ.get(LOG_LEVEL_ENV) or "WARNING").upper()
+
+    def started(self, runtime_dir: str) -> NodeConfig:
+        """This configuration, for a node started in `runtime_dir`."""
+        return replace(self, runtime_dir=runtime_dir)
+
+    def to_json(self) -> dict[str, Any]:
+        raw = asdict(self)
+        raw["tracker"] = self.tracker.to_json()
+        if self.cluster is not None:
+            raw["cluster"]["peers"] = list(self.cluster.peers)
+        return raw
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> NodeConfig:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in raw.items() if k in known}
+        values["tracker"] = TrackerOptions.from_json(raw["tracker"])
+        if raw.get("cluster") is not None:
+            c = raw["cluster"]
+            values["cluster"] = ClusterConfig(c["listen"], c["advertise"], tuple(c["peers"]))
+        return cls(**values)
