@@ -1,0 +1,200 @@
+"""The cluster actor's bookkeeping of its peers, apart from its sockets so it can be tested alone.
+
+Pure like the tracker: time comes in as an argument, and what needs a socket comes back for
+the actor to do (addresses to dial, addresses to close). It decides which connection reaches
+a peer name, which connection speaks for which name, which addresses are passed on, and what
+is forgotten.
+
+A route is where a frame came from and where an answer goes: `("out", address)` is our own
+connection to a peer's listen address, `("in", identity)` one the peer made to our listener.
+
+Nothing grows for ever: an address learned from others that has been silent for
+`forget_after` goes dormant: no longer passed on (only addresses heard from lately are), still
+dialled with back-off so a long split can heal, and only the newest `_MAX_DORMANT` kept. A
+name that answers on another's address replaces it (a node restarted under a new name).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+_QUIET_S = 3.0  # three hellos missed (peers greet every second): a peer may be replaced
+_MAX_DORMANT = 64  # forgotten addresses still dialled (a long split may heal through them)
+
+Route = tuple[str, Any]  # ("out", peer listen address) or ("in", listener identity)
+
+
+class PeerBook:
+    def __init__(self, me: str, seeds: set[str], forget_after: float, log: logging.Logger) -> None:
+        self.me = me
+        self.listen = ""  # our own address, once bound
+        self.seeds = set(seeds)  # never forgotten
+        self.forget_after = forget_after
+        self.log = log
+        self.dialled_at: dict[str, float] = {}  # peer listen address we dial -> when first
+        self.answered: dict[str, float] = {}  # peer listen address -> last heard on it
+        self.dormant: set[str] = set()  # addresses forgotten, still dialled, not passed on
+        self.address_of: dict[str, str] = {}  # peer name -> its listen address
+        self.routes: dict[str, Route] = {}  # peer name -> the route it is reached by
+        # route -> the peer name that greeted us on it: a peer's casts count only on the
+        # connections it introduced itself on (its `sender` field is not taken on trust)
+        self.speaks_for: dict[Route, str] = {}
+        self.route_heard: dict[Route, float] = {}  # incoming route -> last frame
+        self.refused: dict[str, str] = {}  # peer name -> why
+        self.refused_at: dict[str, float] = {}
+        self.heard: dict[str, float] = {}  # peer name -> last heard
+        self.conflicts: set[tuple[str, str]] = set()  # two live names on one address, logged
+
+    def listening(self, address: str) -> list[str]:
+        """Our own address is never dialled nor passed on, even when given as a seed.
+        Returns the seeds to dial."""
+        self.listen = address
+        self.seeds.discard(address)
+        return sorted(self.seeds)
+
+    def dialled(self, address: str, now: float) -> None:
+        """The actor dials `address` from now on: its silence is counted from now."""
+        self.dialled_at[address] = now
+
+    def heard_on(self, route: Route, now: float) -> None:
+        """A frame came on `route`: our connection's address answers (dormant no more); an
+        incoming route is kept alive only once a peer greeted on it (anyone may connect)."""
+        kind, where = route
+        if kind == "out":
+            self.answered[where] = now
+            self.dormant.discard(where)
+        elif route in self.speaks_for:
+            self.route_heard[route] = now
+
+    def accepts(self, sender: str, route: Route, now: float) -> bool:
+        """Whether a cast from `sender` on `route` counts (it greeted us there)."""
+        if self.speaks_for.get(route) != sender:
+            return False
+        self.heard[sender] = now
+        return True
+
+    def refuse(self, name: str, reason: str, now: float) -> bool:
+        """Note a refusal (by or of `name`); True if the reason is new, to be logged once."""
+        new = self.refused.get(name) != reason
+        self.refused[name] = reason
+        self.refused_at[name] = now
+        return new
+
+    def hello(
+        self, name: str, route: Route, listen: str, peers: list[str], now: float
+    ) -> list[str]:
+        """A compatible peer greeted us on `route`. Returns the addresses to dial."""
+        self.refused.pop(name, None)
+        self.refused_at.pop(name, None)
+        for other in [n for n, a in self.address_of.items() if a == listen and n != name]:
+            if now - self.heard.get(other, 0.0) > _QUIET_S:
+                self.log.info("%s: peer %s is now %s (same address)", self.me, other, name)
+                self._forget_name(other)  # restarted under another name
+            elif (other, name) not in self.conflicts:
+                self.conflicts.add((other, name))
+                self.log.warning("%s: peers %s and %s both say they listen at %s",
+                                 self.me, other, name, listen)  # fmt: skip
+        to_dial = self.learn(name, route, [listen, *peers], now, listen=listen)
+        self.address_of[name] = listen
+        return to_dial
+
+    def learn(
+        self,
+        name: str,
+        route: Route,
+        addresses: list[Any],
+        now: float,
+        listen: str | None = None,
+    ) -> list[str]:
+        """`name` introduced itself on `route` (saying it listens at `listen`, in a hello)
+        and knows `addresses`. Returns those not dialled yet, to dial."""
+        if name == self.me:
+            return []
+        if route[0] == "out":  # whoever answers on our connection is the one there now
+            for old in [n for n, r in self.routes.items() if r == route and n != name]:
+                self.log.info("%s: peer %s is now %s (same address)", self.me, old, name)
+                self._forget_name(old)
+        else:
+            self.route_heard[route] = now
+        self.speaks_for[route] = name  # a peer may reach us on several routes
+        current = self.routes.get(name)
+        if current is None or (current[0] == "in" and route[0] == "out"):
+            if current is None:
+                self.log.info("%s: connected to peer %s", self.me, name)
+            # prefer our own connection (it reconnects by itself), and then keep it: one
+            # connection per peer keeps the peer's messages in order
+            self.routes[name] = route
+        elif current != route and (
+            current[0] == route[0] == "in"
+            or (
+                current[0] == "out"
+                and listen not in (None, current[1])
+                and now - self.answered.get(current[1], 0.0) > _QUIET_S
+            )
+        ):
+            # the peer reconnected (a new identity), or moved: restarted on another address,
+            # our connection to the old one silent (its hello just came on this route). A
+            # connection that is only slow (a big transfer queued on it) is kept: switching
+            # midway would split a fragmented message across two connections.
+            self.log.info("%s: peer %s now reached via %s", self.me, name, route[0])
+            self.routes[name] = route
+        if route[0] == "out":
+            self.address_of[name] = route[1]
+        self.heard[name] = now
+        return list(dict.fromkeys(a for a in addresses  # from the wire: unchecked
+                                  if isinstance(a, str) and a != self.listen
+                                  and a not in self.dialled_at))  # fmt: skip
+
+    def passed_on(self, now: float) -> list[str]:
+        """The addresses worth telling peers: the seeds, and those that answered lately
+        (a dead address would otherwise circulate for ever)."""
+        live = {a for a, t in self.answered.items()
+                if now - t < self.forget_after / 2 and a not in self.dormant}  # fmt: skip
+        return sorted((self.seeds | live) - {self.listen})
+
+    def forget_silent(self, now: float) -> list[str]:
+        """Forget what has been silent for forget_after: names, incoming routes, refusals.
+        A silent address goes dormant (still dialled, with back-off, so that a long split
+        can heal, but no longer passed on). Returns the oldest beyond _MAX_DORMANT, to close."""
+        for address in list(self.dialled_at):
+            if address in self.seeds or address in self.dormant:
+                continue
+            silent = now - self._last_heard(address)
+            if silent > self.forget_after:
+                self.log.info("%s: peer address %s silent %.0f s: dormant", self.me, address,
+                              silent)  # fmt: skip
+                self.dormant.add(address)
+                self.speaks_for.pop(("out", address), None)
+                for name in [n for n, r in self.routes.items() if r == ("out", address)]:
+                    self._forget_name(name)
+        to_close: list[str] = []
+        if len(self.dormant) > _MAX_DORMANT:
+            by_age = sorted(self.dormant, key=self._last_heard)
+            to_close = by_age[: len(self.dormant) - _MAX_DORMANT]
+        for address in to_close:
+            self.dormant.discard(address)
+            self.answered.pop(address, None)
+            del self.dialled_at[address]
+        for route, at in list(self.route_heard.items()):
+            if now - at > self.forget_after:
+                del self.route_heard[route]
+                self.speaks_for.pop(route, None)
+        for name, at in list(self.heard.items()):
+            route = self.routes.get(name)
+            if now - at > self.forget_after and (route is None or route[0] == "in"):
+                self._forget_name(name)  # an incoming route only: gone with its peer
+        for name, at in list(self.refused_at.items()):
+            if now - at > self.forget_after:
+                del self.refused[name], self.refused_at[name]
+        return to_close
+
+    def _last_heard(self, address: str) -> float:
+        return self.answered.get(address, self.dialled_at[address])
+
+    def _forget_name(self, name: str) -> None:
+        for route in [r for r, n in self.speaks_for.items() if n == name]:
+            del self.speaks_for[route]
+        self.routes.pop(name, None)
+        self.address_of.pop(name, None)
+        self.heard.pop(name, None)

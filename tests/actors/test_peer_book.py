@@ -1,0 +1,198 @@
+"""The cluster actor's peer bookkeeping without processes or sockets: time is an argument."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from whosthere.actors.peer_book import _MAX_DORMANT, _QUIET_S, PeerBook
+
+ME, A, B, C = (f"tcp://10.0.0.{i}:4000" for i in (9, 1, 2, 3))
+T = 1000.0  # a monotonic clock is far from 0 (never heard counts as heard at 0)
+
+
+def book(seeds: tuple[str, ...] = (), forget_after: float = 100.0) -> PeerBook:
+    b = PeerBook("me", set(seeds), forget_after, logging.getLogger("tests.peer_book"))
+    b.listening(ME)
+    return b
+
+
+def answer(b: PeerBook, name: str, address: str, now: float, peers: tuple = ()) -> list[str]:
+    """`name`'s hello on our connection to `address`, saying it listens there."""
+    b.heard_on(("out", address), now)
+    return b.hello(name, ("out", address), address, list(peers), now)
+
+
+def test_our_own_address_is_no_seed():
+    b = PeerBook("me", {A, ME, B}, 100.0, logging.getLogger("tests.peer_book"))
+    assert b.listening(ME) == [A, B]
+    assert b.seeds == {A, B}
+
+
+def test_a_hello_on_our_connection_makes_the_name_reachable_there():
+    b = book()
+    b.dialled(A, T)
+    assert answer(b, "a", A, T + 1, peers=(B, ME, A, B, 7)) == [B]  # new, once, strings only
+    assert b.routes == {"a": ("out", A)}
+    assert b.speaks_for == {("out", A): "a"}
+    assert b.address_of == {"a": A}
+    assert b.heard == {"a": T + 1}
+
+
+def test_a_welcome_from_ourselves_is_ignored():
+    b = book()
+    assert b.learn("me", ("out", A), [B], T) == []
+    assert b.routes == {} and b.speaks_for == {}
+
+
+def test_our_connection_is_preferred_over_an_incoming_one_and_kept():
+    b = book()
+    assert b.hello("a", ("in", b"x"), A, [], T) == [A]
+    assert b.routes == {"a": ("in", b"x")}
+    b.dialled(A, T)
+    b.heard_on(("out", A), T + 0.1)
+    assert b.learn("a", ("out", A), [], T + 0.1) == []  # its welcome on our connection
+    assert b.routes == {"a": ("out", A)}
+    # it reconnects to us; our connection, even quiet, is kept: it says it listens there
+    b.hello("a", ("in", b"y"), A, [], T + 10)
+    assert b.routes == {"a": ("out", A)}
+    assert b.speaks_for[("in", b"y")] == "a"  # its casts count there too
+
+
+def test_a_reconnect_replaces_the_old_incoming_route():
+    b = book()
+    b.hello("a", ("in", b"x"), A, [], T)
+    b.hello("a", ("in", b"y"), A, [], T + 1)
+    assert b.routes == {"a": ("in", b"y")}
+
+
+def test_whoever_answers_on_our_connection_is_the_one_there_now():
+    b = book()
+    b.dialled(A, T)
+    answer(b, "a", A, T)
+    b.learn("a2", ("out", A), [], T + 0.5)  # a restarted under another name: replaced at once
+    assert b.routes == {"a2": ("out", A)}
+    assert b.speaks_for == {("out", A): "a2"}
+    assert b.address_of == {"a2": A}
+
+
+def test_a_peer_restarted_elsewhere_is_moved_to_only_once_the_old_route_is_quiet():
+    b = book()
+    b.dialled(A, T)
+    answer(b, "a", A, T)
+    b.dialled(B, T)
+    answer(b, "a", B, T + _QUIET_S - 1)  # A only slow: kept (a transfer may be under way)
+    assert b.routes == {"a": ("out", A)}
+    assert b.speaks_for == {("out", A): "a", ("out", B): "a"}
+    b.heard_on(("out", B), T + _QUIET_S + 1)
+    b.learn("a", ("out", B), [], T + _QUIET_S + 1)  # A quiet, but a welcome says no address
+    assert b.routes == {"a": ("out", A)}
+    answer(b, "a", B, T + _QUIET_S + 1)  # A quiet and a says it listens at B
+    assert b.routes == {"a": ("out", B)}
+    assert b.address_of == {"a": B}
+
+
+def test_the_addresses_passed_on():
+    b = book(seeds=(C, ME), forget_after=100.0)
+    for address in (A, B, C):
+        b.dialled(address, T)
+    b.heard_on(("out", A), T)
+    b.heard_on(("out", B), T + 60)
+    assert b.passed_on(T + 60) == [B, C]  # A silent beyond forget_after/2; C a seed; not ME
+    assert b.forget_silent(T + 101) == []
+    assert b.dormant == {A}
+    assert b.passed_on(T + 101) == [B, C]
+    assert b.passed_on(T + 111) == [C]
+
+
+def test_a_silent_address_goes_dormant_and_its_names_are_forgotten_but_seeds_never():
+    b = book(seeds=(C,), forget_after=100.0)
+    for name, address in (("a", A), ("c", C)):
+        b.dialled(address, T)
+        answer(b, name, address, T)
+    b.dialled(B, T + 50)  # never answers: silent since dialled
+    assert b.forget_silent(T + 100) == []
+    assert b.dormant == set()
+    assert b.forget_silent(T + 101) == []
+    assert b.dormant == {A}
+    assert b.routes == {"c": ("out", C)}
+    assert b.speaks_for == {("out", C): "c"}
+    assert set(b.address_of) == set(b.heard) == {"c"}
+    assert set(b.dialled_at) == {A, B, C}  # still dialled: a long split may heal
+    b.forget_silent(T + 1000)
+    assert b.dormant == {A, B}
+    assert b.routes == {"c": ("out", C)}
+    b.heard_on(("out", A), T + 1001)  # back
+    assert b.dormant == {B}
+
+
+def test_beyond_max_dormant_the_longest_silent_are_to_be_closed():
+    b = book(forget_after=10.0)
+    addresses = [f"tcp://10.1.0.{i}:4000" for i in range(_MAX_DORMANT + 2)]
+    for i, address in enumerate(addresses):
+        b.dialled(address, T + i)
+    b.heard_on(("out", addresses[0]), T + 80)  # dialled first, heard last
+    assert b.forget_silent(T + 100) == [addresses[1], addresses[2]]
+    assert len(b.dormant) == _MAX_DORMANT
+    assert addresses[1] not in b.dialled_at and addresses[1] not in b.answered
+    assert b.forget_silent(T + 101) == []
+    assert b.learn("a", ("in", b"x"), [addresses[1], addresses[3]], T + 101) == [addresses[1]]
+
+
+def test_a_name_on_a_live_names_address_is_a_conflict_once_and_a_quiet_one_is_replaced(caplog):
+    b = book()
+    b.hello("a", ("in", b"x"), A, [], T)
+    with caplog.at_level(logging.WARNING, logger="tests.peer_book"):
+        b.hello("z", ("in", b"y"), A, [], T + 1)
+        b.hello("z", ("in", b"y"), A, [], T + 2)
+    assert b.conflicts == {("a", "z")}
+    assert [r.getMessage() for r in caplog.records] == [
+        f"me: peers a and z both say they listen at {A}"
+    ]
+    assert set(b.routes) == {"a", "z"}
+    b.hello("z", ("in", b"y"), A, [], T + _QUIET_S + 0.5)  # a last heard at T: quiet
+    assert b.routes == {"z": ("in", b"y")}
+    assert b.address_of == {"z": A}
+    assert b.speaks_for == {("in", b"y"): "z"}
+
+
+def test_incoming_routes_and_their_names_are_forgotten_after_forget_after():
+    b = book(forget_after=100.0)
+    b.hello("a", ("in", b"x"), A, [], T)
+    b.heard_on(("in", b"x"), T + 50)
+    b.heard_on(("in", b"q"), T + 50)  # nobody greeted there: not kept
+    b.forget_silent(T + 101)  # a not heard since T
+    assert b.routes == {} and b.speaks_for == {} and b.address_of == {}
+    assert b.route_heard == {("in", b"x"): T + 50}
+    b.forget_silent(T + 151)
+    assert b.route_heard == {}
+
+
+@pytest.mark.parametrize("reason", ["pool_size mismatch", "another"])
+def test_a_refusal_is_new_once_and_expires_after_forget_after(reason):
+    b = book(forget_after=100.0)
+    assert b.refuse("p", "pool_size mismatch", T) is True
+    assert b.refuse("p", reason, T + 50) is (reason != "pool_size mismatch")
+    b.forget_silent(T + 149)  # counted from the last refusal
+    assert b.refused == {"p": reason}
+    b.forget_silent(T + 151)
+    assert b.refused == {} and b.refused_at == {}
+
+
+def test_a_compatible_hello_lifts_a_refusal():
+    b = book()
+    b.refuse("p", "pool_size mismatch", T)
+    b.hello("p", ("in", b"x"), A, [], T + 1)
+    assert b.refused == {} and b.refused_at == {}
+
+
+def test_casts_count_only_on_a_route_their_sender_greeted_on():
+    b = book()
+    b.hello("a", ("in", b"x"), A, [], T)
+    b.hello("b", ("in", b"y"), B, [], T)
+    assert b.accepts("b", ("in", b"x"), T + 1) is False  # b's name on a's connection
+    assert b.accepts("a", ("in", b"z"), T + 1) is False  # nobody greeted there
+    assert b.heard == {"a": T, "b": T}
+    assert b.accepts("a", ("in", b"x"), T + 1) is True
+    assert b.heard == {"a": T + 1, "b": T}
