@@ -61,9 +61,6 @@ class ClusterActor(Actor):
         self.cookie: str | None = os.environ.get(COOKIE_ENV) or None
         self.listen_endpoint: str = cluster.listen  # once bound: the address peers are told
         self.advertise: str | None = cluster.advertise
-        self.seeds: set[str] = {p for p in cluster.peers if p}  # never forgotten
-        # as long as the shards keep a silent peer, but long enough for many missed hellos
-        self.forget_after = max(config.tracker.permdown_period, 10 * _HELLO_EVERY_S)
         self.shards = [Dealer(e, what=f"shard {i}", unbounded=True)
                        for i, e in enumerate(Topology(config).shards)]  # fmt: skip
         self.bound = ""
@@ -72,7 +69,11 @@ class ClusterActor(Actor):
         # IPv6 only when asked for: with it, an IPv4 bind reports an IPv4-mapped address
         self.listener.ipv6 = "[" in self.listen_endpoint
         self.outgoing: dict[str, zmq.Socket] = {}  # peer listen address -> our DEALER
-        self.book = PeerBook(self.me, self.seeds, self.forget_after, self.log)
+        # seeds are never forgotten; others are after as long as the shards keep a silent
+        # peer, but long enough for many missed hellos
+        seeds = {p for p in cluster.peers if p}
+        forget_after = max(config.tracker.permdown_period, 10 * _HELLO_EVERY_S)
+        self.book = PeerBook(self.me, seeds, forget_after, self.log)
         self.dropping: set[str] = set()  # test hook: peers whose traffic is dropped
         self.sent = self.received = self.dropped = 0
         self.from_peers = routes(self, (PeerCast, PeerHello, PeerWelcome, PeerRefused))
