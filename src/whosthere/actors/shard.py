@@ -5,11 +5,12 @@ are linked through the supervisor on their first presence; when one exits, its p
 leave. Diffs are grouped per topic and published as `presence_diff` on the topic through the
 PubSub actor, this node's subscribers only (each node publishes from its own state).
 
-With a user `fetch`, diffs go through the fetcher workers first. They may finish in any
-order; each topic's queue in `pending` releases them in the order the shard made them, so a
-slow fetch holds back its own topic only. A fetch that fails or outlasts `fetch_timeout` is
-logged and its diff published as it was (unfetched): a slow or broken callback never holds
-up the shard.
+The bookkeeping lives in pure, clock-injected cores; the shell sends, logs and keeps time.
+With a user `fetch`, diffs go through the fetcher workers first and `FetchQueue` releases
+each topic's diffs in the order the shard made them (a failed or overdue fetch is logged and
+its diff published unfetched). `ListCache` keeps packed list replies until the topic's next
+diff. A graceful permdown repeats its goodbye until the `Departure` is acknowledged by every
+peer that was up, or gives up.
 
 Pid reuse: a link is (pid, start time). A track of a linked pid with another start time
 means the linked process is gone (its pid was reused): its presences leave at once, before
@@ -18,9 +19,7 @@ the new process's presence joins.
 
 from __future__ import annotations
 
-import collections
 import gc
-import itertools
 import math
 import random
 import time
@@ -35,6 +34,9 @@ from whosthere.errors import (
     WhosthereError,
 )
 from whosthere.topology import Topology
+from whosthere.tracker.departure import Departure
+from whosthere.tracker.fetch_queue import Diff, FetchQueue
+from whosthere.tracker.list_cache import ListCache
 from whosthere.tracker.refs import RefMaker
 from whosthere.tracker.replication import Replication
 from whosthere.tracker.state import Element, State
@@ -68,21 +70,8 @@ from whosthere.transport.messages import (
 from whosthere.transport.sockets import Dealer
 from whosthere.watch import PID_MAX, is_pid
 
-Diff = dict[str, dict[str, Any]]  # {"joins": {key: {"metas": [...]}}, "leaves": {...}}
 Changes = dict[str, tuple[list[Element], list[Element]]]  # topic -> (joins, leaves)
 _CHECK_FETCHES_S = 0.05  # how often overdue fetches are looked for
-
-
-class _Pending:
-    """A diff waiting for its fetch, in the shard's order."""
-
-    __slots__ = ("deadline", "diff", "fetched", "topic")
-
-    def __init__(self, topic: str, diff: Diff, deadline: float) -> None:
-        self.topic = topic
-        self.diff = diff  # as made by the shard (published as is if fetch fails)
-        self.fetched: Diff | None = None
-        self.deadline = deadline
 
 
 _UNLINKED = object()
@@ -151,8 +140,8 @@ class ShardActor(Actor):
         self.reassembler = fragments.Reassembler()
         self.too_large = 0  # replication messages not sent: over what peers accept
         self.too_large_logged = -math.inf
-        # a Depart call waiting for acknowledgements: (request, peers waited for, deadline)
-        self.departing: tuple[Request, set[str], float] | None = None
+        self.departing: Departure | None = None  # a goodbye waiting for acknowledgements
+        self.depart_request: Request | None = None  # the Depart call answered when it ends
         self.refs = RefMaker(f"{spec.node_name}/{self.name}/{vsn}")
         self.linked: dict[int, int | float | None] = {}  # pid -> start time it was linked with
         self.pubsub = Dealer(topology.pubsub, what="pubsub actor", unbounded=True)
@@ -160,18 +149,13 @@ class ShardActor(Actor):
         self.use_fetchers = config.custom_fetch and bool(self.fetchers)
         client = topology.client
         self.client = Dealer(client, what="presence client", unbounded=True) if client else None
-        self.pending: dict[str, collections.deque[_Pending]] = {}  # topic -> diffs in order
-        self.by_fetch_id: dict[int, _Pending] = {}
-        self.fetch_ids = itertools.count(random.getrandbits(62))  # not reused by a restart
+        self.fetches = FetchQueue(self.fetch_timeout)
         self.outbox: list[list[Any]] = []  # [topic, event, packed diff], sent by `on_idle`
         self.outbox_bytes = 0
         self.frozen_at = 0  # state size at the last gc.freeze()
-        # topic -> packed list reply, kept until the topic's next diff (`report` drops it):
-        # every change of what a topic lists must go through `report`
-        self.listed: dict[str, bytes] = {}
-        self.listed_bytes = 0
+        # `report` drops a topic's list: every change of what a topic lists must go through it
+        self.listed = ListCache(_LISTED_MAX_BYTES)
         self.published = 0  # diffs published since start
-        self.fetch_failures = 0  # fetches that raised or timed out
 
     def on_start(self) -> None:
         assert self.supervisor is not None, "a shard runs under a supervisor (links)"
@@ -209,14 +193,14 @@ class ShardActor(Actor):
             "topics": len(self.state.topics),
             "pids": self.state.pid_count(),
             "diffs": self.published,
-            "fetching": len(self.by_fetch_id),
-            "fetch_failures": self.fetch_failures,
+            "fetching": self.fetches.in_flight,
+            "fetch_failures": self.fetches.failures,
             **(
                 {"replicas": self.replication.status(time.monotonic()),
                  "transfers": self.replication.transfers,
                  "fragmented_lost": self.reassembler.lost,
                  "too_large": self.too_large,
-                 "departing": sorted(self.departing[1]) if self.departing else None}
+                 "departing": self.departing.missing() if self.departing is not None else None}
                 if self.replication is not None
                 else {}
             ),
@@ -277,8 +261,7 @@ class ShardActor(Actor):
     def on_goodbye_ack(self, msg: GoodbyeAck, sender: str) -> None:
         if self.departing is None:
             return  # a late answer to an earlier incarnation's goodbye
-        self.departing[1].discard(sender)
-        if not self.departing[1]:
+        if self.departing.acked(sender):
             self._departed()
 
     def on_depart(self, msg: Depart) -> Any:
@@ -292,36 +275,37 @@ class ShardActor(Actor):
         goodbye, waiting = self.replication.goodbye()
         self._send_peers([goodbye])
         self.departed = True
-        if not waiting:
+        departure = Departure(waiting, time.monotonic() + _GOODBYE_FOR_S)
+        if departure.done:
             self._flush_cluster()
             return []
         assert self.request is not None, "Depart is a call"
-        self.departing = (self.request, waiting, time.monotonic() + _GOODBYE_FOR_S)
+        self.departing, self.depart_request = departure, self.request
         self.call_later(_GOODBYE_EVERY_S, lambda: self._say_goodbye(goodbye))
         return NOREPLY
 
     def _say_goodbye(self, goodbye: tuple[str, tuple]) -> None:
         if self.departing is None:
             return
-        if time.monotonic() >= self.departing[2]:
+        if not self.departing.due(time.monotonic()):
             self.log.warning(
                 "%s: no goodbye acknowledgement from %s; they drop this replica after "
-                "down_period", self.name, ", ".join(sorted(self.departing[1])),
+                "down_period", self.name, ", ".join(self.departing.missing()),
             )  # fmt: skip
             self._departed()
             return
-        for name in self.departing[1]:
+        for name in self.departing.waiting:
             self._cast_peer(name, goodbye[1])
         self.call_later(_GOODBYE_EVERY_S, lambda: self._say_goodbye(goodbye))
 
     def _departed(self) -> None:
-        assert self.departing is not None
-        request, missing, _ = self.departing
-        self.departing = None
+        assert self.departing is not None and self.depart_request is not None
+        departure, request = self.departing, self.depart_request
+        self.departing = self.depart_request = None
         try:
             self._flush_cluster()
         finally:
-            self.reply(request, sorted(missing))
+            self.reply(request, departure.missing())
 
     def _flush_cluster(self) -> None:
         """Wait until the cluster actor has taken every frame cast to it (the goodbye)."""
@@ -434,32 +418,26 @@ class ShardActor(Actor):
         packed = self.listed.get(msg.topic)
         if packed is None:
             packed = codec.pack_grouped(self.state.metas_by_key(msg.topic))
-            if self.listed_bytes + len(packed) > _LISTED_MAX_BYTES:
-                self.listed.clear()
-                self.listed_bytes = 0
-            self.listed[msg.topic] = packed
-            self.listed_bytes += len(packed)
+            self.listed.put(msg.topic, packed)
         return packed
 
     def on_get_by_key(self, msg: GetByKey) -> list[bytes]:
         return [e.meta for e in self.state.get_by_key(msg.topic, msg.key)]
 
     def on_fetched(self, msg: Fetched) -> None:
-        pending = self.by_fetch_id.pop(msg.id, None)
-        if pending is None:
+        released = self.fetches.fetched(msg.id, msg.payload)
+        if released is None:
             return  # timed out and published unfetched already
+        topic, diffs = released
         if msg.payload is None:
-            self.fetch_failures += 1
             self.log.warning(
                 "%s: fetch failed for topic %r; publishing the diff unfetched: %s",
                 self.name,
-                pending.topic,
+                topic,
                 msg.error,
             )
-            pending.fetched = pending.diff
-        else:
-            pending.fetched = msg.payload
-        self._release(pending.topic)
+        for diff in diffs:
+            self._publish(topic, diff)
 
     # -- exits -----------------------------------------------------------------------------
 
@@ -497,19 +475,14 @@ class ShardActor(Actor):
         (`fetch`, `handle_metas`) makes them unpack.
         """
         for topic in changes:  # first: whatever happens below, no stale list is served
-            dropped = self.listed.pop(topic, None)
-            if dropped is not None:
-                self.listed_bytes -= len(dropped)
+            self.listed.drop(topic)
         for topic, (joins, leaves) in changes.items():
             packed = codec.pack_diff(group(joins), group(leaves))
             if not self.use_fetchers:
                 self._publish(topic, packed)
                 continue
             diff = codec.unpack(packed)
-            fid = next(self.fetch_ids)
-            pending = _Pending(topic, diff, time.monotonic() + self.fetch_timeout)
-            self.pending.setdefault(topic, collections.deque()).append(pending)
-            self.by_fetch_id[fid] = pending
+            fid = self.fetches.add(topic, diff, time.monotonic())
             fetcher = self.fetchers[fid % len(self.fetchers)]
             fetcher.cast(Fetch(self.index, fid, topic, diff["joins"], diff["leaves"]))
 
@@ -525,32 +498,17 @@ class ShardActor(Actor):
             self.client.cast(MetasDiff(topic, unpacked))
         self.published += 1
 
-    def _release(self, topic: str) -> None:
-        """Publish the topic's fetched diffs that no earlier diff of the topic holds back."""
-        queue = self.pending.get(topic)
-        while queue and queue[0].fetched is not None:
-            head = queue.popleft()
-            self._publish(topic, head.fetched)  # type: ignore[arg-type]
-        if queue is not None and not queue:
-            del self.pending[topic]
-
     def _check_fetches(self) -> None:
-        now = time.monotonic()
-        overdue = [
-            (fid, p) for fid, p in self.by_fetch_id.items() if p.deadline <= now
-        ]  # oldest first: ids grow with deadlines
-        for fid, pending in overdue:
-            del self.by_fetch_id[fid]
-            self.fetch_failures += 1
+        self.call_later(_CHECK_FETCHES_S, self._check_fetches)  # first: whatever fails below
+        for topic, diffs in self.fetches.expire(time.monotonic()):
             self.log.warning(
                 "%s: fetch for topic %r took over %g s; publishing it unfetched",
                 self.name,
-                pending.topic,
+                topic,
                 self.fetch_timeout,
             )
-            pending.fetched = pending.diff
-            self._release(pending.topic)
-        self.call_later(_CHECK_FETCHES_S, self._check_fetches)
+            for diff in diffs:
+                self._publish(topic, diff)
 
 
 def _by_topic(joins: list[Element], leaves: list[Element]) -> Changes:
