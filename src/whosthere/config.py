@@ -39,7 +39,7 @@ class ClusterConfig:
         advertise: str | None,
     ) -> ClusterConfig | None:
         """The cluster wiring, checked; None for a node alone (no `listen`)."""
-        listen, checked = check_cluster(listen, peers, cookie, advertise)  # type: ignore[arg-type]
+        listen, checked = check_cluster(listen, peers, cookie, advertise)
         return cls(listen, advertise, checked) if listen else None
 
 

@@ -237,24 +237,28 @@ class ShardActor(Actor):
 
     # Replication messages, unwrapped from `FromPeer`; a departed replica only says goodbye.
 
+    @property
+    def _replication(self) -> Replication:
+        assert self.replication is not None, "replication messages reach clustered shards only"
+        return self.replication
+
     def on_heartbeat(self, msg: Heartbeat, sender: str) -> None:
         if not self.departed:
-            self.report(_by_topic(*self.replication.on_heartbeat(msg, time.monotonic())))  # type: ignore[union-attr]
+            self.report(_by_topic(*self._replication.on_heartbeat(msg, time.monotonic())))
 
     def on_transfer_req(self, msg: TransferReq, sender: str) -> None:
         if not self.departed:
-            self._send_peers(self.replication.on_transfer_req(msg))  # type: ignore[union-attr]
+            self._send_peers(self._replication.on_transfer_req(msg))
 
     def on_transfer_ack(self, msg: TransferAck, sender: str) -> None:
         if not self.departed:
-            self.report(_by_topic(*self.replication.on_transfer_ack(msg, time.monotonic())))  # type: ignore[union-attr]
+            self.report(_by_topic(*self._replication.on_transfer_ack(msg, time.monotonic())))
 
     def on_graceful_permdown(self, msg: GracefulPermdown, sender: str) -> None:
-        assert self.replication is not None
         if self.departed:  # leaving together: let it go too
-            self._cast_peer(sender, GoodbyeAck(self.replication.me))
+            self._cast_peer(sender, GoodbyeAck(self._replication.me))
             return
-        outs, diff = self.replication.on_graceful_permdown(msg)
+        outs, diff = self._replication.on_graceful_permdown(msg)
         self._send_peers(outs)
         self.report(_by_topic(*diff))
 

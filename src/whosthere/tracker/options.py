@@ -9,29 +9,19 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-# Phoenix.Tracker's defaults, in seconds; down_period's follows broadcast_period
-TRACKER_DEFAULTS: dict[str, Any] = {
-    "broadcast_period": 1.5,
-    "max_silent_periods": 10,
-    "down_period": 30.0,
-    "permdown_period": 1200.0,
-    "clock_sample_periods": 2,
-    "max_delta_sizes": (100, 1000, 10000),
-    "permdown_on_shutdown": False,
-}
-
 
 @dataclass(frozen=True)
 class TrackerOptions:
-    """Replication timing and sizes of every shard of a node (and of its peers, ideally)."""
+    """Replication timing and sizes of every shard of a node (and of its peers, ideally).
+    The defaults are Phoenix.Tracker's, in seconds."""
 
-    broadcast_period: float = TRACKER_DEFAULTS["broadcast_period"]
-    max_silent_periods: int = TRACKER_DEFAULTS["max_silent_periods"]
-    down_period: float = TRACKER_DEFAULTS["down_period"]
-    permdown_period: float = TRACKER_DEFAULTS["permdown_period"]
-    clock_sample_periods: int = TRACKER_DEFAULTS["clock_sample_periods"]
-    max_delta_sizes: tuple[int, ...] = TRACKER_DEFAULTS["max_delta_sizes"]
-    permdown_on_shutdown: bool = TRACKER_DEFAULTS["permdown_on_shutdown"]
+    broadcast_period: float = 1.5
+    max_silent_periods: int = 10
+    down_period: float = 30.0
+    permdown_period: float = 1200.0
+    clock_sample_periods: int = 2
+    max_delta_sizes: tuple[int, ...] = (100, 1000, 10000)
+    permdown_on_shutdown: bool = False
 
     def __post_init__(self) -> None:
         if self.down_period < 2 * self.broadcast_period:
@@ -50,13 +40,16 @@ class TrackerOptions:
         """The options a user gave, with defaults; `TypeError`/`ValueError` names the rule
         broken. Without `down_period`, a peer is down after twice `max_silent_periods`
         broadcast periods of silence (Phoenix's 30 s at its defaults)."""
-        unknown = sorted(set(options) - set(TRACKER_DEFAULTS))
+        unknown = sorted(set(options) - {f.name for f in fields(cls)})
         if unknown:
             raise TypeError(f"unknown Node option(s): {', '.join(unknown)}")
-        merged = {**TRACKER_DEFAULTS, **options}
+        merged = dict(options)
         if "down_period" not in options:
-            merged["down_period"] = merged["broadcast_period"] * merged["max_silent_periods"] * 2
-        merged["max_delta_sizes"] = tuple(merged["max_delta_sizes"])
+            broadcast = options.get("broadcast_period", cls.broadcast_period)
+            silent = options.get("max_silent_periods", cls.max_silent_periods)
+            merged["down_period"] = broadcast * silent * 2
+        if "max_delta_sizes" in options:
+            merged["max_delta_sizes"] = tuple(options["max_delta_sizes"])
         return cls(**merged)
 
     def to_json(self) -> dict[str, Any]:

@@ -81,7 +81,7 @@ def advertised(bound: str, advertise: str | None) -> str:
 
 def check_cluster(
     listen: str | None,
-    peers: tuple[str, ...] | list[str],
+    peers: tuple[str, ...] | list[str] | str,
     cookie: str | None,
     advertise: str | None = None,
 ) -> tuple[str | None, tuple[str, ...]]:
