@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
+from whosthere.actors.base import ActorSpec
 from whosthere.config import ClusterConfig, NodeConfig
+from whosthere.errors import ActorError, NotTracked, from_wire
 from whosthere.loading import class_ref, load_class
 from whosthere.presence import Presence
 from whosthere.topology import PUBSUB_PUB, Topology, fetcher_name, is_fetcher, is_shard, shard_name
@@ -52,12 +55,47 @@ def test_tracker_options_name_the_rule_broken(options, error, match):
 
 
 @pytest.mark.parametrize(
-    ("field", "value"),
-    [("pool_size", 0), ("pool_size", 1.5), ("fetchers", 0), ("max_seconds", 0), ("meta_limit", 0)],
+    ("field", "value", "match"),
+    [
+        ("pool_size", 0, "pool_size must be a positive int"),
+        ("pool_size", 1.5, "pool_size must be a positive int"),
+        ("fetchers", 0, "must be positive"),
+        ("max_seconds", 0, "max_seconds > 0"),
+        ("meta_limit", 0, "must be positive"),
+    ],
 )
-def test_node_options_are_checked_on_creation(field, value):
-    with pytest.raises(ValueError):
+def test_node_options_are_checked_on_creation(field, value, match):
+    with pytest.raises(ValueError, match=match):
         NodeConfig(name="a", presence=REF, **{field: value})
+
+
+def test_whole_numbers_given_as_floats_are_taken_as_ints_and_strings_refused():
+    config = NodeConfig(name="a", fetchers=2.0, pubsub_hwm=1e5, max_restarts=3.0)
+    assert (config.fetchers, config.pubsub_hwm, config.max_restarts) == (2, 100_000, 3)
+    assert all(type(v) is int for v in (config.fetchers, config.pubsub_hwm, config.max_restarts))
+    with pytest.raises(TypeError, match="fetchers must be a number"):
+        NodeConfig(name="a", fetchers="2")
+
+
+def test_tracker_options_made_directly_derive_down_period_too():
+    assert TrackerOptions(broadcast_period=0.1).down_period == pytest.approx(2.0)
+    with pytest.raises(TypeError, match="max_delta_sizes must be a sequence"):
+        TrackerOptions(max_delta_sizes=5)
+
+
+def test_an_actor_spec_survives_the_command_line_whole():
+    config = NodeConfig(name="a", pool_size=2, cluster=ClusterConfig("tcp://127.0.0.1:7000"))
+    spec = ActorSpec(
+        name="shard.1", actor="whosthere.actors.shard:ShardActor", endpoint="ipc:///r/s.sock",
+        runtime_dir="/r", supervisor="ipc:///r/supervisor.sock", parent_pid=1, node_name="a",
+        index=1, config=config.started("/r"),
+    )  # fmt: skip
+    again = ActorSpec.from_json_dict(json.loads(json.dumps(spec.to_json_dict())))
+    assert again == spec and again.node.runtime_dir == "/r" and again.index == 1
+    bare = ActorSpec("echo", "m:C", "ipc:///e", "/r", "", 1, "test", options={"x": 1})
+    assert ActorSpec.from_json_dict(json.loads(json.dumps(bare.to_json_dict()))) == bare
+    with pytest.raises(TypeError, match="runs outside a node"):
+        _ = bare.node
 
 
 def test_a_cluster_without_listen_is_none_and_a_wildcard_is_refused():
@@ -108,3 +146,27 @@ def test_a_user_class_is_named_for_other_processes_and_loaded_back():
 
     with pytest.raises(TypeError, match="inside a function"):
         class_ref(make())
+
+
+def test_a_class_of_a_script_is_loaded_without_running_the_script(tmp_path):
+    script = tmp_path / "app.py"
+    script.write_text(
+        "import whosthere\n"
+        "class AppPresence(whosthere.Presence):\n    pass\n"
+        "if __name__ == '__main__':\n    raise SystemExit('the script ran')\n"
+    )
+    try:
+        cls = load_class({"module": "__main__", "qualname": "AppPresence", "path": str(script)})
+        assert cls.__name__ == "AppPresence" and issubclass(cls, Presence)
+    finally:
+        sys.modules.pop("__whosthere_main__", None)
+
+
+def test_an_error_from_the_wire_comes_back_as_its_own_class():
+    known = from_wire("NotTracked", "no such presence", "Traceback ...")
+    assert type(known) is NotTracked and str(known) == "no such presence"
+    assert known.remote_traceback == "Traceback ..."
+    unknown = from_wire("KeyError", "'x'")
+    assert type(unknown) is ActorError and str(unknown) == "KeyError: 'x'"
+    assert unknown.remote_traceback is None
+    assert type(from_wire("MessagesLost", "m")) is ActorError  # not built from two strings

@@ -166,7 +166,7 @@ def test_calls_on_a_stopped_node_raise_node_unavailable():
 
 def test_tracker_options_are_checked_with_phoenix_rules():
     node = whosthere.Node(broadcast_period=0.1, max_silent_periods=2)
-    assert node.config.tracker.down_period == pytest.approx(0.4)
+    assert node.tracker_options["down_period"] == pytest.approx(0.4)
     with pytest.raises(
         ValueError,
         match=r"^down_period \(0.1 s\) must be at least twice "

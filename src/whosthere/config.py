@@ -18,8 +18,9 @@ from whosthere.tracker.options import TrackerOptions
 from whosthere.transport.codec import DEFAULT_META_LIMIT
 from whosthere.transport.endpoints import check_cluster
 
-DEFAULT_PUBSUB_HWM = 100_000  # messages queued per subscriber before it starts losing them
 LOG_LEVEL_ENV = "WHOSTHERE_LOG_LEVEL"
+_INTS = ("fetchers", "max_restarts", "pubsub_hwm", "meta_limit")
+_FLOATS = ("fetch_timeout", "max_seconds", "start_timeout")
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,10 @@ class NodeConfig:
     """Everything the node's processes need to know about the node, checked on creation."""
 
     name: str
-    presence: ClassRef  # the user's Presence subclass, as `loading.class_ref` names it
+    # the user's Presence subclass, as `loading.class_ref` names it
+    presence: ClassRef = field(
+        default_factory=lambda: {"module": "whosthere.presence", "qualname": "Presence"}
+    )
     custom_fetch: bool = False  # the class overrides `fetch`: diffs go through fetchers
     presence_client: bool = False  # it defines `init` or `handle_metas`: that actor runs
     pool_size: int = 1
@@ -58,7 +62,7 @@ class NodeConfig:
     max_restarts: int = 3
     max_seconds: float = 5.0
     start_timeout: float = 30.0
-    pubsub_hwm: int = DEFAULT_PUBSUB_HWM
+    pubsub_hwm: int = 100_000  # messages queued per subscriber before it starts losing them
     max_pidfds: int | None = None
     log_level: str = "WARNING"
     cluster: ClusterConfig | None = None
@@ -68,6 +72,11 @@ class NodeConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.pool_size, int) or self.pool_size < 1:
             raise ValueError(f"pool_size must be a positive int, got {self.pool_size!r}")
+        for name in (*_INTS, *_FLOATS, *(("max_pidfds",) if self.max_pidfds is not None else ())):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                raise TypeError(f"{name} must be a number, got {value!r}")
+            object.__setattr__(self, name, float(value) if name in _FLOATS else int(value))
         if self.max_restarts < 0 or self.max_seconds <= 0:
             raise ValueError("max_restarts must be >= 0 and max_seconds > 0")
         if self.fetchers < 1 or self.fetch_timeout <= 0 or self.meta_limit < 1:

@@ -112,7 +112,11 @@ class Demo:
 
     def _kill_one(self, rng: random.Random) -> bool:
         """SIGKILL a worker that has joined; False if none has yet."""
-        live = [w for w in self.by_pid.values() if w.fate == "running" and w.status != "starting"]
+        live = [
+            w
+            for w in self.by_pid.values()
+            if w.fate == "running" and w.status != "starting" and w.killed_at is None
+        ]
         if not live:
             return False
         victim = rng.choice(live)

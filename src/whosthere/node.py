@@ -12,11 +12,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from whosthere.admin import depart, node_status
-from whosthere.config import DEFAULT_PUBSUB_HWM, ClusterConfig, NodeConfig
+from whosthere.config import ClusterConfig, NodeConfig
 from whosthere.errors import NodeStartError, NodeUnavailable, WhosthereError
 from whosthere.links import Links
 from whosthere.loading import class_ref
@@ -26,7 +27,6 @@ from whosthere.pubsub import PubSub
 from whosthere.topology import Topology
 from whosthere.tracker.options import TrackerOptions
 from whosthere.transport import runtime_dir
-from whosthere.transport.codec import DEFAULT_META_LIMIT
 from whosthere.transport.cookie import COOKIE_ENV
 from whosthere.transport.sockets import DEFAULT_TIMEOUT
 from whosthere.workers import Workers
@@ -60,20 +60,20 @@ class Node:
     def __init__(
         self,
         presence: type | None = None,
-        pool_size: int = 1,
+        pool_size: int = NodeConfig.pool_size,
         name: str | None = None,
         listen: str | None = None,
         peers: tuple[str, ...] | list[str] = (),
         *,
-        max_restarts: int = 3,
-        max_seconds: float = 5.0,
-        start_timeout: float = 30.0,
+        max_restarts: int = NodeConfig.max_restarts,
+        max_seconds: float = NodeConfig.max_seconds,
+        start_timeout: float = NodeConfig.start_timeout,
         call_timeout: float = DEFAULT_TIMEOUT,
-        pubsub_hwm: int = DEFAULT_PUBSUB_HWM,
-        max_pidfds: int | None = None,
-        fetchers: int = 2,
-        fetch_timeout: float = 5.0,
-        meta_limit: int = DEFAULT_META_LIMIT,
+        pubsub_hwm: int = NodeConfig.pubsub_hwm,
+        max_pidfds: int | None = NodeConfig.max_pidfds,
+        fetchers: int = NodeConfig.fetchers,
+        fetch_timeout: float = NodeConfig.fetch_timeout,
+        meta_limit: int = NodeConfig.meta_limit,
         log_level: str | None = None,
         cookie: str | None = None,
         advertise: str | None = None,
@@ -113,7 +113,7 @@ class Node:
         self.cookie = cookie if cookie is not None else os.environ.get(COOKIE_ENV)
         cluster = ClusterConfig.create(listen, peers, self.cookie, advertise)
         self.presence_class: type[Presence] = presence or Presence
-        self.config = NodeConfig(
+        config = NodeConfig(  # the node's own options are checked first, then the tracker's
             name=name or NodeConfig.default_name(),
             pool_size=pool_size,
             fetchers=fetchers,
@@ -126,6 +126,9 @@ class Node:
             max_pidfds=max_pidfds,
             log_level=NodeConfig.default_log_level(log_level),
             cluster=cluster,
+        )
+        self.config = replace(
+            config,
             tracker=TrackerOptions.from_options(tracker_options),
             **_presence_config(self.presence_class),
         )
@@ -152,6 +155,19 @@ class Node:
         """The `listen` address given (None: the node is alone)."""
         return self.config.cluster.listen if self.config.cluster else None
 
+    @property
+    def peers(self) -> tuple[str, ...]:
+        return self.config.cluster.peers if self.config.cluster else ()
+
+    @property
+    def advertise(self) -> str | None:
+        return self.config.cluster.advertise if self.config.cluster else None
+
+    @property
+    def tracker_options(self) -> dict[str, Any]:
+        """The replication options in force, defaults included (`config.tracker`)."""
+        return self.config.tracker.to_json()
+
     def __repr__(self) -> str:
         state = "running" if self.alive else ("stopped" if self._proc else "new")
         return f"<Node {self.name!r} {state} address={self._address!r}>"
@@ -167,12 +183,12 @@ class Node:
             raise RuntimeError("a Node starts once; create a new one")
         path, lock_fd = runtime_dir.create(self.name)
         self.runtime_dir = path
-        config = self.config.started(str(path))
-        self._address = Topology(config).address
         events_r, events_w = os.pipe()
-        args = {"config": config.to_json(), "parent_pid": os.getpid(),
-                "ready_fd": events_w, "lock_fd": lock_fd}  # fmt: skip
         try:
+            config = self.config.started(str(path))
+            self._address = Topology(config).address
+            args = {"config": config.to_json(), "parent_pid": os.getpid(),
+                    "ready_fd": events_w, "lock_fd": lock_fd}  # fmt: skip
             env = dict(os.environ)
             env.pop(COOKIE_ENV, None)
             if self.cookie:  # by environment (readable by this user only), not by argv

@@ -66,9 +66,7 @@ class PresenceClientActor(Actor):
             return  # only init was defined
         self.calls += 1
         try:
-            self.state = self.presence.handle_metas(  # type: ignore[union-attr]
-                msg.topic, msg.diff, presences, self.state
-            )
+            self.state = self.presence.handle_metas(msg.topic, msg.diff, presences, self.state)
         except (Exception, SystemExit):  # the user's code: whatever it raises
             self.failures += 1
             self.log.error(

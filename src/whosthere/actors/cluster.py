@@ -27,7 +27,7 @@ from typing import Any
 import zmq
 
 from whosthere.actors.base import Actor, ActorSpec, routes
-from whosthere.actors.peer_book import PeerBook, Route
+from whosthere.actors.peer_book import HELLO_EVERY_S, PeerBook, Route
 from whosthere.errors import MalformedFrame
 from whosthere.topology import Topology
 from whosthere.transport import codec
@@ -44,7 +44,6 @@ from whosthere.transport.messages import (
 )
 from whosthere.transport.sockets import Dealer, bind, socket
 
-_HELLO_EVERY_S = 1.0  # PeerBook's _QUIET_S is three of these
 _PEER_HWM = 10_000  # frames queued for one peer before they are dropped
 
 
@@ -72,7 +71,7 @@ class ClusterActor(Actor):
         # seeds are never forgotten; others are after as long as the shards keep a silent
         # peer, but long enough for many missed hellos
         seeds = {p for p in cluster.peers if p}
-        forget_after = max(config.tracker.permdown_period, 10 * _HELLO_EVERY_S)
+        forget_after = max(config.tracker.permdown_period, 10 * HELLO_EVERY_S)
         self.book = PeerBook(self.me, seeds, forget_after, self.log)
         self.dropping: set[str] = set()  # test hook: peers whose traffic is dropped
         self.sent = self.received = self.dropped = 0
@@ -157,7 +156,7 @@ class ClusterActor(Actor):
         )
         for address in self.outgoing:
             self._reply(("out", address), hello)
-        self.call_later(_HELLO_EVERY_S, self._hello_all)
+        self.call_later(HELLO_EVERY_S, self._hello_all)
 
     # -- from shards -----------------------------------------------------------------------
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-_QUIET_S = 3.0  # three hellos missed (peers greet every second): a peer may be replaced
+HELLO_EVERY_S = 1.0  # every peer greets each of its connections this often...
+_QUIET_S = 3 * HELLO_EVERY_S  # ...so this long without a word, a peer may be replaced
 _MAX_DORMANT = 64  # forgotten addresses still dialled (a long split may heal through them)
 
 Route = tuple[str, Any]  # ("out", peer listen address) or ("in", listener identity)

@@ -17,13 +17,24 @@ class TrackerOptions:
 
     broadcast_period: float = 1.5
     max_silent_periods: int = 10
-    down_period: float = 30.0
+    # a float once created; None: down after twice max_silent_periods broadcast periods of
+    # silence (30 s at the defaults, as Phoenix's)
+    down_period: float | None = None
     permdown_period: float = 1200.0
     clock_sample_periods: int = 2
     max_delta_sizes: tuple[int, ...] = (100, 1000, 10000)
     permdown_on_shutdown: bool = False
 
     def __post_init__(self) -> None:
+        if self.down_period is None:
+            silence = self.broadcast_period * self.max_silent_periods * 2
+            object.__setattr__(self, "down_period", silence)
+        try:
+            object.__setattr__(self, "max_delta_sizes", tuple(self.max_delta_sizes))
+        except TypeError:
+            raise TypeError(
+                f"max_delta_sizes must be a sequence of sizes, got {self.max_delta_sizes!r}"
+            ) from None
         if self.down_period < 2 * self.broadcast_period:
             raise ValueError(
                 f"down_period ({self.down_period} s) must be at least twice "
@@ -38,19 +49,11 @@ class TrackerOptions:
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> TrackerOptions:
         """The options a user gave, with defaults; `TypeError`/`ValueError` names the rule
-        broken. Without `down_period`, a peer is down after twice `max_silent_periods`
-        broadcast periods of silence (Phoenix's 30 s at its defaults)."""
+        broken."""
         unknown = sorted(set(options) - {f.name for f in fields(cls)})
         if unknown:
             raise TypeError(f"unknown Node option(s): {', '.join(unknown)}")
-        merged = dict(options)
-        if "down_period" not in options:
-            broadcast = options.get("broadcast_period", cls.broadcast_period)
-            silent = options.get("max_silent_periods", cls.max_silent_periods)
-            merged["down_period"] = broadcast * silent * 2
-        if "max_delta_sizes" in options:
-            merged["max_delta_sizes"] = tuple(options["max_delta_sizes"])
-        return cls(**merged)
+        return cls(**options)
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "max_delta_sizes": list(self.max_delta_sizes)}
@@ -58,5 +61,4 @@ class TrackerOptions:
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> TrackerOptions:
         known = {f.name for f in fields(cls)}
-        return cls(**{**{k: v for k, v in raw.items() if k in known},
-                      "max_delta_sizes": tuple(raw["max_delta_sizes"])})  # fmt: skip
+        return cls(**{k: v for k, v in raw.items() if k in known})
