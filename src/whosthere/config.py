@@ -86,9 +86,10 @@ class NodeConfig:
     def default_name() -> str:
         return f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
 
-    @staticmethod
-    def default_log_level(level: str | None) -> str:
-        return (level or os.environ.get(LOG_LEVEL_ENV) or "WARNING").upper()
+    @classmethod
+    def default_log_level(cls, level: str | None) -> str:
+        """`level`, else `$WHOSTHERE_LOG_LEVEL`, else the field's default."""
+        return (level or os.environ.get(LOG_LEVEL_ENV) or cls.log_level).upper()
 
     def started(self, runtime_dir: str) -> NodeConfig:
         """This configuration, for a node started in `runtime_dir`."""
