@@ -75,6 +75,7 @@ class Node:
         fetch_timeout: float = NodeConfig.fetch_timeout,
         meta_limit: int = NodeConfig.meta_limit,
         log_level: str | None = None,
+        durable: bool = NodeConfig.durable,
         cookie: str | None = None,
         advertise: str | None = None,
         **tracker_options: Any,
@@ -107,6 +108,10 @@ class Node:
             fetch_timeout: seconds a diff waits for its `fetch` before it is published as is.
             meta_limit: largest packed meta accepted, in bytes (`InvalidMeta` beyond).
             log_level: the actors' log level (default `$WHOSTHERE_LOG_LEVEL` or WARNING).
+            durable: each shard journals what it acknowledges (in the node's runtime
+                directory) and a crashed shard comes back with it, as the same replica.
+                False: a restarted shard starts empty, as a new replica (faster by a few
+                per cent; see bench/README.md).
             tracker_options: the replication periods (`broadcast_period`, `down_period`...),
                 checked now and used once nodes form a cluster.
         """
@@ -125,6 +130,7 @@ class Node:
             pubsub_hwm=pubsub_hwm,
             max_pidfds=max_pidfds,
             log_level=NodeConfig.default_log_level(log_level),
+            durable=durable,
             cluster=cluster,
         )
         self.config = replace(

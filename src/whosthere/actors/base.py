@@ -315,7 +315,11 @@ class Actor:
         finally:
             self.request = None
 
+    def before_reply(self) -> None:
+        """Hook: runs before every reply goes out (the shard writes its journal here)."""
+
     def _send_reply(self, request: Request, reply: Ok | Failed) -> None:
+        self.before_reply()
         try:
             body = codec.encode(reply)
         except InvalidMeta as exc:
