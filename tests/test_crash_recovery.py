@@ -33,9 +33,7 @@ def listed(node: whosthere.Node) -> dict[str, dict[str, list]]:
 def restart(node: whosthere.Node, name: str) -> None:
     old = actor_pid(node, name)
     os.kill(old, signal.SIGKILL)
-    wait_until(
-        lambda: (p := actor_pid(node, name)) != old and alive({p}), what=f"{name} restarted"
-    )
+    wait_until(lambda: (p := actor_pid(node, name)) != old and alive({p}), what=f"{name} restarted")
 
 
 def serving(node: whosthere.Node, topic: str) -> bool:
