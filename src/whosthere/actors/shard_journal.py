@@ -58,6 +58,15 @@ class ShardJournal:
 
     def recover(self, *, record_delta: bool) -> tuple[State, Starts] | None:
         """The state the shard had, or None if it never ran (or its dump is unreadable)."""
+        collecting = gc.isenabled()
+        gc.disable()  # the state holds no cycles; rescanning it as it grows costs 3x
+        try:
+            return self._recover(record_delta)
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _recover(self, record_delta: bool) -> tuple[State, Starts] | None:
         path = self._state_path()
         try:
             data = path.read_bytes()

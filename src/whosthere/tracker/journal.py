@@ -19,6 +19,7 @@ Pure: bytes in, bytes out; the files are the shard's (`actors.shard_journal`).
 
 from __future__ import annotations
 
+import gc
 import struct
 import sys
 import zlib
@@ -29,7 +30,8 @@ from whosthere.tracker.state import COUNTER_BITS, Delta, Element, ReplicaRef, St
 from whosthere.transport import codec
 
 _HEADER = struct.Struct("<II")
-FORMAT = 1  # of `dump`; a dump of another format is not loaded
+_COUNTER = (1 << COUNTER_BITS) - 1
+FORMAT = 2  # of `dump`; a dump of another format is not loaded
 Starts = dict[int, Any]  # own pid -> the start time it was linked with
 
 
@@ -135,16 +137,9 @@ def dump(state: State, starts: Starts) -> bytes:
         [rid, list(ref), state.context[ref], sorted(state.clouds.get(ref, ()))]
         for rid, ref in refs.items()
     ]
-    own = [
-        [e.pid, e.topic, e.key, e.meta, e.dot]
-        for mine in state.pids.values()
-        for e in mine.values()
-    ]
-    remote = [
-        [rid, counter, e.topic, e.pid, e.key, e.meta]
-        for rid, held in state.remote.items()
-        for counter, e in held.items()
-    ]
+    # rows in `Element`'s own field order: `load` makes each element from its row directly
+    own = [list(e) for mine in state.pids.values() for e in mine.values()]
+    remote = [list(e) for held in state.remote.values() for e in held.values()]
     body = [
         FORMAT,
         list(state.replica),
@@ -162,6 +157,16 @@ def dump(state: State, starts: Starts) -> bytes:
 
 def load(data: bytes, *, record_delta: bool) -> tuple[State, Starts]:
     """The state `dump` wrote; `CorruptJournal` if it cannot be read."""
+    collecting = gc.isenabled()
+    gc.disable()  # a heap growing by a million acyclic objects: the collector would rescan it
+    try:
+        return _load(data, record_delta)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _load(data: bytes, record_delta: bool) -> tuple[State, Starts]:
     try:
         body = codec.unpack(data)
         fmt, me, counter, next_id, replicas, own, remote, down, delta, starts = body
@@ -182,24 +187,33 @@ def load(data: bytes, *, record_delta: bool) -> tuple[State, Starts]:
         state.context[r] = seen
         if cloud:
             state.clouds[r] = set(cloud)
-    intern, index, pids = sys.intern, state._index, state.pids
-    for pid, topic, key, meta, dot in own:
-        element = Element(intern(topic), pid, intern(key), meta, dot)
-        index(element)
-        mine = pids.get(pid)
-        if mine is None:
-            pids[pid] = {dot: element}
-        else:
-            mine[dot] = element
-    held = state.remote
-    for rid, counter_, topic, pid, key, meta in remote:
-        element = Element(intern(topic), pid, intern(key), meta, rid << COUNTER_BITS | counter_)
-        index(element)
-        mine = held.get(rid)
-        if mine is None:
-            held[rid] = {counter_: element}
-        else:
-            mine[counter_] = element
+    topics, pids, held = state.topics, state.pids, state.remote
+    intern, make = sys.intern, tuple.__new__
+    for rows, own_rows in ((own, True), (remote, False)):
+        for row in rows:  # the hot loop of a recovery: `State._index`, inlined
+            row[0] = topic = intern(row[0])
+            row[2] = key = intern(row[2])
+            element = make(Element, row)
+            keys = topics.get(topic)
+            if keys is None:
+                keys = topics[topic] = {}
+            same = keys.get(key)
+            if same is None:
+                keys[key] = [element]
+            else:
+                same.append(element)
+            dot = row[4]
+            if own_rows:
+                index = pids.get(row[1])
+                if index is None:
+                    index = pids[row[1]] = {}
+                index[dot] = element
+            else:
+                index = held.get(dot >> COUNTER_BITS)
+                if index is None:
+                    index = held[dot >> COUNTER_BITS] = {}
+                index[dot & _COUNTER] = element
+    state._size = len(own) + len(remote)
     state.down = {_ref(r) for r in down}
     if record_delta:
         state.delta = wire.decode_delta(delta) if delta is not None else state._fresh_delta()
