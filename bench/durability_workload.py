@@ -30,9 +30,10 @@ def bench_durability(sizes: Sizes) -> list[Row]:
         for rep in range(sizes.reps):
             for durable in (False, True):
                 with whosthere.Node(name="bench", durable=durable) as node:
-                    progress(f"track_many {sizes.durable_track:,}, durable={durable}, rep {rep + 1}")
+                    what = f"durable={durable}, rep {rep + 1}"
+                    progress(f"track_many {sizes.durable_track:,}, {what}")
                     many[durable].append(_track_many(node, pids, sizes.durable_track, rep))
-                    progress(f"track 1 per call, durable={durable}, rep {rep + 1}")
+                    progress(f"track 1 per call, {what}")
                     single[durable].append(_track_single(node, pids, sizes.calls, rep))
         for label, rates, how in (("track_many", many, f"x{BATCH}"), ("track", single, "1/call")):
             base, base_spread = median_spread(rates[False])
@@ -52,9 +53,7 @@ def bench_durability(sizes: Sizes) -> list[Row]:
 
 
 def _entries(pids: list[int], n: int, prefix: str):
-    return [
-        (pids[i % len(pids)], f"{prefix}:{i % TOPICS}", f"u{i}", META) for i in range(n)
-    ]
+    return [(pids[i % len(pids)], f"{prefix}:{i % TOPICS}", f"u{i}", META) for i in range(n)]
 
 
 def _track_many(node: whosthere.Node, pids: list[int], n: int, rep: int) -> float:
