@@ -164,7 +164,8 @@ def test_joins_updates_and_leaves_converge_across_namespaces(nodes, owner):
     ]  # fmt: skip
 
 
-def test_a_netsplit_shorter_than_down_period_removes_nothing(namespaces_work, owner):
+@pytest.mark.usefixtures("namespaces_work")
+def test_a_netsplit_shorter_than_down_period_removes_nothing(owner):
     """a's cable is out well under down_period: nobody's presences leave anywhere, and what
     a tracked meanwhile reaches the others once the cable is back."""
     periods = {"down_period": 3.0, "permdown_period": 6.0}  # room for tcp's retransmissions
@@ -236,7 +237,8 @@ def test_a_netsplit_past_down_period_hides_and_heals(shared, nodes, owner):
         wait_until(lambda node=node: len(up_peers(node)) == 2, timeout=5)
 
 
-def test_a_node_killed_leaves_after_down_period_and_is_forgotten(namespaces_work, owner):
+@pytest.mark.usefixtures("namespaces_work")
+def test_a_node_killed_leaves_after_down_period_and_is_forgotten(owner):
     """c's whole process tree gets SIGKILL: after down_period its presences leave a and b;
     after permdown_period they forget it."""
     with cluster() as (_, nodes):
