@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -139,6 +140,8 @@ class Node:
         self._events: EventReader | None = None  # the supervisor's pipe
         self._pubsub: PubSub | None = None
         self._presence: Presence | None = None
+        self._clients_lock = threading.Lock()  # one of each client, however many threads ask
+        self._clients_closed = False  # stop() closed them: none is created after
         self._workers = Workers()
         self._stop_done: set[str] = set()  # steps of stop() done (a later stop() skips them)
 
@@ -253,10 +256,14 @@ class Node:
             depart(self.address, min(1.5, timeout / 2))
 
     def _close_pubsub(self, timeout: float) -> None:
+        with self._clients_lock:
+            self._clients_closed = True
         if self._pubsub is not None:
             self._pubsub.close(flush_timeout=min(0.2, timeout / 10))
 
     def _close_presence(self) -> None:
+        with self._clients_lock:
+            self._clients_closed = True
         if self._presence is not None:
             self._presence.close()
 
@@ -348,16 +355,32 @@ class Node:
     @property
     def pubsub(self) -> PubSub:
         """This node's PubSub (created on first use)."""
-        if self._pubsub is None:
-            self._pubsub = PubSub.connect(self.address, timeout=self.call_timeout)
-        return self._pubsub
+        pubsub = self._pubsub
+        if pubsub is None:
+            with self._clients_lock:
+                self._check_clients_open()
+                if self._pubsub is None:
+                    self._pubsub = PubSub.connect(self.address, timeout=self.call_timeout)
+                pubsub = self._pubsub
+        return pubsub
 
     @property
     def presence(self) -> Presence:
         """This node's presence, an instance of the `presence` class (created on first use)."""
-        if self._presence is None:
-            self._presence = self.presence_class.connect(self.address, timeout=self.call_timeout)
-        return self._presence
+        presence = self._presence
+        if presence is None:
+            with self._clients_lock:
+                self._check_clients_open()
+                if self._presence is None:
+                    self._presence = self.presence_class.connect(
+                        self.address, timeout=self.call_timeout
+                    )
+                presence = self._presence
+        return presence
+
+    def _check_clients_open(self) -> None:
+        if self._clients_closed:
+            raise NodeUnavailable(f"node {self.name!r} is stopped")
 
     def links(self) -> Links:
         """A new `Links` to watch OS processes through this node (close it when done)."""
