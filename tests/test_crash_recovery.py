@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import pytest
 
 import whosthere
 from tests.support.diffs import expect_diff, expect_quiet
 from tests.support.nodes import actor_pid, alive
+from tests.support.presences import HangOncePresence, MetasPresence
 from tests.support.processes import sleeper
 from tests.support.waiting import wait_until
 from whosthere.tracker.pool import shard_for
@@ -140,3 +142,59 @@ def test_peers_see_nothing_when_a_clustered_shard_restarts(owners):
                 peer = n.status()["peers"][a.name]
                 assert peer["vsn"] == vsn[n.name] and peer["status"] == "up"
                 assert shard_stats(n)["transfers"] == transfers[n.name]  # no state asked
+
+
+# -- fetchers, the presence client actor, the cluster actor ---------------------------------
+
+
+def test_a_fetch_lost_with_its_fetcher_is_fetched_again_at_once(owner, tmp_path):
+    topic = f"once:{tmp_path / 'hung'}"
+    node = whosthere.Node(presence=HangOncePresence, fetchers=1, fetch_timeout=60)
+    with node, node.pubsub.subscribe(topic) as sub:
+        node.presence.track(owner.pid, topic, "u1", {})
+        wait_until((tmp_path / "hung").exists, what="the fetch hangs")
+        started = time.monotonic()
+        restart(node, "fetcher.0")
+        diff = expect_diff(sub, joins={"u1": 1}, timeout=20)
+        assert diff["joins"]["u1"]["fetched"] is True  # fetched, not released unfetched
+        assert time.monotonic() - started < 20  # not after fetch_timeout (60 s)
+
+
+def test_a_diff_whose_fetch_kills_the_fetcher_twice_goes_out_unfetched(owner):
+    node = whosthere.Node(presence=HangOncePresence, fetchers=1, fetch_timeout=60, max_restarts=5)
+    with node, node.pubsub.subscribe("poison:1") as sub:
+        node.presence.track(owner.pid, "poison:1", "u1", {})
+        diff = expect_diff(sub, joins={"u1": 1}, timeout=20)
+        assert "fetched" not in diff["joins"]["u1"]
+        entry = next(a for a in node.status()["actors"] if a["name"] == "fetcher.0")
+        assert entry["restarts"] == 2
+        assert node.presence.list("other") == {}  # and the node serves on
+
+
+def test_a_restarted_presence_client_actor_rebuilds_its_state_from_every_presence(owner):
+    node = whosthere.Node(presence=MetasPresence, pool_size=2)
+    with node, node.pubsub.subscribe("metas:room") as reports:
+        for key in ("u1", "u2"):
+            node.presence.track(owner.pid, "room", key, {"k": key})
+        wait_until(lambda: (m := reports.get(timeout=5)) and len(m.payload["presences"]) == 2)
+        restart(node, "client")
+        msg = reports.get(timeout=10)  # init() again, then every presence as joins
+        assert msg is not None and msg.payload["calls"] == 1, msg
+        assert sorted(msg.payload["presences"]) == ["u1", "u2"]
+        node.presence.track(owner.pid, "room", "u3", {"k": "u3"})
+        msg = reports.get(timeout=5)
+        assert msg is not None and msg.payload["calls"] == 2
+        assert sorted(msg.payload["presences"]) == ["u1", "u2", "u3"]
+
+
+def test_a_cluster_actor_listening_on_port_0_comes_back_on_the_same_port(owners):
+    from tests.test_cluster import cluster, converged
+
+    with cluster(2) as (a, b):
+        bound = a.status()["cluster"]["bound"]
+        restart(a, "cluster")
+        wait_until(lambda: (a.status().get("cluster") or {}).get("bound") == bound,
+                   what="the cluster actor bound again")  # fmt: skip
+        a.presence.track(owners[0].pid, "room", "on_a", {"v": 1})
+        b.presence.track(owners[1].pid, "room", "on_b", {"v": 2})
+        converged([a, b], {"room": {"on_a": [1], "on_b": [2]}})

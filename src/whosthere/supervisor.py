@@ -26,7 +26,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -308,7 +308,7 @@ class Supervisor(Actor):
     # -- internals -------------------------------------------------------------------------
 
     def _spawn(self, child: Child) -> None:
-        spec = child.spec
+        spec = replace(child.spec, incarnation=child.restarts)
         argv = [sys.executable, "-m", "whosthere.actors.boot", json.dumps(spec.to_json_dict())]
         child.proc = subprocess.Popen(argv, close_fds=True)
         child.key = (child.proc.pid, start_time(child.proc.pid))

@@ -47,6 +47,7 @@ from whosthere.transport.messages import (
     Depart,
     Fetch,
     Fetched,
+    FetcherReady,
     Fragment,
     FromPeer,
     GetByKey,
@@ -57,6 +58,8 @@ from whosthere.transport.messages import (
     Link,
     ListTopic,
     MetasDiff,
+    MetasReset,
+    MetasResync,
     ProcessesExited,
     PublishMany,
     Track,
@@ -120,7 +123,7 @@ def _entry(entry: object) -> tuple[int, int | float | None, str, str, bytes]:
 class ShardActor(Actor):
     handles = (
         Track, TrackMany, Untrack, UntrackPid, Update, GetMeta, ListTopic, GetByKey, Fetched,
-        FromPeer, Depart,
+        FromPeer, Depart, FetcherReady, MetasResync,
     )  # fmt: skip
 
     def __init__(self, spec: ActorSpec) -> None:
@@ -479,6 +482,37 @@ class ShardActor(Actor):
         for diff in diffs:
             self._publish(topic, diff)
 
+    def on_fetcher_ready(self, msg: FetcherReady) -> None:
+        """A fetcher (re)started: the fetches it held died with it; send them again now
+        rather than wait for `fetch_timeout`."""
+        if not self.use_fetchers or not 0 <= msg.index < len(self.fetchers):
+            return
+        if msg.incarnation == 0:
+            return  # the node's first: it gets everything sent to the slot
+        again, given_up = self.fetches.lost(msg.index, len(self.fetchers), time.monotonic())
+        if again or given_up:
+            self.log.warning("%s: fetcher %d restarted: %d fetch(es) sent again, %d published "
+                             "unfetched after a second loss", self.name, msg.index, len(again),
+                             len(given_up))  # fmt: skip
+        fetcher = self.fetchers[msg.index]
+        for fid, topic, diff in again:
+            fetcher.cast(Fetch(self.index, fid, topic, diff["joins"], diff["leaves"]))
+        for topic, diffs in given_up:
+            for diff in diffs:
+                self._publish(topic, diff)
+
+    def on_metas_resync(self, msg: MetasResync) -> None:
+        """The presence client actor (re)started: it gets every current presence, topic by
+        topic as joins, so that `handle_metas` rebuilds its state; then the live diffs."""
+        if self.client is None:
+            return
+        self.client.cast(MetasReset(self.index))
+        for topic in list(self.state.topics):
+            grouped = self.state.metas_by_key(topic)
+            if grouped:  # metas of down replicas are hidden
+                diff = codec.unpack(codec.pack_diff(grouped, {}))
+                self.client.cast(MetasDiff(topic, diff, self.index))
+
     # -- exits -----------------------------------------------------------------------------
 
     def _on_supervisor(self) -> None:
@@ -537,7 +571,7 @@ class ShardActor(Actor):
             self.on_idle()
         if self.client is not None:
             unpacked = codec.unpack(packed) if isinstance(diff, bytes) else diff
-            self.client.cast(MetasDiff(topic, unpacked))
+            self.client.cast(MetasDiff(topic, unpacked, self.index))
         self.published += 1
 
     def _check_fetches(self) -> None:
