@@ -11,7 +11,7 @@ import pytest
 import whosthere
 from tests.support.diffs import expect_diff, expect_quiet
 from tests.support.nodes import actor_pid, alive
-from tests.support.presences import HangOncePresence, MetasPresence
+from tests.support.presences import GatedPresence, HangOncePresence, MetasPresence
 from tests.support.processes import sleeper
 from tests.support.waiting import wait_until
 from whosthere.tracker.pool import shard_for
@@ -198,3 +198,32 @@ def test_a_cluster_actor_listening_on_port_0_comes_back_on_the_same_port(owners)
         a.presence.track(owners[0].pid, "room", "on_a", {"v": 1})
         b.presence.track(owners[1].pid, "room", "on_b", {"v": 2})
         converged([a, b], {"room": {"on_a": [1], "on_b": [2]}})
+
+
+def test_a_presence_client_actor_that_fell_behind_gets_the_whole_state_again(
+    owner, tmp_path, monkeypatch
+):
+    gate = tmp_path / "gate"
+    gate.touch()
+    monkeypatch.setenv("GATE", str(gate))
+    node = whosthere.Node(presence=GatedPresence)
+    with node, node.pubsub.subscribe("probe:report") as reports:
+        node.presence.track(owner.pid, "t0", "k", {})  # handle_metas now waits at the gate
+        total = 15_000  # one diff each: more than the shard queues for the actor
+        for i in range(0, total, 1_000):
+            node.presence.track_many(
+                [(owner.pid, f"t{j}", "k", {}) for j in range(i + 1, i + 1_001)]
+            )
+        wait_until(lambda: shard_stats(node)["client_behind"], what="the actor fell behind")
+        node.presence.untrack(owner.pid, "t5", "k")  # a leave it must hear of too
+        gate.unlink()
+
+        def reported() -> int:
+            node.presence.update(owner.pid, "probe", "k", {"at": time.monotonic()})
+            msg = reports.get(timeout=0.5)
+            return msg is not None and msg.payload["total"]
+
+        node.presence.track(owner.pid, "probe", "k", {})
+        wait_until(lambda: reported() == total + 1, timeout=60, interval=0.2,
+                   what="the actor's state equals what the shard lists")  # fmt: skip
+        assert not shard_stats(node)["client_behind"]

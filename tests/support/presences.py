@@ -77,3 +77,20 @@ class HangOncePresence(whosthere.Presence):
             else:
                 time.sleep(60)
         return {key: {**entry, "fetched": True} for key, entry in presences.items()}
+
+
+class GatedPresence(whosthere.Presence):
+    """`handle_metas` waits while the file named by $GATE exists (a slow callback), keeps
+    {topic: number of keys} as its state, and on topic "probe" broadcasts the total."""
+
+    def init(self) -> dict[str, int]:
+        return {}
+
+    def handle_metas(self, topic: str, diff: dict, presences: dict, state: dict) -> dict:
+        while os.path.exists(os.environ["GATE"]):
+            time.sleep(0.01)
+        state[topic] = len(presences)
+        if topic == "probe":
+            with whosthere.PubSub(self.info) as pubsub:
+                pubsub.broadcast("probe:report", "total", {"total": sum(state.values())})
+        return state

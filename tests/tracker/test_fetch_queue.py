@@ -89,3 +89,22 @@ def test_ids_are_unique_and_a_new_queue_starts_elsewhere():
     ids = [q.add(f"t{n % 7}", made(n), now=0.0) for n in range(1000)]
     assert len(set(ids)) == 1000
     assert not set(ids) & {restarted.add("t", made(0), now=0.0) for _ in range(1000)}
+
+
+def test_a_restarted_fetcher_gets_its_fetches_again_once_then_they_go_out_as_made():
+    q = FetchQueue(timeout=5.0)
+    ids = [q.add("t", {"joins": {"k": i}, "leaves": {}}, now=0.0) for i in range(4)]
+    mine = [fid for fid in ids if fid % 2 == 0]
+    again, given_up = q.lost(0, 2, now=1.0)
+    assert [fid for fid, _, _ in again] == mine and given_up == []
+    assert all(topic == "t" for _, topic, _ in again)
+    again, given_up = q.lost(0, 2, now=2.0)  # lost a second time: released unfetched
+    assert again == []
+    assert q.failures == len(mine) and q.in_flight == len(ids) - len(mine)
+    released = [d for _, diffs in given_up for d in diffs]
+    for fid in ids:  # the others come back: everything goes out in the order made
+        if fid % 2:
+            got = q.fetched(fid, {"joins": {"fetched": True}, "leaves": {}})
+            if got is not None:
+                released += got[1]
+    assert len(released) == 4

@@ -56,7 +56,7 @@ def test_every_message_round_trips():
         m.MetasDiff("t", {"joins": {}, "leaves": {}}, 0),
         m.FetcherReady(1, 2),
         m.MetasResync(),
-        m.MetasReset(0),
+        m.MetasState(0, 0, True, {"t": {"k": {"metas": [{"a": 1}]}}}),
         m.PublishMany([["t", "e", b"\xc0"]], True),
         m.TrackMany([[1, 2, "t", "k", b"\x80"]]),
         m.PeerHello("a", 2, "tcp://127.0.0.1:1", ["tcp://127.0.0.1:2"]),

@@ -30,6 +30,7 @@ from whosthere.actors.shard_journal import ShardJournal
 from whosthere.errors import (
     MalformedFrame,
     MessageTooLarge,
+    NodeUnavailable,
     NotTracked,
     RefChanged,
     WhosthereError,
@@ -58,8 +59,8 @@ from whosthere.transport.messages import (
     Link,
     ListTopic,
     MetasDiff,
-    MetasReset,
     MetasResync,
+    MetasState,
     ProcessesExited,
     PublishMany,
     Track,
@@ -84,6 +85,9 @@ _GOODBYE_FOR_S = 1.0  # ...until every peer acknowledges it, or for this long
 _OUTBOX_MAX_BYTES = 8 * 1024 * 1024  # diffs batched into one PublishMany frame at most
 _FREEZE_EVERY = 10_000  # presences added between two gc.freeze()
 _LISTED_MAX_BYTES = 64 * 1024 * 1024  # packed list replies kept (all dropped beyond)
+_HELPER_HWM = 10_000  # messages queued to a fetcher or the presence client actor
+_CLIENT_STATE_PART = 4 * 1024 * 1024  # bytes of metas per `MetasState` part, about
+_CLIENT_RETRY_S = 0.5  # how often the whole state is offered to a client actor behind
 _LINK_BATCH = 10_000  # owners per Link message when a restarted shard links them again
 
 
@@ -165,10 +169,13 @@ class ShardActor(Actor):
         self.depart_request: Request | None = None  # the Depart call answered when it ends
         self.refs = RefMaker(f"{spec.node_name}/{self.name}/{vsn}", random.getrandbits(16))
         self.pubsub = Dealer(topology.pubsub, what="pubsub actor", unbounded=True)
-        self.fetchers = [Dealer(e, what="fetcher", unbounded=True) for e in topology.fetchers]
+        # bounded: a slow `fetch` or `handle_metas` must not grow this process without end
+        self.fetchers = [Dealer(e, what="fetcher", hwm=_HELPER_HWM) for e in topology.fetchers]
         self.use_fetchers = config.custom_fetch and bool(self.fetchers)
         client = topology.client
-        self.client = Dealer(client, what="presence client", unbounded=True) if client else None
+        self.client = Dealer(client, what="presence client", hwm=_HELPER_HWM) if client else None
+        self.client_behind = False  # diffs to it were dropped: it gets the whole state anew
+        self.fetch_overflows = 0  # diffs published unfetched: the fetchers' queues were full
         self.fetches = FetchQueue(self.fetch_timeout)
         self.outbox: list[list[Any]] = []  # [topic, event, packed diff], sent by `on_idle`
         self.outbox_bytes = 0
@@ -231,6 +238,8 @@ class ShardActor(Actor):
             "diffs": self.published,
             "fetching": self.fetches.in_flight,
             "fetch_failures": self.fetches.failures,
+            "fetch_overflows": self.fetch_overflows,
+            "client_behind": self.client_behind,
             "journal": self.journal.status() if self.journal is not None else None,
             **(
                 {"replicas": self.replication.status(time.monotonic()),
@@ -502,16 +511,48 @@ class ShardActor(Actor):
                 self._publish(topic, diff)
 
     def on_metas_resync(self, msg: MetasResync) -> None:
-        """The presence client actor (re)started: it gets every current presence, topic by
-        topic as joins, so that `handle_metas` rebuilds its state; then the live diffs."""
-        if self.client is None:
-            return
-        self.client.cast(MetasReset(self.index))
+        """The presence client actor (re)started: it gets everything this shard lists, then
+        the live diffs, so that `handle_metas` rebuilds its state."""
+        if self.client is not None and not self._send_client_state():
+            self._client_fell_behind()
+
+    def _send_client_state(self) -> bool:
+        """Every topic's presences to the client actor, in parts; False if its queue is full
+        (it will be offered again)."""
+        assert self.client is not None
+        parts: list[dict[str, Any]] = [{}]
+        size = 0
         for topic in list(self.state.topics):
             grouped = self.state.metas_by_key(topic)
-            if grouped:  # metas of down replicas are hidden
-                diff = codec.unpack(codec.pack_diff(grouped, {}))
-                self.client.cast(MetasDiff(topic, diff, self.index))
+            if not grouped:
+                continue  # only replicas that are down have presences here
+            packed = codec.pack_grouped(grouped)
+            if size > _CLIENT_STATE_PART:
+                parts.append({})
+                size = 0
+            parts[-1][topic] = codec.unpack(packed)
+            size += len(packed)
+        try:
+            for i, topics in enumerate(parts):
+                self.client.cast(MetasState(self.index, i, i == len(parts) - 1, topics), 0)
+        except NodeUnavailable:
+            return False
+        return True
+
+    def _client_fell_behind(self) -> None:
+        if not self.client_behind:
+            self.client_behind = True
+            self.log.warning("%s: the presence client actor is %d messages behind; its diffs "
+                             "are dropped until it takes the whole state again", self.name,
+                             _HELPER_HWM)  # fmt: skip
+            self.call_later(_CLIENT_RETRY_S, self._offer_client_state)
+
+    def _offer_client_state(self) -> None:
+        if self._send_client_state():
+            self.client_behind = False
+            self.log.warning("%s: the presence client actor caught up", self.name)
+        else:
+            self.call_later(_CLIENT_RETRY_S, self._offer_client_state)
 
     # -- exits -----------------------------------------------------------------------------
 
@@ -560,7 +601,17 @@ class ShardActor(Actor):
             diff = codec.unpack(packed)
             fid = self.fetches.add(topic, diff, time.monotonic())
             fetcher = self.fetchers[fid % len(self.fetchers)]
-            fetcher.cast(Fetch(self.index, fid, topic, diff["joins"], diff["leaves"]))
+            try:
+                fetcher.cast(Fetch(self.index, fid, topic, diff["joins"], diff["leaves"]), 0)
+            except NodeUnavailable:  # its queue is full: out as made, in the topic's order
+                self.fetch_overflows += 1
+                if self.fetch_overflows % 1000 == 1:
+                    self.log.warning("%s: fetchers %d diffs behind; %d published unfetched",
+                                     self.name, _HELPER_HWM, self.fetch_overflows)  # fmt: skip
+                released = self.fetches.fetched(fid, None)
+                if released is not None:
+                    for out in released[1]:
+                        self._publish(topic, out)
 
     def _publish(self, topic: str, diff: bytes | Diff) -> None:
         """Queue a diff (packed, or as fetched) for `on_idle`; the client actor gets it now."""
@@ -569,9 +620,12 @@ class ShardActor(Actor):
         self.outbox_bytes += len(packed)
         if self.outbox_bytes > _OUTBOX_MAX_BYTES:  # frames stay far below the frame limit
             self.on_idle()
-        if self.client is not None:
+        if self.client is not None and not self.client_behind:
             unpacked = codec.unpack(packed) if isinstance(diff, bytes) else diff
-            self.client.cast(MetasDiff(topic, unpacked, self.index))
+            try:
+                self.client.cast(MetasDiff(topic, unpacked, self.index), 0)
+            except NodeUnavailable:
+                self._client_fell_behind()
         self.published += 1
 
     def _check_fetches(self) -> None:

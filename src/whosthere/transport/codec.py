@@ -44,7 +44,7 @@ TAGS: dict[type, int] = {
     m.MetasDiff: 42,
     m.FetcherReady: 43,
     m.MetasResync: 44,
-    m.MetasReset: 45,
+    m.MetasState: 45,
     m.PublishMany: 23,
     m.TrackMany: 37,
     m.PeerHello: 50,

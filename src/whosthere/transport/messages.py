@@ -220,7 +220,7 @@ class MetasDiff(NamedTuple):
 
     topic: str
     diff: dict[str, Any]  # {"joins": ..., "leaves": ...}, as published
-    shard: int  # the sender: its diffs count only after its `MetasReset`
+    shard: int  # the sender: its diffs count only after its `MetasState`
 
 
 class FetcherReady(NamedTuple):
@@ -235,11 +235,16 @@ class MetasResync(NamedTuple):
     """Presence client actor -> every shard: (re)started; send every current presence."""
 
 
-class MetasReset(NamedTuple):
-    """Shard -> presence client actor: the shard's every topic follows, each as a diff of
-    joins, then its live diffs (all in order on one connection)."""
+class MetasState(NamedTuple):
+    """Shard -> presence client actor: one part of everything the shard lists, sent after
+    `MetasResync` or once the actor has caught up after falling behind. Part 0 begins it;
+    the actor turns the whole into one diff per topic against what it knew. Live diffs
+    follow the last part, on the same connection."""
 
     shard: int
+    part: int
+    last: bool
+    topics: dict[str, Any]  # topic -> {key: {"metas": [...]}}, as `list` shows it
 
 
 # -- cluster ---------------------------------------------------------------------------------

@@ -71,9 +71,11 @@ class Dealer:
         timeout: float = DEFAULT_TIMEOUT,
         what: str = "actor",
         unbounded: bool = False,
+        hwm: int | None = None,
     ):
         """`unbounded`: never block on send (an actor's casts queue in memory instead, so a
-        slow peer cannot stall the actor's loop)."""
+        slow peer cannot stall the actor's loop). `hwm`: messages queued before a send
+        blocks (a cast with timeout 0 raises `NodeUnavailable` then)."""
         self.endpoint = endpoint
         self.timeout = timeout  # default deadline of call/cast, seconds
         self.what = what  # names the peer in errors
@@ -81,6 +83,8 @@ class Dealer:
         self.socket.setsockopt(zmq.RCVHWM, 0)  # pushes (exit notices) must never be dropped
         if unbounded:
             self.socket.setsockopt(zmq.SNDHWM, 0)
+        elif hwm is not None:
+            self.socket.setsockopt(zmq.SNDHWM, hwm)
         try:
             self.socket.connect(endpoint)
         except zmq.ZMQError as exc:
