@@ -32,9 +32,12 @@ def context() -> zmq.Context:
 
 
 def socket(kind: int, *, hwm: int | None = None) -> zmq.Socket:
-    """A socket that never lingers on close (a dead peer must not block shutdown)."""
+    """A socket that never lingers on close (a dead peer must not block shutdown), and
+    that refuses frames over `codec.MAX_FRAME_BYTES` unread: ZeroMQ drops the connection of
+    a peer that sends one (it reconnects; that message is lost, as `decode` would drop it)."""
     sock = context().socket(kind)
     sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, codec.MAX_FRAME_BYTES)
     if hwm is not None:
         sock.setsockopt(zmq.SNDHWM, hwm)
         sock.setsockopt(zmq.RCVHWM, hwm)
@@ -72,11 +75,15 @@ class Dealer:
         what: str = "actor",
         unbounded: bool = False,
     ):
-        """`unbounded`: never block on send (an actor's casts queue in memory instead, so a
-        slow peer cannot stall the actor's loop)."""
+        """`unbounded`: an actor's own channel. It never blocks on send (casts queue in
+        memory instead, so a slow peer cannot stall the actor's loop), and sends without the
+        door checks: what an actor passes on was checked when it came in. A client's
+        channel (not unbounded) refuses a request the actor would refuse before sending it
+        (`codec.encode(checked=True)`: ValueError, InvalidMeta, MessageTooLarge)."""
         self.endpoint = endpoint
         self.timeout = timeout  # default deadline of call/cast, seconds
         self.what = what  # names the peer in errors
+        self.checked = not unbounded  # requests checked against the receiver's limits
         self.socket = socket(zmq.DEALER)
         self.socket.setsockopt(zmq.RCVHWM, 0)  # pushes (exit notices) must never be dropped
         if unbounded:
@@ -103,7 +110,7 @@ class Dealer:
         """Send a call without waiting: its ref, for `result`. Pipelining several requests
         before the first `result` saves a round trip each."""
         ref = next(self._refs).to_bytes(8, "big")
-        self._send(ref, codec.encode(msg), deadline, msg, timeout)
+        self._send(ref, codec.encode(msg, checked=self.checked), deadline, msg, timeout)
         return ref
 
     def result(self, ref: bytes, msg: tuple, deadline: float, timeout: float) -> Any:
@@ -127,7 +134,8 @@ class Dealer:
     def cast(self, msg: tuple, timeout: float | None = None) -> None:
         """Queue `msg` for the actor without waiting for it to be handled."""
         timeout = self.timeout if timeout is None else timeout
-        self._send(b"", codec.encode(msg), time.monotonic() + timeout, msg, timeout)
+        body = codec.encode(msg, checked=self.checked)
+        self._send(b"", body, time.monotonic() + timeout, msg, timeout)
         self.unflushed = True
 
     def flush(self, timeout: float | None = None) -> None:
