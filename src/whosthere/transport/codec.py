@@ -75,6 +75,7 @@ MAX_FRAME_BYTES = 64 * 1024 * 1024  # larger frames are refused before unpacking
 MAX_REQUEST_BYTES = MAX_FRAME_BYTES - 64 * 1024  # a client's: room for a Published around it
 MAX_NAME_BYTES = 4 * 1024  # a topic, key or event, in UTF-8
 MAX_DEPTH = 32  # containers nested in a meta or payload (the outermost counts as one)
+MAX_SUBSCRIPTION_BYTES = 64 * 1024  # what an XPUB accepts from a SUB: filters are names
 
 _ANY = None  # field spec: no check
 
@@ -447,8 +448,11 @@ _INBOX_PREFIX = b"\xff\xff\xff\xff"  # a length no topic has: inbox filters neve
 
 
 def topic_frame(topic: str) -> bytes:
-    """The first frame (and the SUB filter) of messages on `topic`."""
-    data = topic.encode()
+    """The first frame (and the SUB filter) of messages on `topic`; `ValueError` for a topic
+    over `MAX_NAME_BYTES`, before it reaches a socket: ZeroMQ keeps a filter as a trie of
+    one node per byte, and a filter of megabytes takes long to store and can overflow the
+    stack when it is freed."""
+    data = check_name(topic).encode()
     return len(data).to_bytes(4, "big") + data
 
 

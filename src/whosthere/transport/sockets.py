@@ -34,10 +34,13 @@ def context() -> zmq.Context:
 def socket(kind: int, *, hwm: int | None = None) -> zmq.Socket:
     """A socket that never lingers on close (a dead peer must not block shutdown), and
     that refuses frames over `codec.MAX_FRAME_BYTES` unread: ZeroMQ drops the connection of
-    a peer that sends one (it reconnects; that message is lost, as `decode` would drop it)."""
+    a peer that sends one (it reconnects; that message is lost, as `decode` would drop it).
+    An XPUB only hears subscriptions, whose filters are topic frames: it refuses more than
+    `codec.MAX_SUBSCRIPTION_BYTES` (ZeroMQ stores a filter as one trie node per byte)."""
     sock = context().socket(kind)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.MAXMSGSIZE, codec.MAX_FRAME_BYTES)
+    limit = codec.MAX_SUBSCRIPTION_BYTES if kind == zmq.XPUB else codec.MAX_FRAME_BYTES
+    sock.setsockopt(zmq.MAXMSGSIZE, limit)
     if hwm is not None:
         sock.setsockopt(zmq.SNDHWM, hwm)
         sock.setsockopt(zmq.RCVHWM, hwm)
