@@ -158,3 +158,9 @@ def test_a_request_over_the_limit_is_refused_before_sending():
     with pytest.raises(MessageTooLarge, match=r"^Broadcast is \d+ bytes packed, over the"):
         codec.encode(m.Broadcast("t", "e", big, False), checked=True)
     codec.encode(m.Broadcast("t", "e", big, False))  # an actor's own sends are not checked
+
+
+def test_a_deeply_nested_tag_is_a_malformed_frame_not_a_recursion_error():
+    # found by tests/test_fuzz.py: the reason quoted the tag's whole repr
+    with pytest.raises(MalformedFrame, match="^unknown message tag"):
+        codec.decode(frame(nested(1000), 1))

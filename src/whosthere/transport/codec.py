@@ -18,6 +18,7 @@ received (`decode`, `check_packed_meta`: a raw frame bypasses the client):
 from __future__ import annotations
 
 import math
+import reprlib
 import types
 import typing
 from typing import Any, NamedTuple
@@ -416,7 +417,7 @@ def decode(data: bytes, max_bytes: int = MAX_FRAME_BYTES) -> Any:
         raise MalformedFrame(f"frame is not a tagged array: {type(obj).__name__}")
     shape = _SHAPES.get(obj[0]) if isinstance(obj[0], int) else None
     if shape is None:
-        raise MalformedFrame(f"unknown message tag {obj[0]!r}")
+        raise MalformedFrame(f"unknown message tag {reprlib.repr(obj[0])}")  # may be deep
     values = obj[1:]
     if len(values) != shape.arity:
         raise MalformedFrame(

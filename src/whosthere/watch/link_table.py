@@ -8,6 +8,7 @@ step, and tells the supervisor which processes nobody links any more (stop watch
 from __future__ import annotations
 
 import math
+import reprlib
 from typing import Any
 
 from whosthere.errors import MalformedFrame
@@ -26,7 +27,9 @@ def process_key(item: Any) -> tuple[int, int | float | None]:
         or not isinstance(item[1], int | float | type(None))
         or (isinstance(item[1], float) and not math.isfinite(item[1]))  # NaN matches nothing
     ):
-        raise MalformedFrame(f"a linked process is [pid in 1..{PID_MAX}, start_time], got {item!r}")
+        raise MalformedFrame(
+            f"a linked process is [pid in 1..{PID_MAX}, start_time], got {reprlib.repr(item)}"
+        )
     return (item[0], item[1])
 
 
