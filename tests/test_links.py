@@ -227,7 +227,7 @@ def test_bad_link_requests_get_a_typed_error_and_the_supervisor_serves_on(node, 
         whosthere.MalformedFrame, match=r"^a linked process is \[pid in 1\.\.4194304, start_time\]"
     ):
         links._dealer.call(Link([["not a pid", 1]]))
-    with pytest.raises(TypeError, match="pid must be an int"):
+    with pytest.raises(TypeError, match="pid must be a positive int"):
         links.link("123")  # type: ignore[arg-type]
     assert node.status()["name"] == node.name
 

@@ -48,8 +48,10 @@ class MalformedFrame(WhosthereError):
 
 
 class MessageTooLarge(WhosthereError):
-    """A replication message is over what a peer puts back together (the shard's state
-    is too large to transfer whole: spread it over more shards with pool_size)."""
+    """A message is over what its receiver accepts: a request (a broadcast, say) over the
+    frame limit, refused before it is sent; a reply over it; or a replication message over
+    what a peer puts back together (the shard's state is too large to transfer whole:
+    spread it over more shards with pool_size)."""
 
 
 class ActorError(WhosthereError):

@@ -12,9 +12,10 @@ import zmq
 
 from whosthere.client import resolve_address
 from whosthere.errors import NodeUnavailable
+from whosthere.transport import codec
 from whosthere.transport.messages import Link, ProcessesExited, Unlink
 from whosthere.transport.sockets import DEFAULT_TIMEOUT, Dealer
-from whosthere.watch import start_time
+from whosthere.watch import is_pid, start_time
 
 
 class ProcessExit(NamedTuple):
@@ -50,12 +51,13 @@ class Links:
         starts = starts or [None] * len(pids)
         items = []
         for pid, start in zip(pids, starts, strict=True):
-            if not isinstance(pid, int) or isinstance(pid, bool):
-                raise TypeError(f"pid must be an int, got {pid!r}")
+            if not is_pid(pid):  # as `Presence.track`: pid 1 (init) is a process like others
+                raise TypeError(f"pid must be a positive int (an OS pid), got {pid!r}")
             st = start_time(pid) if start is None else start
-            self._linked[pid] = st
+            codec.check_start_time(st, "start")  # NaN never equals itself: never reported
             items.append([pid, st])
         self._dealer.call(Link(items))
+        self._linked.update(items)  # only once the node has them
 
     def unlink(self, pid: int) -> None:
         """Stop watching `pid` (no-op if not linked); its exit is then not reported."""

@@ -54,10 +54,11 @@ def _check_pid(pid: object) -> int:
 
 
 def _key(key: object) -> str:
+    """A key as a str (an int cast); `ValueError` past `codec.MAX_NAME_BYTES`."""
     if isinstance(key, str):
-        return key
+        return codec.check_name(key, "key")
     if isinstance(key, int) and not isinstance(key, bool):
-        return str(key)
+        return codec.check_name(str(key), "key")
     raise TypeError(f"key must be a str or an int, got {type(key).__name__}")
 
 
@@ -137,9 +138,9 @@ class Presence:
 
         The same as a `track` each, in fewer round trips: entries go in batches per shard,
         all shards at once, and each shard publishes one diff per topic per batch. Every
-        entry is checked before any is sent (`TypeError`, `InvalidMeta`). An entry the node
-        refuses (`AlreadyTracked`) does not stop the others: the first such error is raised
-        once all are done, or with `return_exceptions` it takes that entry's place.
+        entry is checked before any is sent (`TypeError`, `ValueError`, `InvalidMeta`). An
+        entry the node refuses (`AlreadyTracked`) does not stop the others: the first such
+        error is raised once all are done, or with `return_exceptions` it takes that entry's place.
         """
         # one meta object shared by many entries is packed once; only for a list or tuple,
         # whose entries cannot change under us (a generator may reuse and mutate one dict)
@@ -151,7 +152,7 @@ class Presence:
         count = 0
         for pid, topic, raw_key, meta in entries:
             _check_pid(pid)
-            check_topic(topic)
+            codec.check_name(check_topic(topic))
             packed = packed_metas.get(id(meta)) if share else None
             if packed is None:
                 packed = codec.pack_meta(meta, self.meta_limit)

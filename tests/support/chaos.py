@@ -52,12 +52,12 @@ class ChaosPresence(whosthere.Presence):
 # -- owners ----------------------------------------------------------------------------------
 
 
-def _retry(call: Callable[[], Any]) -> Any:
+def _retry(call: Callable[..., Any], *args: Any) -> Any:
     """Repeat a call until an actor answers (it may have died with the call in flight)."""
     deadline = time.monotonic() + 60
     while True:
         try:
-            return call()
+            return call(*args)
         except whosthere.NodeUnavailable:
             if time.monotonic() > deadline:
                 raise
@@ -87,16 +87,14 @@ def owner_main(address: str, ident: int, conn: Connection, seed: int) -> None:
         version += 1
         meta = {"o": ident, "v": version}
         if (topic, key) not in held:
-            try:
-                _retry(lambda: presence.track(pid, topic, key, meta))
-            except whosthere.AlreadyTracked:  # a repeat: the first one took effect
-                pass
+            with contextlib.suppress(whosthere.AlreadyTracked):  # a repeat: it took effect
+                _retry(presence.track, pid, topic, key, meta)
             held[(topic, key)] = version
         elif rng.random() < 0.5:
-            _retry(lambda: presence.update(pid, topic, key, meta))
+            _retry(presence.update, pid, topic, key, meta)
             held[(topic, key)] = version
         else:
-            _retry(lambda: presence.untrack(pid, topic, key))
+            _retry(presence.untrack, pid, topic, key)
             del held[(topic, key)]
         time.sleep(rng.uniform(0, 0.01))
 
@@ -154,7 +152,7 @@ class View(threading.Thread):
 
     def _resync(self) -> None:
         for topic in TOPICS:
-            listed = _retry(lambda topic=topic: self.node.presence.list(topic))
+            listed = _retry(self.node.presence.list, topic)
             with self.lock:
                 self.metas[topic] = {
                     m["phx_ref"]: {**m, "_key": key}
@@ -165,7 +163,9 @@ class View(threading.Thread):
     def snapshot(self) -> Truth:
         with self.lock:
             return {
-                (t, m["_key"], m["o"], m["v"]) for t, held in self.metas.items() for m in held.values()
+                (t, m["_key"], m["o"], m["v"])
+                for t, held in self.metas.items()
+                for m in held.values()
             }
 
 
@@ -191,7 +191,7 @@ class Report:
 def listed(node: whosthere.Node) -> Truth:
     out: Truth = set()
     for topic in TOPICS:
-        for key, entry in _retry(lambda topic=topic: node.presence.list(topic)).items():
+        for key, entry in _retry(node.presence.list, topic).items():
             for m in entry["metas"]:
                 out.add((topic, key, m["o"], m["v"]))
     return out

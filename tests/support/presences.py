@@ -94,3 +94,17 @@ class GatedPresence(whosthere.Presence):
             with whosthere.PubSub(self.info) as pubsub:
                 pubsub.broadcast("probe:report", "total", {"total": sum(state.values())})
         return state
+
+
+class FetchAndMetasPresence(whosthere.Presence):
+    """Every callback defined, so fetchers and the presence client actor all run; each
+    handle_metas call walks the presences (as a user's would)."""
+
+    def fetch(self, topic: str, presences: dict[str, Any]) -> dict[str, Any]:
+        return {key: {**entry, "fetched": True} for key, entry in presences.items()}
+
+    def init(self) -> int:
+        return 0
+
+    def handle_metas(self, topic: str, diff: dict, presences: dict, state: int) -> int:
+        return state + sum(len(metas) for metas in presences.values())

@@ -325,6 +325,9 @@ class Actor:
             body = codec.encode(reply)
         except InvalidMeta as exc:
             body = codec.encode(Failed("InvalidMeta", f"reply cannot be sent: {exc}", ""))
+        if len(body) > codec.MAX_FRAME_BYTES:  # the caller's socket would drop it unread
+            text = f"reply of {len(body)} bytes is over the {codec.MAX_FRAME_BYTES}-byte limit"
+            body = codec.encode(Failed("MessageTooLarge", text, ""))
         try:
             self.mailbox.send_multipart((request.identity, request.ref, body), zmq.NOBLOCK)
         except zmq.ZMQError as exc:

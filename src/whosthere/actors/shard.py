@@ -108,20 +108,7 @@ def group(elements: list[Element]) -> dict[str, list[bytes]]:
     return out
 
 
-def _entry(entry: object) -> tuple[int, int | float | None, str, str, bytes]:
-    """One `TrackMany` entry, checked as `codec.decode` checks a `Track`."""
-    if not isinstance(entry, list) or len(entry) != 5:
-        raise MalformedFrame("a TrackMany entry is [pid, start_time, topic, key, meta]")
-    pid, start, topic, key, meta = entry
-    if (
-        not isinstance(pid, int)
-        or not (start is None or isinstance(start, (int, float)))
-        or not isinstance(topic, str)
-        or not isinstance(key, str)
-        or not isinstance(meta, bytes)
-    ):
-        raise MalformedFrame("a TrackMany entry is [int, int|float|None, str, str, bytes]")
-    return pid, start, topic, key, meta
+_entry = codec.track_entry  # one `TrackMany` entry, checked as `codec.decode` checks a `Track`
 
 
 class ShardActor(Actor):

@@ -3,17 +3,29 @@
 Strings stay `str` (bin type for bytes), arrays decode as lists except in fields annotated as
 `tuple`, map keys may be any hashable scalar. `decode` never raises anything but
 `MalformedFrame`, so a receiver can log and drop a bad frame and keep serving.
+
+Limits, each checked where a value enters (the client, before sending) and again where it is
+received (`decode`, `check_packed_meta`: a raw frame bypasses the client):
+- a frame: `MAX_FRAME_BYTES` (sockets refuse larger ones unread, see `sockets.socket`); a
+  client's request `MAX_REQUEST_BYTES`, leaving room for what an actor wraps around it;
+- a topic, key or event: `MAX_NAME_BYTES` of UTF-8;
+- a meta or broadcast payload: containers nested at most `MAX_DEPTH` deep. msgpack refuses to
+  unpack past 1,024 levels: a deeper value, once stored, would break every later `list`;
+- a meta: only finite floats (NaN != NaN: a meta holding one could never be matched to be
+  removed), a start time likewise.
 """
 
 from __future__ import annotations
 
+import math
+import reprlib
 import types
 import typing
 from typing import Any, NamedTuple
 
 import msgpack
 
-from whosthere.errors import InvalidMeta, MalformedFrame
+from whosthere.errors import InvalidMeta, MalformedFrame, MessageTooLarge
 from whosthere.transport import messages as m
 
 # Stable wire tags: never renumber, only append (peers of another version read these).
@@ -64,12 +76,74 @@ TAGS: dict[type, int] = {
 }
 
 MAX_FRAME_BYTES = 64 * 1024 * 1024  # larger frames are refused before unpacking
+MAX_REQUEST_BYTES = MAX_FRAME_BYTES - 64 * 1024  # a client's: room for a Published around it
+MAX_NAME_BYTES = 4 * 1024  # a topic, key or event, in UTF-8
+MAX_DEPTH = 32  # containers nested in a meta or payload (the outermost counts as one)
+MAX_SUBSCRIPTION_BYTES = 64 * 1024  # what an XPUB accepts from a SUB: filters are names
 
 _ANY = None  # field spec: no check
 
 
+def check_name(value: str, what: str = "topic") -> str:
+    """`value` if it is at most `MAX_NAME_BYTES` in UTF-8; `ValueError` naming `what` if not."""
+    if len(value) * 4 > MAX_NAME_BYTES:  # else short enough whatever its characters
+        size = len(value.encode("utf-8", "surrogatepass"))
+        if size > MAX_NAME_BYTES:
+            raise ValueError(
+                f"{what} is {size} bytes in UTF-8, over the {MAX_NAME_BYTES}-byte limit"
+            )
+    return value
+
+
+def check_start_time(value: int | float | None, what: str = "start_time") -> None:
+    """`ValueError` if a process start time is a NaN or an infinity."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{what} must be finite, got {value!r}")
+
+
+def check_nesting(value: Any, what: str = "meta", *, finite: bool = True) -> None:
+    """`InvalidMeta` if `value` nests containers deeper than `MAX_DEPTH` or, with `finite`,
+    holds a float (map keys included) that is a NaN or an infinity."""
+    _check_tree(value, 1, finite, what)
+
+
+_FLAT = frozenset((str, int, bool, bytes, type(None)))  # nothing to look into
+
+
+def _check_tree(value: Any, depth: int, finite: bool, what: str) -> None:
+    if isinstance(value, dict):
+        children: Any = (*value, *value.values())
+    elif isinstance(value, (list, tuple)):
+        children = value
+    else:
+        if finite and isinstance(value, float) and not math.isfinite(value):
+            raise InvalidMeta(
+                f"{what} holds {value!r}: only finite floats are accepted (NaN never equals "
+                "itself, so such a meta could never be found again to be removed)"
+            )
+        return
+    if depth > MAX_DEPTH:
+        raise InvalidMeta(f"{what} nests containers deeper than the {MAX_DEPTH}-level limit")
+    for child in children:
+        if type(child) not in _FLAT:
+            _check_tree(child, depth + 1, finite, what)
+
+
+def _check_field(mark: str) -> Any:
+    """The check of a field marker of `messages`: raises ValueError or InvalidMeta."""
+    if mark == m.NAME:
+        return check_name
+    if mark == m.FINITE:
+        return check_start_time
+    if mark == m.PAYLOAD:
+        return lambda value, what: check_nesting(value, what, finite=False)
+    raise AssertionError(f"unknown field marker {mark!r}")
+
+
 def _field_spec(annotation: Any) -> tuple[tuple[type, ...] | None, bool]:
     """(accepted types or None for any, convert list to tuple) for one annotation."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
     origin = typing.get_origin(annotation) or annotation
     if origin is Any:
         return _ANY, False
@@ -96,12 +170,28 @@ class _Shape(NamedTuple):
     cls: type
     arity: int
     fields: tuple[tuple[str, tuple[type, ...] | None, bool], ...]
+    checks: tuple[tuple[int, str, Any], ...]  # (field index, "Class.field", check) for limits
 
 
 def _shape(cls: type) -> _Shape:
-    hints = typing.get_type_hints(cls)
-    fields = tuple((name, *_field_spec(hints[name])) for name in cls._fields)  # type: ignore[attr-defined]
-    return _Shape(cls, len(fields), fields)
+    hints = typing.get_type_hints(cls, include_extras=True)
+    names = cls._fields  # type: ignore[attr-defined]
+    fields = tuple((name, *_field_spec(hints[name])) for name in names)
+    checks = tuple(
+        (i, f"{cls.__name__}.{name}", _check_field(mark))
+        for i, name in enumerate(names)
+        if typing.get_origin(hints[name]) is typing.Annotated
+        for mark in hints[name].__metadata__
+    )
+    return _Shape(cls, len(fields), fields, checks)
+
+
+def _check_limits(shape: _Shape, values: Any) -> None:
+    """The field markers' checks (ValueError or InvalidMeta)."""
+    for i, what, check in shape.checks:
+        value = values[i]
+        if value is not None:
+            check(value, what)
 
 
 _PUBLISHED_TAG = msgpack.packb(TAGS[m.Published])
@@ -133,12 +223,14 @@ RESERVED_META_KEYS = ("phx_ref", "phx_ref_prev")  # set by the tracker, never by
 
 def pack_meta(meta: object, limit: int = DEFAULT_META_LIMIT) -> bytes:
     """A meta as msgpack map bytes, without phx_ref/phx_ref_prev; `InvalidMeta` if it is not
-    a dict with str keys and msgpack-able values, or packs to more than `limit` bytes."""
+    a dict with str keys and msgpack-able values, nests deeper than `MAX_DEPTH`, holds a
+    non-finite float, or packs to more than `limit` bytes."""
     if not isinstance(meta, dict):
         raise InvalidMeta(f"meta must be a dict, got {type(meta).__name__}")
     for k in meta:
         if not isinstance(k, str):
-            raise InvalidMeta(f"meta keys must be str, got {type(k).__name__} {k!r}")
+            raise InvalidMeta(f"meta keys must be str, got {type(k).__name__} {k!r:.80}")
+    check_nesting(meta)
     if any(k in meta for k in RESERVED_META_KEYS):
         meta = {k: v for k, v in meta.items() if k not in RESERVED_META_KEYS}
     try:
@@ -157,6 +249,29 @@ def check_packed_meta(packed: bytes, limit: int = DEFAULT_META_LIMIT) -> None:
     meta = unpack_map(packed)
     if any(k in meta for k in RESERVED_META_KEYS):
         raise InvalidMeta("meta must not carry phx_ref or phx_ref_prev")
+    check_nesting(meta)
+
+
+def track_entry(entry: object) -> tuple[int, int | float | None, str, str, bytes]:
+    """One `TrackMany` entry, checked as `decode` checks a `Track`; `MalformedFrame` if not."""
+    if not isinstance(entry, list) or len(entry) != 5:
+        raise MalformedFrame("a TrackMany entry is [pid, start_time, topic, key, meta]")
+    pid, start, topic, key, meta = entry
+    if (
+        not isinstance(pid, int)
+        or not (start is None or isinstance(start, (int, float)))
+        or not isinstance(topic, str)
+        or not isinstance(key, str)
+        or not isinstance(meta, bytes)
+    ):
+        raise MalformedFrame("a TrackMany entry is [int, int|float|None, str, str, bytes]")
+    try:
+        check_start_time(start, "TrackMany start_time")
+        check_name(topic, "TrackMany topic")
+        check_name(key, "TrackMany key")
+    except ValueError as exc:
+        raise MalformedFrame(str(exc)) from None
+    return pid, start, topic, key, meta
 
 
 def unpack_map(packed: bytes) -> dict[str, Any]:
@@ -266,16 +381,28 @@ def unpack(data: bytes) -> Any:
     return msgpack.unpackb(data, raw=False, strict_map_key=False)
 
 
-def encode(msg: tuple) -> bytes:
-    """The wire bytes of a message; `InvalidMeta` if a field cannot be packed."""
+def encode(msg: tuple, *, checked: bool = False) -> bytes:
+    """The wire bytes of a message; `InvalidMeta` if a field cannot be packed.
+
+    `checked`: first the field limits `decode` would check, so a client's bad request is
+    refused before it is sent: `ValueError` (a name too long, a start time not finite),
+    `InvalidMeta` (a payload nested too deep), `MessageTooLarge` (over `MAX_REQUEST_BYTES`)."""
     try:
         tag = TAGS[type(msg)]
     except KeyError:
         raise TypeError(f"{type(msg).__name__} is not a wire message") from None
+    if checked:
+        _check_limits(_SHAPES[tag], msg)
     try:
-        return msgpack.packb((tag, *msg), use_bin_type=True)
+        data = msgpack.packb((tag, *msg), use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidMeta(f"{type(msg).__name__} cannot be sent: {exc}") from exc
+    if checked and len(data) > MAX_REQUEST_BYTES:
+        raise MessageTooLarge(
+            f"{type(msg).__name__} is {len(data)} bytes packed, over the {MAX_REQUEST_BYTES}-byte "
+            "limit of a request"
+        )
+    return data
 
 
 def decode(data: bytes, max_bytes: int = MAX_FRAME_BYTES) -> Any:
@@ -293,7 +420,7 @@ def decode(data: bytes, max_bytes: int = MAX_FRAME_BYTES) -> Any:
         raise MalformedFrame(f"frame is not a tagged array: {type(obj).__name__}")
     shape = _SHAPES.get(obj[0]) if isinstance(obj[0], int) else None
     if shape is None:
-        raise MalformedFrame(f"unknown message tag {obj[0]!r}")
+        raise MalformedFrame(f"unknown message tag {reprlib.repr(obj[0])}")  # may be deep
     values = obj[1:]
     if len(values) != shape.arity:
         raise MalformedFrame(
@@ -308,6 +435,11 @@ def decode(data: bytes, max_bytes: int = MAX_FRAME_BYTES) -> Any:
             )
         if to_tuple and isinstance(value, list):
             values[i] = tuple(value)
+    if shape.checks:
+        try:
+            _check_limits(shape, values)
+        except (ValueError, InvalidMeta) as exc:
+            raise MalformedFrame(str(exc)) from None
     return shape.cls(*values)
 
 
@@ -320,15 +452,18 @@ _INBOX_PREFIX = b"\xff\xff\xff\xff"  # a length no topic has: inbox filters neve
 
 
 def topic_frame(topic: str) -> bytes:
-    """The first frame (and the SUB filter) of messages on `topic`."""
-    data = topic.encode()
+    """The first frame (and the SUB filter) of messages on `topic`; `ValueError` for a topic
+    over `MAX_NAME_BYTES`, before it reaches a socket: ZeroMQ keeps a filter as a trie of
+    one node per byte, and a filter of megabytes takes long to store and can overflow the
+    stack when it is freed."""
+    data = check_name(topic).encode()
     return len(data).to_bytes(4, "big") + data
 
 
 def topic_of(frame: bytes) -> str | None:
     """The topic named by a topic frame, None if the frame is not one."""
-    if len(frame) < 4 or frame.startswith(_INBOX_PREFIX):
-        return None
+    if not 4 <= len(frame) <= 4 + MAX_NAME_BYTES or frame.startswith(_INBOX_PREFIX):
+        return None  # not a topic frame, or one no publisher can send to
     size = int.from_bytes(frame[:4], "big")
     if size != len(frame) - 4:
         return None
@@ -345,6 +480,6 @@ def inbox_frame(token: str) -> bytes:
 
 def inbox_of(frame: bytes) -> str | None:
     """The token of an inbox filter, None if the frame is not one."""
-    if not frame.startswith(_INBOX_PREFIX):
+    if not frame.startswith(_INBOX_PREFIX) or len(frame) > len(_INBOX_PREFIX) + MAX_NAME_BYTES:
         return None
     return frame[len(_INBOX_PREFIX) :].decode(errors="replace")

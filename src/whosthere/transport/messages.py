@@ -2,7 +2,10 @@
 
 A message travels as one msgpack array: its tag (see `codec.TAGS`) followed by its fields in
 order. Field annotations are checked on decode (`codec.decode`), so a handler only ever sees
-fields of the declared types; `tuple` fields arrive as tuples, not lists.
+fields of the declared types; `tuple` fields arrive as tuples, not lists. Some fields also
+carry a limit (`Annotated` with a marker below), checked on decode and, for requests from
+clients, before sending (`codec.encode(checked=True)`): a bad value is refused at the door,
+never stored where it would break later readers.
 
 Request envelope (DEALER -> ROUTER): frames `[ref, body]`; `ref` is empty for a cast and a
 per-socket request id for a call, echoed back with the reply `[ref, Ok | Failed]`. A frame
@@ -11,7 +14,17 @@ with an empty ref coming back to a DEALER is a push (e.g. `ProcessesExited`).
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
+
+# -- field markers (what `codec` checks beyond the type) ------------------------------------
+
+NAME = "name"  # a topic, key or event: at most `codec.MAX_NAME_BYTES` in UTF-8
+FINITE = "finite"  # a number that is neither NaN nor infinite (NaN != NaN: never matched)
+PAYLOAD = "payload"  # a value others unpack: containers at most `codec.MAX_DEPTH` deep
+
+Name = Annotated[str, NAME]
+StartTime = Annotated[int | float | None, FINITE]
+Payload = Annotated[Any, PAYLOAD]
 
 # -- replies -------------------------------------------------------------------------------
 
@@ -98,16 +111,16 @@ class Subscribe(NamedTuple):
     place too) with the topic's current sequence number.
     """
 
-    topic: str
-    inbox: str  # unique token subscribed right after the topic
+    topic: Name
+    inbox: Name  # unique token subscribed right after the topic
 
 
 class Broadcast(NamedTuple):
     """Publish `event` with `payload` to the subscribers of `topic`."""
 
-    topic: str
-    event: str
-    payload: Any
+    topic: Name
+    event: Name
+    payload: Payload
     local: bool  # True: this node's subscribers only (never bridged to peers)
 
 
@@ -138,9 +151,9 @@ class Track(NamedTuple):
     """Track `pid` on `topic` under `key`; the reply is the new phx_ref."""
 
     pid: int
-    start_time: int | float | None  # the pid's process start time, as read by the client
-    topic: str
-    key: str
+    start_time: StartTime  # the pid's process start time, as read by the client
+    topic: Name
+    key: Name
     meta: bytes  # packed meta, without phx_ref
 
 
@@ -148,15 +161,15 @@ class TrackMany(NamedTuple):
     """Several tracks in one frame; the reply has one item per entry, in order: the new
     phx_ref, or [error class name, message] for an entry that was refused."""
 
-    entries: list[Any]  # [[pid, start_time, topic, key, packed meta], ...]
+    entries: list[Any]  # [[pid, start_time, topic, key, packed meta], ...]: `codec.track_entry`
 
 
 class Untrack(NamedTuple):
     """Untrack one presence (no-op if absent)."""
 
     pid: int
-    topic: str
-    key: str
+    topic: Name
+    key: Name
 
 
 class UntrackPid(NamedTuple):
@@ -169,8 +182,8 @@ class Update(NamedTuple):
     """Replace a presence's meta; the reply is the new phx_ref."""
 
     pid: int
-    topic: str
-    key: str
+    topic: Name
+    key: Name
     meta: bytes  # packed meta, without phx_ref
     expect_ref: str | None  # only if the current phx_ref is this one (update by callable)
 
@@ -179,22 +192,22 @@ class GetMeta(NamedTuple):
     """The packed meta of one presence (for update by callable); `NotTracked` if absent."""
 
     pid: int
-    topic: str
-    key: str
+    topic: Name
+    key: Name
 
 
 class ListTopic(NamedTuple):
     """The presences of a topic, packed in the list shape `{key: {"metas": [...]}}` (bytes:
     the shard concatenates stored metas and keeps the result until the topic changes)."""
 
-    topic: str
+    topic: Name
 
 
 class GetByKey(NamedTuple):
     """The packed metas of one key of a topic."""
 
-    topic: str
-    key: str
+    topic: Name
+    key: Name
 
 
 class Fetch(NamedTuple):
@@ -202,7 +215,7 @@ class Fetch(NamedTuple):
 
     shard: int  # the shard to answer (`Fetched`)
     id: int  # the diff's place in the shard's order
-    topic: str
+    topic: Name
     joins: dict[str, Any]  # in the list shape
     leaves: dict[str, Any]
 
@@ -218,7 +231,7 @@ class Fetched(NamedTuple):
 class MetasDiff(NamedTuple):
     """Shard -> presence client actor: a published diff, for `handle_metas`."""
 
-    topic: str
+    topic: Name
     diff: dict[str, Any]  # {"joins": ..., "leaves": ...}, as published
     shard: int  # the sender: its diffs count only after its `MetasState`
 

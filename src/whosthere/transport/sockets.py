@@ -32,9 +32,15 @@ def context() -> zmq.Context:
 
 
 def socket(kind: int, *, hwm: int | None = None) -> zmq.Socket:
-    """A socket that never lingers on close (a dead peer must not block shutdown)."""
+    """A socket that never lingers on close (a dead peer must not block shutdown), and
+    that refuses frames over `codec.MAX_FRAME_BYTES` unread: ZeroMQ drops the connection of
+    a peer that sends one (it reconnects; that message is lost, as `decode` would drop it).
+    An XPUB only hears subscriptions, whose filters are topic frames: it refuses more than
+    `codec.MAX_SUBSCRIPTION_BYTES` (ZeroMQ stores a filter as one trie node per byte)."""
     sock = context().socket(kind)
     sock.setsockopt(zmq.LINGER, 0)
+    limit = codec.MAX_SUBSCRIPTION_BYTES if kind == zmq.XPUB else codec.MAX_FRAME_BYTES
+    sock.setsockopt(zmq.MAXMSGSIZE, limit)
     if hwm is not None:
         sock.setsockopt(zmq.SNDHWM, hwm)
         sock.setsockopt(zmq.RCVHWM, hwm)
@@ -73,12 +79,18 @@ class Dealer:
         unbounded: bool = False,
         hwm: int | None = None,
     ):
-        """`unbounded`: never block on send (an actor's casts queue in memory instead, so a
-        slow peer cannot stall the actor's loop). `hwm`: messages queued before a send
-        blocks (a cast with timeout 0 raises `NodeUnavailable` then)."""
+        """`unbounded`: an actor's own channel. It never blocks on send (casts queue in
+        memory instead, so a slow peer cannot stall the actor's loop), and sends without the
+        door checks: what an actor passes on was checked when it came in. A client's
+        channel (not unbounded) refuses a request the actor would refuse before sending it
+        (`codec.encode(checked=True)`: ValueError, InvalidMeta, MessageTooLarge). `hwm`: an
+        actor's own channel too, bounded: this many messages queue before a send blocks (a
+        cast with timeout 0 raises `NodeUnavailable` then)."""
         self.endpoint = endpoint
         self.timeout = timeout  # default deadline of call/cast, seconds
         self.what = what  # names the peer in errors
+        # requests checked against the receiver's limits (a client's, not an actor's)
+        self.checked = not unbounded and hwm is None
         self.socket = socket(zmq.DEALER)
         self.socket.setsockopt(zmq.RCVHWM, 0)  # pushes (exit notices) must never be dropped
         if unbounded:
@@ -107,7 +119,7 @@ class Dealer:
         """Send a call without waiting: its ref, for `result`. Pipelining several requests
         before the first `result` saves a round trip each."""
         ref = next(self._refs).to_bytes(8, "big")
-        self._send(ref, codec.encode(msg), deadline, msg, timeout)
+        self._send(ref, codec.encode(msg, checked=self.checked), deadline, msg, timeout)
         return ref
 
     def result(self, ref: bytes, msg: tuple, deadline: float, timeout: float) -> Any:
@@ -131,7 +143,8 @@ class Dealer:
     def cast(self, msg: tuple, timeout: float | None = None) -> None:
         """Queue `msg` for the actor without waiting for it to be handled."""
         timeout = self.timeout if timeout is None else timeout
-        self._send(b"", codec.encode(msg), time.monotonic() + timeout, msg, timeout)
+        body = codec.encode(msg, checked=self.checked)
+        self._send(b"", body, time.monotonic() + timeout, msg, timeout)
         self.unflushed = True
 
     def flush(self, timeout: float | None = None) -> None:

@@ -7,6 +7,8 @@ step, and tells the supervisor which processes nobody links any more (stop watch
 
 from __future__ import annotations
 
+import math
+import reprlib
 from typing import Any
 
 from whosthere.errors import MalformedFrame
@@ -23,8 +25,11 @@ def process_key(item: Any) -> tuple[int, int | float | None]:
         or len(item) != 2
         or not is_pid(item[0])
         or not isinstance(item[1], int | float | type(None))
+        or (isinstance(item[1], float) and not math.isfinite(item[1]))  # NaN matches nothing
     ):
-        raise MalformedFrame(f"a linked process is [pid in 1..{PID_MAX}, start_time], got {item!r}")
+        raise MalformedFrame(
+            f"a linked process is [pid in 1..{PID_MAX}, start_time], got {reprlib.repr(item)}"
+        )
     return (item[0], item[1])
 
 
