@@ -70,6 +70,7 @@ def owner_main(address: str, ident: int, conn: Connection, seed: int) -> None:
     presence = ChaosPresence.connect(address, timeout=2.0)
     pid = os.getpid()
     held: dict[tuple[str, str], int] = {}  # (topic, key) -> version of its meta
+    surprises: list[str] = []  # answers that show the node forgot something
     version = 0
     paused = False
     while True:
@@ -77,7 +78,8 @@ def owner_main(address: str, ident: int, conn: Connection, seed: int) -> None:
             order = conn.recv()
             if order == "pause":
                 paused = True
-                conn.send(sorted((t, k, ident, v) for (t, k), v in held.items()))
+                conn.send((sorted((t, k, ident, v) for (t, k), v in held.items()), surprises))
+                surprises = []
             elif order == "resume":
                 paused = False
             elif order == "stop":
@@ -91,7 +93,12 @@ def owner_main(address: str, ident: int, conn: Connection, seed: int) -> None:
                 _retry(presence.track, pid, topic, key, meta)
             held[(topic, key)] = version
         elif rng.random() < 0.5:
-            _retry(presence.update, pid, topic, key, meta)
+            try:
+                _retry(presence.update, pid, topic, key, meta)
+            except whosthere.NotTracked:  # it was tracked: the node lost it
+                surprises.append(f"update of lost {topic} {key}")
+                del held[(topic, key)]
+                continue
             held[(topic, key)] = version
         else:
             _retry(presence.untrack, pid, topic, key)
@@ -269,7 +276,10 @@ class Chaos:
         for owner in self.owners:
             if not owner.conn.poll(70):
                 raise AssertionError(f"owner {owner.ident} did not pause")
-            truth |= {tuple(x) for x in owner.conn.recv()}  # type: ignore[misc]
+            held, surprises = owner.conn.recv()
+            truth |= {tuple(x) for x in held}  # type: ignore[misc]
+            self.report.lost += len(surprises)
+            self.report.failures += surprises
         deadline = time.monotonic() + timeout
         now_listed: Truth = set()
         while time.monotonic() < deadline:
