@@ -48,6 +48,7 @@ class Sizes:
     trials: int  # sequential tracks timed for call latency and diff delivery
     durable_track: int = 50_000  # presences tracked with and without the shard journal
     recovery: tuple[int, ...] = (100_000,)  # presences in a shard SIGKILLed and timed back
+    chaos_seconds: float = 20.0  # length of the chaos soak
 
 
 QUICK = Sizes(
@@ -81,6 +82,7 @@ FULL = Sizes(
     trials=2_000,
     durable_track=200_000,
     recovery=(100_000, 1_000_000),
+    chaos_seconds=600.0,
 )
 
 

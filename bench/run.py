@@ -24,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import chaos
 import cluster_workload
 import crash_workloads
 import diff_workload
@@ -48,6 +49,7 @@ WORKLOADS: dict[str, Callable[[Sizes], list[Row]]] = {
     "memory": memory_workload.bench_memory,
     "redis": redis_baseline.bench_redis,
     "cluster": cluster_workload.bench_cluster,
+    "chaos": chaos.bench_chaos,
 }
 
 
