@@ -33,7 +33,8 @@ Losses nobody would notice without help, and what announces them:
   only a topic's first), and on a lifelong inbox the actor publishes a `Mark` with its epoch:
   the subscriber sees the new epoch and raises `MessagesLost` even if nothing is published.
   ZeroMQ resends a SUB's filters only when its owner next uses the socket (a `get`), so for
-  `RECOVERY_PERIOD` seconds after start the actor numbers and keeps every message it
+  `RECOVERY_PERIOD` seconds after a restart (told by the dead actor's ipc socket file still
+  being there) the actor numbers and keeps every message it
   publishes, whether or not the topic has subscribers yet (up to `RECOVERY_LIMIT`), and
   replays a topic's kept messages whenever a subscriber's filter for it arrives. Subscribers
   that had them already skip them by their numbers; one that reconnects late gets them in
@@ -46,6 +47,7 @@ handed to it after local publication.
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from typing import Any
@@ -86,18 +88,21 @@ class PubSubActor(Actor):
         self.waiting: dict[str, tuple[Request, list[str], float]] = {}  # inbox -> (call, topics, t)
         self.seen_inboxes: dict[str, float] = {}  # inbox filters seen before their call
         self.published = 0  # messages published since start
-        self.recovering = True  # within RECOVERY_PERIOD of start: keep messages for replay
+        self.pub_endpoint = Topology(spec.node).pubsub_pub
+        # a restart: the dead actor's ipc socket file is still there (a clean close removes
+        # it, a new node's directory is empty); then keep messages for replay a while
+        self.recovering = os.path.exists(self.pub_endpoint.removeprefix("ipc://"))
         self.kept: dict[str, list[tuple[bytes, bytes]]] = {}  # topic -> [(frame, body)]
         self.kept_count = 0
         self.xpub = socket(zmq.XPUB, hwm=spec.node.pubsub_hwm)
         self.xpub.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscriber's filters, not the first
-        self.pub_endpoint = Topology(spec.node).pubsub_pub
 
     def on_start(self) -> None:
         self.pub_endpoint = bind(self.xpub, self.pub_endpoint)
         self.add_reader(self.xpub, self._on_subscriptions)
         self.call_later(_SYNC_TTL, self._expire_handshakes)
-        self.call_later(RECOVERY_PERIOD, self._end_recovery)
+        if self.recovering:
+            self.call_later(RECOVERY_PERIOD, self._end_recovery)
 
     def stats(self) -> dict[str, Any]:
         return {"topics": len(self.subscribed), "published": self.published}
