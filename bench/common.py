@@ -46,6 +46,8 @@ class Sizes:
     crash: tuple[tuple[int, int], ...]  # mass-crash cases: (owners, presences per owner)
     memory: tuple[int, ...]  # presences tracked for the memory-per-presence figure
     trials: int  # sequential tracks timed for call latency and diff delivery
+    durable_track: int = 50_000  # presences tracked with and without the shard journal
+    recovery: tuple[int, ...] = (100_000,)  # presences in a shard SIGKILLed and timed back
 
 
 QUICK = Sizes(
@@ -77,6 +79,8 @@ FULL = Sizes(
     crash=((1_000, 10), (10_000, 1)),
     memory=(100_000, 1_000_000),
     trials=2_000,
+    durable_track=200_000,
+    recovery=(100_000, 1_000_000),
 )
 
 

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cluster_workload
 import crash_workloads
 import diff_workload
+import durability_workload
 import memory_workload
 import presence_workloads
 import redis_baseline
@@ -43,6 +44,7 @@ WORKLOADS: dict[str, Callable[[Sizes], list[Row]]] = {
     "leave": presence_workloads.bench_kill_to_leave,
     "diff": diff_workload.bench_diff,
     "crash": crash_workloads.bench_crash,
+    "durable": durability_workload.bench_durability,
     "memory": memory_workload.bench_memory,
     "redis": redis_baseline.bench_redis,
     "cluster": cluster_workload.bench_cluster,

@@ -65,6 +65,7 @@ class NodeConfig:
     pubsub_hwm: int = 100_000  # messages queued per subscriber before it starts losing them
     max_pidfds: int | None = None
     log_level: str = "WARNING"
+    durable: bool = True  # shards journal their state and come back with it after a crash
     cluster: ClusterConfig | None = None
     tracker: TrackerOptions = field(default_factory=TrackerOptions)
     runtime_dir: str = ""  # the node's private directory, once `Node.start()` made it
@@ -77,6 +78,8 @@ class NodeConfig:
             if not isinstance(value, int | float) or isinstance(value, bool):
                 raise TypeError(f"{name} must be a number, got {value!r}")
             object.__setattr__(self, name, float(value) if name in _FLOATS else int(value))
+        if not isinstance(self.durable, bool):
+            raise TypeError(f"durable must be a bool, got {self.durable!r}")
         if self.max_restarts < 0 or self.max_seconds <= 0:
             raise ValueError("max_restarts must be >= 0 and max_seconds > 0")
         if self.fetchers < 1 or self.fetch_timeout <= 0 or self.meta_limit < 1:

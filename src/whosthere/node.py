@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -75,6 +76,7 @@ class Node:
         fetch_timeout: float = NodeConfig.fetch_timeout,
         meta_limit: int = NodeConfig.meta_limit,
         log_level: str | None = None,
+        durable: bool = NodeConfig.durable,
         cookie: str | None = None,
         advertise: str | None = None,
         **tracker_options: Any,
@@ -107,6 +109,10 @@ class Node:
             fetch_timeout: seconds a diff waits for its `fetch` before it is published as is.
             meta_limit: largest packed meta accepted, in bytes (`InvalidMeta` beyond).
             log_level: the actors' log level (default `$WHOSTHERE_LOG_LEVEL` or WARNING).
+            durable: each shard journals what it acknowledges (in the node's runtime
+                directory) and a crashed shard comes back with it, as the same replica.
+                False: a restarted shard starts empty, as a new replica (faster by a few
+                per cent; see bench/README.md).
             tracker_options: the replication periods (`broadcast_period`, `down_period`...),
                 checked now and used once nodes form a cluster.
         """
@@ -125,6 +131,7 @@ class Node:
             pubsub_hwm=pubsub_hwm,
             max_pidfds=max_pidfds,
             log_level=NodeConfig.default_log_level(log_level),
+            durable=durable,
             cluster=cluster,
         )
         self.config = replace(
@@ -139,8 +146,10 @@ class Node:
         self._events: EventReader | None = None  # the supervisor's pipe
         self._pubsub: PubSub | None = None
         self._presence: Presence | None = None
+        self._clients_lock = threading.Lock()  # one of each client, however many threads ask
+        self._clients_closed = False  # stop() closed them: none is created after
         self._workers = Workers()
-        self._stopped = False
+        self._stop_done: set[str] = set()  # steps of stop() done (a later stop() skips them)
 
     @property
     def name(self) -> str:
@@ -210,27 +219,59 @@ class Node:
         event = self._events.next(self.config.start_timeout + 5)
         if event is None or not event.get("ready"):
             reason = (event or {}).get("message") or "the supervisor exited during start"
-            self.stop()
+            with contextlib.suppress(Exception):  # logged by stop(); why start failed is the news
+                self.stop()
             raise NodeStartError(f"node {self.name!r} did not start: {reason}")
         return self
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        """Stop every process of the node within `timeout` seconds. Idempotent."""
-        if self._stopped or self._proc is None:
-            self._stopped = True
+        """Stop every process of the node within `timeout` seconds.
+
+        Each step runs even if one before it fails: the graceful permdown (with
+        `permdown_on_shutdown`), closing this process's clients, stopping the workers from
+        `spawn`, stopping the process tree. The first failure is raised once all have run
+        (every one is logged). Calling `stop()` again retries only the steps that failed;
+        once all are done it does nothing.
+        """
+        if self._proc is None:
             return
-        self._stopped = True
         deadline = time.monotonic() + timeout
-        try:
-            if self.listen and self.config.tracker.permdown_on_shutdown and self.alive:
-                depart(self.address, min(1.5, timeout / 2))
-            if self._pubsub is not None:
-                self._pubsub.close(flush_timeout=min(0.2, timeout / 10))
-            if self._presence is not None:
-                self._presence.close()
-            self._workers.stop(grace=min(0.5, timeout / 4))
-        finally:
-            self._stop_tree(deadline)
+        steps: list[tuple[str, Callable[[], None]]] = [
+            ("graceful permdown", lambda: self._depart_on_stop(timeout)),
+            ("closing the pubsub client", lambda: self._close_pubsub(timeout)),
+            ("closing the presence client", self._close_presence),
+            ("stopping the workers", lambda: self._workers.stop(grace=min(0.5, timeout / 4))),
+            ("stopping the process tree", lambda: self._stop_tree(deadline)),
+        ]
+        errors: list[BaseException] = []
+        for name, step in steps:
+            if name in self._stop_done:
+                continue
+            try:
+                step()
+            except BaseException as exc:  # even Ctrl-C: the other steps still run, briefly
+                log.warning("node %s: %s failed: %r", self.name, name, exc)
+                errors.append(exc)
+            else:
+                self._stop_done.add(name)
+        if errors:
+            raise errors[0]
+
+    def _depart_on_stop(self, timeout: float) -> None:
+        if self.listen and self.config.tracker.permdown_on_shutdown and self.alive:
+            depart(self.address, min(1.5, timeout / 2))
+
+    def _close_pubsub(self, timeout: float) -> None:
+        with self._clients_lock:
+            self._clients_closed = True
+        if self._pubsub is not None:
+            self._pubsub.close(flush_timeout=min(0.2, timeout / 10))
+
+    def _close_presence(self) -> None:
+        with self._clients_lock:
+            self._clients_closed = True
+        if self._presence is not None:
+            self._presence.close()
 
     @property
     def cluster_address(self) -> str | None:
@@ -242,9 +283,11 @@ class Node:
     def graceful_permdown(self) -> None:
         """Leave the cluster for good: peers drop this node's presences at once (instead of
         after down_period), then the node stops."""
-        if self.listen and self.alive:
-            depart(self.address, self.call_timeout)
-        self.stop()
+        try:
+            if self.listen and self.alive:
+                depart(self.address, self.call_timeout)
+        finally:
+            self.stop()
 
     def _stop_tree(self, deadline: float) -> None:
         """SIGTERM the supervisor, SIGKILL the process group at the deadline, clean up."""
@@ -318,16 +361,32 @@ class Node:
     @property
     def pubsub(self) -> PubSub:
         """This node's PubSub (created on first use)."""
-        if self._pubsub is None:
-            self._pubsub = PubSub.connect(self.address, timeout=self.call_timeout)
-        return self._pubsub
+        pubsub = self._pubsub
+        if pubsub is None:
+            with self._clients_lock:
+                self._check_clients_open()
+                if self._pubsub is None:
+                    self._pubsub = PubSub.connect(self.address, timeout=self.call_timeout)
+                pubsub = self._pubsub
+        return pubsub
 
     @property
     def presence(self) -> Presence:
         """This node's presence, an instance of the `presence` class (created on first use)."""
-        if self._presence is None:
-            self._presence = self.presence_class.connect(self.address, timeout=self.call_timeout)
-        return self._presence
+        presence = self._presence
+        if presence is None:
+            with self._clients_lock:
+                self._check_clients_open()
+                if self._presence is None:
+                    self._presence = self.presence_class.connect(
+                        self.address, timeout=self.call_timeout
+                    )
+                presence = self._presence
+        return presence
+
+    def _check_clients_open(self) -> None:
+        if self._clients_closed:
+            raise NodeUnavailable(f"node {self.name!r} is stopped")
 
     def links(self) -> Links:
         """A new `Links` to watch OS processes through this node (close it when done)."""

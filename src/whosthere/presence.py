@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import itertools
 import random
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple, Self
 
 from whosthere.client import NodeInfo, lookup
-from whosthere.errors import RefChanged, WhosthereError, from_wire
+from whosthere.errors import NodeUnavailable, RefChanged, WhosthereError, from_wire
 from whosthere.pubsub import PubSub, Subscription, check_topic
 from whosthere.topology import is_fetcher, shard_name
 from whosthere.tracker.pool import shard_for
@@ -99,7 +100,9 @@ class Presence:
             )
             for i in range(self.pool_size)
         ]
-        self._pubsub: PubSub | None = None
+        self._pubsub: PubSub | None = None  # created by the first subscribe
+        self._pubsub_lock = threading.Lock()  # threads may subscribe at once: one PubSub
+        self._closed = False
         self._supervisor = Connection(
             info.address, timeout=timeout, what="node", guard=info.supervisor
         )
@@ -262,9 +265,18 @@ class Presence:
 
     def subscribe(self, topic: str) -> Subscription:
         """The topic's messages, `presence_diff` events included; in place when it returns."""
-        if self._pubsub is None:
-            self._pubsub = PubSub(self.info, timeout=self.timeout)
-        return self._pubsub.subscribe(check_topic(topic))
+        return self._pubsub_client().subscribe(check_topic(topic))
+
+    def _pubsub_client(self) -> PubSub:
+        pubsub = self._pubsub
+        if pubsub is None:
+            with self._pubsub_lock:
+                if self._closed:
+                    raise NodeUnavailable(f"presence of node {self.info.name!r} is closed")
+                if self._pubsub is None:
+                    self._pubsub = PubSub(self.info, timeout=self.timeout)
+                pubsub = self._pubsub
+        return pubsub
 
     def fetchers_pids(self) -> list[int]:
         """OS pids of the node's fetcher workers."""
@@ -275,6 +287,8 @@ class Presence:
         """Release the sockets. Idempotent."""
         for conn in (*self._shards, self._supervisor):
             conn.close()
+        with self._pubsub_lock:  # none created after this
+            self._closed = True
         if self._pubsub is not None:
             self._pubsub.close()
 

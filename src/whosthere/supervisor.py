@@ -26,7 +26,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -225,27 +225,43 @@ class Supervisor(Actor):
     # -- exits -----------------------------------------------------------------------------
 
     def _on_exits(self) -> None:
-        notices: dict[bytes, list[list[Any]]] = {}
-        for key in self.watcher.collect():
-            child = self.by_key.pop(key, None)
-            if child is not None:
-                self._child_exited(child)
-            if key == self.parent_key:
-                self.shutdown(f"parent process {key[0]} exited")
-            for linker in self.links.exited(key):
-                notices.setdefault(linker, []).append([key[0], key[1]])
+        """Handle a batch of exits, each on its own: the watcher reports an exit once, so
+        one that raises is logged and the others are still handled and told to their
+        linkers (an exit lost here would leave its presences tracked for ever)."""
+        keys = self.watcher.collect()
+        notices = self.links.exited_many(keys)  # pure: decided before anything can fail
+        for key in keys:
+            try:
+                self._exited(key)
+            except Exception:
+                self.log.exception("supervisor: handling the exit of process %d failed", key[0])
         if notices:
-            self._notify(notices)
+            self._notify({linker: [list(k) for k in told] for linker, told in notices.items()})
+
+    def _exited(self, key: ProcessKey) -> None:
+        """What an exit means to the tree itself: an actor to restart, or the parent gone."""
+        child = self.by_key.pop(key, None)
+        if child is not None:
+            self._child_exited(child)
+        if key == self.parent_key:
+            self.shutdown(f"parent process {key[0]} exited")
 
     def _notify(self, notices: dict[bytes, list[list[Any]]]) -> None:
+        """Push each linker its exits; one that fails is logged and the others still hear."""
         for linker, exits in notices.items():
-            if not self.push(linker, ProcessesExited(exits)):
-                self.log.info(
-                    "supervisor: linker gone, dropping its %d link(s)",
-                    len(self.links.linked.get(linker, ())),
-                )
-                for key in self.links.drop_linker(linker):
-                    self._unwatch(key)
+            try:
+                self._notify_one(linker, exits)
+            except Exception:
+                self.log.exception("supervisor: telling a linker of %d exit(s) failed", len(exits))
+
+    def _notify_one(self, linker: bytes, exits: list[list[Any]]) -> None:
+        if not self.push(linker, ProcessesExited(exits)):
+            self.log.info(
+                "supervisor: linker gone, dropping its %d link(s)",
+                len(self.links.linked.get(linker, ())),
+            )
+            for key in self.links.drop_linker(linker):
+                self._unwatch(key)
 
     def _unwatch(self, key: ProcessKey) -> None:
         """Nobody links `key` any more: stop watching it, unless it is ours to watch."""
@@ -294,7 +310,7 @@ class Supervisor(Actor):
     # -- internals -------------------------------------------------------------------------
 
     def _spawn(self, child: Child) -> None:
-        spec = child.spec
+        spec = replace(child.spec, incarnation=child.restarts)
         argv = [sys.executable, "-m", "whosthere.actors.boot", json.dumps(spec.to_json_dict())]
         child.proc = subprocess.Popen(argv, close_fds=True)
         child.key = (child.proc.pid, start_time(child.proc.pid))

@@ -6,7 +6,13 @@ import logging
 
 import pytest
 
-from whosthere.actors.peer_book import _MAX_DORMANT, _QUIET_S, PeerBook
+from whosthere.actors.peer_book import (
+    _MAX_CONFLICTS,
+    _MAX_DORMANT,
+    _MAX_LEARNED,
+    _QUIET_S,
+    PeerBook,
+)
 
 ME, A, B, C = (f"tcp://10.0.0.{i}:4000" for i in (9, 1, 2, 3))
 T = 1000.0  # a monotonic clock is far from 0 (never heard counts as heard at 0)
@@ -146,7 +152,7 @@ def test_a_name_on_a_live_names_address_is_a_conflict_once_and_a_quiet_one_is_re
     with caplog.at_level(logging.WARNING, logger="tests.peer_book"):
         b.hello("z", ("in", b"y"), A, [], T + 1)
         b.hello("z", ("in", b"y"), A, [], T + 2)
-    assert b.conflicts == {("a", "z")}
+    assert set(b.conflicts) == {("a", "z")}
     assert [r.getMessage() for r in caplog.records] == [
         f"me: peers a and z both say they listen at {A}"
     ]
@@ -196,3 +202,63 @@ def test_casts_count_only_on_a_route_their_sender_greeted_on():
     assert b.heard == {"a": T, "b": T}
     assert b.accepts("a", ("in", b"x"), T + 1) is True
     assert b.heard == {"a": T + 1, "b": T}
+
+
+def test_learned_addresses_are_dialled_up_to_a_cap_and_hitting_it_is_logged_once(caplog):
+    b = book(seeds=(C,))
+    b.dialled(C, T)
+    flood = [f"tcp://10.2.{i // 250}.{i % 250}:4000" for i in range(_MAX_LEARNED + 50)]
+    with caplog.at_level(logging.WARNING, logger="tests.peer_book"):
+        to_dial = b.hello("rogue", ("in", b"x"), A, flood, T)
+        for address in to_dial:
+            b.dialled(address, T)
+        assert b.hello("rogue", ("in", b"x"), A, flood, T + 1) == []
+    assert to_dial == [A, *flood[: _MAX_LEARNED - 1]]  # its own address first; seeds apart
+    assert len(set(b.dialled_at) - {C}) == _MAX_LEARNED
+    assert [r.getMessage() for r in caplog.records] == [
+        f"me: not dialling 51 address(es) learned from rogue: at most {_MAX_LEARNED} "
+        "learned addresses are dialled (0 already were)"
+    ]
+    assert b.learn("c", ("out", C), [C], T + 2) == []  # a seed is no learned address
+
+
+def test_once_learned_addresses_are_closed_the_cap_has_room_again(caplog):
+    b = book(forget_after=10.0)
+    for i in range(_MAX_LEARNED):
+        b.dialled(f"tcp://10.3.{i // 250}.{i % 250}:4000", T)
+    with caplog.at_level(logging.WARNING, logger="tests.peer_book"):
+        assert b.learn("a", ("in", b"x"), [A], T) == []
+        closed = b.forget_silent(T + 11)  # every one silent: all dormant, the oldest closed
+        assert len(closed) == _MAX_LEARNED - _MAX_DORMANT
+        assert b.learn("a", ("in", b"x"), [A, B], T + 11) == [A, B]
+        assert b.learn("a", ("in", b"x"), [f"tcp://10.4.0.{i}:1" for i in range(999)], T + 12)
+    assert len([r for r in caplog.records if "not dialling" in r.getMessage()]) == 2
+
+
+def test_conflicts_are_forgotten_with_their_names_and_after_forget_after():
+    b = book(forget_after=100.0)
+    b.hello("a", ("in", b"x"), A, [], T)
+    b.hello("z", ("in", b"y"), A, [], T + 1)
+    b.hello("b", ("in", b"u"), B, [], T)
+    b.hello("y", ("in", b"v"), B, [], T + 1)
+    assert set(b.conflicts) == {("a", "z"), ("b", "y")}
+    b.hello("z", ("in", b"y"), A, [], T + _QUIET_S + 1)  # a quiet: replaced by z
+    assert set(b.conflicts) == {("b", "y")}
+    for t in range(2, 100, 2):  # b and y both keep talking on B
+        b.hello("b", ("in", b"u"), B, [], T + t)
+        b.hello("y", ("in", b"v"), B, [], T + t)
+    b.forget_silent(T + 99)
+    assert set(b.conflicts) == {("b", "y")}
+    b.forget_silent(T + 102)  # logged over forget_after ago: forgotten, logged again if it lasts
+    assert b.conflicts == {}
+
+
+def test_conflicts_are_bounded():
+    b = book()
+    for i in range(_MAX_CONFLICTS + 10):
+        address = f"tcp://10.5.{i // 250}.{i % 250}:4000"
+        b.hello(f"a{i}", ("in", b"a%d" % i), address, [], T)
+        b.hello(f"z{i}", ("in", b"z%d" % i), address, [], T)
+    assert len(b.conflicts) == _MAX_CONFLICTS
+    assert ("a0", "z0") not in b.conflicts  # the oldest went first
+    assert (f"a{_MAX_CONFLICTS + 9}", f"z{_MAX_CONFLICTS + 9}") in b.conflicts

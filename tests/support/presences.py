@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from typing import Any
@@ -58,3 +59,21 @@ class HandleMetasWithoutInit(whosthere.Presence):
         with whosthere.PubSub(self.info) as pubsub:
             pubsub.broadcast(f"metas:{topic}", "handle_metas", {"state": state})
         return state
+
+
+class HangOncePresence(whosthere.Presence):
+    """On topic "once:<path>", the first fetch (the one that creates <path>) hangs; later
+    fetches of it return at once. On "poison:*", fetch kills its own process."""
+
+    def fetch(self, topic: str, presences: dict[str, Any]) -> dict[str, Any]:
+        if topic.startswith("poison:"):
+            os._exit(3)
+        if topic.startswith("once:"):
+            try:
+                with open(topic[len("once:") :], "x"):
+                    pass
+            except FileExistsError:
+                pass
+            else:
+                time.sleep(60)
+        return {key: {**entry, "fetched": True} for key, entry in presences.items()}

@@ -60,3 +60,14 @@ def test_a_malformed_process_is_refused(item):
 def test_a_process_comes_off_the_wire_as_a_tuple():
     assert process_key([42, 1234]) == (42, 1234)
     assert process_key([42, None]) == (42, None)
+
+
+def test_a_batch_of_exits_is_grouped_by_linker_in_exit_order():
+    table = LinkTable()
+    table.link(P, A)
+    table.link(Q, A)
+    table.link(Q, B)
+    unlinked = (300, 9)  # nobody links it (e.g. an actor of the tree)
+    assert table.exited_many([Q, unlinked, P]) == {A: [Q, P], B: [Q]}
+    assert len(table) == 0 and table.linked == {}
+    assert table.exited_many([P]) == {}

@@ -56,6 +56,7 @@ class ActorSpec:
     log_level: str = "WARNING"
     index: int = 0  # the actor's slot in its pool (shard i, fetcher i)
     config: NodeConfig | None = None  # the node's, for the actors of a node
+    incarnation: int = 0  # restarts of this slot before this process: 0 at the node's start
 
     @property
     def node(self) -> NodeConfig:
@@ -315,7 +316,11 @@ class Actor:
         finally:
             self.request = None
 
+    def before_reply(self) -> None:
+        """Hook: runs before every reply goes out (the shard writes its journal here)."""
+
     def _send_reply(self, request: Request, reply: Ok | Failed) -> None:
+        self.before_reply()
         try:
             body = codec.encode(reply)
         except InvalidMeta as exc:

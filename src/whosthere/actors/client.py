@@ -1,9 +1,14 @@
 """The presence client actor: runs `init` and `handle_metas` with Phoenix's bookkeeping.
 
-It keeps, per topic, key -> [meta] built from the diffs the shards publish (so, from what
-happened since the node started), and after each diff calls
+It keeps, per topic, key -> [meta] built from the diffs the shards publish, and after each
+diff calls
 `handle_metas(topic, diff, presences_of_topic, state)`; what it returns is the next state.
 A callback that raises is logged; the state stays as it was and the actor serves on.
+
+On start, after `init`, it asks every shard for what it holds (`MetasResync`): each answers
+with `MetasReset` and then every topic as a diff of joins, so that a restarted actor's
+`handle_metas` rebuilds its state from every current presence. Diffs a shard sent before
+its reset are dropped: the reset's joins include them.
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ from typing import Any
 
 from whosthere.actors.base import Actor, ActorSpec
 from whosthere.loading import load_class
-from whosthere.transport.messages import MetasDiff
+from whosthere.topology import Topology
+from whosthere.transport.messages import MetasDiff, MetasReset, MetasResync
+from whosthere.transport.sockets import Dealer
 
 
 def apply_diff(
@@ -41,7 +48,7 @@ def apply_diff(
 
 
 class PresenceClientActor(Actor):
-    handles = (MetasDiff,)
+    handles = (MetasDiff, MetasReset)
 
     def __init__(self, spec: ActorSpec) -> None:
         super().__init__(spec)
@@ -51,16 +58,26 @@ class PresenceClientActor(Actor):
         self.state: Any = None
         self.calls = 0
         self.failures = 0
+        self.synced: set[int] = set()  # shards whose `MetasReset` came: their diffs count
+        shards = Topology(spec.node).shards
+        self.shards = [Dealer(e, what="shard", unbounded=True) for e in shards]
 
     def on_start(self) -> None:
         self.presence = self.presence_class.connect(self.spec.supervisor)
         init = getattr(self.presence, "init", None)
         self.state = init() if init is not None else {}
+        for shard in self.shards:  # every current presence, then the live diffs
+            shard.cast(MetasResync())
+
+    def on_metas_reset(self, msg: MetasReset) -> None:
+        self.synced.add(msg.shard)
 
     def stats(self) -> dict[str, Any]:
         return {"topics": len(self.topics), "handle_metas": self.calls, "failures": self.failures}
 
     def on_metas_diff(self, msg: MetasDiff) -> None:
+        if msg.shard not in self.synced:
+            return  # sent before the shard heard `MetasResync`: what follows the reset has it
         presences = apply_diff(self.topics, msg.topic, msg.diff)
         if not hasattr(self.presence, "handle_metas"):
             return  # only init was defined
@@ -77,5 +94,7 @@ class PresenceClientActor(Actor):
             )
 
     def on_stop(self) -> None:
+        for shard in self.shards:
+            shard.close()
         if self.presence is not None:
             self.presence.close()

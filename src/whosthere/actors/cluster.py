@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -45,6 +46,7 @@ from whosthere.transport.messages import (
 from whosthere.transport.sockets import Dealer, bind, socket
 
 _PEER_HWM = 10_000  # frames queued for one peer before they are dropped
+_BOUND_FILE = "cluster.bound"  # the endpoint bound, kept for a restarted cluster actor
 
 
 class ClusterActor(Actor):
@@ -85,13 +87,36 @@ class ClusterActor(Actor):
             self.listener.curve_server = True
             self.listener.curve_publickey = public
             self.listener.curve_secretkey = secret
-        self.bound = bind(self.listener, self.listen_endpoint)
+        self.bound = self._bind_listener()
         self.listen_endpoint = advertised(self.bound, self.advertise)
         self.add_reader(self.listener, self._on_listener)
         now = time.monotonic()
         for address in self.book.listening(self.listen_endpoint):
             self._connect(address, now)
         self.call_later(0, self._hello_all)
+
+    def _bind_listener(self) -> str:
+        """Bind where the previous incarnation was bound, if any: with port 0 a restart would
+        take another port, and peers would go on dialling the old one."""
+        remembered = Path(self.spec.runtime_dir) / _BOUND_FILE
+        try:
+            earlier = remembered.read_text().strip()
+        except OSError:
+            earlier = ""
+        bound = ""
+        if earlier:
+            try:
+                bound = bind(self.listener, earlier)
+            except zmq.ZMQError as exc:
+                self.log.warning("%s: cannot bind %s again (%s); binding %s, so peers must "
+                                 "learn the new address", self.name, earlier, exc,
+                                 self.listen_endpoint)  # fmt: skip
+        if not bound:
+            bound = bind(self.listener, self.listen_endpoint)
+            tmp = remembered.with_name(remembered.name + ".tmp")
+            tmp.write_text(bound)
+            os.replace(tmp, remembered)
+        return bound
 
     def on_stop(self) -> None:
         for sock in self.outgoing.values():

@@ -1,7 +1,8 @@
 """Fetcher worker: runs the user's `Presence.fetch` on diffs, off the shard's loop.
 
 Each diff is fetched in two calls, joins and leaves, as Phoenix does; the result (or the
-error) goes back to the shard that sent it, which publishes in its own order.
+error) goes back to the shard that sent it, which publishes in its own order. On start it
+tells every shard (`FetcherReady`): after a crash, the fetches it held are sent again.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 from whosthere.actors.base import Actor, ActorSpec
 from whosthere.loading import load_class
 from whosthere.topology import Topology
-from whosthere.transport.messages import Fetch, Fetched
+from whosthere.transport.messages import Fetch, Fetched, FetcherReady
 from whosthere.transport.sockets import Dealer
 
 
@@ -27,6 +28,10 @@ class FetcherActor(Actor):
         self.shards = [Dealer(e, what="shard", unbounded=True) for e in shards]
         self.fetched = 0
         self.failed = 0
+
+    def on_start(self) -> None:
+        for shard in self.shards:  # a restart: the shards send again what died with the last one
+            shard.cast(FetcherReady(self.spec.index, self.spec.incarnation))
 
     def stats(self) -> dict[str, Any]:
         return {"fetched": self.fetched, "failed": self.failed}

@@ -12,6 +12,10 @@ Nothing grows for ever: an address learned from others that has been silent for
 `forget_after` goes dormant: no longer passed on (only addresses heard from lately are), still
 dialled with back-off so a long split can heal, and only the newest `_MAX_DORMANT` kept. A
 name that answers on another's address replaces it (a node restarted under a new name).
+At most `_MAX_LEARNED` addresses learned from peers are dialled at once: a buggy or rogue
+peer could otherwise make us open thousands of connections (seeds are the user's, not
+counted). A conflict (two live names on one address) is remembered, to be logged once,
+while both names are known, for `forget_after` at most, and only the newest `_MAX_CONFLICTS`.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from typing import Any
 HELLO_EVERY_S = 1.0  # every peer greets each of its connections this often...
 _QUIET_S = 3 * HELLO_EVERY_S  # ...so this long without a word, a peer may be replaced
 _MAX_DORMANT = 64  # forgotten addresses still dialled (a long split may heal through them)
+_MAX_LEARNED = 256  # addresses learned from peers dialled at once (a cluster's size, and more)
+_MAX_CONFLICTS = 256  # conflicts remembered (each is logged once while remembered)
 
 Route = tuple[str, Any]  # ("out", peer listen address) or ("in", listener identity)
 
@@ -45,7 +51,9 @@ class PeerBook:
         self.refused: dict[str, str] = {}  # peer name -> why
         self.refused_at: dict[str, float] = {}
         self.heard: dict[str, float] = {}  # peer name -> last heard
-        self.conflicts: set[tuple[str, str]] = set()  # two live names on one address, logged
+        # two live names on one address -> when it was logged (logged again after forget_after)
+        self.conflicts: dict[tuple[str, str], float] = {}
+        self.capped = False  # the cap on learned addresses was hit and logged, not lifted since
 
     def listening(self, address: str) -> list[str]:
         """Our own address is never dialled nor passed on, even when given as a seed.
@@ -92,8 +100,10 @@ class PeerBook:
             if now - self.heard.get(other, 0.0) > _QUIET_S:
                 self.log.info("%s: peer %s is now %s (same address)", self.me, other, name)
                 self._forget_name(other)  # restarted under another name
-            elif (other, name) not in self.conflicts:
-                self.conflicts.add((other, name))
+            elif (pair := (min(other, name), max(other, name))) not in self.conflicts:
+                self.conflicts[pair] = now  # either way round: one conflict
+                if len(self.conflicts) > _MAX_CONFLICTS:
+                    del self.conflicts[next(iter(self.conflicts))]  # the oldest
                 self.log.warning("%s: peers %s and %s both say they listen at %s",
                                  self.me, other, name, listen)  # fmt: skip
         to_dial = self.learn(name, route, [listen, *peers], now, listen=listen)
@@ -143,9 +153,30 @@ class PeerBook:
         if route[0] == "out":
             self.address_of[name] = route[1]
         self.heard[name] = now
-        return list(dict.fromkeys(a for a in addresses  # from the wire: unchecked
-                                  if isinstance(a, str) and a != self.listen
-                                  and a not in self.dialled_at))  # fmt: skip
+        new = list(dict.fromkeys(a for a in addresses  # from the wire: unchecked
+                                 if isinstance(a, str) and a != self.listen
+                                 and a not in self.dialled_at))  # fmt: skip
+        return self._within_cap(name, new)
+
+    def _within_cap(self, name: str, new: list[str]) -> list[str]:
+        """The addresses `name` told us of that we may dial: seeds, and learned ones up to
+        _MAX_LEARNED dialled at once. Hitting the cap is logged once until it is lifted."""
+        dialling = sum(1 for a in self.dialled_at if a not in self.seeds)
+        seeds = [a for a in new if a in self.seeds]
+        learned = [a for a in new if a not in self.seeds]
+        room = max(0, _MAX_LEARNED - dialling)
+        if len(learned) > room:
+            if not self.capped:
+                self.capped = True
+                self.log.warning(
+                    "%s: not dialling %d address(es) learned from %s: at most %d learned "
+                    "addresses are dialled (%d already were)",
+                    self.me, len(learned) - room, name, _MAX_LEARNED, dialling,
+                )  # fmt: skip
+            learned = learned[:room]
+        elif room > len(learned):
+            self.capped = False  # room again: a later overflow is news
+        return seeds + learned
 
     def passed_on(self, now: float) -> list[str]:
         """The addresses worth telling peers: the seeds, and those that answered lately
@@ -188,6 +219,9 @@ class PeerBook:
         for name, at in list(self.refused_at.items()):
             if now - at > self.forget_after:
                 del self.refused[name], self.refused_at[name]
+        for pair, at in list(self.conflicts.items()):
+            if now - at > self.forget_after:
+                del self.conflicts[pair]
         return to_close
 
     def _last_heard(self, address: str) -> float:
@@ -199,3 +233,5 @@ class PeerBook:
         self.routes.pop(name, None)
         self.address_of.pop(name, None)
         self.heard.pop(name, None)
+        for pair in [p for p in self.conflicts if name in p]:
+            del self.conflicts[pair]

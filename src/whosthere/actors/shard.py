@@ -26,6 +26,7 @@ import time
 from typing import Any
 
 from whosthere.actors.base import NOREPLY, Actor, ActorSpec, Request, routes
+from whosthere.actors.shard_journal import ShardJournal
 from whosthere.errors import (
     MalformedFrame,
     MessageTooLarge,
@@ -46,6 +47,7 @@ from whosthere.transport.messages import (
     Depart,
     Fetch,
     Fetched,
+    FetcherReady,
     Fragment,
     FromPeer,
     GetByKey,
@@ -56,6 +58,8 @@ from whosthere.transport.messages import (
     Link,
     ListTopic,
     MetasDiff,
+    MetasReset,
+    MetasResync,
     ProcessesExited,
     PublishMany,
     Track,
@@ -80,6 +84,7 @@ _GOODBYE_FOR_S = 1.0  # ...until every peer acknowledges it, or for this long
 _OUTBOX_MAX_BYTES = 8 * 1024 * 1024  # diffs batched into one PublishMany frame at most
 _FREEZE_EVERY = 10_000  # presences added between two gc.freeze()
 _LISTED_MAX_BYTES = 64 * 1024 * 1024  # packed list replies kept (all dropped beyond)
+_LINK_BATCH = 10_000  # owners per Link message when a restarted shard links them again
 
 
 def check_pid(pid: int) -> None:
@@ -118,7 +123,7 @@ def _entry(entry: object) -> tuple[int, int | float | None, str, str, bytes]:
 class ShardActor(Actor):
     handles = (
         Track, TrackMany, Untrack, UntrackPid, Update, GetMeta, ListTopic, GetByKey, Fetched,
-        FromPeer, Depart,
+        FromPeer, Depart, FetcherReady, MetasResync,
     )  # fmt: skip
 
     def __init__(self, spec: ActorSpec) -> None:
@@ -127,12 +132,28 @@ class ShardActor(Actor):
         self.index = spec.index
         self.meta_limit = config.meta_limit
         self.fetch_timeout = config.fetch_timeout
-        vsn = time.time_ns() // 1000 * 1000 + random.randrange(1000)  # a new replica each start
         cluster = topology.cluster
         # without a cluster a delta would only grow: nobody would ever take it
-        self.state = State((spec.node_name, vsn), record_delta=bool(cluster))
+        record_delta = bool(cluster)
+        self.journal = (
+            ShardJournal(spec.runtime_dir, self.name, self.log) if config.durable else None
+        )
+        recovered = self.journal.recover(record_delta=record_delta) if self.journal else None
+        self.recovered = recovered is not None
+        if recovered is not None:  # the same replica as before the crash
+            self.state, starts = recovered
+        else:  # a new replica
+            vsn = time.time_ns() // 1000 * 1000 + random.randrange(1000)
+            self.state, starts = State((spec.node_name, vsn), record_delta=record_delta), {}
+        vsn = self.state.vsn
+        # pid -> the start time it was linked with
+        self.linked: dict[int, int | float | None] = dict(starts)
+        if self.journal is not None:
+            self.journal.start(self.state, self.linked, recovered=self.recovered)
         self.cluster = Dealer(cluster, what="cluster actor", unbounded=True) if cluster else None
         self.replication = Replication(self.state, config.tracker) if cluster else None
+        if self.replication is not None and self.recovered:
+            self.replication.resume(time.monotonic())
         self.departed = False
         self.from_peers = routes(
             self, (Heartbeat, TransferReq, TransferAck, GracefulPermdown, GoodbyeAck)
@@ -142,8 +163,7 @@ class ShardActor(Actor):
         self.too_large_logged = -math.inf
         self.departing: Departure | None = None  # a goodbye waiting for acknowledgements
         self.depart_request: Request | None = None  # the Depart call answered when it ends
-        self.refs = RefMaker(f"{spec.node_name}/{self.name}/{vsn}")
-        self.linked: dict[int, int | float | None] = {}  # pid -> start time it was linked with
+        self.refs = RefMaker(f"{spec.node_name}/{self.name}/{vsn}", random.getrandbits(16))
         self.pubsub = Dealer(topology.pubsub, what="pubsub actor", unbounded=True)
         self.fetchers = [Dealer(e, what="fetcher", unbounded=True) for e in topology.fetchers]
         self.use_fetchers = config.custom_fetch and bool(self.fetchers)
@@ -160,13 +180,25 @@ class ShardActor(Actor):
     def on_start(self) -> None:
         assert self.supervisor is not None, "a shard runs under a supervisor (links)"
         self.add_reader(self.supervisor.socket, self._on_supervisor)
+        if self.recovered:  # the owners again; those that died meanwhile come back as exits
+            owners = [[pid, start] for pid, start in self.linked.items()]
+            for i in range(0, len(owners), _LINK_BATCH):
+                self.supervisor.cast(Link(owners[i : i + _LINK_BATCH]))
+            self.log.warning("%s: restarted with %d presences of %d owners, as the same "
+                             "replica", self.name, len(self.state), len(owners))  # fmt: skip
         if self.use_fetchers:
             self.call_later(_CHECK_FETCHES_S, self._check_fetches)
         if self.replication is not None:  # the first tick comes soon, spread between nodes
             period = self.replication.broadcast_period
             self.call_later(random.uniform(0, period / 4), self._tick)
 
+    def before_reply(self) -> None:
+        if self.journal is not None:  # what a reply acknowledges is journaled first
+            self.journal.flush()
+
     def on_idle(self) -> None:
+        if self.journal is not None:  # first: no diff is seen before its change is journaled
+            self.journal.flush()
         if self.outbox:  # every diff of this wake-up in one frame, in the order made
             self.pubsub.cast(PublishMany(self.outbox, True))
             self.outbox = []
@@ -180,9 +212,13 @@ class ShardActor(Actor):
             self.frozen_at = len(self.state)
         elif len(self.state) < self.frozen_at:
             self.frozen_at = len(self.state)
+        if self.journal is not None:
+            self.journal.maybe_compact(self.state, self.linked)
 
     def on_stop(self) -> None:
         self.on_idle()
+        if self.journal is not None:
+            self.journal.close()
         others = [d for d in (self.client, self.cluster) if d is not None]
         for dealer in (self.pubsub, *self.fetchers, *others):
             dealer.close(flush_timeout=0.5 if dealer is self.cluster else 0.0)
@@ -195,6 +231,7 @@ class ShardActor(Actor):
             "diffs": self.published,
             "fetching": self.fetches.in_flight,
             "fetch_failures": self.fetches.failures,
+            "journal": self.journal.status() if self.journal is not None else None,
             **(
                 {"replicas": self.replication.status(time.monotonic()),
                  "transfers": self.replication.transfers,
@@ -379,6 +416,8 @@ class ShardActor(Actor):
         if linked is _UNLINKED:
             self.supervisor.cast(Link([[pid, start]]))  # type: ignore[union-attr]
             self.linked[pid] = start
+            if self.journal is not None:
+                self.journal.recorder(("k", pid, start))
         entry = changes.get(topic)
         if entry is None:
             changes[topic] = ([element], [])
@@ -443,6 +482,37 @@ class ShardActor(Actor):
         for diff in diffs:
             self._publish(topic, diff)
 
+    def on_fetcher_ready(self, msg: FetcherReady) -> None:
+        """A fetcher (re)started: the fetches it held died with it; send them again now
+        rather than wait for `fetch_timeout`."""
+        if not self.use_fetchers or not 0 <= msg.index < len(self.fetchers):
+            return
+        if msg.incarnation == 0:
+            return  # the node's first: it gets everything sent to the slot
+        again, given_up = self.fetches.lost(msg.index, len(self.fetchers), time.monotonic())
+        if again or given_up:
+            self.log.warning("%s: fetcher %d restarted: %d fetch(es) sent again, %d published "
+                             "unfetched after a second loss", self.name, msg.index, len(again),
+                             len(given_up))  # fmt: skip
+        fetcher = self.fetchers[msg.index]
+        for fid, topic, diff in again:
+            fetcher.cast(Fetch(self.index, fid, topic, diff["joins"], diff["leaves"]))
+        for topic, diffs in given_up:
+            for diff in diffs:
+                self._publish(topic, diff)
+
+    def on_metas_resync(self, msg: MetasResync) -> None:
+        """The presence client actor (re)started: it gets every current presence, topic by
+        topic as joins, so that `handle_metas` rebuilds its state; then the live diffs."""
+        if self.client is None:
+            return
+        self.client.cast(MetasReset(self.index))
+        for topic in list(self.state.topics):
+            grouped = self.state.metas_by_key(topic)
+            if grouped:  # metas of down replicas are hidden
+                diff = codec.unpack(codec.pack_diff(grouped, {}))
+                self.client.cast(MetasDiff(topic, diff, self.index))
+
     # -- exits -----------------------------------------------------------------------------
 
     def _on_supervisor(self) -> None:
@@ -478,6 +548,8 @@ class ShardActor(Actor):
         Diffs are packed from the stored metas without unpacking them; only a user callback
         (`fetch`, `handle_metas`) makes them unpack.
         """
+        if self.journal is not None:  # first: nobody hears of a change not journaled
+            self.journal.flush()
         for topic in changes:  # first: whatever happens below, no stale list is served
             self.listed.drop(topic)
         for topic, (joins, leaves) in changes.items():
@@ -499,7 +571,7 @@ class ShardActor(Actor):
             self.on_idle()
         if self.client is not None:
             unpacked = codec.unpack(packed) if isinstance(diff, bytes) else diff
-            self.client.cast(MetasDiff(topic, unpacked))
+            self.client.cast(MetasDiff(topic, unpacked, self.index))
         self.published += 1
 
     def _check_fetches(self) -> None:

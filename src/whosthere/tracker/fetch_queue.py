@@ -3,7 +3,8 @@
 With a user `fetch`, diffs go through fetcher workers, which may answer in any order. Each
 topic has its own queue, so a slow fetch holds back its own topic only. A fetch that fails or
 outlasts the timeout releases its diff as it was made (unfetched): a slow or broken callback
-never holds up the shard. Pure: time comes in as `now` (monotonic seconds).
+never holds up the shard. A fetcher that crashes loses what it held: those fetches are sent
+again, at once, when it is back (`lost`). Pure: time comes in as `now` (monotonic seconds).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import itertools
 import random
 from typing import Any
 
+_SENDS = 2  # a diff is sent to a fetcher at most this often (once more after a crash)
 Diff = dict[str, dict[str, Any]]  # {"joins": {key: {"metas": [...]}}, "leaves": {...}}
 Released = tuple[str, list[Diff]]  # a topic and its diffs now due out, in the order made
 
@@ -20,13 +22,14 @@ Released = tuple[str, list[Diff]]  # a topic and its diffs now due out, in the o
 class _Pending:
     """A diff waiting for its fetch, in the shard's order."""
 
-    __slots__ = ("deadline", "diff", "fetched", "topic")
+    __slots__ = ("deadline", "diff", "fetched", "sent", "topic")
 
     def __init__(self, topic: str, diff: Diff, deadline: float) -> None:
         self.topic = topic
         self.diff = diff  # as made by the shard (released as is if the fetch fails)
         self.fetched: Diff | None = None
         self.deadline = deadline
+        self.sent = 1  # times sent to a fetcher
 
 
 class FetchQueue:
@@ -68,6 +71,29 @@ class FetchQueue:
             del self._by_id[fid]
         self.failures += len(overdue)
         return [self._release(p, p.diff) for _, p in overdue]
+
+    def lost(
+        self, fetcher: int, fetchers: int, now: float
+    ) -> tuple[list[tuple[int, str, Diff]], list[Released]]:
+        """Fetcher `fetcher` (of `fetchers`; fetch `fid` goes to `fid % fetchers`) started
+        again: what was in flight to it died with it. Each such fetch is to be sent again
+        (fid, topic, diff), once: a diff whose fetch kills the fetcher twice is released
+        as made, so that one poisonous diff cannot restart a fetcher for ever."""
+        again: list[tuple[int, str, Diff]] = []
+        given_up: list[tuple[int, _Pending]] = []
+        for fid, pending in self._by_id.items():
+            if fid % fetchers != fetcher:
+                continue
+            if pending.sent >= _SENDS:
+                given_up.append((fid, pending))
+                continue
+            pending.sent += 1
+            pending.deadline = now + self.timeout
+            again.append((fid, pending.topic, pending.diff))
+        for fid, _ in given_up:
+            del self._by_id[fid]
+        self.failures += len(given_up)
+        return again, [self._release(p, p.diff) for _, p in given_up]
 
     def _release(self, pending: _Pending, fetched: Diff) -> Released:
         """The topic's diffs that no earlier diff of the topic holds back any more."""

@@ -10,9 +10,11 @@ import zlib
 class RefMaker:
     """Makes refs for one shard incarnation: 8 bytes of time, 2 of origin, 2 of counter."""
 
-    def __init__(self, origin: str) -> None:
+    def __init__(self, origin: str, first: int = 0) -> None:
+        """`first`: where the counter starts (a shard restarted as the same replica starts
+        it at random, so that two refs made in the same nanosecond still differ)."""
         self._origin = (zlib.crc32(origin.encode()) & 0xFFFF).to_bytes(2, "big")
-        self._counter = itertools.count()
+        self._counter = itertools.count(first)
 
     def make(self, now_ns: int) -> str:
         """A new ref; `now_ns` is the wall clock in nanoseconds."""

@@ -74,6 +74,19 @@ class Replication:
         self.transfer_timeout = 4 * self.sample_periods * self.broadcast_period
         self.transfers = 0  # transfers answered
 
+    def resume(self, now: float) -> None:
+        """The shard came back from its journal as the same replica: the peers its state
+        knows are as they were, heard from just now (down ones stay down), so nothing is
+        announced, dropped or transferred again."""
+        me = self.state.replica
+        for ref in self.state.context:
+            if ref == me:
+                continue
+            name, vsn = ref
+            known = self.peers.get(name)
+            if known is None or known.vsn < vsn:
+                self.peers[name] = Peer(vsn, ref in self.state.down, now, {})
+
     # -- the tick --------------------------------------------------------------------------
 
     def tick(self, now: float) -> tuple[list[Out], Diff]:

@@ -36,8 +36,9 @@ No sockets, no clock, no logging here: the shard actor turns messages into these
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from whosthere.errors import AlreadyTracked, NotTracked
 
@@ -124,6 +125,9 @@ class State:
         self.record_delta = record_delta
         self.delta = self._fresh_delta()
         self._size = 0
+        # told every change as (operation, *arguments) once it took effect, so that a
+        # journal can replay them into a fresh state (`tracker.journal`)
+        self.record: Callable[[tuple[Any, ...]], None] | None = None
 
     def __len__(self) -> int:
         return self._size
@@ -147,6 +151,8 @@ class State:
             mine[element.dot] = element
         if self.record_delta:
             self.delta.values[(self.replica, element.dot)] = (topic, pid, key, meta)
+        if self.record is not None:
+            self.record(("j", pid, topic, key, meta))
         return element
 
     def leave(self, pid: Pid, topic: Topic, key: Key) -> Element | None:
@@ -156,6 +162,8 @@ class State:
             return None
         self._remove_own(element)
         self._bump()
+        if self.record is not None:
+            self.record(("l", pid, topic, key))
         return element
 
     def leave_join(self, pid: Pid, topic: Topic, key: Key, meta: bytes) -> tuple[Element, Element]:
@@ -177,6 +185,8 @@ class State:
         mine[new.dot] = new
         if self.record_delta:
             self.delta.values[(self.replica, new.dot)] = (topic, pid, key, meta)
+        if self.record is not None:
+            self.record(("u", pid, topic, key, meta))
         return old, new
 
     def leave_pid(self, pid: Pid) -> list[Element]:
@@ -188,6 +198,8 @@ class State:
         for element in left:
             self._remove_own(element)
             self._bump()
+        if self.record is not None:
+            self.record(("p", pid))
         return left
 
     # -- reads -----------------------------------------------------------------------------
@@ -264,10 +276,14 @@ class State:
         """The pending delta, replaced by an empty one (after a flush)."""
         delta = self.delta
         self.delta = self._fresh_delta()
+        if self.record is not None:
+            self.record(("t",))
         return delta
 
     def replica_up(self, replica: ReplicaRef) -> list[Element]:
         """Know `replica` (its heartbeat came) and show it: retained elements rejoin."""
+        if self.record is not None and (replica not in self.context or replica in self.down):
+            self.record(("U", replica))
         if replica not in self.context:
             self.context[replica] = 0
             rid = self.replica_ids[replica] = self._next_id
@@ -284,6 +300,8 @@ class State:
         if replica == self.replica or replica not in self.context or replica in self.down:
             return []
         self.down.add(replica)
+        if self.record is not None:
+            self.record(("D", replica))
         return self.replica_elements(replica)
 
     def permdown(self, replica: ReplicaRef) -> list[Element]:
@@ -302,6 +320,8 @@ class State:
         self.down.discard(replica)
         if self.record_delta:
             prune_delta(self.delta, replica)
+        if self.record is not None:
+            self.record(("P", replica))
         return dropped if visible else []
 
     def extract(self, peer: ReplicaRef, peer_context: dict[ReplicaRef, int]) -> Snapshot:
@@ -330,6 +350,8 @@ class State:
         applied but not reported (`replica_up` reports what is held then), so the joins and
         leaves reported always add up to what `list` shows.
         """
+        if self.record is not None:  # first: the caller may change `remote` afterwards
+            self.record(("m", remote))
         leaves = self._observe_removes(remote)
         joins = self._admit(remote.values, leaves)
         if self.down:  # a hidden replica's changes show when it comes back up, not now

@@ -242,6 +242,26 @@ class MetasDiff(NamedTuple):
 
     topic: str
     diff: dict[str, Any]  # {"joins": ..., "leaves": ...}, as published
+    shard: int  # the sender: its diffs count only after its `MetasReset`
+
+
+class FetcherReady(NamedTuple):
+    """Fetcher worker -> every shard: started. A restart (incarnation above 0): what was
+    in flight to the slot died with the last one, and is sent again."""
+
+    index: int
+    incarnation: int  # the slot's restarts before this fetcher (`ActorSpec.incarnation`)
+
+
+class MetasResync(NamedTuple):
+    """Presence client actor -> every shard: (re)started; send every current presence."""
+
+
+class MetasReset(NamedTuple):
+    """Shard -> presence client actor: the shard's every topic follows, each as a diff of
+    joins, then its live diffs (all in order on one connection)."""
+
+    shard: int
 
 
 # -- cluster ---------------------------------------------------------------------------------

@@ -223,8 +223,26 @@ class Dealer:
                 guard.check()
 
 
+class _Owned:
+    """A thread's Dealer, held in that thread's local storage. When the thread ends, Python
+    drops its local storage in that same thread, so the socket is closed by its owner."""
+
+    __slots__ = ("dealer",)
+
+    def __init__(self, dealer: Dealer) -> None:
+        self.dealer = dealer
+
+    def __del__(self) -> None:
+        self.dealer.close()
+
+
 class Connection:
-    """Calls and casts to one actor, safe to share between threads (one Dealer per thread)."""
+    """Calls and casts to one actor, safe to share between threads (one Dealer per thread).
+
+    ZeroMQ sockets are not thread-safe, so each thread's socket is closed only by that
+    thread: when it ends, or at its first call after `close()`. `close()` itself closes the
+    calling thread's socket and those of threads that have ended.
+    """
 
     def __init__(
         self,
@@ -238,32 +256,29 @@ class Connection:
         self.timeout = timeout
         self.what = what
         self.guard = guard  # handed to every Dealer
-        self._local = threading.local()
-        self._dealers: list[tuple[threading.Thread, Dealer]] = []
+        self._local = threading.local()  # .owned: this thread's _Owned
+        self._dealers: list[tuple[threading.Thread, Dealer]] = []  # to close those of ended threads
         self._lock = threading.Lock()
         self._closed = False
 
     def dealer(self) -> Dealer:
-        """This thread's Dealer (created on first use)."""
+        """This thread's Dealer (created on first use). Raises `NodeUnavailable` once the
+        connection is closed, closing this thread's socket first."""
+        owned: _Owned | None = getattr(self._local, "owned", None)
         if self._closed:
+            if owned is not None:
+                self._local.owned = None  # closes it (here: its owner)
             raise NodeUnavailable(f"connection to {self.endpoint} is closed")
-        dealer = getattr(self._local, "dealer", None)
-        if dealer is None:
+        if owned is None:
             with self._lock:
                 if self._closed:
                     raise NodeUnavailable(f"connection to {self.endpoint} is closed")
                 dealer = Dealer(
                     self.endpoint, timeout=self.timeout, what=self.what, guard=self.guard
                 )
-                live = []
-                for thread, other in self._dealers:  # sockets of threads that ended
-                    if thread.is_alive():
-                        live.append((thread, other))
-                    else:
-                        other.close()
-                self._dealers = [*live, (threading.current_thread(), dealer)]
-            self._local.dealer = dealer
-        return dealer
+                self._dealers = [*self._live(), (threading.current_thread(), dealer)]
+            owned = self._local.owned = _Owned(dealer)
+        return owned.dealer
 
     def call(self, msg: tuple, timeout: float | None = None) -> Any:
         """As `Dealer.call`, on this thread's socket."""
@@ -274,11 +289,24 @@ class Connection:
         self.dealer().cast(msg, timeout)
 
     def close(self, flush_timeout: float = 1.0) -> None:
-        """Deliver this thread's pending casts (up to `flush_timeout` s), then close every
-        thread's socket. Later calls raise `NodeUnavailable`. Idempotent."""
-        me = threading.current_thread()
+        """Deliver this thread's pending casts (up to `flush_timeout` s) and close its socket;
+        other threads close theirs (see the class). Later calls raise `NodeUnavailable`.
+        Idempotent; returns without waiting for other threads."""
         with self._lock:
             self._closed = True
-            dealers, self._dealers = self._dealers, []
-        for thread, dealer in dealers:
-            dealer.close(flush_timeout if thread is me else 0.0)
+            self._dealers = self._live()
+        owned: _Owned | None = getattr(self._local, "owned", None)
+        if owned is not None:
+            owned.dealer.close(flush_timeout)
+            self._local.owned = None
+
+    def _live(self) -> list[tuple[threading.Thread, Dealer]]:
+        """The Dealers of threads still running; those of ended threads are closed (no
+        thread can use them any more). Called under the lock."""
+        live = []
+        for thread, dealer in self._dealers:
+            if thread.is_alive():
+                live.append((thread, dealer))
+            else:
+                dealer.close()
+        return live

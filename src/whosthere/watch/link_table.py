@@ -61,6 +61,15 @@ class LinkTable:
                     del self.linked[linker]
         return linkers
 
+    def exited_many(self, keys: list[ProcessKey]) -> dict[Linker, list[ProcessKey]]:
+        """A batch of exits: what to tell each linker, in exit order. All of it is decided
+        before anything is sent, so a failure while telling one linker loses no exit."""
+        notices: dict[Linker, list[ProcessKey]] = {}
+        for key in keys:
+            for linker in self.exited(key):
+                notices.setdefault(linker, []).append(key)
+        return notices
+
     def drop_linker(self, linker: Linker) -> list[ProcessKey]:
         """A linker has gone away: its links go; the processes nobody links any more."""
         return [key for key in self.linked.pop(linker, set()) if self._drop(key, linker)]
