@@ -130,8 +130,9 @@ class Subscription:
     `get` raises `MessagesLost` when messages were lost (the subscriber fell behind the
     high-water mark `hwm`, or the PubSub actor restarted), within a second of it even if
     nothing more is published; the subscription stays usable and the next `get` returns the
-    next message that arrived. It raises `NodeUnavailable` once the node is gone. Use it from
-    one thread.
+    next message that arrived. Its `topic` is "*" when the loss spans several topics (a
+    restart, or a mark naming several). It raises `NodeUnavailable` once the node is gone.
+    Use it from one thread.
     """
 
     def __init__(self, pubsub: PubSub, topics: tuple[str, ...] = (), *, hwm: int) -> None:
