@@ -93,13 +93,20 @@ class Presence:
         self.pool_size = int(info.settings.get("pool_size", 1))
         self.meta_limit = int(info.settings.get("meta_limit", codec.DEFAULT_META_LIMIT))
         self._shards = [
-            Connection(info.endpoints[shard_name(i)], timeout=timeout, what=f"shard {i}")
+            Connection(
+                info.endpoints[shard_name(i)],
+                timeout=timeout,
+                what=f"shard {i}",
+                guard=info.supervisor,
+            )
             for i in range(self.pool_size)
         ]
         self._pubsub: PubSub | None = None  # created by the first subscribe
         self._pubsub_lock = threading.Lock()  # threads may subscribe at once: one PubSub
         self._closed = False
-        self._supervisor = Connection(info.address, timeout=timeout, what="node")
+        self._supervisor = Connection(
+            info.address, timeout=timeout, what="node", guard=info.supervisor
+        )
 
     @classmethod
     def connect(cls, address: str | None = None, *, timeout: float = DEFAULT_TIMEOUT) -> Self:

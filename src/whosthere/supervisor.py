@@ -173,6 +173,8 @@ class Supervisor(Actor):
             "address": self.address,
             "endpoints": self.topology.endpoints(),
             "settings": settings,
+            "pid": os.getpid(),  # clients watch it (client.SupervisorWatch)
+            "start_time": start_time(os.getpid()),
         }
 
     def on_get_status(self, msg: GetStatus) -> dict[str, Any]:

@@ -109,7 +109,7 @@ def test_malformed_frames_are_rejected_and_the_actor_lives_on(echo):
         raw.send_multipart([b"a", b"b", b"c", b"d"])  # wrong frame count: dropped
         raw.send(b"single")
         with pytest.raises(MalformedFrame, match="^echo does not handle Subscribe$"):
-            dealer.call(Subscribe("t", "i"))
+            dealer.call(Subscribe(["t"], "i"))
         raw.send_multipart([b"r2", codec.encode(Ping())])
         ref, body = raw.recv_multipart()
         assert ref == b"r2"

@@ -73,6 +73,8 @@ TAGS: dict[type, int] = {
     m.Depart: 64,
     m.GoodbyeAck: 65,
     m.Fragment: 66,
+    m.Sync: 24,
+    m.Mark: 25,
 }
 
 MAX_FRAME_BYTES = 64 * 1024 * 1024  # larger frames are refused before unpacking

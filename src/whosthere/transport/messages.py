@@ -104,15 +104,37 @@ class Shutdown(NamedTuple):
 
 
 class Subscribe(NamedTuple):
-    """Confirm a SUB socket's subscription to `topic`.
+    """Confirm a SUB socket's subscription to `topics` (one round trip for any number).
 
-    The subscriber subscribes its SUB socket to `topic` and then to a fresh `inbox` filter;
-    the PubSub actor answers once it has seen the inbox subscription (so the topic's is in
-    place too) with the topic's current sequence number.
+    The subscriber subscribes its SUB socket to every topic and then to a fresh `inbox`
+    filter; the PubSub actor answers once it has seen the inbox subscription (so the topics'
+    are in place too) with `[epoch, [each topic's current sequence number]]`.
     """
 
-    topic: Name
-    inbox: Name  # unique token subscribed right after the topic
+    topics: list[str]
+    inbox: Name  # unique token subscribed right after the topics
+
+
+MAILBOX_PREFIX = "mailbox."  # starts the token of a subscription's lifelong inbox filter
+
+
+class Sync(NamedTuple):
+    """Ask the PubSub actor to publish a `Mark` with the last sequence numbers of `topics`
+    on the subscription's lifelong inbox (`MAILBOX_PREFIX` + token): a cast. Published on the
+    same pipe as the messages, the mark follows every message numbered before it, so a
+    number the subscriber has not seen by then was lost (see `pubsub.Subscription`)."""
+
+    inbox: str  # the subscription's lifelong inbox token
+    topics: list[str]
+
+
+class Mark(NamedTuple):
+    """What the PubSub actor publishes on a subscription's lifelong inbox: when it sees that
+    inbox subscribed (the subscription connected, or reconnected to a restarted actor: a new
+    epoch), with no `seqs`; in answer to `Sync`, with the last number of each topic asked."""
+
+    epoch: int  # the actor's incarnation
+    seqs: dict[str, int]  # topic -> last sequence number published on it in `epoch`
 
 
 class Broadcast(NamedTuple):

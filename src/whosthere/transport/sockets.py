@@ -15,7 +15,7 @@ import contextlib
 import itertools
 import threading
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import zmq
 
@@ -62,6 +62,20 @@ def tcp_endpoint(host: str, port: int = 0) -> str:
     return f"tcp://{host}:{port}"
 
 
+class Guard(Protocol):
+    """Something whose end makes waiting pointless (the node's supervisor, see
+    `client.SupervisorWatch`): polled beside the socket, so a call fails at once."""
+
+    def fileno(self) -> int | None:
+        """A file descriptor readable once it has ended, or None (then `check` is polled)."""
+
+    def check(self) -> None:
+        """Raise `NodeUnavailable` if it has ended."""
+
+
+GUARD_POLL = 0.2  # seconds between `check`s of a guard that has no file descriptor
+
+
 def raise_failure(reply: Failed) -> None:
     """Raise the error an actor sent back, as its own class where whosthere knows it."""
     raise from_wire(reply.kind, reply.message, reply.traceback)
@@ -78,6 +92,7 @@ class Dealer:
         what: str = "actor",
         unbounded: bool = False,
         hwm: int | None = None,
+        guard: Guard | None = None,
     ):
         """`unbounded`: an actor's own channel. It never blocks on send (casts queue in
         memory instead, so a slow peer cannot stall the actor's loop), and sends without the
@@ -85,8 +100,11 @@ class Dealer:
         channel (not unbounded) refuses a request the actor would refuse before sending it
         (`codec.encode(checked=True)`: ValueError, InvalidMeta, MessageTooLarge). `hwm`: an
         actor's own channel too, bounded: this many messages queue before a send blocks (a
-        cast with timeout 0 raises `NodeUnavailable` then)."""
+        cast with timeout 0 raises `NodeUnavailable` then). `guard`: fail at once when it
+        ends (the node's supervisor)."""
         self.endpoint = endpoint
+        self.guard = guard
+        self._guard_poller: zmq.Poller | None = None  # the socket and the guard's fd
         self.timeout = timeout  # default deadline of call/cast, seconds
         self.what = what  # names the peer in errors
         # requests checked against the receiver's limits (a client's, not an actor's)
@@ -180,6 +198,8 @@ class Dealer:
         )
 
     def _send(self, ref: bytes, body: bytes, deadline: float, msg: tuple, timeout: float) -> None:
+        if self.guard is not None:
+            self.guard.check()
         while True:
             try:
                 self.socket.send_multipart((ref, body), zmq.NOBLOCK)
@@ -191,10 +211,34 @@ class Dealer:
                 self.socket.poll(max(1, int(remaining * 1000)), zmq.POLLOUT)
 
     def _recv(self, deadline: float, msg: tuple, timeout: float) -> list[bytes]:
+        if self.guard is not None:
+            return self._recv_guarded(self.guard, deadline, msg, timeout)
         remaining = deadline - time.monotonic()
         if remaining > 0 and self.socket.poll(max(1, int(remaining * 1000)), zmq.POLLIN):
             return self.socket.recv_multipart()
         raise self._unavailable(msg, timeout)
+
+    def _recv_guarded(
+        self, guard: Guard, deadline: float, msg: tuple, timeout: float
+    ) -> list[bytes]:
+        """As `_recv`, also waiting on `guard`: `NodeUnavailable` as soon as it ends."""
+        fd = guard.fileno()
+        poller = self._guard_poller
+        if poller is None:
+            poller = self._guard_poller = zmq.Poller()
+            poller.register(self.socket, zmq.POLLIN)
+            if fd is not None:
+                poller.register(fd, zmq.POLLIN)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise self._unavailable(msg, timeout)
+            wait = remaining if fd is not None else min(remaining, GUARD_POLL)
+            events = dict(poller.poll(max(1, int(wait * 1000))))
+            if self.socket in events:
+                return self.socket.recv_multipart()
+            if events or fd is None:
+                guard.check()
 
 
 class _Owned:
@@ -218,10 +262,18 @@ class Connection:
     calling thread's socket and those of threads that have ended.
     """
 
-    def __init__(self, endpoint: str, *, timeout: float = DEFAULT_TIMEOUT, what: str = "actor"):
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        what: str = "actor",
+        guard: Guard | None = None,
+    ):
         self.endpoint = endpoint
         self.timeout = timeout
         self.what = what
+        self.guard = guard  # handed to every Dealer
         self._local = threading.local()  # .owned: this thread's _Owned
         self._dealers: list[tuple[threading.Thread, Dealer]] = []  # to close those of ended threads
         self._lock = threading.Lock()
@@ -239,7 +291,9 @@ class Connection:
             with self._lock:
                 if self._closed:
                     raise NodeUnavailable(f"connection to {self.endpoint} is closed")
-                dealer = Dealer(self.endpoint, timeout=self.timeout, what=self.what)
+                dealer = Dealer(
+                    self.endpoint, timeout=self.timeout, what=self.what, guard=self.guard
+                )
                 self._dealers = [*self._live(), (threading.current_thread(), dealer)]
             owned = self._local.owned = _Owned(dealer)
         return owned.dealer
