@@ -182,14 +182,15 @@ class Dealer:
         self.pushes.clear()
         return out
 
-    def close(self, flush_timeout: float = 0.0) -> None:
-        """Close the socket; with `flush_timeout`, first try to deliver pending casts."""
+    def close(self, flush_timeout: float = 0.0, linger: float = 0.0) -> None:
+        """Close the socket; with `flush_timeout`, first try to deliver pending casts; with
+        `linger`, let ZeroMQ go on delivering them in the background for that long."""
         if self.socket.closed:
             return
         if flush_timeout > 0:
             with contextlib.suppress(NodeUnavailable):
                 self.flush(flush_timeout)
-        self.socket.close(linger=0)
+        self.socket.close(linger=int(linger * 1000))
 
     def _unavailable(self, msg: tuple, timeout: float) -> NodeUnavailable:
         return NodeUnavailable(
@@ -241,6 +242,9 @@ class Dealer:
                 guard.check()
 
 
+_ENDED_THREAD_LINGER_S = 1.0
+
+
 class _Owned:
     """A thread's Dealer, held in that thread's local storage. When the thread ends, Python
     drops its local storage in that same thread, so the socket is closed by its owner."""
@@ -251,7 +255,9 @@ class _Owned:
         self.dealer = dealer
 
     def __del__(self) -> None:
-        self.dealer.close()
+        # the ending thread's casts may still be queued: delivered first, as `close` does
+        with contextlib.suppress(Exception):
+            self.dealer.close(flush_timeout=self.dealer.timeout)
 
 
 class Connection:
@@ -325,6 +331,6 @@ class Connection:
         for thread, dealer in self._dealers:
             if thread.is_alive():
                 live.append((thread, dealer))
-            else:
-                dealer.close()
+            else:  # its casts may still be queued: they go out in the background
+                dealer.close(linger=_ENDED_THREAD_LINGER_S)
         return live
