@@ -59,6 +59,7 @@ def test_every_message_round_trips():
         m.Fetched(1, None, "boom"),
         m.MetasDiff("t", {"joins": {}, "leaves": {}}, 0),
         m.FetcherReady(1, 2),
+        m.ShardRestarted(1, 2),
         m.MetasResync(),
         m.MetasState(0, 0, True, {"t": {"k": {"metas": [{"a": 1}]}}}),
         m.PublishMany([["t", "e", b"\xc0"]], True),

@@ -41,6 +41,11 @@ Losses nobody would notice without help, and what announces them:
   order, or sees a gap in the numbers. So a diff published right after a restart (an owner
   that died meanwhile) is not lost.
 
+- A shard's crash. A shard that comes back from its journal may have made diffs that never
+  went out; it sends `ShardRestarted`, each of its topics skips a number, and a `Mark` of
+  their numbers goes to every subscription: a subscriber of any of them raises
+  `MessagesLost` and resyncs.
+
 Bridging between nodes (the cluster issue) hooks into `forward`: `Broadcast(local=False)` is
 handed to it after local publication.
 """
@@ -57,12 +62,14 @@ import zmq
 from whosthere.actors.base import NOREPLY, Actor, ActorSpec, Request
 from whosthere.errors import MalformedFrame
 from whosthere.topology import Topology
+from whosthere.tracker.pool import shard_for
 from whosthere.transport import codec
 from whosthere.transport.messages import (
     MAILBOX_PREFIX,
     Broadcast,
     Mark,
     PublishMany,
+    ShardRestarted,
     Subscribe,
     Sync,
 )
@@ -78,7 +85,7 @@ def _strings(value: object) -> bool:
 
 
 class PubSubActor(Actor):
-    handles = (Subscribe, Broadcast, PublishMany, Sync)
+    handles = (Subscribe, Broadcast, PublishMany, Sync, ShardRestarted)
 
     def __init__(self, spec: ActorSpec) -> None:
         super().__init__(spec)
@@ -87,6 +94,7 @@ class PubSubActor(Actor):
         self.subscribed: set[str] = set()  # topics with a subscriber, as XPUB reports them
         self.waiting: dict[str, tuple[Request, list[str], float]] = {}  # inbox -> (call, topics, t)
         self.seen_inboxes: dict[str, float] = {}  # inbox filters seen before their call
+        self.mailboxes: set[str] = set()  # every subscription's lifelong inbox token
         self.published = 0  # messages published since start
         self.pub_endpoint = Topology(spec.node).pubsub_pub
         # a restart: the dead actor's ipc socket file is still there (a clean close removes
@@ -150,6 +158,19 @@ class PubSubActor(Actor):
         self.waiting[msg.inbox] = (self.request, msg.topics, time.monotonic())
         return NOREPLY
 
+    def on_shard_restarted(self, msg: ShardRestarted) -> None:
+        """Each topic of that shard skips a number, and every subscription is told the
+        topics' last numbers: a subscriber of any of them sees the skipped one as lost."""
+        if not 0 <= msg.index < msg.pool_size:
+            raise MalformedFrame(f"shard {msg.index} of a pool of {msg.pool_size}")
+        seqs = {}
+        for topic in self.seqs:
+            if shard_for(topic, msg.pool_size) == msg.index:
+                seqs[topic] = self.seqs[topic] = self.seqs[topic] + 1
+        if seqs:
+            for mailbox in self.mailboxes:
+                self._mark(mailbox, seqs)
+
     def on_sync(self, msg: Sync) -> None:
         if not _strings(msg.topics) or not msg.inbox.startswith(MAILBOX_PREFIX):
             raise MalformedFrame("Sync wants a mailbox token and a list of str topics")
@@ -205,6 +226,8 @@ class PubSubActor(Actor):
             if inbox is not None:
                 if subscribing:
                     self._on_inbox(inbox)
+                else:  # a subscription closed
+                    self.mailboxes.discard(inbox)
                 continue
             topic = codec.topic_of(filt)
             if topic is None:
@@ -221,6 +244,7 @@ class PubSubActor(Actor):
 
     def _on_inbox(self, inbox: str) -> None:
         if inbox.startswith(MAILBOX_PREFIX):  # a subscription connected: tell it the epoch
+            self.mailboxes.add(inbox)
             self._mark(inbox, {})
             return
         pending = self.waiting.pop(inbox, None)

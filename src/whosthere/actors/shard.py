@@ -63,6 +63,7 @@ from whosthere.transport.messages import (
     MetasState,
     ProcessesExited,
     PublishMany,
+    ShardRestarted,
     Track,
     TrackMany,
     TransferAck,
@@ -121,6 +122,7 @@ class ShardActor(Actor):
         super().__init__(spec)
         config, topology = spec.node, Topology(spec.node)
         self.index = spec.index
+        self.pool_size = config.pool_size
         self.meta_limit = config.meta_limit
         self.fetch_timeout = config.fetch_timeout
         cluster = topology.cluster
@@ -180,6 +182,8 @@ class ShardActor(Actor):
                 self.supervisor.cast(Link(owners[i : i + _LINK_BATCH]))
             self.log.warning("%s: restarted with %d presences of %d owners, as the same "
                              "replica", self.name, len(self.state), len(owners))  # fmt: skip
+            # diffs made just before the crash may not have gone out: subscribers resync
+            self.pubsub.cast(ShardRestarted(self.index, self.pool_size))
         if self.use_fetchers:
             self.call_later(_CHECK_FETCHES_S, self._check_fetches)
         if self.replication is not None:  # the first tick comes soon, spread between nodes

@@ -75,6 +75,7 @@ TAGS: dict[type, int] = {
     m.Fragment: 66,
     m.Sync: 24,
     m.Mark: 25,
+    m.ShardRestarted: 26,
 }
 
 MAX_FRAME_BYTES = 64 * 1024 * 1024  # larger frames are refused before unpacking

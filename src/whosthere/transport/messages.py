@@ -137,6 +137,15 @@ class Mark(NamedTuple):
     seqs: dict[str, int]  # topic -> last sequence number published on it in `epoch`
 
 
+class ShardRestarted(NamedTuple):
+    """Shard -> PubSub actor: a shard came back from its journal. Diffs it made just before
+    its crash may never have gone out, so every subscriber of its topics hears of a loss
+    (`MessagesLost`) and resyncs with `list`."""
+
+    index: int
+    pool_size: int
+
+
 class Broadcast(NamedTuple):
     """Publish `event` with `payload` to the subscribers of `topic`."""
 
