@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import mmap
 import os
 import struct
 import time
@@ -34,7 +35,7 @@ from whosthere.tracker.journal import CorruptJournal, Recorder, Starts
 from whosthere.tracker.state import State
 
 _GEN = struct.Struct("<Q")
-_COMPACT_MIN_BYTES = 4 * 1024 * 1024
+_COMPACT_MIN_BYTES = 1024 * 1024
 
 
 class ShardJournal:
@@ -102,20 +103,29 @@ class ShardJournal:
         return state, journal.own_starts(state, starts)
 
     def _replay(self, path: Path, state: State, starts: Starts) -> None:
-        data = path.read_bytes()
-        frames, good, why = journal.read_frames(data)
-        for i, ops in enumerate(frames):
-            try:
-                journal.replay(state, ops, starts)
-            except Exception as exc:  # never a crash loop: what replays is kept
-                self.log.error("%s: journal frame %d of %s does not replay (%s); cut there",
-                               self.name, i, path.name, exc)  # fmt: skip
-                why = why or "a frame that does not replay"
-                break
-            self.replayed += len(ops)
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+        try:
+            reader = journal.FrameReader(data)
+            for i, ops in enumerate(reader):
+                try:
+                    journal.replay(state, ops, starts)
+                except Exception as exc:  # never a crash loop: what replays is kept
+                    self.log.error("%s: journal frame %d of %s does not replay (%s); cut there",
+                                   self.name, i, path.name, exc)  # fmt: skip
+                    reader.why = reader.why or "a frame that does not replay"
+                    break
+                self.replayed += len(ops)
+            good, why = reader.good, reader.why
+            del reader
+        finally:
+            if isinstance(data, mmap.mmap):
+                with contextlib.suppress(BufferError):  # a view still held: closed when freed
+                    data.close()
         if why is not None:
             self.log.warning("%s: journal %s ends in %s; cut off after %d of %d bytes",
-                             self.name, path.name, why, good, len(data))  # fmt: skip
+                             self.name, path.name, why, good, size)  # fmt: skip
             with open(path, "r+b") as f:
                 f.truncate(good)
         self.written += good

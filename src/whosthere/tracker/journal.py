@@ -23,6 +23,7 @@ import gc
 import struct
 import sys
 import zlib
+from collections.abc import Iterator
 from typing import Any
 
 from whosthere.tracker import wire
@@ -70,29 +71,50 @@ def frame(ops: list[Any]) -> bytes:
     return _HEADER.pack(len(body), zlib.crc32(body)) + body
 
 
+class FrameReader:
+    """The frames of a journal, one at a time (a long journal is never decoded whole).
+
+    Iterate for each frame's operations; afterwards `good` is the length of the good part
+    and `why` says why the journal ended early (None: it did not)."""
+
+    def __init__(self, data: bytes | memoryview) -> None:
+        self.view = memoryview(data)
+        self.good = 0
+        self.why: str | None = None
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        view, end = self.view, len(self.view)
+        at = 0
+        while at < end:
+            if end - at < _HEADER.size:
+                self.why = f"a frame header cut short at byte {at}"
+                return
+            length, crc = _HEADER.unpack_from(view, at)
+            body = view[at + _HEADER.size : at + _HEADER.size + length]
+            if len(body) < length:
+                self.why = f"a frame cut short at byte {at} ({len(body)} of {length} bytes)"
+                return
+            if zlib.crc32(body) != crc:
+                self.why = f"a frame with a bad checksum at byte {at}"
+                return
+            try:
+                ops = codec.unpack(body)
+            except Exception as exc:  # msgpack raises several types on garbage
+                self.why = f"a frame that does not decode at byte {at}: {exc}"
+                return
+            if not isinstance(ops, list):
+                self.why = f"a frame that is not a list at byte {at}"
+                return
+            at += _HEADER.size + length
+            yield ops
+            self.good = at
+
+
 def read_frames(data: bytes | memoryview) -> tuple[list[list[Any]], int, str | None]:
-    """The frames' operation lists, the length of the good part, and why it ends early."""
-    out: list[list[Any]] = []
-    at, end = 0, len(data)
-    view = memoryview(data)
-    while at < end:
-        if end - at < _HEADER.size:
-            return out, at, f"a frame header cut short at byte {at}"
-        length, crc = _HEADER.unpack_from(view, at)
-        body = view[at + _HEADER.size : at + _HEADER.size + length]
-        if len(body) < length:
-            return out, at, f"a frame cut short at byte {at} ({len(body)} of {length} bytes)"
-        if zlib.crc32(body) != crc:
-            return out, at, f"a frame with a bad checksum at byte {at}"
-        try:
-            ops = codec.unpack(body)
-        except Exception as exc:  # msgpack raises several types on garbage
-            return out, at, f"a frame that does not decode at byte {at}: {exc}"
-        if not isinstance(ops, list):
-            return out, at, f"a frame that is not a list at byte {at}"
-        out.append(ops)
-        at += _HEADER.size + length
-    return out, at, None
+    """Every frame's operations, the length of the good part, and why it ends early."""
+    reader = FrameReader(data)
+    frames = list(reader)
+    return frames, reader.good, reader.why
 
 
 def replay(state: State, ops: list[Any], starts: Starts) -> None:
