@@ -100,14 +100,16 @@ class Fuzzer:
             m.Ok(1), m.Failed("NotTracked", "x", ""), m.Ping(), m.GetStats(),
             m.ActorReady("shard.0", pid), m.Lookup(), m.GetStatus(), m.Link([[pid, 1]]),
             m.Unlink([[pid, 1]]), m.ProcessesExited([[pid, 1]]), m.Shutdown("fuzz"),
-            m.Subscribe(topic, "inbox"), m.Broadcast(topic, "e", {"a": 1}, True),
+            m.Subscribe([topic], "inbox"), m.Sync("mailbox.x", [topic]), m.Mark(1, {topic: 1}),
+            m.ShardRestarted(0, 2), m.FetcherReady(0, 1), m.MetasResync(),
+            m.MetasState(0, 0, True, {topic: {}}), m.Broadcast(topic, "e", {"a": 1}, True),
             m.PublishMany([[topic, "presence_diff", codec.pack_diff({}, {})]], True),
             m.Published(1, 1, "e", None), m.Track(pid, 1, topic, "user0", meta),
             m.TrackMany([[pid, 1, topic, "user0", meta]]), m.Untrack(pid, topic, "user0"),
             m.UntrackPid(pid), m.Update(pid, topic, "user0", meta, None),
             m.GetMeta(pid, topic, "user0"), m.ListTopic(topic), m.GetByKey(topic, "user0"),
             m.Fetch(0, 1, topic, {}, {}), m.Fetched(1, {"joins": {}, "leaves": {}}, ""),
-            m.MetasDiff(topic, {"joins": {}, "leaves": {}}), m.PeerHello("x", 2, "tcp://a", []),
+            m.MetasDiff(topic, {"joins": {}, "leaves": {}}, 0), m.PeerHello("x", 2, "tcp://a", []),
             m.PeerWelcome("x", []), m.PeerRefused("x", "no"), m.ClusterCast("*", 0, b""),
             m.PeerCast("x", 0, b""), m.FromPeer("x", b""), m.DropPeers(["x"]),
             m.Heartbeat(["x", 1], None, []), m.TransferReq(1, ["x", 1], []),
@@ -235,7 +237,7 @@ class Fuzzer:
         return isinstance(
             msg,
             m.Shutdown | m.Depart | m.Untrack | m.UntrackPid | m.ActorReady | m.Unlink | m.Fetched
-            | m.MetasDiff | m.PublishMany | m.Link | m.Fetch,
+            | m.MetasDiff | m.MetasState | m.PublishMany | m.Link | m.Fetch,
         )  # fmt: skip
 
 
