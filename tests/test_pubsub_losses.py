@@ -173,8 +173,9 @@ def test_when_the_supervisor_dies_every_client_fails_at_once(owner):
     child = None
     try:
         presence, pubsub = node.presence, node.pubsub
-        presence.track(owner.pid, "room", "u1", {})
         sub = presence.subscribe("room")
+        presence.track(owner.pid, "room", "u1", {})
+        assert sub.get(timeout=5) is not None  # its diff: nothing else is on its way
         child = subprocess.Popen(
             [sys.executable, "-c", CHILD, node.address],
             stdin=subprocess.PIPE,

@@ -76,7 +76,7 @@ def test_names_up_to_the_limit_pass_and_longer_ones_are_refused():
         (m.Update(42, "room", LONG, META, None), "Update.key"),
         (m.Broadcast(LONG, "e", None, False), "Broadcast.topic"),
         (m.Broadcast("t", LONG, None, False), "Broadcast.event"),
-        (m.Subscribe(LONG, "inbox"), "Subscribe.topic"),
+        (m.Subscribe(["ok", LONG], "inbox"), "Subscribe.topics"),
     ],
 )
 def test_a_name_over_the_limit_is_refused_on_decode_and_before_sending(msg, field):

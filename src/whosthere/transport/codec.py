@@ -132,10 +132,21 @@ def _check_tree(value: Any, depth: int, finite: bool, what: str) -> None:
             _check_tree(child, depth + 1, finite, what)
 
 
+def check_names(values: list[Any], what: str = "names") -> list[str]:
+    """`values` if each is a str within the name limit; ValueError if not."""
+    for value in values:
+        if not isinstance(value, str):
+            raise ValueError(f"{what} must hold str, got {type(value).__name__}")
+        check_name(value, what)
+    return values
+
+
 def _check_field(mark: str) -> Any:
     """The check of a field marker of `messages`: raises ValueError or InvalidMeta."""
     if mark == m.NAME:
         return check_name
+    if mark == m.NAMES:
+        return check_names
     if mark == m.FINITE:
         return check_start_time
     if mark == m.PAYLOAD:

@@ -19,10 +19,12 @@ from typing import Annotated, Any, NamedTuple
 # -- field markers (what `codec` checks beyond the type) ------------------------------------
 
 NAME = "name"  # a topic, key or event: at most `codec.MAX_NAME_BYTES` in UTF-8
+NAMES = "names"  # a list of such names
 FINITE = "finite"  # a number that is neither NaN nor infinite (NaN != NaN: never matched)
 PAYLOAD = "payload"  # a value others unpack: containers at most `codec.MAX_DEPTH` deep
 
 Name = Annotated[str, NAME]
+Names = Annotated[list[str], NAMES]
 StartTime = Annotated[int | float | None, FINITE]
 Payload = Annotated[Any, PAYLOAD]
 
@@ -111,7 +113,7 @@ class Subscribe(NamedTuple):
     are in place too) with `[epoch, [each topic's current sequence number]]`.
     """
 
-    topics: list[str]
+    topics: Names
     inbox: Name  # unique token subscribed right after the topics
 
 
@@ -124,8 +126,8 @@ class Sync(NamedTuple):
     same pipe as the messages, the mark follows every message numbered before it, so a
     number the subscriber has not seen by then was lost (see `pubsub.Subscription`)."""
 
-    inbox: str  # the subscription's lifelong inbox token
-    topics: list[str]
+    inbox: Name  # the subscription's lifelong inbox token
+    topics: Names
 
 
 class Mark(NamedTuple):
