@@ -5,11 +5,11 @@ after an 8-byte generation number), and `<name>.journal.<generation>`, every cha
 that dump, appended before the shard answers the call that made it. No fsync: the journal
 must outlive the shard's process, not the host, and the page cache does that.
 
-Compaction: once the journal has grown past twice the dump (and `_COMPACT_MIN_BYTES`), a
+Compaction: once the journal has grown past half the dump (and `_COMPACT_MIN_BYTES`), a
 new dump is written under the next generation. The dump goes to a temporary file that is
 renamed over the old one, so a crash at any point leaves one whole dump and the journal of
-its generation (or none, which is an empty one). Replay therefore costs at most about two
-dumps' worth of changes.
+its generation (or none, which is an empty one). A recovery therefore replays at most about a
+third of what it restores (replaying a presence costs about 1.5 times loading it).
 
 The dump is written by a forked child, as Redis writes its RDB: the child has the state
 as it was at the fork, copy-on-write, while the shard goes on serving and starts the next
@@ -62,7 +62,11 @@ class ShardJournal:
         collecting = gc.isenabled()
         gc.disable()  # the state holds no cycles; rescanning it as it grows costs 3x
         try:
-            return self._recover(record_delta)
+            recovered = self._recover(record_delta)
+            # the state holds no cycles: out of the collector's sight, or its first full
+            # collection would scan every element (objects it drops are still freed)
+            gc.freeze()
+            return recovered
         finally:
             if collecting:
                 gc.enable()
@@ -164,7 +168,7 @@ class ShardJournal:
         if self.dumper is not None:
             self._reap()
             return
-        if self.failed or self.written < max(_COMPACT_MIN_BYTES, 2 * self.dump_bytes):
+        if self.failed or self.written < max(_COMPACT_MIN_BYTES, self.dump_bytes // 2):
             return
         self.flush()
         gen = self.gen + 1

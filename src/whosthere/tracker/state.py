@@ -142,13 +142,30 @@ class State:
         """Add an element; `AlreadyTracked` if (topic, pid, key) is tracked here."""
         if self.get(pid, topic, key) is not None:
             raise AlreadyTracked(f"pid {pid} is already tracked on topic {topic!r} as {key!r}")
-        element = Element(sys.intern(topic), pid, sys.intern(key), meta, self._bump())
-        self._index(element)
+        return self.join_unchecked(pid, topic, key, meta)
+
+    def join_unchecked(self, pid: Pid, topic: Topic, key: Key, meta: bytes) -> Element:
+        """`join` without the duplicate check: for a journal's replay of joins that passed it.
+
+        The hottest path of tracking and of a recovery: `_index` is inlined, and the tuple
+        made without the named tuple's Python-level constructor."""
+        topic, key, dot = sys.intern(topic), sys.intern(key), self._bump()
+        element = _make(Element, (topic, pid, key, meta, dot))
+        keys = self.topics.get(topic)
+        if keys is None:
+            self.topics[topic] = {key: [element]}
+        else:
+            same = keys.get(key)
+            if same is None:
+                keys[key] = [element]
+            else:
+                same.append(element)
+        self._size += 1
         mine = self.pids.get(pid)
         if mine is None:
-            self.pids[pid] = {element.dot: element}
+            self.pids[pid] = {dot: element}
         else:
-            mine[element.dot] = element
+            mine[dot] = element
         if self.record_delta:
             self.delta.values[(self.replica, element.dot)] = (topic, pid, key, meta)
         if self.record is not None:
@@ -515,3 +532,4 @@ class State:
 
 
 _EMPTY: dict = {}
+_make = tuple.__new__
