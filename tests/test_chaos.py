@@ -29,3 +29,36 @@ def test_killing_each_actor_under_load_loses_nothing():
     assert report.failures == []
     assert (report.lost, report.phantom, report.view_wrong) == (0, 0, 0)
     assert report.survived == len(KINDS) and len(report.converge_s) == len(KINDS) + 1
+
+
+@pytest.mark.timeout(300)
+def test_killing_each_actor_of_a_clustered_node_loses_nothing_anywhere():
+    from tests.test_cluster import FAST, LISTEN
+
+    opts = {**FAST, "down_period": 5.0, "permdown_period": 20.0}  # longer than a restart
+    common = {"presence": ChaosPresence, "pool_size": 2, "max_restarts": 100, "max_seconds": 1}
+    nodes: list[whosthere.Node] = []
+    try:
+        a = whosthere.Node(name="a", listen=LISTEN, **common, **opts).start()
+        nodes.append(a)
+        for name in ("b", "c"):
+            nodes.append(
+                whosthere.Node(name=name, listen=LISTEN, peers=[a.cluster_address], **common,
+                               **opts).start()
+            )  # fmt: skip
+        with Chaos(a, owners=4, seed=5, others=tuple(nodes[1:])) as chaos:
+            chaos.check(time.monotonic(), timeout=30)
+            for name in [*KINDS, "cluster"]:
+                time.sleep(0.3)
+                started = time.monotonic()
+                chaos.kill_actor(name)
+                chaos.check(started, timeout=30)
+            report = chaos.report
+        for other in nodes[1:]:  # no replica of a went down: its presences never left there
+            peer = other.status()["peers"]["a"]
+            assert peer["status"] == "up"
+    finally:
+        for node in nodes:
+            node.stop()
+    assert report.failures == []
+    assert (report.lost, report.phantom, report.view_wrong) == (0, 0, 0)

@@ -205,8 +205,11 @@ def listed(node: whosthere.Node) -> Truth:
 
 
 class Chaos:
-    def __init__(self, node: whosthere.Node, owners: int, seed: int) -> None:
+    def __init__(
+        self, node: whosthere.Node, owners: int, seed: int, others: tuple[whosthere.Node, ...] = ()
+    ) -> None:
         self.node = node
+        self.others = others  # nodes of the same cluster: they must list the same
         self.rng = random.Random(seed)
         self.ctx = multiprocessing.get_context("spawn")
         self.owners: list[Owner] = []
@@ -284,7 +287,11 @@ class Chaos:
         now_listed: Truth = set()
         while time.monotonic() < deadline:
             now_listed = listed(self.node)
-            if now_listed == truth and self.view.snapshot() == now_listed:
+            if (
+                now_listed == truth
+                and self.view.snapshot() == now_listed
+                and all(listed(other) == truth for other in self.others)
+            ):
                 self.report.converge_s.append(time.monotonic() - since)
                 break
             time.sleep(0.02)
@@ -295,6 +302,12 @@ class Chaos:
             view = self.view.snapshot()
             if view != now_listed:
                 self.report.view_wrong += 1
+            for other in self.others:
+                elsewhere = listed(other)
+                if elsewhere != truth:
+                    self.report.failures.append(
+                        f"{other.name} lists {sorted(elsewhere ^ truth)[:5]} unlike the truth"
+                    )
             self.report.failures.append(
                 f"after {time.monotonic() - since:.1f} s: lost {sorted(lost)[:5]} "
                 f"phantom {sorted(phantom)[:5]} view-list {sorted(view - now_listed)[:5]} "

@@ -32,7 +32,7 @@ from whosthere.transport import codec
 
 _HEADER = struct.Struct("<II")
 _COUNTER = (1 << COUNTER_BITS) - 1
-FORMAT = 2  # of `dump`; a dump of another format is not loaded
+FORMAT = 3  # of `dump`; a dump of another format is not loaded
 Starts = dict[int, Any]  # own pid -> the start time it was linked with
 
 
@@ -159,17 +159,29 @@ def dump(state: State, starts: Starts) -> bytes:
         [rid, list(ref), state.context[ref], sorted(state.clouds.get(ref, ()))]
         for rid, ref in refs.items()
     ]
-    # rows in `Element`'s own field order: `load` makes each element from its row directly
-    own = [list(e) for mine in state.pids.values() for e in mine.values()]
-    remote = [list(e) for held in state.remote.values() for e in held.values()]
+    # Grouped as the state indexes them, each distinct key written once in a table:
+    # [[topic, [[key index, [[pid, meta, dot], ...]], ...]], ...], every replica's elements.
+    # `load` then reads each string once and hashes nothing per element (interning a
+    # million distinct keys would cost a recovery more than a second).
+    key_ids: dict[str, int] = {}
+    groups = [
+        [
+            topic,
+            [
+                [key_ids.setdefault(key, len(key_ids)), [[e.pid, e.meta, e.dot] for e in same]]
+                for key, same in keys.items()
+            ],
+        ]
+        for topic, keys in state.topics.items()
+    ]
     body = [
         FORMAT,
         list(state.replica),
         state.counter,
         state._next_id,
         replicas,
-        own,
-        remote,
+        list(key_ids),
+        groups,
         [list(r) for r in state.down],
         wire.encode_delta(state.delta) if state.record_delta else None,
         [[pid, start] for pid, start in own_starts(state, starts).items()],
@@ -191,7 +203,7 @@ def load(data: bytes, *, record_delta: bool) -> tuple[State, Starts]:
 def _load(data: bytes, record_delta: bool) -> tuple[State, Starts]:
     try:
         body = codec.unpack(data)
-        fmt, me, counter, next_id, replicas, own, remote, down, delta, starts = body
+        fmt, me, counter, next_id, replicas, key_table, groups, down, delta, starts = body
     except Exception as exc:
         raise CorruptJournal(f"a state dump that does not decode: {exc}") from exc
     if fmt != FORMAT:
@@ -210,32 +222,28 @@ def _load(data: bytes, record_delta: bool) -> tuple[State, Starts]:
         if cloud:
             state.clouds[r] = set(cloud)
     topics, pids, held = state.topics, state.pids, state.remote
-    intern, make = sys.intern, tuple.__new__
-    for rows, own_rows in ((own, True), (remote, False)):
-        for row in rows:  # the hot loop of a recovery: `State._index`, inlined
-            row[0] = topic = intern(row[0])
-            row[2] = key = intern(row[2])
-            element = make(Element, row)
-            keys = topics.get(topic)
-            if keys is None:
-                keys = topics[topic] = {}
-            same = keys.get(key)
-            if same is None:
-                keys[key] = [element]
-            else:
+    make, size = tuple.__new__, 0
+    for name, keyed in groups:  # the hot loop of a recovery
+        topic = sys.intern(name)
+        keys = topics[topic] = {}
+        for key_id, entries in keyed:
+            key = key_table[key_id]  # one object per distinct key, as interning gives
+            same = keys[key] = []
+            for pid, meta, dot in entries:
+                element = make(Element, (topic, pid, key, meta, dot))
                 same.append(element)
-            dot = row[4]
-            if own_rows:
-                index = pids.get(row[1])
-                if index is None:
-                    index = pids[row[1]] = {}
-                index[dot] = element
-            else:
-                index = held.get(dot >> COUNTER_BITS)
-                if index is None:
-                    index = held[dot >> COUNTER_BITS] = {}
-                index[dot & _COUNTER] = element
-    state._size = len(own) + len(remote)
+                if dot <= _COUNTER:  # this replica's own
+                    index = pids.get(pid)
+                    if index is None:
+                        index = pids[pid] = {}
+                    index[dot] = element
+                else:
+                    index = held.get(dot >> COUNTER_BITS)
+                    if index is None:
+                        index = held[dot >> COUNTER_BITS] = {}
+                    index[dot & _COUNTER] = element
+            size += len(same)
+    state._size = size
     state.down = {_ref(r) for r in down}
     if record_delta:
         state.delta = wire.decode_delta(delta) if delta is not None else state._fresh_delta()
