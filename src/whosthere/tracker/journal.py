@@ -122,7 +122,7 @@ def replay(state: State, ops: list[Any], starts: Starts) -> None:
     for op in ops:
         kind = op[0]
         if kind == "j":
-            state.join_unchecked(op[1], op[2], op[3], op[4])
+            state.join_unchecked(op[1], op[2], op[3], op[4], intern_key=False)
         elif kind == "k":
             starts[op[1]] = op[2]
         elif kind == "l":

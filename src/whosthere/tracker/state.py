@@ -144,12 +144,17 @@ class State:
             raise AlreadyTracked(f"pid {pid} is already tracked on topic {topic!r} as {key!r}")
         return self.join_unchecked(pid, topic, key, meta)
 
-    def join_unchecked(self, pid: Pid, topic: Topic, key: Key, meta: bytes) -> Element:
-        """`join` without the duplicate check: for a journal's replay of joins that passed it.
+    def join_unchecked(
+        self, pid: Pid, topic: Topic, key: Key, meta: bytes, *, intern_key: bool = True
+    ) -> Element:
+        """`join` without the duplicate check: for a journal's replay of joins that passed it
+        (which interns no key: a million distinct keys would cost a recovery a second).
 
         The hottest path of tracking and of a recovery: `_index` is inlined, and the tuple
         made without the named tuple's Python-level constructor."""
-        topic, key, dot = sys.intern(topic), sys.intern(key), self._bump()
+        topic, dot = sys.intern(topic), self._bump()
+        if intern_key:
+            key = sys.intern(key)
         element = _make(Element, (topic, pid, key, meta, dot))
         keys = self.topics.get(topic)
         if keys is None:
