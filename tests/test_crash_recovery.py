@@ -11,7 +11,12 @@ import pytest
 import whosthere
 from tests.support.diffs import expect_diff, expect_quiet
 from tests.support.nodes import actor_pid, alive
-from tests.support.presences import GatedPresence, HangOncePresence, MetasPresence
+from tests.support.presences import (
+    GatedFetchPresence,
+    GatedPresence,
+    HangOncePresence,
+    MetasPresence,
+)
 from tests.support.processes import sleeper
 from tests.support.waiting import wait_until
 from whosthere.tracker.pool import shard_for
@@ -234,3 +239,25 @@ def test_a_presence_client_actor_that_fell_behind_gets_the_whole_state_again(
         wait_until(lambda: reported() == total + 1, timeout=60, interval=0.2,
                    what="the actor's state equals what the shard lists")  # fmt: skip
         assert not shard_stats(node)["client_behind"]
+
+
+def test_a_slow_fetch_bounds_the_shards_queue_and_later_diffs_go_out_unfetched(
+    owner, tmp_path, monkeypatch
+):
+    gate = tmp_path / "gate"
+    gate.touch()
+    monkeypatch.setenv("GATE", str(gate))
+    node = whosthere.Node(presence=GatedFetchPresence, fetchers=1, fetch_timeout=120)
+    with node, node.pubsub.subscribe("last") as sub:
+        try:
+            total = 15_000  # one fetch each: more than the shard queues for a fetcher
+            for i in range(0, total, 1_000):
+                node.presence.track_many(
+                    [(owner.pid, f"t{j}", "k", {}) for j in range(i, i + 1_000)]
+                )
+            node.presence.track(owner.pid, "last", "k", {})
+            diff = expect_diff(sub, joins={"k": 1}, timeout=10)  # not after fetch_timeout
+            assert "fetched" not in diff["joins"]["k"]  # published as made: the queue was full
+            assert shard_stats(node)["fetch_overflows"] > 0
+        finally:
+            gate.unlink()

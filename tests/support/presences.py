@@ -108,3 +108,12 @@ class FetchAndMetasPresence(whosthere.Presence):
 
     def handle_metas(self, topic: str, diff: dict, presences: dict, state: int) -> int:
         return state + sum(len(metas) for metas in presences.values())
+
+
+class GatedFetchPresence(whosthere.Presence):
+    """`fetch` waits while the file named by $GATE exists (a slow fetch)."""
+
+    def fetch(self, topic: str, presences: dict[str, Any]) -> dict[str, Any]:
+        while os.path.exists(os.environ["GATE"]):
+            time.sleep(0.01)
+        return {key: {**entry, "fetched": True} for key, entry in presences.items()}
