@@ -445,9 +445,9 @@ def test_a_rogue_peer_sending_garbage_kills_nothing_and_loses_nothing(owner):
                 cast(0, m.GracefulPermdown(["n0", vsn_a]), sender="n0"),  # not its route
                 cast(0, m.GracefulPermdown(["n0", vsn_a])),  # speaks for another replica
                 cast(0, b"\xc1"),
-                cast(7, m.Heartbeat(["rogue", 1], None, [])),  # no such shard
-                cast(0, m.Heartbeat(["rogue", 1], [["x"]], [["n0", "vsn", 1]])),
-                cast(0, m.Heartbeat(["rogue", 1], None, [["n1", -1, 2**63]])),
+                cast(7, m.Heartbeat(["rogue", 1], None, [], 1.0)),  # no such shard
+                cast(0, m.Heartbeat(["rogue", 1], [["x"]], [["n0", "vsn", 1]], 1.0)),
+                cast(0, m.Heartbeat(["rogue", 1], None, [["n1", -1, 2**63]], None)),
                 cast(0, m.TransferAck(1, ["rogue", 1], None, [[], 5, "x", None])),
                 cast(0, m.Fragment(1, 0, 10**12, b"x")),
                 cast(0, m.Fragment(2, 0, 2, b"\xc1")),

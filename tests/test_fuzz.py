@@ -112,7 +112,7 @@ class Fuzzer:
             m.MetasDiff(topic, {"joins": {}, "leaves": {}}, 0), m.PeerHello("x", 2, "tcp://a", []),
             m.PeerWelcome("x", []), m.PeerRefused("x", "no"), m.ClusterCast("*", 0, b""),
             m.PeerCast("x", 0, b""), m.FromPeer("x", b""), m.DropPeers(["x"]),
-            m.Heartbeat(["x", 1], None, []), m.TransferReq(1, ["x", 1], []),
+            m.Heartbeat(["x", 1], None, [], 1.0), m.TransferReq(1, ["x", 1], []),
             m.TransferAck(1, ["x", 1], None, None), m.Depart(), m.GracefulPermdown(["x", 1]),
             m.GoodbyeAck(["x", 1]), m.Fragment(1, 0, 2, b"xx"),
         ]  # fmt: skip

@@ -299,3 +299,31 @@ def test_a_worker_killed_on_one_node_leaves_on_another(nodes, owner):
         worker.wait()
         if worker.stdout is not None:
             worker.stdout.close()
+
+
+@pytest.mark.usefixtures("namespaces_work")
+def test_a_node_killed_during_a_split_never_reappears_when_the_link_comes_back(owner):
+    """c is cut off until a and b hold it down, then killed: its kernel may still hold
+    heartbeats it sent during the split and deliver them once the cable is back. Those are
+    stale, not a sign of life: c must never come back up, nor its presences join again."""
+    with cluster() as (network, nodes):
+        a, b, c = nodes
+        for i, node in enumerate(nodes):
+            node.presence.track(owner.pid, "room", f"u{i}", {"v": i})
+        converged(nodes, {"room": {"u0": [0], "u1": [1], "u2": [2]}})
+        seen: list[tuple[str, str, Any]] = []
+        with a.presence.subscribe("room") as on_a, b.presence.subscribe("room") as on_b:
+            network.cut(2)
+            for node in (a, b):
+                wait_until(lambda n=node: n.status()["peers"]["n2"]["status"] == "down",
+                           timeout=10, what=f"{node} holds c down")  # fmt: skip
+            c.kill()
+            network.mend(2)
+            deadline = time.monotonic() + 3 * FAST["down_period"]
+            while time.monotonic() < deadline:  # a few retransmissions' worth of time
+                for sub in (on_a, on_b):
+                    events(sub, seen)
+                for node in (a, b):
+                    assert node.status()["peers"].get("n2", {}).get("status") != "up"
+        assert ("joins", "u2", 2) not in seen, seen
+        converged([a, b], {"room": {"u0": [0], "u1": [1]}})

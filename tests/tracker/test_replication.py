@@ -16,9 +16,9 @@ def replica(name: str, vsn: int = 1) -> Replication:
     return Replication(State((name, vsn)), OPTS)
 
 
-def heartbeat(r: Replication, with_delta: bool = False) -> Heartbeat:
+def heartbeat(r: Replication, with_delta: bool = False, sent_at: float | None = None) -> Heartbeat:
     delta = wire.encode_delta(r.state.take_delta()) if with_delta else None
-    return Heartbeat(r.me, delta, wire.encode_clock(r.state.clocks()))
+    return Heartbeat(r.me, delta, wire.encode_clock(r.state.clocks()), sent_at)
 
 
 def beats(outs) -> list:
@@ -156,3 +156,38 @@ def test_pieces_of_other_messages_do_not_keep_a_lost_request_waiting_for_ever():
         a.transfer_progress("b", t * 0.5)  # big heartbeats keep coming, the answer never
         asked += [t * 0.5 for _, m in a.tick(t * 0.5)[0] if isinstance(m, TransferReq)]
     assert asked[:2] == [0.5, 80.5]  # asked again after 10 transfer timeouts (8 s each)
+
+
+def test_any_message_of_an_up_peer_keeps_it_up_not_only_heartbeats():
+    a, b = replica("a"), replica("b")
+    a.on_heartbeat(heartbeat(b, sent_at=0.0), 0.0)
+    t = 0.0
+    while t < 3 * OPTS.down_period:  # b sends pieces of a big transfer, and asks, for long
+        t += 1.0
+        a.transfer_progress("b", t)
+        a.on_transfer_req(TransferReq(1, b.me, wire.encode_clock(b.state.clocks())), t)
+        a.tick(t)
+    assert a.status(t)["b"]["status"] == "up"
+    a.tick(t + OPTS.down_period + 1)  # and then silence: down
+    assert a.status(t + OPTS.down_period + 1)["b"]["status"] == "down"
+
+
+def test_a_dead_peers_late_heartbeats_never_bring_it_back():
+    a, b = replica("a"), replica("b")
+    b.state.join(1, "t", "bob", b"\x80")
+    a.on_heartbeat(heartbeat(b, True, sent_at=100.0), 0.5)  # b's clock runs 99.5 s ahead
+    a.tick(1.0)
+    assert a.tick(7.0)[1][1], "b down after down_period: its presence leaves"
+    # b died at about 6.0 (its time 105.5); the network now delivers what it sent before
+    for sent in (104.0, 105.0, 105.4):
+        joins, _ = a.on_heartbeat(heartbeat(b, sent_at=sent), 8.0)
+        assert joins == [] and a.status(8.0)["b"]["status"] == "down"
+    # a live peer proves it: a heartbeat sent after a first heard it again brings it back
+    c = replica("c")
+    c.state.join(2, "t", "carol", b"\x80")
+    a.on_heartbeat(heartbeat(c, True, sent_at=0.0), 0.5)
+    a.tick(7.5)
+    assert a.status(7.5)["c"]["status"] == "down"
+    assert a.on_heartbeat(heartbeat(c, sent_at=7.9), 8.0) == ([], [])  # heard again
+    joins, _ = a.on_heartbeat(heartbeat(c, sent_at=8.2), 8.3)  # sent after: alive
+    assert [e.key for e in joins] == ["carol"] and a.status(8.3)["c"]["status"] == "up"

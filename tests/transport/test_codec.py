@@ -71,7 +71,7 @@ def test_every_message_round_trips():
         m.ClusterCast("*", 0, b"x"),
         m.PeerCast("a", 1, b"x"),
         m.FromPeer("a", b"x"),
-        m.Heartbeat(["a", 1], None, [["a", 1, 3]]),
+        m.Heartbeat(["a", 1], None, [["a", 1, 3]], 2.5),
         m.TransferReq(7, ["a", 1], []),
         m.TransferAck(7, ["b", 2], None, [["b", 2], [], [], []]),
         m.GracefulPermdown(["a", 1]),

@@ -20,7 +20,7 @@ def big_snapshot(n: int) -> TransferAck:
 
 
 def test_a_small_message_is_one_frame_and_a_big_one_comes_back_whole():
-    small = Heartbeat(["a", 1], None, [])
+    small = Heartbeat(["a", 1], None, [], 1.0)
     assert fragments.encode(small) == [codec.encode(small)]
     ack = big_snapshot(3000)
     frames = fragments.encode(ack, limit=16 * 1024)

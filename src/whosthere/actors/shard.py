@@ -285,7 +285,7 @@ class ShardActor(Actor):
 
     def on_transfer_req(self, msg: TransferReq, sender: str) -> None:
         if not self.departed:
-            self._send_peers(self._replication.on_transfer_req(msg))
+            self._send_peers(self._replication.on_transfer_req(msg, time.monotonic()))
 
     def on_transfer_ack(self, msg: TransferAck, sender: str) -> None:
         if not self.departed:

@@ -50,6 +50,10 @@ class Peer:
     heard_at: float  # monotonic seconds of the last heartbeat
     clock: dict[ReplicaRef, int]
     returning_since: float | None = None  # down, heard again, not caught up yet
+    # the least (our receive time - its send time) seen: its clock's offset from ours, plus
+    # the quickest delivery; None until a heartbeat says when it was sent
+    offset: float | None = None
+    back_heard_at: float | None = None  # down: when a message of it came again (our time)
 
 
 class Replication:
@@ -96,10 +100,10 @@ class Replication:
         if state.delta:
             delta = state.take_delta()
             self.generations = deltas.push(self.generations, delta, self.caps, state.delta)
-            outs.append(("*", Heartbeat(self.me, wire.encode_delta(delta), self._clocks())))
+            outs.append(("*", Heartbeat(self.me, wire.encode_delta(delta), self._clocks(), now)))
             self.silent = 0
         elif self.silent >= self.max_silent or not self.peers:  # alone: keep announcing
-            outs.append(("*", Heartbeat(self.me, None, self._clocks())))
+            outs.append(("*", Heartbeat(self.me, None, self._clocks(), now)))
             self.silent = 0
         else:
             self.silent += 1
@@ -132,6 +136,7 @@ class Replication:
                 log.info("%s: replica %s permdown after %.1f s of silence", self.me, ref, silence)
             elif silence > self.down_period and not peer.down:
                 peer.down = True
+                peer.back_heard_at = None
                 self.asked.pop(name, None)  # ask afresh when it is heard again
                 leaves += self.state.replica_down(ref)
                 log.info("%s: replica %s down after %.1f s of silence", self.me, ref, silence)
@@ -166,6 +171,17 @@ class Replication:
             peer = self.peers[name] = Peer(vsn, False, now, clocks)
             self.silent = self.max_silent  # announce this replica to the newcomer next tick
             log.info("%s: replica %s up", self.me, ref)
+        if msg.sent_at is not None:
+            lag = now - msg.sent_at
+            peer.offset = lag if peer.offset is None else min(peer.offset, lag)
+        if peer.down and not self._sent_since_back(name, peer, msg.sent_at, now):
+            # Not proof of life: a heartbeat sent before this replica heard the peer again
+            # may come from a peer dead since, delivered late by the network (a kernel still
+            # holding its unsent data when a cut cable came back). Its delta is kept, hidden.
+            if delta is not None:
+                self.state.merge(delta)
+                self.generations = deltas.push(self.generations, delta, self.caps, self.state.delta)
+            return [], []
         if peer.returning_since is not None and now - peer.heard_at > self.down_period:
             peer.returning_since = None  # silent again since: catching up starts over
         peer.heard_at = now
@@ -185,9 +201,11 @@ class Replication:
         )
         return joins, leaves
 
-    def on_transfer_req(self, msg: TransferReq) -> list[Out]:
+    def on_transfer_req(self, msg: TransferReq, now: float | None = None) -> list[Out]:
         ref = wire.decode_replica(msg.replica)
         clocks = wire.decode_clock(msg.clocks)
+        if now is not None:
+            self._alive(ref[0], ref[1], now)
         chosen = deltas.for_peer(self.generations, clocks)
         self.transfers += 1
         if chosen is not None:
@@ -210,12 +228,25 @@ class Replication:
             return [], []
         log.info("%s: transfer from %s merged", self.me, msg.replica)
         name, vsn = wire.decode_replica(msg.replica)
+        self._alive(name, vsn, now)
         if self.asked.get(name, (None,))[0] == msg.ref:
             del self.asked[name]  # answered (a late answer to an older request is not)
         peer = self.peers.get(name)
         if peer is not None and peer.vsn == vsn and peer.returning_since is not None:
             joins = joins + self._show_when_caught_up(name, peer, now)
         return joins, leaves
+
+    def _sent_since_back(self, name: str, peer: Peer, sent_at: float | None, now: float) -> bool:
+        """Whether a down peer's heartbeat proves it alive: it was sent after this replica
+        first heard from the peer again (told by the sender's clock and the offset between
+        the clocks), so the peer lived past that moment. Without a send time: yes."""
+        if peer.back_heard_at is None:
+            peer.back_heard_at = now
+            log.info("%s: replica %s heard again; shown once a heartbeat sent since comes",
+                     self.me, (name, peer.vsn))  # fmt: skip
+        if sent_at is None or peer.offset is None:
+            return True
+        return sent_at + peer.offset > peer.back_heard_at
 
     def _show_when_caught_up(self, name: str, peer: Peer, now: float) -> list[Element]:
         """Show a down peer that speaks again once nothing it changed is missing here
@@ -232,6 +263,7 @@ class Replication:
             return []
         peer.down = False
         peer.returning_since = None
+        peer.back_heard_at = None
         log.info("%s: replica %s up again", self.me, ref)
         return self.state.replica_up(ref)
 
@@ -241,9 +273,17 @@ class Replication:
         _, at, progress = asked
         return now - progress < self.transfer_timeout and now - at < 10 * self.transfer_timeout
 
+    def _alive(self, name: str, vsn: int | None, now: float) -> None:
+        """A message of an up peer's shard came: a sign of life as good as a heartbeat (a
+        peer busy sending a transfer is not silent). A down one needs a heartbeat to return."""
+        peer = self.peers.get(name)
+        if peer is not None and not peer.down and vsn in (None, peer.vsn):
+            peer.heard_at = max(peer.heard_at, now)
+
     def transfer_progress(self, name: str, now: float) -> None:
-        """A piece of a big message from `name` came: an answer still arriving is not
-        asked for again."""
+        """A piece of a big message from `name` came: a sign of life, and an answer still
+        arriving is not asked for again."""
+        self._alive(name, None, now)
         if name in self.asked:
             ref, at, _ = self.asked[name]
             self.asked[name] = (ref, at, now)

@@ -359,6 +359,7 @@ class Heartbeat(NamedTuple):
     replica: list[Any]  # [node name, vsn]
     delta: list[Any] | None
     clocks: list[Any]
+    sent_at: StartTime  # the sender's monotonic clock: tells a late-delivered one from a new one
 
 
 class TransferReq(NamedTuple):
