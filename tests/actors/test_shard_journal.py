@@ -87,3 +87,16 @@ def test_a_crash_during_a_dump_replays_the_old_dump_and_both_journals(tmp_path, 
     os.close(journal.fd)  # the shard dies here
     state2, _ = ShardJournal(tmp_path, "shard.0", log).recover(record_delta=True)
     assert fingerprint(state2) == fingerprint(state)
+
+
+def test_a_failed_write_stops_journaling_and_leaves_no_journal_to_recover(tmp_path, caplog):
+    journal, state, _ = fresh(tmp_path)
+    state.join(1, "t", "a", meta(1))
+    journal.flush()
+    os.close(journal.fd)  # the next write fails (EBADF), as a full disk would
+    state.join(1, "t", "b", meta(2))
+    with caplog.at_level(logging.ERROR):
+        journal.flush()
+    assert journal.failed and "journaling stopped" in caplog.text
+    assert ShardJournal(tmp_path, "shard.0", log).recover(record_delta=True) is None
+    journal.fd = -1

@@ -494,9 +494,8 @@ class ShardActor(Actor):
             self.log.warning("%s: fetcher %d restarted: %d fetch(es) sent again, %d published "
                              "unfetched after a second loss", self.name, msg.index, len(again),
                              len(given_up))  # fmt: skip
-        fetcher = self.fetchers[msg.index]
         for fid, topic, diff in again:
-            fetcher.cast(Fetch(self.index, fid, topic, diff["joins"], diff["leaves"]))
+            self._send_fetch(fid, topic, diff)
         for topic, diffs in given_up:
             for diff in diffs:
                 self._publish(topic, diff)
@@ -590,19 +589,23 @@ class ShardActor(Actor):
                 self._publish(topic, packed)
                 continue
             diff = codec.unpack(packed)
-            fid = self.fetches.add(topic, diff, time.monotonic())
-            fetcher = self.fetchers[fid % len(self.fetchers)]
-            try:
-                fetcher.cast(Fetch(self.index, fid, topic, diff["joins"], diff["leaves"]), 0)
-            except NodeUnavailable:  # its queue is full: out as made, in the topic's order
-                self.fetch_overflows += 1
-                if self.fetch_overflows % 1000 == 1:
-                    self.log.warning("%s: fetchers %d diffs behind; %d published unfetched",
-                                     self.name, _HELPER_HWM, self.fetch_overflows)  # fmt: skip
-                released = self.fetches.fetched(fid, None)
-                if released is not None:
-                    for out in released[1]:
-                        self._publish(topic, out)
+            self._send_fetch(self.fetches.add(topic, diff, time.monotonic()), topic, diff)
+
+    def _send_fetch(self, fid: int, topic: str, diff: Diff) -> None:
+        """To fetcher `fid % fetchers`, never waiting: when its queue is full, the diff goes
+        out as made, in the topic's order."""
+        fetcher = self.fetchers[fid % len(self.fetchers)]
+        try:
+            fetcher.cast(Fetch(self.index, fid, topic, diff["joins"], diff["leaves"]), 0)
+        except NodeUnavailable:
+            self.fetch_overflows += 1
+            if self.fetch_overflows % 1000 == 1:
+                self.log.warning("%s: fetchers %d diffs behind; %d published unfetched",
+                                 self.name, _HELPER_HWM, self.fetch_overflows)  # fmt: skip
+            released = self.fetches.fetched(fid, None)
+            if released is not None:
+                for out in released[1]:
+                    self._publish(topic, out)
 
     def _publish(self, topic: str, diff: bytes | Diff) -> None:
         """Queue a diff (packed, or as fetched) for `on_idle`; the client actor gets it now."""

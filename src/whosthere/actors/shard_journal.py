@@ -160,6 +160,10 @@ class ShardJournal:
             self.failed = True
             self.log.error("%s: journal write failed, journaling stopped: a crash of this "
                            "shard will now lose its presences: %s", self.name, exc)  # fmt: skip
+            # a journal missing its tail would bring back an older state under the same
+            # vsn, which peers would take for this one: better none (a new replica)
+            with contextlib.suppress(OSError):
+                self._remove_all()
             return
         self.written += len(data)
 
