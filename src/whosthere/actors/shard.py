@@ -184,6 +184,10 @@ class ShardActor(Actor):
                              "replica", self.name, len(self.state), len(owners))  # fmt: skip
             # diffs made just before the crash may not have gone out: subscribers resync
             self.pubsub.cast(ShardRestarted(self.index, self.pool_size))
+        if self.client is not None and self.spec.incarnation > 0:
+            # the client actor may have asked the last incarnation for its state and never
+            # had the answer (until then it drops this shard's diffs): it gets it now
+            self.on_metas_resync(MetasResync())
         if self.use_fetchers:
             self.call_later(_CHECK_FETCHES_S, self._check_fetches)
         if self.replication is not None:  # the first tick comes soon, spread between nodes
