@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from whosthere.tracker import wire
 from whosthere.tracker.options import TrackerOptions
 from whosthere.tracker.replication import Replication
@@ -191,3 +193,13 @@ def test_a_dead_peers_late_heartbeats_never_bring_it_back():
     assert a.on_heartbeat(heartbeat(c, sent_at=7.9), 8.0) == ([], [])  # heard again
     joins, _ = a.on_heartbeat(heartbeat(c, sent_at=8.2), 8.3)  # sent after: alive
     assert [e.key for e in joins] == ["carol"] and a.status(8.3)["c"]["status"] == "up"
+
+
+def test_an_idle_replica_speaks_within_two_thirds_of_down_period():
+    opts = TrackerOptions(broadcast_period=0.2, down_period=2.0, max_silent_periods=10)
+    a = Replication(State(("a", 1)), opts)
+    a.on_heartbeat(heartbeat(replica("b")), 0.0)
+    sent = [t / 10 for t in range(2, 100, 2) if beats(a.tick(t / 10)[0])]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(sent)]
+    assert gaps and max(gaps) <= 2.0 * 2 / 3 + 1e-9  # not every 11 x 0.2 s > down_period
+    assert Replication(State(("c", 1)), TrackerOptions()).max_silent == 10  # Phoenix's default

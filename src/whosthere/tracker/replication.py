@@ -61,8 +61,16 @@ class Replication:
         self.state = state
         self.me = wire.encode_replica(state.replica)
         self.broadcast_period = float(options.broadcast_period)
-        self.max_silent = int(options.max_silent_periods)
         self.down_period = float(options.down_period)
+        # An idle replica still speaks at least twice per down_period, or a live but quiet
+        # peer would be marked down (0.2 s broadcasts, down_period 2 s and Phoenix's 10
+        # silent periods made an idle cluster flap). Phoenix's defaults are unchanged.
+        self.max_silent = max(
+            1,
+            min(
+                int(options.max_silent_periods), int(self.down_period / (2 * self.broadcast_period))
+            ),
+        )
         self.permdown_period = float(options.permdown_period)
         self.sample_periods = int(options.clock_sample_periods)
         self.caps = tuple(int(c) for c in options.max_delta_sizes)
