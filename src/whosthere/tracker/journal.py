@@ -11,7 +11,7 @@ Besides the state's own operations the journal holds one of the shard's: `("k", 
 start)`, the start time an owner was linked with (pid reuse is checked against it).
 
 Frames are `<length u32><crc32 u32><msgpack list of operations>`. A frame cut short by a
-crash, or one whose checksum fails, ends the journal there: `read_frames` says where, and
+crash, or one whose checksum fails, ends the journal there: `FrameReader` says where, and
 the caller cuts the file at that point.
 
 Pure: bytes in, bytes out; the files are the shard's (`actors.shard_journal`).
@@ -108,13 +108,6 @@ class FrameReader:
             at += _HEADER.size + length
             yield ops
             self.good = at
-
-
-def read_frames(data: bytes | memoryview) -> tuple[list[list[Any]], int, str | None]:
-    """Every frame's operations, the length of the good part, and why it ends early."""
-    reader = FrameReader(data)
-    frames = list(reader)
-    return frames, reader.good, reader.why
 
 
 def replay(state: State, ops: list[Any], starts: Starts) -> None:
