@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from tests.support.actors import Boom, Count, Echo, Later, Nap, start_echo_actor
+from tests.support.actors import Boom, Count, Echo, Later, Nap, Trace, Work, start_echo_actor
 from tests.support.waiting import wait_until
 from whosthere.errors import ActorError, MalformedFrame, NodeUnavailable, NotTracked
 from whosthere.transport import codec
@@ -92,6 +92,25 @@ def test_a_call_that_times_out_raises_and_its_late_reply_is_ignored(echo):
 def test_a_deferred_reply_from_a_timer(echo):
     _, dealer, _ = echo
     assert dealer.call(Later(0.05)) == "later"
+
+
+def test_long_work_lets_timers_run_between_slices_and_messages_wait_in_order(echo):
+    """Long work (a merge of a peer's whole state) must not starve timers (heartbeats),
+    and what comes meanwhile is handled after it, in the order it came."""
+    _, dealer, _ = echo
+    dealer.cast(Work(10, 0.03))
+    for i in range(3):
+        dealer.cast(Echo(i))
+    trace = dealer.call(Trace())  # handled after the work and the echoes
+    kinds = [t[0] for t in trace]
+    assert [t for t in trace if t[0] != "tick"] == [
+        *(["slice", i] for i in range(10)),
+        ["echo", 0],
+        ["echo", 1],
+        ["echo", 2],
+    ]
+    last_slice = max(i for i, k in enumerate(kinds) if k == "slice")
+    assert kinds[:last_slice].count("tick") >= 5, "timers ran between the slices"
 
 
 def test_malformed_frames_are_rejected_and_the_actor_lives_on(echo):

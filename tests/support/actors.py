@@ -35,20 +35,53 @@ class Later(NamedTuple):
     seconds: float  # reply after this long, from a timer
 
 
-for _tag, _cls in enumerate((Echo, Boom, Nap, Count, Later), start=1001):
+class Work(NamedTuple):
+    slices: int  # long work of this many slices, each `seconds` of busy CPU
+    seconds: float
+
+
+class Trace(NamedTuple):
+    pass  # what happened since the last Work: ["slice", i], ["tick"], ["echo", value]
+
+
+for _tag, _cls in enumerate((Echo, Boom, Nap, Count, Later, Work, Trace), start=1001):
     codec.register(_cls, _tag)
 
 
 class EchoActor(Actor):
-    handles = (Echo, Boom, Nap, Count, Later)
+    handles = (Echo, Boom, Nap, Count, Later, Work, Trace)
 
     def __init__(self, spec: ActorSpec) -> None:
         super().__init__(spec)
         self.count = 0
+        self.trace: list[list[Any]] = []
 
     def on_echo(self, msg: Echo) -> Any:
         self.count += 1
+        self.trace.append(["echo", msg.value])
         return msg.value
+
+    def on_work(self, msg: Work) -> None:
+        self.trace = []
+
+        def work() -> Any:
+            for i in range(msg.slices):
+                end = time.monotonic() + msg.seconds
+                while time.monotonic() < end:
+                    pass  # busy, as a merge is
+                self.trace.append(["slice", i])
+                yield
+
+        def tick() -> None:
+            self.trace.append(["tick"])
+            if self.working:
+                self.call_later(0.01, tick)
+
+        self.start_work(work())
+        self.call_later(0.01, tick)
+
+    def on_trace(self, msg: Trace) -> list[list[Any]]:
+        return self.trace
 
     def on_boom(self, msg: Boom) -> None:
         if msg.kind == "refuse":

@@ -2,9 +2,11 @@
 
 Random programs over 2-4 replicas: joins, leaves and updates; deltas flushed and then
 delivered in any order, duplicated or dropped; transfers answered from delta generations or
-whole snapshots; replicas flagged down, up and permdown. Then the network heals (everyone up,
-everything flushed, snapshots exchanged) and every replica must list the same presences, and
-each must have reported joins and leaves that add up to what it lists.
+whole snapshots; replicas flagged down, up and permdown. A delivery or a transfer may be
+merged in parts (as a busy shard does), with any of the above between two parts. Then the
+network heals (everyone up, everything flushed, snapshots exchanged) and every replica must
+list the same presences, and each must have reported joins and leaves that add up to what
+it lists.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class Replica:
         self.state = State(ref)
         self.generations: list[Delta] = []
         self.view: dict[tuple, tuple] = {}  # dot -> (topic, pid, key, meta), from reports
+        self.merging: list = []  # merges in parts under way: each an iterator of parts
 
     def report(self, joins, leaves):
         for e in leaves:
@@ -64,6 +67,8 @@ ops = st.lists(
         st.tuples(st.just("down"), st.integers(0, 3), st.integers(0, 3)),
         st.tuples(st.just("up"), st.integers(0, 3), st.integers(0, 3)),
         st.tuples(st.just("permdown"), st.integers(0, 3), st.integers(0, 3)),
+        st.tuples(st.just("in_parts"), st.integers(0, 3), st.integers(0, 3), st.booleans()),
+        st.tuples(st.just("part"), st.integers(0, 3)),
     ),
     min_size=20,  # hypothesis favours short lists; short programs rarely race anything
     max_size=120,
@@ -79,6 +84,23 @@ def transfer(to: Replica, frm: Replica, *, whole: bool = False) -> None:
         to.generations = deltas.push(to.generations, chosen, CAPS, to.state.delta)
     else:
         to.generations = []
+
+
+def in_parts(to: Replica, payload, size: int):
+    """A merge in parts of `size`, each part reported as it is merged (a busy shard's)."""
+    for joins, leaves in to.state.merge_in_parts(payload, size):
+        to.report(joins, leaves)
+        yield
+    if isinstance(payload, Delta):
+        to.generations = deltas.push(to.generations, payload, CAPS, to.state.delta)
+    else:
+        to.generations = []
+
+
+def finish(x: Replica) -> None:
+    while x.merging:
+        for _ in x.merging.pop(0):
+            pass
 
 
 def up(x: Replica, ref) -> None:
@@ -146,8 +168,21 @@ def test_replicas_converge(n, program, rnd):  # noqa: PLR0915 (one program, read
                 s.permdown(ref)
                 x.generations = []
                 assert not any(d[0] == ref for d in x.view), "permdown kept elements in view"
+        elif kind == "in_parts":  # a transfer or a delivery, merged a part at a time
+            frm = replicas[op[2] % n]
+            if op[3] and inbox[i]:
+                delta = inbox[i].pop(0)
+                if delta.replica in s.context and delta.replica not in s.down:
+                    x.merging.append(in_parts(x, delta, 1 + op[2] % 3))
+            elif frm is not x and frm.state.replica in s.context:
+                snapshot = frm.state.extract(s.replica, s.clocks())
+                x.merging.append(in_parts(x, snapshot, 1 + op[2] % 3))
+        elif kind == "part" and x.merging and next(x.merging[0], StopIteration) is StopIteration:
+            x.merging.pop(0)
 
-    # the network heals: everyone up, every delta delivered, snapshots both ways
+    # the network heals: merges under way end, everyone up, every delta delivered, snapshots
+    for x in replicas:
+        finish(x)
     for x in replicas:
         for ref in refs:
             up(x, ref)

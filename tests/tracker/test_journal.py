@@ -64,6 +64,7 @@ ops = st.lists(
         st.tuples(st.just("exit"), st.booleans(), st.sampled_from(PIDS)),
         st.tuples(st.just("sync"), st.booleans()),  # a flushed delta to the other replica
         st.tuples(st.just("transfer"), st.booleans()),  # a whole-state snapshot to the other
+        st.tuples(st.just("in_parts"), st.booleans()),  # the same, merged a part at a time
         st.tuples(st.just("down"), st.booleans()),
         st.tuples(st.just("up"), st.booleans()),
         st.tuples(st.just("permdown"), st.booleans()),
@@ -102,6 +103,9 @@ def test_dump_plus_replayed_frames_rebuild_the_same_replica(program):
             other.merge(me.take_delta())
         elif kind == "transfer":
             other.merge(me.extract(other.replica, other.context))
+        elif kind == "in_parts":
+            for _ in other.merge_in_parts(me.extract(other.replica, other.context), 1):
+                pass
         elif kind == "down":
             me.replica_down(other.replica)
         elif kind == "up":

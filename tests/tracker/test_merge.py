@@ -250,3 +250,49 @@ def test_removes_learnt_from_a_peer_are_gossiped_on():
     assert keys(b) == [] and keys(a) == ["carol"]
     _, leaves = a.merge(b.take_delta())
     assert names(leaves) == ["carol"] and keys(a) == []
+
+
+def test_a_merge_in_parts_adds_up_to_the_merge():
+    b, c = cluster(B, C)
+    for i in range(7):
+        b.join(2, "t", f"b{i}", b"")
+    early = b.take_delta()  # a has it: the snapshot's removes must reach b3 and b4
+    b.leave(2, "t", "b3")
+    for i in range(5):
+        c.join(3, "t", f"c{i}", b"")
+    b.merge(c.take_delta())
+    b.leave(2, "t", "b4")
+    whole, parts = State(A), State(A)
+    for s in (whole, parts):
+        for r in (B, C):
+            s.replica_up(r)
+        s.merge(early)
+    snapshot = b.extract(A, whole.clocks())
+    joins, leaves = whole.merge(snapshot)
+    reported = [(names(j), names(lv)) for j, lv in parts.merge_in_parts(snapshot, 2)]
+    assert len(reported) > 3, "merged in several parts"
+    assert sorted(k for j, _ in reported for k in j) == names(joins)
+    assert sorted(k for _, lv in reported for k in lv) == names(leaves) == ["b3", "b4"]
+    assert keys(parts) == keys(whole) == ["b0", "b1", "b2", "b5", "b6", "c0", "c1", "c2",
+                                          "c3", "c4"]  # fmt: skip
+    assert parts.context == whole.context and parts.clouds == whole.clouds
+
+
+def test_a_replica_known_only_midway_through_a_merge_in_parts_is_not_counted_as_seen():
+    """b's snapshot names c, unknown to a when the merge begins: its elements are skipped
+    by the first parts. If c comes up meanwhile, the merge must not take c's context (the
+    elements skipped would then count as seen, and never come)."""
+    a = State(A)
+    b, c = cluster(B, C)
+    a.replica_up(B)
+    for i in range(6):
+        c.join(3, "t", f"c{i}", b"")
+    b.merge(c.take_delta())
+    snapshot = b.extract(A, {A: 0, B: 0, C: 0})  # as if a had known c when it asked
+    parts = a.merge_in_parts(snapshot, 2)
+    next(parts)
+    a.replica_up(C)  # c's own heartbeat, between two parts
+    for _ in parts:
+        pass
+    a.merge(c.extract(A, a.clocks()))  # c's transfer brings what the merge skipped
+    assert keys(a) == [f"c{i}" for i in range(6)]

@@ -203,3 +203,40 @@ def test_an_idle_replica_speaks_within_two_thirds_of_down_period():
     gaps = [later - earlier for earlier, later in itertools.pairwise(sent)]
     assert gaps and max(gaps) <= 2.0 * 2 / 3 + 1e-9  # not every 11 x 0.2 s > down_period
     assert Replication(State(("c", 1)), TrackerOptions()).max_silent == 10  # Phoenix's default
+
+
+def test_a_peer_is_silent_only_up_to_what_this_shard_has_read():
+    """A shard busy for longer than down_period has the peer's heartbeats unread in its own
+    queue: they count once read, and the silence is measured up to what has been read."""
+    a, b = replica("a"), replica("b")
+    a.on_heartbeat(heartbeat(b), 0.0)
+    a.tick(9.0, read_until=3.0)  # a's queue was last seen empty at 3.0
+    assert a.status(9.0)["b"]["status"] == "up" and not a.events["down"]
+    a.tick(9.5, read_until=9.4)  # read up to 9.4 and still nothing from b: it is down
+    assert a.status(9.5)["b"]["status"] == "down" and a.events["down"] == 1
+
+
+def test_no_transfer_is_asked_for_while_a_merge_is_under_way():
+    """Mid-merge, this replica's clocks lag behind what it has received: a peer would look
+    ahead of it and be asked for a transfer it does not need."""
+    a, b = replica("a"), replica("b")
+    b.state.join(1, "t", "bob", b"\x80")
+    b.state.take_delta()  # lost: a is behind b
+    a.on_heartbeat(heartbeat(b), 0.0)
+    asked = [m for t in (1.0, 2.0, 3.0) for _, m in a.tick(t, busy=True)[0]
+             if isinstance(m, TransferReq)]  # fmt: skip
+    assert asked == []
+    a.on_heartbeat(heartbeat(b), 3.5)
+    assert any(isinstance(m, TransferReq) for _, m in a.tick(4.0)[0]), "asked once idle"
+
+
+def test_a_heartbeat_merged_in_parts_adds_up_to_one_merged_at_once():
+    a, whole, b = replica("a"), replica("a"), replica("b")
+    for i in range(5_000):
+        b.state.join(1, f"t{i % 7}", f"k{i}", b"\x80")
+    beat = heartbeat(b, with_delta=True)
+    joins, _ = whole.on_heartbeat(beat, 0.0)
+    parts = list(a.heartbeat_parts(beat, 0.0))
+    assert len(parts) > 2
+    assert sum(len(j) for j, _ in parts) == len(joins) == 5_000
+    assert a.state.context == whole.state.context and len(a.state) == len(whole.state)

@@ -4,6 +4,11 @@ Phases, as pykka's: setup (`on_start`: bind, connect), running (the loop below),
 (`on_stop`, then every socket is closed). The loop polls the mailbox, any extra sockets or file
 descriptors (`add_reader`) and the signal wakeup fd, and runs due timers (`call_later`).
 
+Long work (merging a peer's whole state) runs in slices (`start_work`): timers and other
+sources are served between slices, so heartbeats go out on time, and the mailbox waits until
+the work is done, so messages are still handled in the order they came. `input_read_at` tells
+how far input has been read: a quiet peer is only silent if its messages are not waiting here.
+
 A message `Foo` is handled by the method `on_foo` (snake case of the class name): the one
 routing rule, `routes`, which actors also use for messages that arrive wrapped in others (a
 shard's replication messages, a cluster actor's frames from peers). For a call,
@@ -23,7 +28,7 @@ import re
 import signal
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, NamedTuple
 
@@ -38,6 +43,7 @@ from whosthere.transport.sockets import Dealer, bind, socket
 log = logging.getLogger("whosthere.actor")
 
 MAILBOX_BATCH = 512  # messages handled per wakeup before other sources get a turn
+WORK_SLICE_S = 0.02  # long work runs this long between two turns of timers and readers
 NOREPLY: Any = object()  # returned by a handler that will `reply` later
 
 
@@ -128,6 +134,10 @@ class Actor:
         self._timers: list[tuple[float, int, Timer]] = []
         self._timer_seq = itertools.count()
         self._stopping = False
+        self._work: list[Iterator[None]] = []  # long work in slices, oldest first
+        # monotonic time up to which every message that came was read: the mailbox was
+        # seen empty then (it waits while long work runs)
+        self.input_read_at = time.monotonic()
         self._wakeup_r = -1
         self.supervisor: Dealer | None = None  # casts to the supervisor (None for it)
         self._handlers = routes(self, (Ping, GetStats, *self.handles))
@@ -171,6 +181,35 @@ class Actor:
         timer = Timer(time.monotonic() + delay, callback)
         heapq.heappush(self._timers, (timer.deadline, next(self._timer_seq), timer))
         return timer
+
+    def start_work(self, work: Iterator[None]) -> None:
+        """Run `work` (a generator) in slices of about `WORK_SLICE_S`, each `next()` a step
+        that leaves the actor consistent. Until it ends, timers and other readers are served
+        between slices and the mailbox is not read: what comes meanwhile is handled after,
+        in order. Works started while one runs run after it."""
+        if not self._work:
+            self._poller.unregister(self.mailbox)
+        self._work.append(work)
+
+    @property
+    def working(self) -> bool:
+        """Whether long work is under way (the mailbox waits)."""
+        return bool(self._work)
+
+    def _work_slice(self) -> None:
+        end = time.monotonic() + WORK_SLICE_S
+        while self._work:
+            try:
+                next(self._work[0])
+            except StopIteration:
+                self._work.pop(0)
+            except Exception:  # a bug in one piece of work must not end the actor
+                self._work.pop(0)
+                self.log.exception("%s: long work failed", self.name)
+            if time.monotonic() >= end:
+                break
+        if not self._work:
+            self._poller.register(self.mailbox, zmq.POLLIN)
 
     def reply(self, request: Request, value: Any) -> None:
         """Answer a call that a handler deferred with NOREPLY."""
@@ -222,11 +261,17 @@ class Actor:
     def _serve(self) -> None:
         poll = self._poller.poll
         readers = self._readers
+        mailbox = self.mailbox
         while not self._stopping:
             timeout = None
-            if self._timers:
+            if self._work:
+                timeout = 0
+            elif self._timers:
                 timeout = max(0, int((self._timers[0][0] - time.monotonic()) * 1000) + 1)
-            for source, _ in poll(timeout):
+            ready = poll(timeout)
+            if not self._work and not any(source is mailbox for source, _ in ready):
+                self.input_read_at = time.monotonic()  # nothing waits in the mailbox
+            for source, _ in ready:
                 callback = readers.get(source)
                 if callback is not None:
                     try:
@@ -237,6 +282,8 @@ class Actor:
                     break
             else:
                 self._run_timers()
+                if self._work:
+                    self._work_slice()
             try:
                 self.on_idle()
             except Exception:
@@ -267,15 +314,20 @@ class Actor:
         self.stop()
 
     def _on_mailbox(self) -> None:
+        """Up to `MAILBOX_BATCH` messages; a due timer or long work started ends the turn."""
         recv = self.mailbox.recv_multipart
+        timers = self._timers
         for _ in range(MAILBOX_BATCH):
             try:
                 frames = recv(zmq.NOBLOCK)
             except zmq.Again:
+                self.input_read_at = time.monotonic()
                 return
             self._handle(frames)
-            if self._stopping:
+            if self._stopping or self._work:
                 return
+            if timers and timers[0][0] <= time.monotonic():
+                return  # a heartbeat must not wait for a long queue of messages
 
     def _handle(self, frames: list[bytes]) -> None:
         if len(frames) != 3:

@@ -23,9 +23,10 @@ import gc
 import math
 import random
 import time
+from collections.abc import Iterator
 from typing import Any
 
-from whosthere.actors.base import NOREPLY, Actor, ActorSpec, Request, routes
+from whosthere.actors.base import NOREPLY, WORK_SLICE_S, Actor, ActorSpec, Request, routes
 from whosthere.actors.shard_journal import ShardJournal
 from whosthere.errors import (
     MalformedFrame,
@@ -40,6 +41,7 @@ from whosthere.tracker.departure import Departure
 from whosthere.tracker.fetch_queue import Diff, FetchQueue
 from whosthere.tracker.list_cache import ListCache
 from whosthere.tracker.refs import RefMaker
+from whosthere.tracker.replication import Diff as Changed
 from whosthere.tracker.replication import Replication
 from whosthere.tracker.state import Element, State
 from whosthere.transport import codec, fragments
@@ -239,6 +241,7 @@ class ShardActor(Actor):
             **(
                 {"replicas": self.replication.status(time.monotonic()),
                  "transfers": self.replication.transfers,
+                 "replication_events": dict(self.replication.events),
                  "fragmented_lost": self.reassembler.lost,
                  "too_large": self.too_large,
                  "departing": self.departing.missing() if self.departing is not None else None}
@@ -253,7 +256,7 @@ class ShardActor(Actor):
         assert self.replication is not None
         now = time.monotonic()
         self.reassembler.expire(now)
-        outs, diff = self.replication.tick(now)
+        outs, diff = self.replication.tick(now, self.input_read_at, self.working)
         self._send_peers(outs)
         self.report(_by_topic(*diff))
         self.call_later(self.replication.broadcast_period, self._tick)
@@ -285,7 +288,7 @@ class ShardActor(Actor):
 
     def on_heartbeat(self, msg: Heartbeat, sender: str) -> None:
         if not self.departed:
-            self.report(_by_topic(*self._replication.on_heartbeat(msg, time.monotonic())))
+            self._merge(self._replication.heartbeat_parts(msg, time.monotonic()))
 
     def on_transfer_req(self, msg: TransferReq, sender: str) -> None:
         if not self.departed:
@@ -293,7 +296,27 @@ class ShardActor(Actor):
 
     def on_transfer_ack(self, msg: TransferAck, sender: str) -> None:
         if not self.departed:
-            self.report(_by_topic(*self._replication.on_transfer_ack(msg, time.monotonic())))
+            self._merge(self._replication.transfer_ack_parts(msg, time.monotonic()))
+
+    def _merge(self, parts: Iterator[Changed]) -> None:
+        """Report each part's diff; what is left after a slice of work goes on as long work
+        (`start_work`), so that heartbeats are sent and timers run between parts."""
+        if not self.working:  # (work waiting goes first)
+            end = time.monotonic() + WORK_SLICE_S
+            for joins, leaves in parts:
+                if joins or leaves:
+                    self.report(_by_topic(joins, leaves))
+                if time.monotonic() >= end:
+                    break
+            else:
+                return  # all merged within one slice
+        self.start_work(self._merge_rest(parts))
+
+    def _merge_rest(self, parts: Iterator[Changed]) -> Iterator[None]:
+        for joins, leaves in parts:
+            if joins or leaves:
+                self.report(_by_topic(joins, leaves))
+            yield
 
     def on_graceful_permdown(self, msg: GracefulPermdown, sender: str) -> None:
         if self.departed:  # leaving together: let it go too

@@ -58,6 +58,12 @@ class Recorder:
                 self.pending.append(("md", wire.encode_delta(remote)))
             else:
                 self.pending.append(("ms", wire.encode_snapshot(remote)))
+        elif op[0] == "e":  # the end of a snapshot merged in parts
+            _, context, clouds, kept = op
+            self.pending.append(
+                ("e", wire.encode_clock(context), wire.encode_clouds(clouds),
+                 wire.encode_clouds(kept))
+            )  # fmt: skip
         else:
             self.pending.append(op)
 
@@ -130,6 +136,9 @@ def replay(state: State, ops: list[Any], starts: Starts) -> None:
             state.merge(wire.decode_delta(op[1]))
         elif kind == "ms":
             state.merge(wire.decode_snapshot(op[1]))
+        elif kind == "e":
+            dots = wire.decode_clouds(op[3])
+            state.merge_seen(wire.decode_clock(op[1]), wire.decode_clouds(op[2]), dots)
         elif kind == "U":
             state.replica_up(_ref(op[1]))
         elif kind == "D":

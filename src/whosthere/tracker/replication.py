@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import logging
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,17 @@ log = logging.getLogger("whosthere.replication")
 
 Out = tuple[str, tuple]  # (node name or "*", message)
 Diff = tuple[list[Element], list[Element]]  # (joins, leaves)
+MERGE_PART = 2_000  # values or dots merged between two turns of the shard's loop
+
+
+def _together(parts: Iterator[Diff]) -> Diff:
+    """Every part's joins and leaves, for a caller that merges all at once."""
+    joins: list[Element] = []
+    leaves: list[Element] = []
+    for j, lv in parts:
+        joins += j
+        leaves += lv
+    return joins, leaves
 
 
 @dataclass
@@ -85,6 +97,10 @@ class Replication:
         self.asked: dict[str, tuple[int, float, float]] = {}
         self.transfer_timeout = 4 * self.sample_periods * self.broadcast_period
         self.transfers = 0  # transfers answered
+        # what happened to peers and transfers since start, for `status` and the benches
+        self.events = dict.fromkeys(
+            ("down", "up_again", "permdown", "sent_whole", "sent_delta", "merged_whole"), 0
+        )
 
     def resume(self, now: float) -> None:
         """The shard came back from its journal as the same replica: the peers its state
@@ -101,8 +117,15 @@ class Replication:
 
     # -- the tick --------------------------------------------------------------------------
 
-    def tick(self, now: float) -> tuple[list[Out], Diff]:
-        """Every broadcast_period: heartbeat, transfer sampling, failure detection."""
+    def tick(
+        self, now: float, read_until: float | None = None, busy: bool = False
+    ) -> tuple[list[Out], Diff]:
+        """Every broadcast_period: heartbeat, transfer sampling, failure detection.
+
+        `read_until`: the time up to which the shard has read every message that came
+        (default `now`). A peer whose heartbeats wait unread in our own queue is not silent:
+        silence is counted up to that time only. `busy`: a merge is under way, so our clocks
+        lag behind what has come; transfers are asked for once it ends."""
         outs: list[Out] = []
         state = self.state
         if state.delta:
@@ -115,7 +138,9 @@ class Replication:
             self.silent = 0
         else:
             self.silent += 1
-        if self.countdown <= 1:
+        if self.countdown <= 1 and busy:
+            pass  # sampled at the first tick after the merge
+        elif self.countdown <= 1:
             self.clockset = append_clock(self.clockset, state.replica, state.clocks())
             ahead = {r[0] for r in replicas_of(self.clockset) if r != state.replica}  # type: ignore[index]
             returning = {n for n, p in self.peers.items() if p.returning_since is not None}
@@ -132,22 +157,26 @@ class Replication:
             self.countdown = self.sample_periods
         else:
             self.countdown -= 1
-        return outs, self._detect_failures(now)
+        return outs, self._detect_failures(now if read_until is None else min(now, read_until))
 
-    def _detect_failures(self, now: float) -> Diff:
+    def _detect_failures(self, read_until: float) -> Diff:
         leaves: list[Element] = []
         for name, peer in list(self.peers.items()):
-            silence = now - peer.heard_at
+            silence = read_until - peer.heard_at
             ref = (name, peer.vsn)
             if silence > self.permdown_period:
                 leaves += self._forget(name)
-                log.info("%s: replica %s permdown after %.1f s of silence", self.me, ref, silence)
+                self.events["permdown"] += 1
+                log.info("%s: replica %s permdown: no message for %.1f s (permdown_period "
+                         "%.1f s)", self.me, ref, silence, self.permdown_period)  # fmt: skip
             elif silence > self.down_period and not peer.down:
                 peer.down = True
                 peer.back_heard_at = None
                 self.asked.pop(name, None)  # ask afresh when it is heard again
                 leaves += self.state.replica_down(ref)
-                log.info("%s: replica %s down after %.1f s of silence", self.me, ref, silence)
+                self.events["down"] += 1
+                log.info("%s: replica %s down: no message for %.1f s (down_period %.1f s)",
+                         self.me, ref, silence, self.down_period)  # fmt: skip
         return [], leaves
 
     def _forget(self, name: str) -> list[Element]:
@@ -162,6 +191,10 @@ class Replication:
     # -- messages --------------------------------------------------------------------------
 
     def on_heartbeat(self, msg: Heartbeat, now: float) -> Diff:
+        return _together(self.heartbeat_parts(msg, now))
+
+    def heartbeat_parts(self, msg: Heartbeat, now: float) -> Iterator[Diff]:
+        """A peer's heartbeat, its delta merged `MERGE_PART` at a time: each part's diff."""
         ref = wire.decode_replica(msg.replica)
         delta = None if msg.delta is None else wire.decode_delta(msg.delta)
         clocks = wire.decode_clock(msg.clocks)
@@ -169,7 +202,7 @@ class Replication:
         joins, leaves = [], []
         peer = self.peers.get(name)
         if peer is not None and vsn < peer.vsn:
-            return [], []  # a late message of an older incarnation (vsns grow with time)
+            return  # a late message of an older incarnation (vsns grow with time)
         if peer is not None and peer.vsn != vsn:  # a restarted shard: a new replica
             leaves += self._forget(name)
             log.info("%s: replica %s replaced by vsn %d", self.me, (name, peer.vsn), vsn)
@@ -187,27 +220,28 @@ class Replication:
             # may come from a peer dead since, delivered late by the network (a kernel still
             # holding its unsent data when a cut cable came back). Its delta is kept, hidden.
             if delta is not None:
-                self.state.merge(delta)
-                self.generations = deltas.push(self.generations, delta, self.caps, self.state.delta)
-            return [], []
+                yield from self._merge(delta)
+            return
         if peer.returning_since is not None and now - peer.heard_at > self.down_period:
             peer.returning_since = None  # silent again since: catching up starts over
         peer.heard_at = now
         peer.clock = clocks
+        if joins or leaves:
+            yield joins, leaves
         if delta is not None:  # a down peer's changes are merged hidden, not reported
-            j, lv = self.state.merge(delta)
-            joins += j
-            leaves += lv
-            self.generations = deltas.push(self.generations, delta, self.caps, self.state.delta)
-        if peer.down:
-            joins += self._show_when_caught_up(name, peer, now)
+            yield from self._merge(delta)
+        if peer.down and self.peers.get(name) is peer:
+            yield self._show_when_caught_up(name, peer, now), []
         # only what this replica can take counts: entries for replicas unknown or down here
         # would make the peer look ahead for ever (and every sample a whole-state transfer)
         mine = self.state.clocks()
         self.clockset = append_clock(
             self.clockset, ref, {r: n for r, n in clocks.items() if r in mine}
         )
-        return joins, leaves
+
+    def _merge(self, delta: Delta) -> Iterator[Diff]:
+        yield from self.state.merge_in_parts(delta, MERGE_PART)
+        self.generations = deltas.push(self.generations, delta, self.caps, self.state.delta)
 
     def on_transfer_req(self, msg: TransferReq, now: float | None = None) -> list[Out]:
         ref = wire.decode_replica(msg.replica)
@@ -221,28 +255,31 @@ class Replication:
         else:
             snapshot = self.state.extract(ref, clocks)
             ack = TransferAck(msg.ref, self.me, None, wire.encode_snapshot(snapshot))
+        self.events["sent_delta" if chosen is not None else "sent_whole"] += 1
         log.info("%s: transfer to %s (%s)", self.me, ref, "delta" if chosen else "whole state")
         return [(ref[0], ack)]
 
     def on_transfer_ack(self, msg: TransferAck, now: float) -> Diff:
-        if msg.delta is not None:
-            delta = wire.decode_delta(msg.delta)
-            joins, leaves = self.state.merge(delta)
-            self.generations = deltas.push(self.generations, delta, self.caps, self.state.delta)
-        elif msg.snapshot is not None:
-            joins, leaves = self.state.merge(wire.decode_snapshot(msg.snapshot))
-            self.generations = []
-        else:
-            return [], []
-        log.info("%s: transfer from %s merged", self.me, msg.replica)
+        return _together(self.transfer_ack_parts(msg, now))
+
+    def transfer_ack_parts(self, msg: TransferAck, now: float) -> Iterator[Diff]:
+        """A transfer's answer, merged `MERGE_PART` at a time: each part's diff."""
         name, vsn = wire.decode_replica(msg.replica)
+        if msg.delta is not None:
+            yield from self._merge(wire.decode_delta(msg.delta))
+        elif msg.snapshot is not None:
+            yield from self.state.merge_in_parts(wire.decode_snapshot(msg.snapshot), MERGE_PART)
+            self.generations = []
+            self.events["merged_whole"] += 1
+        else:
+            return
+        log.info("%s: transfer from %s merged", self.me, msg.replica)
         self._alive(name, vsn, now)
         if self.asked.get(name, (None,))[0] == msg.ref:
             del self.asked[name]  # answered (a late answer to an older request is not)
         peer = self.peers.get(name)
         if peer is not None and peer.vsn == vsn and peer.returning_since is not None:
-            joins = joins + self._show_when_caught_up(name, peer, now)
-        return joins, leaves
+            yield self._show_when_caught_up(name, peer, now), []
 
     def _sent_since_back(self, name: str, peer: Peer, sent_at: float | None, now: float) -> bool:
         """Whether a down peer's heartbeat proves it alive: it was sent after this replica
@@ -272,6 +309,7 @@ class Replication:
         peer.down = False
         peer.returning_since = None
         peer.back_heard_at = None
+        self.events["up_again"] += 1
         log.info("%s: replica %s up again", self.me, ref)
         return self.state.replica_up(ref)
 

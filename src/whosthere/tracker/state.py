@@ -36,7 +36,7 @@ No sockets, no clock, no logging here: the shard actor turns messages into these
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -374,20 +374,100 @@ class State:
         """
         if self.record is not None:  # first: the caller may change `remote` afterwards
             self.record(("m", remote))
+        if isinstance(remote, Snapshot):
+            joins = self._admit(remote.values, leaves := [])
+            end = self._merge_seen(remote.context, remote.clouds, remote.values)
+            return self._shown(joins, leaves + end)
         leaves = self._observe_removes(remote)
         joins = self._admit(remote.values, leaves)
-        if self.down:  # a hidden replica's changes show when it comes back up, not now
-            hidden = self._hidden()
-            joins = [e for e in joins if e.dot >> COUNTER_BITS not in hidden]
-            leaves = [e for e in leaves if e.dot >> COUNTER_BITS not in hidden]
-        if isinstance(remote, Snapshot):
-            for r, n in remote.context.items():
-                if r != self.replica and n > self.context.get(r, n):
-                    self.context[r] = n
-        for r, cloud in remote.clouds.items():
+        self._merge_clouds(remote.clouds)
+        return self._shown(joins, leaves)
+
+    def merge_in_parts(
+        self, remote: Delta | Snapshot, size: int
+    ) -> Iterator[tuple[list[Element], list[Element]]]:
+        """`merge`, about `size` values or dots at a time, each part's (joins, leaves) as it
+        is merged: a shard serves its heartbeats between parts. Other changes may come
+        between parts (merges commute); together the parts make `merge(remote)`.
+
+        A snapshot's values go in as deltas; then what it has seen without holding it
+        leaves, and its context is taken (`merge_seen`), for the replicas known when it
+        began: one that came up since was skipped by the first parts, and must not be
+        counted as seen."""
+        if isinstance(remote, Delta):
+            if remote.size() <= size:
+                yield self.merge(remote)
+                return
+            for part in _delta_parts(remote, size):
+                yield self.merge(part)
+            return
+        known = {r for r in remote.context if r in self.context}
+        values = [(dot, v) for dot, v in remote.values.items() if dot[0] in known]
+        kept: dict[ReplicaRef, set[int]] = {}
+        for i in range(0, len(values), size):
+            part = dict(values[i : i + size])
+            clouds: dict[ReplicaRef, set[int]] = {}
+            for r, c in part:
+                clouds.setdefault(r, set()).add(c)
+            for r, cloud in clouds.items():
+                kept.setdefault(r, set()).update(cloud)
+            yield self.merge(Delta(remote.replica, {}, {}, clouds, part))
+        yield self.merge_seen(
+            {r: n for r, n in remote.context.items() if r in known},
+            {r: c for r, c in remote.clouds.items() if r in known},
+            kept,
+        )
+
+    def merge_seen(
+        self,
+        context: dict[ReplicaRef, int],
+        clouds: dict[ReplicaRef, set[int]],
+        kept: dict[ReplicaRef, set[int]],
+    ) -> tuple[list[Element], list[Element]]:
+        """The end of a snapshot merged in parts: elements the peer has seen (its `context`
+        and `clouds`) but does not hold (not in `kept`) leave; its context is taken."""
+        if self.record is not None:
+            self.record(("e", context, clouds, kept))
+        dots = {(r, c) for r, cs in kept.items() for c in cs}
+        return self._shown([], self._merge_seen(context, clouds, dots))
+
+    def _merge_seen(
+        self, context: dict[ReplicaRef, int], clouds: dict[ReplicaRef, set[int]], held: Any
+    ) -> list[Element]:
+        """A snapshot's removes (every element it has seen and not in `held`, a collection
+        of dots), its context and clouds; the elements that left."""
+        leaves = []
+        for r, seen in context.items():
+            rid = self.replica_ids.get(r)
+            mine = self.remote.get(rid) if rid else None
+            if not mine:
+                continue
+            cloud = clouds.get(r, _EMPTY)
+            for c in [c for c in mine if (c <= seen or c in cloud) and (r, c) not in held]:
+                element = self.remote[rid][c]
+                self._drop_remote(element, rid, c)  # type: ignore[arg-type]
+                self._forget_in_delta(r, c)  # re-gossiped in this replica's next heartbeat
+                leaves.append(element)
+        for r, n in context.items():
+            if r != self.replica and n > self.context.get(r, n):
+                self.context[r] = n
+        self._merge_clouds(clouds)
+        return leaves
+
+    def _merge_clouds(self, clouds: dict[ReplicaRef, set[int]]) -> None:
+        for r, cloud in clouds.items():
             if r != self.replica and r in self.context and cloud:
                 self.clouds.setdefault(r, set()).update(cloud)
         self._compact()
+
+    def _shown(
+        self, joins: list[Element], leaves: list[Element]
+    ) -> tuple[list[Element], list[Element]]:
+        """A hidden replica's changes show when it comes back up, not now."""
+        if self.down:
+            hidden = self._hidden()
+            joins = [e for e in joins if e.dot >> COUNTER_BITS not in hidden]
+            leaves = [e for e in leaves if e.dot >> COUNTER_BITS not in hidden]
         return joins, leaves
 
     # -- internals: merging ----------------------------------------------------------------
@@ -395,33 +475,23 @@ class State:
     def _seen(self, replica: ReplicaRef, counter: int) -> bool:
         return counter <= self.context[replica] or counter in self.clouds.get(replica, _EMPTY)
 
-    def _observe_removes(self, remote: Delta | Snapshot) -> list[Element]:
-        """Elements the peer has seen but no longer holds were removed: they leave."""
+    def _observe_removes(self, remote: Delta) -> list[Element]:
+        """Elements the peer has seen but no longer holds were removed: they leave. Only the
+        delta's own markers are looked at: O(delta)."""
         leaves = []
         values = remote.values
-        if isinstance(remote, Delta):  # only the delta's own markers: O(delta)
-            candidates = (
-                (r, rid, c)
-                for r, cloud in remote.clouds.items()
-                if (rid := self.replica_ids.get(r)) and rid in self.remote
-                for c in cloud
-            )
-        else:  # a snapshot's context covers all it has seen: every element is a candidate
-            candidates = (
-                (r, rid, c)
-                for r, seen in remote.context.items()
-                if (rid := self.replica_ids.get(r)) and rid in self.remote
-                for c in list(self.remote[rid])
-                if c <= seen or c in remote.clouds.get(r, _EMPTY)
-            )
-        for r, rid, c in candidates:
-            if (r, c) in values:
+        for r, cloud in remote.clouds.items():
+            rid = self.replica_ids.get(r)
+            if not rid or rid not in self.remote:
                 continue
-            element = self.remote.get(rid, _EMPTY).get(c)
-            if element is not None:
-                self._drop_remote(element, rid, c)
-                self._forget_in_delta(r, c)  # re-gossiped in this replica's next heartbeat
-                leaves.append(element)
+            for c in cloud:
+                if (r, c) in values:
+                    continue
+                element = self.remote.get(rid, _EMPTY).get(c)
+                if element is not None:
+                    self._drop_remote(element, rid, c)
+                    self._forget_in_delta(r, c)  # re-gossiped in this replica's next heartbeat
+                    leaves.append(element)
         return leaves
 
     def _admit(self, values: dict[Dot, Value], leaves: list[Element]) -> list[Element]:
@@ -534,6 +604,25 @@ class State:
         if self.record_delta:
             self.delta.values.pop((replica, counter), None)
             self.delta.clouds.setdefault(replica, set()).add(counter)
+
+
+def _delta_parts(delta: Delta, size: int) -> Iterator[Delta]:
+    """`delta` cut in parts of about `size` dots: each value goes with its own dot (a dot
+    without its value would be read as the value's remove), the remove markers after."""
+    values = list(delta.values.items())
+    for i in range(0, len(values), size):
+        part = dict(values[i : i + size])
+        clouds: dict[ReplicaRef, set[int]] = {}
+        for r, c in part:
+            clouds.setdefault(r, set()).add(c)
+        yield Delta(delta.replica, delta.start, delta.end, clouds, part)
+    markers = [(r, c) for r, cloud in delta.clouds.items() for c in cloud
+               if (r, c) not in delta.values]  # fmt: skip
+    for i in range(0, len(markers), size):
+        clouds = {}
+        for r, c in markers[i : i + size]:
+            clouds.setdefault(r, set()).add(c)
+        yield Delta(delta.replica, delta.start, delta.end, clouds, {})
 
 
 _EMPTY: dict = {}

@@ -44,11 +44,11 @@ def _ints(*values: Any) -> bool:
 _LIMIT = 1 << 62  # vsns are microseconds; counters are checked against COUNTER_BITS too
 
 
-def _encode_clouds(clouds: dict[ReplicaRef, set[int]]) -> list[Any]:
+def encode_clouds(clouds: dict[ReplicaRef, set[int]]) -> list[Any]:
     return [[r[0], r[1], sorted(c)] for r, c in clouds.items() if c]
 
 
-def _decode_clouds(raw: Any) -> dict[ReplicaRef, set[int]]:
+def decode_clouds(raw: Any) -> dict[ReplicaRef, set[int]]:
     try:
         out = {}
         for name, vsn, dots in raw:
@@ -99,7 +99,7 @@ def encode_delta(delta: Delta) -> list[Any]:
         encode_replica(delta.replica),
         encode_clock(delta.start),
         encode_clock(delta.end),
-        _encode_clouds(delta.clouds),
+        encode_clouds(delta.clouds),
         _encode_values(delta.values),
     ]
 
@@ -111,7 +111,7 @@ def decode_delta(raw: Any) -> Delta:
         decode_replica(raw[0]),
         decode_clock(raw[1]),
         decode_clock(raw[2]),
-        _decode_clouds(raw[3]),
+        decode_clouds(raw[3]),
         _decode_values(raw[4]),
     )
 
@@ -120,7 +120,7 @@ def encode_snapshot(snapshot: Snapshot) -> list[Any]:
     return [
         encode_replica(snapshot.replica),
         encode_clock(snapshot.context),
-        _encode_clouds(snapshot.clouds),
+        encode_clouds(snapshot.clouds),
         _encode_values(snapshot.values),
     ]
 
@@ -129,5 +129,5 @@ def decode_snapshot(raw: Any) -> Snapshot:
     if not (isinstance(raw, list) and len(raw) == 4):
         raise MalformedFrame("a snapshot is [replica, context, clouds, values]")
     return Snapshot(
-        decode_replica(raw[0]), decode_clock(raw[1]), _decode_clouds(raw[2]), _decode_values(raw[3])
+        decode_replica(raw[0]), decode_clock(raw[1]), decode_clouds(raw[2]), _decode_values(raw[3])
     )
