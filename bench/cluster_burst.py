@@ -7,29 +7,27 @@ leave is a spurious one. Convergence is when every subscriber has been told of e
 presence of every node, and each shard sees all its peers up.
 
     python bench/cluster_burst.py --nodes 4 --per-node 25000     # the issue's burst
-    python bench/cluster_burst.py --nodes 8 --per-node 12500 --idle 10
+    python bench/cluster_burst.py --nodes 8 --per-node 12500 --rounds 20   # a long soak
 
-Reused by the `cluster` bench workload and the short load soak in the tests.
+Used by the `cluster` bench workload (growth table) and the load soak in the tests.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
+import signal
 import subprocess
-import sys
 import threading
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 import whosthere
-from whosthere.errors import MessagesLost
+from whosthere.errors import MessagesLost, WhosthereError
 
 BURST_PERIODS = {"broadcast_period": 0.2, "down_period": 2.0, "permdown_period": 60.0}
 LISTEN = "tcp://127.0.0.1:0"
@@ -37,38 +35,36 @@ TOPICS = 100
 META = {"status": "online", "device": "desktop", "note": "x" * 32}
 
 
-@dataclass
 class Watcher:
-    """A subscriber on every topic of one node, counting what it is told, in its own thread
-    (a subscriber that stops reading would lose messages, not the cluster)."""
+    """A subscriber on every topic of one node, in its own thread, counting what it is told
+    (a subscriber that stopped reading would lose messages, not the cluster)."""
 
-    node: Any
-    topics: list[str]
-    joins: int = 0
-    leaves: int = 0
-    lost: int = 0
-    first_leave: str = ""
-    stop: threading.Event = field(default_factory=threading.Event)
-    ready: threading.Event = field(default_factory=threading.Event)
-    thread: threading.Thread | None = None
-
-    def start(self) -> Watcher:
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        if not self.ready.wait(30):
+    def __init__(self, node: Any, topics: list[str]) -> None:
+        self.node = node
+        self.topics = topics
+        self.joins = self.leaves = self.lost = 0
+        self.first_leave = ""
+        self.error: WhosthereError | None = None  # why it stopped early (its node died)
+        self._stop = threading.Event()
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
+        self._thread.start()
+        if not ready.wait(30):
             raise RuntimeError("the subscriber did not start")
-        return self
 
-    def _run(self) -> None:
+    def _run(self, ready: threading.Event) -> None:
         sub = self.node.pubsub.subscribe(*self.topics, hwm=1_000_000)
-        self.ready.set()
+        ready.set()
         try:
-            while not self.stop.is_set():
+            while not self._stop.is_set():
                 try:
                     msg = sub.get(timeout=0.05)
                 except MessagesLost:
                     self.lost += 1
                     continue
+                except WhosthereError as exc:  # NodeUnavailable: the node was killed
+                    self.error = exc
+                    return
                 if msg is None or msg.event != "presence_diff":
                     continue
                 self.joins += sum(len(m["metas"]) for m in msg.payload["joins"].values())
@@ -77,44 +73,190 @@ class Watcher:
                     self.first_leave = f"{msg.topic}: {sorted(left)[:3]}"
                 self.leaves += sum(len(m["metas"]) for m in left.values())
         finally:
-            sub.close()
+            with contextlib.suppress(WhosthereError):
+                sub.close()
 
     @property
     def shown(self) -> int:
         return self.joins - self.leaves
 
     def close(self) -> None:
-        self.stop.set()
-        if self.thread is not None:
-            self.thread.join(10)
+        self._stop.set()
+        self._thread.join(10)
 
 
-def start_cluster(count: int, periods: dict[str, float], prefix: str = "burst",
-                  **options: Any) -> list[Any]:  # fmt: skip
-    """`count` nodes on loopback, all seeded with the first, once each sees every other up."""
-    nodes: list[Any] = []
-    try:
-        first = whosthere.Node(name=f"{prefix}0", listen=LISTEN, **periods, **options).start()
-        nodes.append(first)
+@dataclass
+class Round:
+    """One burst: every node tracks `per_node` more presences at once."""
+
+    nodes: int
+    per_node: int
+    track_s: float  # until every node's track_many returned
+    converged_s: float | None  # until every subscriber showed every presence (None: never)
+    events: dict[str, int]  # replication events during the round, summed over the shards
+    leaves: int  # spurious: every owner stays alive
+    lost: int  # MessagesLost seen by the subscribers
+    first_leave: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return (self.converged_s is not None and not self.events.get("down")
+                and not self.leaves and not self.lost)  # fmt: skip
+
+    def summary(self) -> str:
+        conv = "never" if self.converged_s is None else f"{self.converged_s:.1f} s"
+        e = self.events
+        text = (f"{self.nodes} nodes x {self.per_node:,}: tracked in {self.track_s:.1f} s, "
+                f"converged in {conv}; down {e.get('down', 0)}, up again "
+                f"{e.get('up_again', 0)}, whole-state transfers {e.get('sent_whole', 0)}, "
+                f"delta transfers {e.get('sent_delta', 0)}; spurious leaves "
+                f"{self.leaves:,}, messages lost {self.lost}")  # fmt: skip
+        if self.first_leave:
+            text += f"; first leave {self.first_leave}"
+        return text
+
+
+class Cluster:
+    """`count` nodes on loopback, seeded with the first, each with one owner process and a
+    watcher on every topic. Use as a context manager: everything is stopped at the end."""
+
+    def __init__(self, count: int, periods: dict[str, float] | None = None,
+                 prefix: str = "burst", **options: Any) -> None:  # fmt: skip
+        self.periods = dict(BURST_PERIODS if periods is None else periods)
+        self.topics = [f"room:{t}" for t in range(TOPICS)]
+        self.nodes: list[Any] = []
+        self.owners: list[subprocess.Popen[bytes]] = []
+        self.watchers: list[Watcher] = []
+        self.tracked = 0  # presences per node so far
+        self.dead: set[int] = set()
+        try:
+            self._start(count, prefix, options)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, count: int, prefix: str, options: dict[str, Any]) -> None:
+        options = {"pool_size": 1, **options}
+        first = whosthere.Node(name=f"{prefix}0", listen=LISTEN, **self.periods, **options)
+        self.nodes.append(first.start())
         for i in range(1, count):
-            node = whosthere.Node(name=f"{prefix}{i}", listen=LISTEN,
-                                  peers=[first.cluster_address], **periods, **options)  # fmt: skip
-            nodes.append(node.start())
+            seed = [first.cluster_address]
+            node = whosthere.Node(name=f"{prefix}{i}", listen=LISTEN, peers=seed,
+                                  **self.periods, **options)  # fmt: skip
+            self.nodes.append(node.start())
         deadline = time.monotonic() + 30 + 5 * count
-        while not all(_peers_up(n) == count - 1 for n in nodes):
+        while not self.all_up():
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the {count} nodes did not all see each other")
             time.sleep(0.05)
-    except BaseException:
-        stop_cluster(nodes)
-        raise
-    return nodes
+        self.owners = [subprocess.Popen(["sleep", "3600"]) for _ in self.nodes]
+        self.watchers = [Watcher(n, self.topics) for n in self.nodes]
 
+    def __enter__(self) -> Cluster:
+        return self
 
-def stop_cluster(nodes: list[Any]) -> None:
-    for node in reversed(nodes):
-        with contextlib.suppress(Exception):
-            node.stop()
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for w in self.watchers:
+            w.close()
+        for node in reversed(self.nodes):
+            with contextlib.suppress(Exception):
+                node.stop()
+        for p in self.owners:
+            p.kill()
+            p.wait()
+
+    @property
+    def live(self) -> list[int]:
+        return [i for i in range(len(self.nodes)) if i not in self.dead]
+
+    def all_up(self) -> bool:
+        want = len(self.live) - 1
+        return all(_peers_up(self.nodes[i]) == want for i in self.live)
+
+    def events(self) -> dict[str, int]:
+        """Every live shard's replication events, summed."""
+        total: dict[str, int] = {}
+        for i in self.live:
+            for stats in _shard_stats(self.nodes[i]):
+                for name, n in (stats.get("replication_events") or {}).items():
+                    total[name] = total.get(name, 0) + n
+        return total
+
+    def burst(self, per_node: int, settle: float = 60.0) -> Round:
+        """Each live node tracks `per_node` more presences at once (keys new to this round);
+        wait until every watcher shows all of them and every peer is up."""
+        before = self.events()
+        leaves_before = sum(w.leaves for w in self.watchers)
+        lost_before = sum(w.lost for w in self.watchers)
+        start = self.tracked
+        errors: list[BaseException] = []
+
+        def track(i: int) -> None:
+            pid = self.owners[i].pid
+            entries = [(pid, self.topics[k % TOPICS], f"n{i}-u{k}", META)
+                       for k in range(start, start + per_node)]  # fmt: skip
+            try:
+                self.nodes[i].presence.track_many(entries)
+            except BaseException as exc:  # reported by the caller
+                errors.append(exc)
+
+        threads = [threading.Thread(target=track, args=(i,)) for i in self.live]
+        t0 = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        tracked = time.monotonic() - t0
+        if errors:
+            raise errors[0]
+        self.tracked += per_node
+        total = self.tracked * len(self.live)
+        converged = None
+        while time.monotonic() < t0 + settle:
+            if all(self.watchers[i].shown == total for i in self.live) and self.all_up():
+                converged = time.monotonic() - t0
+                break
+            time.sleep(0.05)
+        after = self.events()
+        return Round(
+            len(self.live), per_node, tracked, converged,
+            {k: after.get(k, 0) - before.get(k, 0) for k in after},
+            sum(w.leaves for w in self.watchers) - leaves_before,
+            sum(w.lost for w in self.watchers) - lost_before,
+            " | ".join(w.first_leave for w in self.watchers if w.first_leave),
+        )  # fmt: skip
+
+    def idle_cpu(self, seconds: float) -> list[float]:
+        """Each live node's CPU over `seconds` of doing nothing, in % of one core (its
+        processes at the end, a journal compaction's child included while it runs)."""
+        before = [_cpu_by_pid(tree(self.nodes[i])) for i in self.live]
+        t0 = time.monotonic()
+        time.sleep(seconds)  # measuring: the cluster is left alone for this long
+        spent = time.monotonic() - t0
+        after = [_cpu_by_pid(tree(self.nodes[i])) for i in self.live]
+        return [100 * sum(cpu - b.get(pid, 0.0) for pid, cpu in a.items()) / spent
+                for b, a in zip(before, after, strict=True)]  # fmt: skip
+
+    def shard_rss(self) -> list[int]:
+        """Each live node's shard processes' RSS, in bytes."""
+        return [rss(shards(self.nodes[i])) for i in self.live]
+
+    def kill(self, victim: int, timeout: float = 30.0) -> float:
+        """SIGKILL node `victim`'s whole tree; seconds until every other node's watcher saw
+        all of its presences leave (its owner lives on: only the node died)."""
+        shown = {i: self.watchers[i].shown for i in self.live if i != victim}
+        t0 = time.monotonic()
+        os.killpg(self.nodes[victim].pid, signal.SIGKILL)
+        self.dead.add(victim)
+        self.watchers[victim].close()
+        while time.monotonic() < t0 + timeout:
+            if all(self.watchers[i].shown <= n - self.tracked for i, n in shown.items()):
+                return time.monotonic() - t0
+            time.sleep(0.01)
+        raise RuntimeError(f"node {victim}'s presences did not leave within {timeout} s")
 
 
 def _shard_stats(node: Any) -> list[dict[str, Any]]:
@@ -127,28 +269,23 @@ def _peers_up(node: Any) -> int:
     return sum(1 for p in peers.values() if p["status"] == "up")
 
 
-def events(nodes: list[Any]) -> dict[str, int]:
-    """Every shard's replication events, summed over the cluster."""
-    total: dict[str, int] = {}
-    for node in nodes:
-        for stats in _shard_stats(node):
-            for name, n in (stats.get("replication_events") or {}).items():
-                total[name] = total.get(name, 0) + n
-    return total
-
-
 def tree(node: Any) -> list[psutil.Process]:
     root = psutil.Process(node.pid)
     return [root, *root.children(recursive=True)]
 
 
-def cpu_seconds(procs: list[psutil.Process]) -> float:
-    total = 0.0
+def shards(node: Any) -> list[psutil.Process]:
+    return [psutil.Process(a["pid"]) for a in node.status()["actors"]
+            if a["name"].startswith("shard.") and a["pid"]]  # fmt: skip
+
+
+def _cpu_by_pid(procs: list[psutil.Process]) -> dict[int, float]:
+    out = {}
     for p in procs:
         with contextlib.suppress(psutil.Error):
             t = p.cpu_times()
-            total += t.user + t.system
-    return total
+            out[p.pid] = t.user + t.system
+    return out
 
 
 def rss(procs: list[psutil.Process]) -> int:
@@ -159,133 +296,30 @@ def rss(procs: list[psutil.Process]) -> int:
     return total
 
 
-@dataclass
-class BurstResult:
-    nodes: int
-    per_node: int
-    track_s: float  # until every node's track_many returned
-    converged_s: float | None  # until every subscriber showed every presence (None: never)
-    events: dict[str, int]
-    joins: list[int]
-    leaves: list[int]  # spurious: every owner stays alive
-    lost: list[int]  # MessagesLost seen by the subscribers
-    idle_cpu: list[float] = field(default_factory=list)  # % of one core, per node
-    rss_mb: list[float] = field(default_factory=list)  # per node, after convergence
-    shard_rss_mb: list[float] = field(default_factory=list)
-    first_leave: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return (self.converged_s is not None and not self.events.get("down")
-                and not any(self.leaves) and not any(self.lost))  # fmt: skip
-
-    def summary(self) -> str:
-        conv = "never" if self.converged_s is None else f"{self.converged_s:.1f} s"
-        text = (f"{self.nodes} nodes x {self.per_node:,}: tracked in {self.track_s:.1f} s, "
-                f"converged in {conv}; down {self.events.get('down', 0)}, up again "
-                f"{self.events.get('up_again', 0)}, whole-state transfers "
-                f"{self.events.get('sent_whole', 0)}, delta transfers "
-                f"{self.events.get('sent_delta', 0)}; spurious leaves {sum(self.leaves):,}, "
-                f"messages lost {sum(self.lost)}")  # fmt: skip
-        if self.idle_cpu:
-            text += (
-                f"; idle CPU per node {min(self.idle_cpu):.1f}-{max(self.idle_cpu):.1f} %"
-                f"; RSS per node {min(self.rss_mb):.0f}-{max(self.rss_mb):.0f} MB"
-            )
-        if self.first_leave.strip(" |"):
-            text += f"; first leaves {self.first_leave}"
-        return text
-
-
-def burst(nodes: list[Any], per_node: int, owners: list[subprocess.Popen[bytes]], *,
-          settle: float = 60.0, idle: float = 0.0, quiet: float = 0.0) -> BurstResult:  # fmt: skip
-    """Each node tracks `per_node` presences (of `owners[i]`) at once; wait for convergence;
-    then watch `quiet` more seconds for late leaves and measure `idle` seconds of CPU."""
-    count = len(nodes)
-    topics = [f"room:{t}" for t in range(TOPICS)]
-    watchers = [Watcher(n, topics).start() for n in nodes]
-    try:
-        total = count * per_node
-        errors: list[BaseException] = []
-
-        def track(i: int) -> None:
-            pid = owners[i].pid
-            entries = [(pid, topics[k % TOPICS], f"n{i}-u{k}", META) for k in range(per_node)]
-            try:
-                nodes[i].presence.track_many(entries)
-            except BaseException as exc:  # reported by the caller
-                errors.append(exc)
-
-        threads = [threading.Thread(target=track, args=(i,)) for i in range(count)]
-        t0 = time.monotonic()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        tracked = time.monotonic() - t0
-        if errors:
-            raise errors[0]
-        converged = None
-        deadline = t0 + settle
-        while time.monotonic() < deadline:
-            if all(w.shown == total for w in watchers) and all(
-                _peers_up(n) == count - 1 for n in nodes
-            ):
-                converged = time.monotonic() - t0
-                break
-            time.sleep(0.05)
-        if quiet:
-            end = time.monotonic() + quiet
-            while time.monotonic() < end:
-                time.sleep(0.1)
-        result = BurstResult(count, per_node, tracked, converged, events(nodes),
-                             [w.joins for w in watchers], [w.leaves for w in watchers],
-                             [w.lost for w in watchers],
-                             first_leave=" | ".join(w.first_leave for w in watchers))  # fmt: skip
-        if idle:
-            trees = [tree(n) for n in nodes]
-            before = [cpu_seconds(t) for t in trees]
-            t1 = time.monotonic()
-            time.sleep(idle)  # measuring: the cluster is left alone for this long
-            spent = time.monotonic() - t1
-            spent_cpu = [cpu_seconds(t) - b for t, b in zip(trees, before, strict=True)]
-            result.idle_cpu = [100 * s / spent for s in spent_cpu]
-            result.rss_mb = [rss(t) / 2**20 for t in trees]
-            result.shard_rss_mb = [
-                rss([p for p in t if "shard" in " ".join(p.cmdline())]) / 2**20 for t in trees
-            ]
-        return result
-    finally:
-        for w in watchers:
-            w.close()
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--nodes", type=int, default=4)
     parser.add_argument("--per-node", type=int, default=25_000)
+    parser.add_argument("--rounds", type=int, default=1, help="bursts one after another")
     parser.add_argument("--broadcast", type=float, default=BURST_PERIODS["broadcast_period"])
     parser.add_argument("--down", type=float, default=BURST_PERIODS["down_period"])
-    parser.add_argument("--settle", type=float, default=60.0)
-    parser.add_argument("--quiet", type=float, default=5.0)
-    parser.add_argument("--idle", type=float, default=5.0)
+    parser.add_argument("--idle", type=float, default=5.0, help="seconds of idle CPU measured")
     parser.add_argument("--log-level", default=None)
     args = parser.parse_args()
     periods = {**BURST_PERIODS, "broadcast_period": args.broadcast, "down_period": args.down}
-    owners = [subprocess.Popen(["sleep", "3600"]) for _ in range(args.nodes)]
-    nodes: list[Any] = []
-    try:
-        nodes = start_cluster(args.nodes, periods, pool_size=1, log_level=args.log_level)
-        result = burst(
-            nodes, args.per_node, owners, settle=args.settle, idle=args.idle, quiet=args.quiet
-        )
-        print(result.summary())
-        print("OK" if result.ok else "FAILED")
-    finally:
-        stop_cluster(nodes)
-        for p in owners:
-            p.kill()
-            p.wait()
+    failed = 0
+    with Cluster(args.nodes, periods, log_level=args.log_level) as cluster:
+        for _ in range(args.rounds):
+            result = cluster.burst(args.per_node)
+            print(result.summary(), flush=True)
+            failed += not result.ok
+        if args.idle:
+            cpu = cluster.idle_cpu(args.idle)
+            mb = [b / 2**20 for b in cluster.shard_rss()]
+            print(f"idle CPU per node {min(cpu):.1f}-{max(cpu):.1f} % of a core; shard RSS "
+                  f"{min(mb):.0f}-{max(mb):.0f} MB per node")  # fmt: skip
+    print("OK" if not failed else f"FAILED ({failed} of {args.rounds} rounds)")
+    raise SystemExit(1 if failed else 0)
 
 
 if __name__ == "__main__":

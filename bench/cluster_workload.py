@@ -1,9 +1,16 @@
-"""Cluster workloads: replication delay between two nodes, delta merge cost, node-death leaves.
+"""Cluster workloads: replication delay between two nodes, delta merge cost, node-death
+leaves, and how a cluster grows (bursts on 2 to 8 nodes).
 
 Two nodes on loopback with short periods (broadcast 50 ms, down 0.5 s), so the figures show
 the machinery, not the defaults; each delay is also given as a ratio to the period it waits
 on. The merge cost is measured on the pure state, beside the same merge into a small state:
 a delta merge must cost what the delta carries, not the size of the state.
+
+Growth (`cluster_burst.Cluster`, 0.2 s / 2 s periods, one shard per node): every node tracks
+its share at once; convergence in broadcast periods, with the "down" events and spurious
+leaves seen (both must be 0); idle CPU per node; the shard's RSS per presence it holds,
+beside a single node holding the same number (all local); one node's death until its
+presences left every other node, beside down_period.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import statistics
 import time
 from collections.abc import Callable
 
+import cluster_burst
 from common import META, Row, Sizes, median_spread, progress, reap, sleepers
 
 import whosthere
@@ -126,4 +134,52 @@ def bench_cluster(sizes: Sizes) -> list[Row]:
     rows.append(Row("cluster", "merge 100-join delta into 1,000", small, "us"))
     rows.append(Row("cluster", f"merge 100-join delta into {held:,}", large, "us", "",
                     "into 1,000", large / small))  # fmt: skip
+    return rows + bench_cluster_growth(sizes)
+
+
+def bench_cluster_growth(sizes: Sizes) -> list[Row]:
+    rows: list[Row] = []
+    period = cluster_burst.BURST_PERIODS["broadcast_period"]
+    down = cluster_burst.BURST_PERIODS["down_period"]
+    local: dict[int, float] = {}
+    for count, total in sizes.cluster_scale:
+        if total not in local:
+            progress(f"one node holding {total:,} local presences")
+            local[total] = _local_bytes(total)
+        progress(f"{count} nodes, {total:,} presences in all")
+        with cluster_burst.Cluster(count, prefix=f"grow{count}-") as cluster:
+            empty = cluster.shard_rss()
+            burst = cluster.burst(total // count)
+            if burst.converged_s is None:
+                raise RuntimeError(f"no convergence: {burst.summary()}")
+            cpu = cluster.idle_cpu(5.0)
+            held = [(b - a) / total for a, b in zip(empty, cluster.shard_rss(), strict=True)]
+            death = cluster.kill(count - 1)
+        name = f"{count} nodes, {total:,}"
+        rows += [
+            Row("cluster", f"{name}: burst converged", burst.converged_s, "s",
+                f"down {burst.events.get('down', 0)}, leaves {burst.leaves}",
+                "broadcast_period", burst.converged_s / period),
+            Row("cluster", f"{name}: idle CPU per node", max(cpu), "%",
+                f"{min(cpu):.1f}-{max(cpu):.1f}"),
+            Row("cluster", f"{name}: shard RSS per presence", statistics.median(held), "B",
+                f"{min(held):,.0f}-{max(held):,.0f}", "all local",
+                statistics.median(held) / local[total]),
+            Row("cluster", f"{name}: node death -> leaves", death * 1e3, "ms", "",
+                "down_period", death / down),
+        ]  # fmt: skip
     return rows
+
+
+def _local_bytes(total: int) -> float:
+    """A single node's shard RSS growth per presence, all of them local (one owner)."""
+    owner = sleepers(1)
+    try:
+        with whosthere.Node(name="grow-local", pool_size=1) as node:
+            before = cluster_burst.rss(cluster_burst.shards(node))
+            topics = [f"room:{t}" for t in range(cluster_burst.TOPICS)]
+            node.presence.track_many([(owner[0].pid, topics[k % len(topics)], f"u{k}",
+                                       cluster_burst.META) for k in range(total)])  # fmt: skip
+            return (cluster_burst.rss(cluster_burst.shards(node)) - before) / total
+    finally:
+        reap(owner)

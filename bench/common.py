@@ -49,6 +49,8 @@ class Sizes:
     durable_track: int = 50_000  # presences tracked with and without the shard journal
     recovery: tuple[int, ...] = (100_000,)  # presences in a shard SIGKILLed and timed back
     chaos_seconds: float = 20.0  # length of the chaos soak
+    # cluster growth: (nodes, presences in all) bursts at 0.2 s / 2 s periods
+    cluster_scale: tuple[tuple[int, int], ...] = ((2, 10_000), (4, 10_000))
 
 
 QUICK = Sizes(
@@ -83,6 +85,7 @@ FULL = Sizes(
     durable_track=200_000,
     recovery=(100_000, 1_000_000),
     chaos_seconds=600.0,
+    cluster_scale=tuple((n, total) for total in (10_000, 100_000) for n in (2, 4, 8)),
 )
 
 

@@ -131,8 +131,9 @@ def test_one_transfer_at_a_time_is_asked_of_a_peer():
         if t == 15:
             a.transfer_progress("b", t * 0.5)  # a piece of a big answer came: wait on
         requests += [(t, m) for _, m in a.tick(t * 0.5)[0] if isinstance(m, TransferReq)]
-    # sampled every 2 ticks (1 s); asked again only after 8 s of no answer (nor progress)
-    assert [t for t, _ in requests] == [1]
+    # sampled every 2 ticks (1 s); asked once b looked ahead at two samples in a row; asked
+    # again only after 8 s of no answer (nor progress)
+    assert [t for t, _ in requests] == [3]
     late, last = requests[0][1], None
     for t in range(20, 40):
         a.on_heartbeat(heartbeat(b), t * 0.5)
@@ -157,7 +158,7 @@ def test_pieces_of_other_messages_do_not_keep_a_lost_request_waiting_for_ever():
         a.on_heartbeat(heartbeat(b), t * 0.5)
         a.transfer_progress("b", t * 0.5)  # big heartbeats keep coming, the answer never
         asked += [t * 0.5 for _, m in a.tick(t * 0.5)[0] if isinstance(m, TransferReq)]
-    assert asked[:2] == [0.5, 80.5]  # asked again after 10 transfer timeouts (8 s each)
+    assert asked[:2] == [1.5, 81.5]  # asked again after 10 transfer timeouts (8 s each)
 
 
 def test_any_message_of_an_up_peer_keeps_it_up_not_only_heartbeats():
@@ -226,8 +227,35 @@ def test_no_transfer_is_asked_for_while_a_merge_is_under_way():
     asked = [m for t in (1.0, 2.0, 3.0) for _, m in a.tick(t, busy=True)[0]
              if isinstance(m, TransferReq)]  # fmt: skip
     assert asked == []
-    a.on_heartbeat(heartbeat(b), 3.5)
-    assert any(isinstance(m, TransferReq) for _, m in a.tick(4.0)[0]), "asked once idle"
+    asked = []
+    for t in (4.0, 5.0, 6.0, 7.0):
+        a.on_heartbeat(heartbeat(b), t - 0.5)
+        asked += [t for _, m in a.tick(t)[0] if isinstance(m, TransferReq)]
+    assert asked == [6.0], "asked once idle, at the second sample that finds b ahead"
+
+
+def test_changes_on_their_way_are_not_asked_for():
+    """b's clock shows a change its heartbeat has not brought yet (it comes a moment
+    later, as in a burst): no transfer; a change lost is asked for a sample later."""
+    a, b = replica("a"), replica("b")
+    a.on_heartbeat(heartbeat(b), 0.0)
+    b.state.join(1, "t", "bob", b"\x80")
+    on_its_way = b.state.take_delta()
+    a.on_heartbeat(heartbeat(b), 0.5)  # the clock came first
+    assert not [m for _, m in a.tick(1.0)[0] if isinstance(m, TransferReq)]
+    a.on_heartbeat(Heartbeat(b.me, wire.encode_delta(on_its_way), heartbeat(b).clocks, None), 1.5)
+    asked = []
+    for t in range(2, 8):
+        a.on_heartbeat(heartbeat(b), t - 0.5)
+        asked += [t for _, m in a.tick(float(t))[0] if isinstance(m, TransferReq)]
+    assert asked == [] and [e.key for e in a.state.list("t")] == ["bob"]
+    b.state.join(1, "t", "carol", b"\x80")
+    b.state.take_delta()  # lost
+    requests = []
+    for t in range(8, 14):
+        a.on_heartbeat(heartbeat(b), t - 0.5)
+        requests += [t for _, m in a.tick(float(t))[0] if isinstance(m, TransferReq)]
+    assert requests[:1] == [10]  # at the second sample that finds it missing
 
 
 def test_a_heartbeat_merged_in_parts_adds_up_to_one_merged_at_once():

@@ -4,10 +4,10 @@ Phases, as pykka's: setup (`on_start`: bind, connect), running (the loop below),
 (`on_stop`, then every socket is closed). The loop polls the mailbox, any extra sockets or file
 descriptors (`add_reader`) and the signal wakeup fd, and runs due timers (`call_later`).
 
-Long work (merging a peer's whole state) runs in slices (`start_work`): timers and other
-sources are served between slices, so heartbeats go out on time, and the mailbox waits until
-the work is done, so messages are still handled in the order they came. `input_read_at` tells
-how far input has been read: a quiet peer is only silent if its messages are not waiting here.
+Long work (merging a peer's whole state) runs in slices (`start_work`): timers, the mailbox
+and other sources are served between slices, so heartbeats go out and calls are answered on
+time. `input_read_at` tells how far the mailbox has been read: a peer is only silent if its
+messages are not waiting here.
 
 A message `Foo` is handled by the method `on_foo` (snake case of the class name): the one
 routing rule, `routes`, which actors also use for messages that arrive wrapped in others (a
@@ -184,11 +184,9 @@ class Actor:
 
     def start_work(self, work: Iterator[None]) -> None:
         """Run `work` (a generator) in slices of about `WORK_SLICE_S`, each `next()` a step
-        that leaves the actor consistent. Until it ends, timers and other readers are served
-        between slices and the mailbox is not read: what comes meanwhile is handled after,
-        in order. Works started while one runs run after it."""
-        if not self._work:
-            self._poller.unregister(self.mailbox)
+        that leaves the actor consistent; timers, messages and other readers are served
+        between slices (an actor defers what must not overtake the work). Work started
+        while some runs runs after it."""
         self._work.append(work)
 
     @property
@@ -208,8 +206,6 @@ class Actor:
                 self.log.exception("%s: long work failed", self.name)
             if time.monotonic() >= end:
                 break
-        if not self._work:
-            self._poller.register(self.mailbox, zmq.POLLIN)
 
     def reply(self, request: Request, value: Any) -> None:
         """Answer a call that a handler deferred with NOREPLY."""
@@ -269,7 +265,7 @@ class Actor:
             elif self._timers:
                 timeout = max(0, int((self._timers[0][0] - time.monotonic()) * 1000) + 1)
             ready = poll(timeout)
-            if not self._work and not any(source is mailbox for source, _ in ready):
+            if not any(source is mailbox for source, _ in ready):
                 self.input_read_at = time.monotonic()  # nothing waits in the mailbox
             for source, _ in ready:
                 callback = readers.get(source)
@@ -314,9 +310,11 @@ class Actor:
         self.stop()
 
     def _on_mailbox(self) -> None:
-        """Up to `MAILBOX_BATCH` messages; a due timer or long work started ends the turn."""
+        """Up to `MAILBOX_BATCH` messages, ended early by a due timer, or by `WORK_SLICE_S`
+        when long work waits (it gets its turn, as messages get theirs between its slices)."""
         recv = self.mailbox.recv_multipart
         timers = self._timers
+        end = time.monotonic() + WORK_SLICE_S
         for _ in range(MAILBOX_BATCH):
             try:
                 frames = recv(zmq.NOBLOCK)
@@ -324,10 +322,13 @@ class Actor:
                 self.input_read_at = time.monotonic()
                 return
             self._handle(frames)
-            if self._stopping or self._work:
+            if self._stopping:
                 return
-            if timers and timers[0][0] <= time.monotonic():
+            now = time.monotonic()
+            if timers and timers[0][0] <= now:
                 return  # a heartbeat must not wait for a long queue of messages
+            if self._work and now >= end:
+                return
 
     def _handle(self, frames: list[bytes]) -> None:
         if len(frames) != 3:

@@ -23,6 +23,7 @@ import gc
 import math
 import random
 import time
+from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
@@ -154,6 +155,8 @@ class ShardActor(Actor):
             self, (Heartbeat, TransferReq, TransferAck, GracefulPermdown, GoodbyeAck)
         )
         self.reassembler = fragments.Reassembler()
+        # replication messages that came while a merge was under way, handled after it
+        self.deferred: deque[FromPeer] = deque()
         self.too_large = 0  # replication messages not sent: over what peers accept
         self.too_large_logged = -math.inf
         self.departing: Departure | None = None  # a goodbye waiting for acknowledgements
@@ -201,6 +204,8 @@ class ShardActor(Actor):
             self.journal.flush()
 
     def on_idle(self) -> None:
+        while self.deferred and not self.working:
+            self._handle_deferred(self.deferred.popleft())
         if self.journal is not None:  # first: no diff is seen before its change is journaled
             self.journal.flush()
         if self.outbox:  # every diff of this wake-up in one frame, in the order made
@@ -256,14 +261,25 @@ class ShardActor(Actor):
         assert self.replication is not None
         now = time.monotonic()
         self.reassembler.expire(now)
-        outs, diff = self.replication.tick(now, self.input_read_at, self.working)
+        busy = self.working or bool(self.deferred)
+        outs, diff = self.replication.tick(now, self.input_read_at, busy)
         self._send_peers(outs)
         self.report(_by_topic(*diff))
         self.call_later(self.replication.broadcast_period, self._tick)
 
     def on_from_peer(self, msg: FromPeer) -> None:
+        """A replication message: a sign of life of its sender as it comes; handled at once,
+        or after the merge under way (a peer's messages are handled in the order sent)."""
         if self.replication is None:
             return
+        self.replication.heard(msg.sender, time.monotonic())
+        if self.working or self.deferred:
+            self.deferred.append(msg)
+            return
+        self._from_peer(msg)
+
+    def _from_peer(self, msg: FromPeer) -> None:
+        assert self.replication is not None
         inner = codec.decode(msg.payload)  # MalformedFrame: logged and dropped by the loop
         if isinstance(inner, Fragment):
             now = time.monotonic()
@@ -278,6 +294,16 @@ class ShardActor(Actor):
         if handler is None:
             raise MalformedFrame(f"{type(inner).__name__} is not a replication message")
         handler(inner, msg.sender)
+
+    def _handle_deferred(self, msg: FromPeer) -> None:
+        try:
+            self._from_peer(msg)
+        except MalformedFrame as exc:
+            self.log.warning("%s: dropped a replication message from %s: %s", self.name,
+                             msg.sender, exc)  # fmt: skip
+        except Exception:  # a bug must not end the shard, nor drop the messages after it
+            self.log.exception("%s: a replication message from %s failed", self.name,
+                               msg.sender)  # fmt: skip
 
     # Replication messages, unwrapped from `FromPeer`; a departed replica only says goodbye.
 

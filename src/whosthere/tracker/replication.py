@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from whosthere.tracker import deltas, wire
-from whosthere.tracker.clock import ClockSet, append_clock, replicas_of
+from whosthere.tracker.clock import ClockSet, append_clock
 from whosthere.tracker.options import TrackerOptions
 from whosthere.tracker.state import Delta, Element, ReplicaRef, State
 from whosthere.transport.messages import (
@@ -89,6 +89,7 @@ class Replication:
         self.generations: list[Delta] = []
         self.peers: dict[str, Peer] = {}
         self.clockset: ClockSet = []
+        self.suspects: dict[str, dict[ReplicaRef, int]] = {}  # peers ahead at the last sample
         self.silent = self.max_silent  # the first tick announces this replica
         self.countdown = self.sample_periods
         self.refs = itertools.count(random.getrandbits(40))
@@ -141,10 +142,21 @@ class Replication:
         if self.countdown <= 1 and busy:
             pass  # sampled at the first tick after the merge
         elif self.countdown <= 1:
-            self.clockset = append_clock(self.clockset, state.replica, state.clocks())
-            ahead = {r[0] for r in replicas_of(self.clockset) if r != state.replica}  # type: ignore[index]
+            mine = state.clocks()
+            self.clockset = append_clock(self.clockset, state.replica, mine)
+            ahead = {ref[0]: clock for ref, clock in self.clockset if ref != state.replica}  # type: ignore[index]
+            # Asked only of a peer that already looked ahead at the last sample, and whose
+            # clock then is still ahead of ours: what it knew a sample ago has had the time to
+            # come, so it was lost. Asking at once would ask for changes on their way (a
+            # burst's heartbeats come at different times, and a transfer then is a whole
+            # state, seconds of work on both sides, for nothing).
+            behind = {name for name, clock in self.suspects.items()
+                      if any(mine.get(r, n) < n for r, n in clock.items())}  # fmt: skip
+            self.suspects = ahead
             returning = {n for n, p in self.peers.items() if p.returning_since is not None}
-            for name in sorted(ahead | returning):
+            for name in sorted(behind | returning):
+                if name not in self.peers:
+                    continue  # forgotten since
                 if name in self.asked and self._waiting(self.asked[name], now):
                     continue  # its answer to the last request is still on its way
                 ref = next(self.refs)
@@ -318,6 +330,10 @@ class Replication:
         (they might be of other big messages, while the request itself was lost)."""
         _, at, progress = asked
         return now - progress < self.transfer_timeout and now - at < 10 * self.transfer_timeout
+
+    def heard(self, name: str, now: float) -> None:
+        """A message of `name` came (handled now or later): a sign of life of an up peer."""
+        self._alive(name, None, now)
 
     def _alive(self, name: str, vsn: int | None, now: float) -> None:
         """A message of an up peer's shard came: a sign of life as good as a heartbeat (a
