@@ -100,3 +100,19 @@ def test_empty_generations_are_skipped_and_the_result_is_pruned():
     assert chosen is not None
     assert keys(chosen) == ["b"] and chosen.start == {S2: 0} and chosen.end == {S2: 1}
     assert set(chosen.clouds) == {S2}
+
+
+def test_a_generation_never_holds_more_than_its_cap():
+    """A burst bigger than every cap is kept by none (a peer that lost it gets the whole
+    state); each generation used to keep a copy of it, more memory than the presences."""
+    s1 = State(S1)
+    s1.join(1, "lobby", "before", b"")
+    gens, _ = flush(s1, [])
+    for i in range(10):
+        s1.join(1, "lobby", f"burst{i}", b"")
+    gens, _ = flush(s1, gens)
+    assert [g.size() <= cap for g, cap in zip(gens, CAPS, strict=True)] == [True] * 3
+    assert [keys(g) for g in gens] == [[], [], []]
+    s1.join(1, "lobby", "after", b"")
+    gens, _ = flush(s1, gens)
+    assert [keys(g) for g in gens] == [["after"]] * 3  # a transfer from here on is a delta

@@ -49,7 +49,9 @@ def push(
 
     With no generations yet, each starts as `pending` (the replica's fresh pending delta).
     Each generation absorbs the delta while it fits its cap; one that would overflow
-    restarts from the window of the generation below it.
+    restarts from the window of the generation below it, or empty (from `pending`) when
+    that is over its cap too: a generation never holds more than its cap (a burst of 25,000
+    joins kept in each of three generations cost more memory than the presences did).
     """
     if not generations:
         generations = [_copy(pending) for _ in caps]
@@ -64,7 +66,7 @@ def push(
             out.append(merged)
             carry = merged
         else:
-            out.append(carry)
+            out.append(carry if carry.size() <= cap else _copy(pending))
             carry = merged
     return out
 
