@@ -7,7 +7,7 @@ leave is a spurious one. Convergence is when every subscriber has been told of e
 presence of every node, and each shard sees all its peers up.
 
     python bench/cluster_burst.py --nodes 4 --per-node 25000     # the issue's burst
-    python bench/cluster_burst.py --nodes 8 --per-node 12500 --rounds 20   # a long soak
+    python bench/cluster_burst.py --rounds 30 --turnover   # a soak: owners replaced, 30 times
 
 Used by the `cluster` bench workload (growth table) and the load soak in the tests.
 """
@@ -185,13 +185,20 @@ class Cluster:
                     total[name] = total.get(name, 0) + n
         return total
 
-    def burst(self, per_node: int, settle: float = 60.0) -> Round:
+    def burst(self, per_node: int, settle: float = 60.0, *, turnover: bool = False) -> Round:
         """Each live node tracks `per_node` more presences at once (keys new to this round);
-        wait until every watcher shows all of them and every peer is up."""
+        wait until every watcher shows all of them and every peer is up.
+
+        With `turnover`, the presences are new owners' and the old owners are SIGKILLed as
+        soon as the tracks return: their presences leave everywhere (expected leaves, not
+        counted as spurious), as workers replaced in a rolling deploy."""
         before = self.events()
         leaves_before = sum(w.leaves for w in self.watchers)
         lost_before = sum(w.lost for w in self.watchers)
         start = self.tracked
+        old = list(self.owners)
+        if turnover:
+            self.owners = [subprocess.Popen(["sleep", "3600"]) for _ in self.nodes]
         errors: list[BaseException] = []
 
         def track(i: int) -> None:
@@ -210,6 +217,13 @@ class Cluster:
         for t in threads:
             t.join()
         tracked = time.monotonic() - t0
+        expected = 0
+        if turnover:
+            for p in old:
+                p.kill()
+                p.wait()
+            expected = self.tracked * len(self.live) * len(self.live)  # every watcher, each
+            self.tracked = 0
         if errors:
             raise errors[0]
         self.tracked += per_node
@@ -224,9 +238,9 @@ class Cluster:
         return Round(
             len(self.live), per_node, tracked, converged,
             {k: after.get(k, 0) - before.get(k, 0) for k in after},
-            sum(w.leaves for w in self.watchers) - leaves_before,
+            sum(w.leaves for w in self.watchers) - leaves_before - expected,
             sum(w.lost for w in self.watchers) - lost_before,
-            " | ".join(w.first_leave for w in self.watchers if w.first_leave),
+            "" if turnover else " | ".join(w.first_leave for w in self.watchers if w.first_leave),
         )  # fmt: skip
 
     def idle_cpu(self, seconds: float) -> list[float]:
@@ -301,6 +315,9 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=4)
     parser.add_argument("--per-node", type=int, default=25_000)
     parser.add_argument("--rounds", type=int, default=1, help="bursts one after another")
+    parser.add_argument("--turnover", action="store_true",
+                        help="after the first round, each burst is new owners' while the "
+                             "last round's owners are killed")  # fmt: skip
     parser.add_argument("--broadcast", type=float, default=BURST_PERIODS["broadcast_period"])
     parser.add_argument("--down", type=float, default=BURST_PERIODS["down_period"])
     parser.add_argument("--idle", type=float, default=5.0, help="seconds of idle CPU measured")
@@ -309,8 +326,8 @@ def main() -> None:
     periods = {**BURST_PERIODS, "broadcast_period": args.broadcast, "down_period": args.down}
     failed = 0
     with Cluster(args.nodes, periods, log_level=args.log_level) as cluster:
-        for _ in range(args.rounds):
-            result = cluster.burst(args.per_node)
+        for n in range(args.rounds):
+            result = cluster.burst(args.per_node, turnover=args.turnover and n > 0)
             print(result.summary(), flush=True)
             failed += not result.ok
         if args.idle:

@@ -23,12 +23,15 @@ _spec.loader.exec_module(cluster_burst)
 
 def test_bursts_on_three_nodes_converge_with_no_down_and_no_spurious_leave():
     with cluster_burst.Cluster(3, prefix="load") as cluster:
-        for per_node in (8_000, 4_000):  # the second on top of the first
-            burst = cluster.burst(per_node, settle=40.0)
+        for per_node, turnover in ((8_000, False), (4_000, False), (6_000, True)):
+            # the second on top of the first; the third by new owners while the old ones
+            # are SIGKILLed: 12,000 presences of each node leave, and those only
+            burst = cluster.burst(per_node, settle=40.0, turnover=turnover)
             assert burst.ok, burst.summary()
             assert burst.events.get("sent_whole", 0) == 0, burst.summary()
-        # only a dead node's presences leave, and within about down_period (smoke margin)
+        # a dead node's presences leave the others, within about down_period (smoke margin)
         seconds = cluster.kill(2, timeout=20.0)
         assert seconds < 5 * cluster.periods["down_period"]
-        watchers = [cluster.watchers[i] for i in cluster.live]
-        assert all(w.leaves == 12_000 and w.lost == 0 for w in watchers)
+        for i in cluster.live:
+            watcher = cluster.watchers[i]
+            assert watcher.shown == 2 * 6_000 and watcher.lost == 0
