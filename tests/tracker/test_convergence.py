@@ -86,8 +86,13 @@ def transfer(to: Replica, frm: Replica, *, whole: bool = False) -> None:
         to.generations = []
 
 
-def in_parts(to: Replica, payload, size: int):
-    """A merge in parts of `size`, each part reported as it is merged (a busy shard's)."""
+def in_parts(to: Replica, payload, size: int, frm: Replica | None = None):
+    """A merge in parts of `size`, each part reported as it is merged (a busy shard's);
+    with `frm`, the snapshot is first extracted from it in parts, changes between them."""
+    if frm is not None:
+        payload = yield from frm.state.extract_in_parts(
+            to.state.replica, to.state.clocks(), size
+        )
     for joins, leaves in to.state.merge_in_parts(payload, size):
         to.report(joins, leaves)
         yield
@@ -175,8 +180,7 @@ def test_replicas_converge(n, program, rnd):  # noqa: PLR0915 (one program, read
                 if delta.replica in s.context and delta.replica not in s.down:
                     x.merging.append(in_parts(x, delta, 1 + op[2] % 3))
             elif frm is not x and frm.state.replica in s.context:
-                snapshot = frm.state.extract(s.replica, s.clocks())
-                x.merging.append(in_parts(x, snapshot, 1 + op[2] % 3))
+                x.merging.append(in_parts(x, None, 1 + op[2] % 3, frm))
         elif kind == "part" and x.merging and next(x.merging[0], StopIteration) is StopIteration:
             x.merging.pop(0)
 

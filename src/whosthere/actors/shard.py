@@ -24,7 +24,7 @@ import math
 import random
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from whosthere.actors.base import NOREPLY, WORK_SLICE_S, Actor, ActorSpec, Request, routes
@@ -318,30 +318,37 @@ class ShardActor(Actor):
 
     def on_transfer_req(self, msg: TransferReq, sender: str) -> None:
         if not self.departed:
-            self._send_peers(self._replication.on_transfer_req(msg, time.monotonic()))
+            self._run(self._replication.transfer_req_parts(msg, time.monotonic()),
+                      self._send_peers)  # fmt: skip
 
     def on_transfer_ack(self, msg: TransferAck, sender: str) -> None:
         if not self.departed:
             self._merge(self._replication.transfer_ack_parts(msg, time.monotonic()))
 
     def _merge(self, parts: Iterator[Changed]) -> None:
-        """Report each part's diff; what is left after a slice of work goes on as long work
-        (`start_work`), so that heartbeats are sent and timers run between parts."""
+        self._run(parts, self._report_part)
+
+    def _report_part(self, diff: Changed) -> None:
+        if diff[0] or diff[1]:
+            self.report(_by_topic(*diff))
+
+    def _run(self, parts: Iterator[Any], each: Callable[[Any], None]) -> None:
+        """`each` part as it is made; what is left after a slice of work goes on as long work
+        (`start_work`), so that heartbeats are sent and calls served between parts. Later
+        replication messages wait for it (`deferred`)."""
         if not self.working:  # (work waiting goes first)
             end = time.monotonic() + WORK_SLICE_S
-            for joins, leaves in parts:
-                if joins or leaves:
-                    self.report(_by_topic(joins, leaves))
+            for part in parts:
+                each(part)
                 if time.monotonic() >= end:
                     break
             else:
-                return  # all merged within one slice
-        self.start_work(self._merge_rest(parts))
+                return  # all done within one slice
+        self.start_work(self._rest(parts, each))
 
-    def _merge_rest(self, parts: Iterator[Changed]) -> Iterator[None]:
-        for joins, leaves in parts:
-            if joins or leaves:
-                self.report(_by_topic(joins, leaves))
+    def _rest(self, parts: Iterator[Any], each: Callable[[Any], None]) -> Iterator[None]:
+        for part in parts:
+            each(part)
             yield
 
     def on_graceful_permdown(self, msg: GracefulPermdown, sender: str) -> None:

@@ -256,6 +256,11 @@ class Replication:
         self.generations = deltas.push(self.generations, delta, self.caps, self.state.delta)
 
     def on_transfer_req(self, msg: TransferReq, now: float | None = None) -> list[Out]:
+        return [out for outs in self.transfer_req_parts(msg, now) for out in outs]
+
+    def transfer_req_parts(self, msg: TransferReq, now: float | None = None) -> Iterator[list[Out]]:
+        """The answer to a transfer request: a delta generation, or the whole state built
+        `MERGE_PART` elements at a time (nothing to send until the last part)."""
         ref = wire.decode_replica(msg.replica)
         clocks = wire.decode_clock(msg.clocks)
         if now is not None:
@@ -265,11 +270,18 @@ class Replication:
         if chosen is not None:
             ack = TransferAck(msg.ref, self.me, wire.encode_delta(chosen), None)
         else:
-            snapshot = self.state.extract(ref, clocks)
+            parts = self.state.extract_in_parts(ref, clocks, MERGE_PART)
+            while True:
+                try:
+                    next(parts)
+                except StopIteration as done:
+                    snapshot = done.value
+                    break
+                yield []
             ack = TransferAck(msg.ref, self.me, None, wire.encode_snapshot(snapshot))
         self.events["sent_delta" if chosen is not None else "sent_whole"] += 1
         log.info("%s: transfer to %s (%s)", self.me, ref, "delta" if chosen else "whole state")
-        return [(ref[0], ack)]
+        yield [(ref[0], ack)]
 
     def on_transfer_ack(self, msg: TransferAck, now: float) -> Diff:
         return _together(self.transfer_ack_parts(msg, now))

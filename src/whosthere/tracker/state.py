@@ -36,7 +36,7 @@ No sockets, no clock, no logging here: the shard actor turns messages into these
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -349,18 +349,35 @@ class State:
     def extract(self, peer: ReplicaRef, peer_context: dict[ReplicaRef, int]) -> Snapshot:
         """The whole state for `peer`, pruned to the replicas it knows (it learns of others
         from their own heartbeats); `peer`'s own elements are left out."""
+        parts = self.extract_in_parts(peer, peer_context, sys.maxsize)
+        while True:
+            try:
+                next(parts)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+
+    def extract_in_parts(
+        self, peer: ReplicaRef, peer_context: dict[ReplicaRef, int], size: int
+    ) -> Generator[None, None, Snapshot]:
+        """`extract`, pausing after every `size` elements (the snapshot is its return value):
+        a shard answers its heartbeats between parts. Other changes may come between parts:
+        the context is taken first, so what is removed meanwhile reads as removed (the
+        peer's copy leaves, rightly), and what is added meanwhile is newer than it (taken
+        as an element beyond the context, or from the next heartbeat)."""
         known = [r for r in self.context if r in peer_context]
+        context = {r: self.context[r] for r in known}
+        clouds = {r: set(self.clouds[r]) for r in known if self.clouds.get(r)}
         values: dict[Dot, Value] = {}
         for r in known:
-            if r != peer:
-                for e in self.replica_elements(r):
+            if r == peer:
+                continue
+            elements = self.replica_elements(r)
+            for i in range(0, len(elements), size):
+                for e in elements[i : i + size]:
                     values[(r, e.dot & _COUNTER)] = (e.topic, e.pid, e.key, e.meta)
-        return Snapshot(
-            self.replica,
-            {r: self.context[r] for r in known},
-            {r: set(self.clouds[r]) for r in known if self.clouds.get(r)},
-            values,
-        )
+                if i + size < len(elements):
+                    yield
+        return Snapshot(self.replica, context, clouds, values)
 
     def merge(self, remote: Delta | Snapshot) -> tuple[list[Element], list[Element]]:
         """Merge a peer's delta or snapshot: the (joins, leaves) it makes here.
@@ -392,8 +409,8 @@ class State:
 
         A snapshot's values go in as deltas; then what it has seen without holding it
         leaves, and its context is taken (`merge_seen`), for the replicas known when it
-        began: one that came up since was skipped by the first parts, and must not be
-        counted as seen."""
+        began and still are: one that came up since (or was forgotten and came up again) was
+        skipped by the first parts, and must not be counted as seen."""
         if isinstance(remote, Delta):
             if remote.size() <= size:
                 yield self.merge(remote)
@@ -401,8 +418,8 @@ class State:
             for part in _delta_parts(remote, size):
                 yield self.merge(part)
             return
-        known = {r for r in remote.context if r in self.context}
-        values = [(dot, v) for dot, v in remote.values.items() if dot[0] in known]
+        ids = {r: self.replica_ids[r] for r in remote.context if r in self.context}
+        values = [(dot, v) for dot, v in remote.values.items() if dot[0] in ids]
         kept: dict[ReplicaRef, set[int]] = {}
         for i in range(0, len(values), size):
             part = dict(values[i : i + size])
@@ -412,6 +429,9 @@ class State:
             for r, cloud in clouds.items():
                 kept.setdefault(r, set()).update(cloud)
             yield self.merge(Delta(remote.replica, {}, {}, clouds, part))
+        # replicas known since the start only: one permdowned and up again meanwhile is
+        # another incarnation of our knowledge (its elements were dropped)
+        known = {r for r, rid in ids.items() if self.replica_ids.get(r) == rid}
         yield self.merge_seen(
             {r: n for r, n in remote.context.items() if r in known},
             {r: c for r, c in remote.clouds.items() if r in known},
