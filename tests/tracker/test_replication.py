@@ -268,3 +268,18 @@ def test_a_heartbeat_merged_in_parts_adds_up_to_one_merged_at_once():
     assert len(parts) > 2
     assert sum(len(j) for j, _ in parts) == len(joins) == 5_000
     assert a.state.context == whole.state.context and len(a.state) == len(whole.state)
+
+
+def test_a_whole_state_is_not_sent_again_while_the_last_may_be_on_its_way():
+    """Building and sending a big shard's whole state takes a while; the peer's repeated
+    request, which waited behind it, must not make it twice."""
+    a, b = replica("a"), replica("b")
+    b.state.join(1, "t", "bob", b"\x80")
+    b.state.take_delta()
+    a.on_heartbeat(heartbeat(b), 0.0)
+    b.on_heartbeat(heartbeat(a), 0.0)
+    ask = TransferReq(1, a.me, wire.encode_clock({a.state.replica: 0, b.state.replica: 0}))
+    assert b.on_transfer_req(ask, 1.0)  # the whole state (no generation covers it)
+    assert b.on_transfer_req(ask._replace(ref=2), 2.0) == []  # sent 1 s ago: on its way
+    assert b.on_transfer_req(ask._replace(ref=3), 9.5)  # a transfer timeout later: again
+    assert b.events["sent_whole"] == 2

@@ -136,7 +136,7 @@ class Actor:
         self._stopping = False
         self._work: list[Iterator[None]] = []  # long work in slices, oldest first
         # monotonic time up to which every message that came was read: the mailbox was
-        # seen empty then (it waits while long work runs)
+        # seen empty then
         self.input_read_at = time.monotonic()
         self._wakeup_r = -1
         self.supervisor: Dealer | None = None  # casts to the supervisor (None for it)
@@ -191,7 +191,7 @@ class Actor:
 
     @property
     def working(self) -> bool:
-        """Whether long work is under way (the mailbox waits)."""
+        """Whether long work is under way."""
         return bool(self._work)
 
     def _work_slice(self) -> None:

@@ -204,8 +204,8 @@ class ShardActor(Actor):
             self.journal.flush()
 
     def on_idle(self) -> None:
-        while self.deferred and not self.working:
-            self._handle_deferred(self.deferred.popleft())
+        if self.deferred and not self.working:
+            self._drain_deferred()
         if self.journal is not None:  # first: no diff is seen before its change is journaled
             self.journal.flush()
         if self.outbox:  # every diff of this wake-up in one frame, in the order made
@@ -295,6 +295,17 @@ class ShardActor(Actor):
             raise MalformedFrame(f"{type(inner).__name__} is not a replication message")
         handler(inner, msg.sender)
 
+    def _drain_deferred(self) -> None:
+        """The replication messages that waited for long work, in order, a slice at a time;
+        one that starts long work of its own stops the drain until it ends."""
+        end = time.monotonic() + WORK_SLICE_S
+        while self.deferred and not self.working:
+            self._handle_deferred(self.deferred.popleft())
+            if time.monotonic() >= end:
+                if self.deferred and not self.working:
+                    self.call_later(0, self._drain_deferred)  # after the loop's other work
+                return
+
     def _handle_deferred(self, msg: FromPeer) -> None:
         try:
             self._from_peer(msg)
@@ -318,8 +329,8 @@ class ShardActor(Actor):
 
     def on_transfer_req(self, msg: TransferReq, sender: str) -> None:
         if not self.departed:
-            self._run(self._replication.transfer_req_parts(msg, time.monotonic()),
-                      self._send_peers)  # fmt: skip
+            answer = self._replication.transfer_req_parts(msg, time.monotonic(), time.monotonic)
+            self._run(answer, self._send_peers)
 
     def on_transfer_ack(self, msg: TransferAck, sender: str) -> None:
         if not self.departed:

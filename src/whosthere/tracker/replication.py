@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 import logging
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,6 +98,9 @@ class Replication:
         self.asked: dict[str, tuple[int, float, float]] = {}
         self.transfer_timeout = 4 * self.sample_periods * self.broadcast_period
         self.transfers = 0  # transfers answered
+        # peer name -> when the last whole state went to it: one is not built again while
+        # the last may still be on its way (its request, repeated, waited behind it)
+        self.whole_sent: dict[str, float] = {}
         # what happened to peers and transfers since start, for `status` and the benches
         self.events = dict.fromkeys(
             ("down", "up_again", "permdown", "sent_whole", "sent_delta", "merged_whole"), 0
@@ -194,6 +197,7 @@ class Replication:
     def _forget(self, name: str) -> list[Element]:
         peer = self.peers.pop(name)
         self.asked.pop(name, None)
+        self.whole_sent.pop(name, None)
         ref = (name, peer.vsn)
         leaves = [] if peer.down else self.state.replica_down(ref)
         self.state.permdown(ref)
@@ -258,14 +262,23 @@ class Replication:
     def on_transfer_req(self, msg: TransferReq, now: float | None = None) -> list[Out]:
         return [out for outs in self.transfer_req_parts(msg, now) for out in outs]
 
-    def transfer_req_parts(self, msg: TransferReq, now: float | None = None) -> Iterator[list[Out]]:
+    def transfer_req_parts(
+        self, msg: TransferReq, now: float | None = None, clock: Callable[[], float] | None = None
+    ) -> Iterator[list[Out]]:
         """The answer to a transfer request: a delta generation, or the whole state built
-        `MERGE_PART` elements at a time (nothing to send until the last part)."""
+        `MERGE_PART` elements at a time (nothing to send until the last part). `clock`
+        tells the time when it is sent, if not `now` (building it may take seconds)."""
         ref = wire.decode_replica(msg.replica)
         clocks = wire.decode_clock(msg.clocks)
         if now is not None:
             self._alive(ref[0], ref[1], now)
         chosen = deltas.for_peer(self.generations, clocks)
+        if chosen is None and now is not None:
+            sent = self.whole_sent.get(ref[0])
+            if sent is not None and now - sent < self.transfer_timeout:
+                log.info("%s: %s asked again for the whole state, sent %.1f s ago: not sent "
+                         "twice", self.me, ref, now - sent)  # fmt: skip
+                return
         self.transfers += 1
         if chosen is not None:
             ack = TransferAck(msg.ref, self.me, wire.encode_delta(chosen), None)
@@ -279,6 +292,8 @@ class Replication:
                     break
                 yield []
             ack = TransferAck(msg.ref, self.me, None, wire.encode_snapshot(snapshot))
+            if now is not None:
+                self.whole_sent[ref[0]] = now if clock is None else clock()
         self.events["sent_delta" if chosen is not None else "sent_whole"] += 1
         log.info("%s: transfer to %s (%s)", self.me, ref, "delta" if chosen else "whole state")
         yield [(ref[0], ack)]
