@@ -49,3 +49,16 @@ def test_deltas_and_snapshots_round_trip_through_msgpack():
 def test_malformed_deltas_are_refused(raw):
     with pytest.raises(MalformedFrame):
         wire.decode_delta(raw)
+
+
+@pytest.mark.parametrize(
+    "dots",
+    [[1.5], [-1], [1 << 40], [1 << 70], b"\x00" * 8, ["x"], [None], "12"],
+    ids=["float", "negative", "past-40-bits", "past-64-bits", "bytes", "str-dot", "none", "str"],
+)
+def test_clouds_with_anything_but_counters_are_refused(dots):
+    with pytest.raises(MalformedFrame):
+        wire.decode_clouds([["a", 1, dots]])
+    with pytest.raises(MalformedFrame):
+        wire.decode_clouds([[1, 1, [1]]])  # a replica is named by a str
+    assert wire.decode_clouds([["a", 1, [1, 2, 3]]]) == {("a", 1): {1, 2, 3}}

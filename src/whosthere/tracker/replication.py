@@ -349,7 +349,9 @@ class Replication:
         peer.returning_since = None
         peer.back_heard_at = None
         self.events["up_again"] += 1
-        log.info("%s: replica %s up again", self.me, ref)
+        why = "behind it still, after down_period" if behind else "nothing of it missing"
+        log.info("%s: replica %s up again (a heartbeat sent since it was heard; %s)",
+                 self.me, ref, why)  # fmt: skip
         return self.state.replica_up(ref)
 
     def _waiting(self, asked: tuple[int, float, float], now: float) -> bool:

@@ -630,19 +630,23 @@ def _delta_parts(delta: Delta, size: int) -> Iterator[Delta]:
     """`delta` cut in parts of about `size` dots: each value goes with its own dot (a dot
     without its value would be read as the value's remove), the remove markers after."""
     values = list(delta.values.items())
+    with_value: dict[ReplicaRef, set[int]] = {}
     for i in range(0, len(values), size):
         part = dict(values[i : i + size])
         clouds: dict[ReplicaRef, set[int]] = {}
         for r, c in part:
-            clouds.setdefault(r, set()).add(c)
+            cloud = clouds.get(r)
+            if cloud is None:
+                clouds[r] = {c}
+            else:
+                cloud.add(c)
+        for r, cloud in clouds.items():
+            with_value.setdefault(r, set()).update(cloud)
         yield Delta(delta.replica, delta.start, delta.end, clouds, part)
-    markers = [(r, c) for r, cloud in delta.clouds.items() for c in cloud
-               if (r, c) not in delta.values]  # fmt: skip
-    for i in range(0, len(markers), size):
-        clouds = {}
-        for r, c in markers[i : i + size]:
-            clouds.setdefault(r, set()).add(c)
-        yield Delta(delta.replica, delta.start, delta.end, clouds, {})
+    for r, cloud in delta.clouds.items():
+        markers = list(cloud - with_value.get(r, set()))
+        for i in range(0, len(markers), size):
+            yield Delta(delta.replica, delta.start, delta.end, {r: set(markers[i : i + size])}, {})
 
 
 _EMPTY: dict = {}

@@ -6,6 +6,7 @@ on anything that is not what `encode_*` makes, so a bad peer frame is dropped, n
 
 from __future__ import annotations
 
+from array import array
 from typing import Any
 
 from whosthere.errors import MalformedFrame
@@ -53,14 +54,15 @@ def decode_clouds(raw: Any) -> dict[ReplicaRef, set[int]]:
     try:
         out = {}
         for name, vsn, dots in raw:
-            _ints(vsn, *dots)
-            if any(d >= 1 << COUNTER_BITS for d in dots):
+            if not (type(name) is str and type(vsn) is int and 0 <= vsn < _LIMIT
+                    and type(dots) is list):  # fmt: skip
                 raise ValueError
-            if not isinstance(name, str):
+            counters = array("q", dots)  # ints only, checked in C (a burst has thousands)
+            if counters and (min(counters) < 0 or max(counters) >= _COUNTER_LIMIT):
                 raise ValueError
-            out[(name, vsn)] = set(dots)
+            out[(name, vsn)] = set(counters)
         return out
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise MalformedFrame("clouds are [[name, vsn, [counter, ...]], ...]") from None
 
 
