@@ -327,3 +327,40 @@ def test_a_node_killed_during_a_split_never_reappears_when_the_link_comes_back(o
                     assert node.status()["peers"].get("n2", {}).get("status") != "up"
         assert ("joins", "u2", 2) not in seen, seen
         converged([a, b], {"room": {"u0": [0], "u1": [1]}})
+
+
+def test_broadcasts_held_through_a_cut_cable_are_lost_not_delivered_late(shared, nodes):
+    """a broadcasts while its cable is out, past down_period: when the cable is back, the
+    kernel delivers what it held, too late to be news. b and c never publish those; their
+    subscribers hear of the loss (`MessagesLost`), then get what comes after."""
+    network, _ = shared
+    clients = [whosthere.PubSub.connect(node.address) for node in nodes]
+    subs = [client.subscribe("news") for client in clients]
+
+    def next_payload(sub: whosthere.Subscription) -> Any:
+        msg = wait_until(lambda: sub.get(timeout=0.1), timeout=10, what="a broadcast")
+        return msg.payload
+
+    try:
+        clients[0].broadcast("news", "msg", {"n": 0})
+        assert [next_payload(sub) for sub in subs] == [{"n": 0}] * 3
+        network.cut(0)
+        for n in (1, 2, 3):
+            clients[0].broadcast("news", "msg", {"n": n})
+        for node in nodes[1:]:  # past down_period: a is down on b and c
+            wait_until(lambda node=node: node.status()["peers"]["n0"]["status"] == "down",
+                       timeout=10, what=f"n0 down on {node}")  # fmt: skip
+        network.mend(0)
+        for sub in subs[1:]:
+            with pytest.raises(whosthere.MessagesLost):
+                wait_until(lambda sub=sub: sub.get(timeout=0.1), timeout=20, what="the loss")
+        clients[0].broadcast("news", "msg", {"n": 4})
+        assert [next_payload(subs[1]), next_payload(subs[2])] == [{"n": 4}] * 2
+        assert [next_payload(subs[0]) for _ in range(4)] == [{"n": n} for n in (1, 2, 3, 4)]
+        for sub in subs:
+            assert sub.get(timeout=0.3) is None
+    finally:
+        for sub in subs:
+            sub.close()
+        for client in clients:
+            client.close()

@@ -90,9 +90,7 @@ def in_parts(to: Replica, payload, size: int, frm: Replica | None = None):
     """A merge in parts of `size`, each part reported as it is merged (a busy shard's);
     with `frm`, the snapshot is first extracted from it in parts, changes between them."""
     if frm is not None:
-        payload = yield from frm.state.extract_in_parts(
-            to.state.replica, to.state.clocks(), size
-        )
+        payload = yield from frm.state.extract_in_parts(to.state.replica, to.state.clocks(), size)
     for joins, leaves in to.state.merge_in_parts(payload, size):
         to.report(joins, leaves)
         yield

@@ -4,7 +4,8 @@ It listens on the node's `listen` endpoint (tcp) and connects to every peer it k
 peers it hears of from others (`PeerHello` carries the addresses a node knows) it connects to
 as well, so nodes given one another's address form a full mesh. Shards hand it their
 replication messages (`ClusterCast`); it routes them, unopened, to shard i of the named node
-or of every node, and hands what comes in to the local shard (`FromPeer`).
+or of every node, and hands what comes in to the local shard (`FromPeer`). The PubSub actor's
+cluster-wide broadcasts take the same way, at index `PUBSUB_INDEX`.
 
 With a cookie, every connection is ZeroMQ CURVE with keys derived from it: a node without the
 cookie cannot complete the handshake. Without a cookie the node listens on loopback only.
@@ -35,6 +36,7 @@ from whosthere.transport import codec
 from whosthere.transport.cookie import COOKIE_ENV, curve_keys
 from whosthere.transport.endpoints import advertised, valid_endpoint
 from whosthere.transport.messages import (
+    PUBSUB_INDEX,
     ClusterCast,
     DropPeers,
     FromPeer,
@@ -62,8 +64,10 @@ class ClusterActor(Actor):
         self.cookie: str | None = os.environ.get(COOKIE_ENV) or None
         self.listen_endpoint: str = cluster.listen  # once bound: the address peers are told
         self.advertise: str | None = cluster.advertise
+        topology = Topology(config)
         self.shards = [Dealer(e, what=f"shard {i}", unbounded=True)
-                       for i, e in enumerate(Topology(config).shards)]  # fmt: skip
+                       for i, e in enumerate(topology.shards)]  # fmt: skip
+        self.pubsub = Dealer(topology.pubsub, what="pubsub actor", unbounded=True)
         self.bound = ""
         self.listener = socket(zmq.ROUTER)
         self.listener.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -121,7 +125,7 @@ class ClusterActor(Actor):
     def on_stop(self) -> None:
         for sock in self.outgoing.values():
             sock.close(linger=500)  # a departing shard's goodbye may still be queued
-        for dealer in self.shards:
+        for dealer in (*self.shards, self.pubsub):
             dealer.close()
 
     def stats(self) -> dict[str, Any]:
@@ -254,6 +258,8 @@ class ClusterActor(Actor):
         self.received += 1
         if 0 <= msg.index < len(self.shards):
             self.shards[msg.index].cast(FromPeer(msg.sender, msg.payload))
+        elif msg.index == PUBSUB_INDEX:
+            self.pubsub.cast(FromPeer(msg.sender, msg.payload))
 
     def on_peer_welcome(self, msg: PeerWelcome, route: Route) -> None:
         now = time.monotonic()

@@ -46,12 +46,15 @@ Losses nobody would notice without help, and what announces them:
   their numbers goes to every subscription: a subscriber of any of them raises
   `MessagesLost` and resyncs.
 
-Bridging between nodes (the cluster issue) hooks into `forward`: `Broadcast(local=False)` is
-handed to it after local publication.
+Between nodes: a cluster-wide broadcast (`Broadcast(local=False)`) is published here, then
+forwarded to every peer's PubSub actor through the cluster actors, which publishes it to its
+own subscribers; what a peer cannot deliver (lost or late in a netsplit) its subscribers hear
+of as `MessagesLost` (`actors.broadcast_bridge`).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import time
@@ -60,20 +63,26 @@ from typing import Any
 import zmq
 
 from whosthere.actors.base import NOREPLY, Actor, ActorSpec, Request
-from whosthere.errors import MalformedFrame
+from whosthere.actors.broadcast_bridge import FRAME_BYTES, STREAM_BEAT_S, Inbound
+from whosthere.errors import MalformedFrame, MessageTooLarge
 from whosthere.topology import Topology
 from whosthere.tracker.pool import shard_for
-from whosthere.transport import codec
+from whosthere.transport import codec, fragments
 from whosthere.transport.messages import (
     MAILBOX_PREFIX,
+    PUBSUB_INDEX,
     Broadcast,
+    ClusterCast,
+    Fragment,
+    FromPeer,
     Mark,
+    PeerBroadcasts,
     PublishMany,
     ShardRestarted,
     Subscribe,
     Sync,
 )
-from whosthere.transport.sockets import bind, socket
+from whosthere.transport.sockets import Dealer, bind, socket
 
 _SYNC_TTL = 30.0  # seconds a half-done subscription handshake is kept
 RECOVERY_PERIOD = 3.0  # seconds after start during which messages are kept for replay
@@ -85,7 +94,7 @@ def _strings(value: object) -> bool:
 
 
 class PubSubActor(Actor):
-    handles = (Subscribe, Broadcast, PublishMany, Sync, ShardRestarted)
+    handles = (Subscribe, Broadcast, PublishMany, Sync, ShardRestarted, FromPeer)
 
     def __init__(self, spec: ActorSpec) -> None:
         super().__init__(spec)
@@ -104,6 +113,16 @@ class PubSubActor(Actor):
         self.kept_count = 0
         self.xpub = socket(zmq.XPUB, hwm=spec.node.pubsub_hwm)
         self.xpub.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscriber's filters, not the first
+        # the cluster-wide stream of broadcasts, out and in (a clustered node only)
+        cluster = Topology(spec.node).cluster
+        self.cluster = Dealer(cluster, what="cluster actor", unbounded=True) if cluster else None
+        self.inbound = Inbound(spec.node.tracker.down_period)
+        self.outgoing: list[list[Any]] = []  # [topic, event, packed payload] to send
+        self.outgoing_bytes = 0
+        self.stream_seq = 0  # frames of this incarnation's stream sent
+        self.stream_sent_at = -math.inf
+        self.reassembler = fragments.Reassembler()
+        self.bridged_out = self.bridged_in = self.bridge_losses = 0
 
     def on_start(self) -> None:
         self.pub_endpoint = bind(self.xpub, self.pub_endpoint)
@@ -111,16 +130,31 @@ class PubSubActor(Actor):
         self.call_later(_SYNC_TTL, self._expire_handshakes)
         if self.recovering:
             self.call_later(RECOVERY_PERIOD, self._end_recovery)
+        if self.cluster is not None:
+            self.call_later(STREAM_BEAT_S, self._stream_beat)
+
+    def on_idle(self) -> None:
+        if self.outgoing:  # this wake-up's cluster-wide broadcasts, in one frame
+            self._send_stream()
 
     def stats(self) -> dict[str, Any]:
-        return {"topics": len(self.subscribed), "published": self.published}
+        return {
+            "topics": len(self.subscribed),
+            "published": self.published,
+            **({"bridged_out": self.bridged_out, "bridged_in": self.bridged_in,
+                "bridge_losses": self.bridge_losses, "bridge_late": self.inbound.late}
+               if self.cluster is not None else {}),
+        }  # fmt: skip
 
     # -- messages --------------------------------------------------------------------------
 
     def on_broadcast(self, msg: Broadcast) -> None:
-        self.publish(msg.topic, msg.event, msg.payload)
-        if not msg.local:
-            self.forward(msg)
+        if msg.local or self.cluster is None:
+            self.publish(msg.topic, msg.event, msg.payload)
+            return
+        packed = codec.pack_value(msg.payload)
+        self.publish_packed(msg.topic, msg.event, packed)
+        self.forward(msg.topic, msg.event, packed)
 
     def on_publish_many(self, msg: PublishMany) -> None:
         bad = 0
@@ -137,12 +171,12 @@ class PubSubActor(Actor):
             topic, event, payload = item
             if not msg.local:
                 try:
-                    unpacked = codec.unpack(payload)
+                    codec.unpack(payload)  # peers' subscribers unpack it
                 except Exception:  # msgpack raises several types on garbage
                     bad += 1
                     continue
                 self.publish_packed(topic, event, payload)
-                self.forward(Broadcast(topic, event, unpacked, False))
+                self.forward(topic, event, payload)
             else:
                 self.publish_packed(topic, event, payload)
         if bad:  # the good items went out: one bad entry must not cost the others
@@ -202,8 +236,79 @@ class PubSubActor(Actor):
             self.kept_count += 1
         self.xpub.send_multipart((frame, body))
 
-    def forward(self, msg: Broadcast) -> None:
-        """Hand a cluster-wide broadcast to the peers (none on a single node)."""
+    def forward(self, topic: str, event: str, payload: bytes) -> None:
+        """Queue a cluster-wide broadcast for the peers (none on a single node): it goes out
+        with the others of this wake-up (`on_idle`), in the order broadcast."""
+        if self.cluster is None:
+            return
+        self.outgoing.append([topic, event, payload])
+        self.outgoing_bytes += len(payload) + len(topic) + len(event)
+        if self.outgoing_bytes > FRAME_BYTES:
+            self._send_stream()
+
+    def _send_stream(self) -> None:
+        """The next frame of this node's stream of broadcasts, to every peer (an empty one:
+        the last number again, so that a peer sees what it missed)."""
+        assert self.cluster is not None
+        items, self.outgoing, self.outgoing_bytes = self.outgoing, [], 0
+        if items:
+            self.stream_seq += 1
+            self.bridged_out += len(items)
+        self.stream_sent_at = time.monotonic()
+        frame = PeerBroadcasts(self.epoch, self.stream_seq, self.stream_sent_at, items)
+        try:
+            pieces = fragments.encode(frame)
+        except MessageTooLarge as exc:  # each broadcast is far smaller: never in practice
+            self.log.error("%s: broadcasts not sent to peers: %s", self.name, exc)
+            return
+        for piece in pieces:
+            self.cluster.cast(ClusterCast("*", PUBSUB_INDEX, piece))
+
+    def _stream_beat(self) -> None:
+        self.call_later(STREAM_BEAT_S, self._stream_beat)
+        if time.monotonic() - self.stream_sent_at >= STREAM_BEAT_S and not self.outgoing:
+            self._send_stream()
+
+    def on_from_peer(self, msg: FromPeer) -> None:
+        """A frame of a peer's stream of broadcasts: published here once, in order; what
+        cannot be (lost, or late from a netsplit) every subscription hears of."""
+        inner = codec.decode(msg.payload)  # MalformedFrame: logged and dropped by the loop
+        now = time.monotonic()
+        if isinstance(inner, Fragment):
+            inner = self.reassembler.add(msg.sender, inner, now)
+            if inner is None:
+                return  # more pieces to come
+        if not isinstance(inner, PeerBroadcasts):
+            raise MalformedFrame(f"{type(inner).__name__} is not a peer's broadcasts")
+        verdict = self.inbound.receive(msg.sender, inner.epoch, inner.seq, inner.sent_at,
+                                       empty=not inner.items, now=now)  # fmt: skip
+        if verdict.lost:
+            self.bridge_losses += 1
+            self.log.warning("%s: %s; every subscription is told (MessagesLost)", self.name,
+                             verdict.why)  # fmt: skip
+            self._all_lost()
+        if not verdict.deliver:
+            return
+        bad = 0
+        for item in inner.items:
+            if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)
+                    and isinstance(item[1], str) and isinstance(item[2], bytes)):  # fmt: skip
+                bad += 1
+                continue
+            self.publish_packed(item[0], item[1], item[2])
+            self.bridged_in += 1
+        if bad:
+            self.log.warning("%s: dropped %d malformed broadcast(s) from %s", self.name, bad,
+                             msg.sender)  # fmt: skip
+
+    def _all_lost(self) -> None:
+        """Every topic skips a number, and every subscription is told the topics' last
+        numbers: each subscriber sees a loss, whatever topics it reads."""
+        seqs = {}
+        for topic in self.seqs:
+            seqs[topic] = self.seqs[topic] = self.seqs[topic] + 1
+        for mailbox in self.mailboxes:
+            self._mark(mailbox, seqs)
 
     def _sync_reply(self, topics: list[str]) -> list[Any]:
         # the topics' XPUB subscriptions came before the inbox's on the same pipe: known
@@ -266,4 +371,8 @@ class PubSubActor(Actor):
         self.call_later(_SYNC_TTL, self._expire_handshakes)
 
     def on_stop(self) -> None:
+        if self.cluster is not None:
+            if self.outgoing:
+                self._send_stream()
+            self.cluster.close()
         self.xpub.close(linger=0)

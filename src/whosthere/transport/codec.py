@@ -76,6 +76,7 @@ TAGS: dict[type, int] = {
     m.Sync: 24,
     m.Mark: 25,
     m.ShardRestarted: 26,
+    m.PeerBroadcasts: 27,
 }
 
 MAX_FRAME_BYTES = 64 * 1024 * 1024  # larger frames are refused before unpacking

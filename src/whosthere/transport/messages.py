@@ -130,6 +130,17 @@ class Sync(NamedTuple):
     topics: Names
 
 
+class PeerBroadcasts(NamedTuple):
+    """PubSub actor -> every peer's PubSub actor: the cluster-wide broadcasts of one wake-up,
+    numbered in the sender's stream (`actors.broadcast_bridge`). An empty one repeats the
+    last number, so that a loss shows."""
+
+    epoch: int  # the sending PubSub actor's incarnation
+    seq: int
+    sent_at: Annotated[float, FINITE]  # the sender's monotonic clock: tells a late frame
+    items: list[Any]  # [[topic, event, payload as msgpack bytes], ...]
+
+
 class Mark(NamedTuple):
     """What the PubSub actor publishes on a subscription's lifelong inbox: when it sees that
     inbox subscribed (the subscription connected, or reconnected to a restarted actor: a new
@@ -328,9 +339,12 @@ class DropPeers(NamedTuple):
     names: list[str]
 
 
+PUBSUB_INDEX = -1  # `ClusterCast`/`PeerCast` index of the PubSub actor (shards: 0..N-1)
+
+
 class ClusterCast(NamedTuple):
-    """Shard -> its cluster actor: deliver `payload` to shard `index` of node `to`
-    (`"*"`: every peer node)."""
+    """Shard (or PubSub actor) -> its cluster actor: deliver `payload` to shard `index`
+    (`PUBSUB_INDEX`: the PubSub actor) of node `to` (`"*"`: every peer node)."""
 
     to: str
     index: int
@@ -338,7 +352,8 @@ class ClusterCast(NamedTuple):
 
 
 class PeerCast(NamedTuple):
-    """Cluster actor -> peer cluster actor: hand `payload` to shard `index`."""
+    """Cluster actor -> peer cluster actor: hand `payload` to shard `index` (or, at
+    `PUBSUB_INDEX`, to the PubSub actor)."""
 
     sender: str  # node name
     index: int
@@ -346,7 +361,8 @@ class PeerCast(NamedTuple):
 
 
 class FromPeer(NamedTuple):
-    """Cluster actor -> shard: a replication message from node `sender`."""
+    """Cluster actor -> shard: a replication message from node `sender` (-> PubSub actor:
+    a `PeerBroadcasts`, or a fragment of one)."""
 
     sender: str
     payload: bytes
