@@ -366,7 +366,9 @@ def test_bad_metas_get_a_typed_error_and_lose_nothing(presence, owner, topic, me
 
 
 def test_wrong_types_get_clear_errors(presence, topic):
-    with pytest.raises(TypeError, match=r"^pid must be a positive int \(an OS pid\), got 'x'$"):
+    with pytest.raises(
+        TypeError, match=r"^pid must be an OS pid \(a positive int\) or an Owner, got 'x'$"
+    ):
         presence.track("x", topic, "k", {})
     with pytest.raises(TypeError, match=r"^topic must be a str, got int$"):
         presence.track(ME, 5, "k", {})
@@ -452,7 +454,7 @@ def test_track_many_checks_every_entry_before_sending_any(presence, owner, topic
         presence.track_many([good, (owner.pid, topic, 1.5, {})])
     with pytest.raises(whosthere.InvalidMeta, match="meta must be a dict"):
         presence.track_many([good, (owner.pid, topic, "k", [])])
-    with pytest.raises(TypeError, match="^pid must be a positive int"):
+    with pytest.raises(TypeError, match="^pid must be an OS pid"):
         presence.track_many([good, (0, topic, "k", {})])
     assert presence.list(topic) == {}
 

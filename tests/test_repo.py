@@ -29,6 +29,7 @@ def test_public_names_are_pinned():
         "NodeStartError",
         "NodeUnavailable",
         "NotTracked",
+        "Owner",
         "Presence",
         "ProcessExit",
         "PubSub",

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from whosthere.links import ProcessExit as ProcessExit
     from whosthere.node import Node as Node
     from whosthere.presence import Channel as Channel
+    from whosthere.presence import Owner as Owner
     from whosthere.presence import Presence as Presence
     from whosthere.pubsub import Message as Message
     from whosthere.pubsub import PubSub as PubSub
@@ -31,6 +32,7 @@ _LAZY = {
     "ProcessExit": "whosthere.links",
     "Node": "whosthere.node",
     "Channel": "whosthere.presence",
+    "Owner": "whosthere.presence",
     "Presence": "whosthere.presence",
     "Message": "whosthere.pubsub",
     "PubSub": "whosthere.pubsub",
@@ -66,6 +68,7 @@ __all__ = [
     "NodeStartError",
     "NodeUnavailable",
     "NotTracked",
+    "Owner",
     "Presence",
     "ProcessExit",
     "PubSub",

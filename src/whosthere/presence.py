@@ -9,6 +9,7 @@ node's presence client actor. Instances are safe to share between threads.
 from __future__ import annotations
 
 import itertools
+import os
 import random
 import threading
 import time
@@ -33,7 +34,8 @@ from whosthere.transport.messages import (
     Update,
 )
 from whosthere.transport.sockets import DEFAULT_TIMEOUT, Connection
-from whosthere.watch import is_pid, start_time
+from whosthere.watch import is_owner, os_pid, owner_of, start_time
+from whosthere.watch.identity import OWNER_SERIALS
 
 Presences = dict[str, dict[str, Any]]  # {key: {"metas": [meta, ...], ...fetched}}
 BATCH = 1000  # tracks per TrackMany frame: large enough to amortize, small enough to pipeline
@@ -41,16 +43,57 @@ BATCH_BYTES = 4 * 1024 * 1024  # and bytes: frames and the diffs they make stay 
 
 
 class Channel(NamedTuple):
-    """A (pid, topic) pair, as Phoenix's socket: `track(channel, key, meta)`."""
+    """A (pid or owner, topic) pair, as Phoenix's socket: `track(channel, key, meta)`."""
 
-    pid: int
+    pid: int | Owner
     topic: str
 
 
+class Owner:
+    """A lightweight owner of presences inside this OS process (`presence.owner()`): what a
+    Phoenix channel process is, for one connection of a web worker holding thousands.
+
+    Accepted wherever a pid is. Its presences are its own: two owners of one process may
+    track the same key on a topic (two metas), and `close()` (or leaving a `with` block)
+    untracks all of them at once. When the process dies, every owner in it leaves. `pid` is
+    the OS pid; `id` names the owner on the host while the process lives."""
+
+    __slots__ = ("_presence", "closed", "id", "pid")
+
+    def __init__(self, presence: Presence, serial: int) -> None:
+        if serial >= OWNER_SERIALS:
+            raise OverflowError(f"a process makes at most {OWNER_SERIALS} owners")
+        self.pid = os.getpid()
+        self.id = owner_of(self.pid, serial)
+        self._presence = presence
+        self.closed = False
+
+    def close(self) -> None:
+        """Untrack every presence of this owner (one message per shard). Idempotent."""
+        if not self.closed:
+            self._presence.untrack(self)
+            self.closed = True
+
+    def __enter__(self) -> Owner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Owner {self.id >> 32} of pid {self.pid}{' closed' if self.closed else ''}>"
+
+
+_serials = itertools.count(1)  # owners made in this process (0 is the process itself)
+
+
 def _check_pid(pid: object) -> int:
-    if not is_pid(pid):
-        raise TypeError(f"pid must be a positive int (an OS pid), got {pid!r}")
-    return pid
+    """An owner as the wire names it: an OS pid, or an `Owner`'s id."""
+    if isinstance(pid, Owner):
+        return pid.id
+    if not is_owner(pid):
+        raise TypeError(f"pid must be an OS pid (a positive int) or an Owner, got {pid!r}")
+    return pid  # type: ignore[return-value]
 
 
 def _key(key: object) -> str:
@@ -127,12 +170,13 @@ class Presence:
     def track(self, *args: Any) -> str:
         """`track(pid, topic, key, meta)` or `track(channel, key, meta)`: the new phx_ref.
 
-        Links `pid` through the node: when that process exits, however it exits, its
-        presences leave. Raises `AlreadyTracked`, `InvalidMeta`, `NodeUnavailable`.
+        `pid` is an OS pid or an `Owner`. Links its OS process through the node: when that
+        process exits, however it exits, its presences (every owner's) leave. Raises
+        `AlreadyTracked` (per owner), `InvalidMeta`, `NodeUnavailable`.
         """
         pid, topic, (key, meta) = _pid_topic(args, 2, "track")
         packed = codec.pack_meta(meta, self.meta_limit)
-        msg = Track(pid, start_time(pid), topic, _key(key), packed)
+        msg = Track(pid, start_time(os_pid(pid)), topic, _key(key), packed)
         return self._shard(topic).call(msg)
 
     def track_many(
@@ -157,8 +201,8 @@ class Presence:
         batches: list[list[tuple[list[Any], list[int]]]] = [[] for _ in self._shards]
         sizes = [BATCH_BYTES] * len(self._shards)  # bytes in each shard's open batch
         count = 0
-        for pid, topic, raw_key, meta in entries:
-            _check_pid(pid)
+        for owner, topic, raw_key, meta in entries:
+            pid = _check_pid(owner)
             codec.check_name(check_topic(topic))
             packed = packed_metas.get(id(meta)) if share else None
             if packed is None:
@@ -167,7 +211,7 @@ class Presence:
                     packed_metas[id(meta)] = packed
             start = starts.get(pid, starts)
             if start is starts:
-                start = starts[pid] = start_time(pid)
+                start = starts[pid] = start_time(os_pid(pid))
             shard = shard_for(topic, self.pool_size) if self.pool_size > 1 else 0
             key = _key(raw_key)
             size = len(packed) + len(topic) + len(key) + 32
@@ -206,7 +250,8 @@ class Presence:
 
     def untrack(self, *args: Any) -> None:
         """`untrack(pid, topic, key)`, `untrack(channel, key)`, or `untrack(pid)` (everything
-        of that pid, in every shard). Untracking what is not tracked is a no-op."""
+        of that pid or owner, in every shard: a bare pid is the process as one owner, not
+        the `Owner`s in it). Untracking what is not tracked is a no-op."""
         if len(args) == 1 and not hasattr(args[0], "topic"):
             pid = _check_pid(args[0])
             for shard in self._shards:
@@ -278,6 +323,10 @@ class Presence:
                     self._pubsub = PubSub(self.info, timeout=self.timeout)
                 pubsub = self._pubsub
         return pubsub
+
+    def owner(self) -> Owner:
+        """A new lightweight owner in this OS process (see `Owner`)."""
+        return Owner(self, next(_serials))
 
     def fetchers_pids(self) -> list[int]:
         """OS pids of the node's fetcher workers."""

@@ -60,6 +60,7 @@ def test_every_message_round_trips():
         m.MetasDiff("t", {"joins": {}, "leaves": {}}, 0),
         m.FetcherReady(1, 2),
         m.ShardRestarted(1, 2),
+        m.PeerBroadcasts(7, 3, 12.5, [["t", "e", b"\x80"]]),
         m.MetasResync(),
         m.MetasState(0, 0, True, {"t": {"k": {"metas": [{"a": 1}]}}}),
         m.PublishMany([["t", "e", b"\xc0"]], True),

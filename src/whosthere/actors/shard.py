@@ -15,6 +15,10 @@ peer that was up, or gives up.
 Pid reuse: a link is (pid, start time). A track of a linked pid with another start time
 means the linked process is gone (its pid was reused): its presences leave at once, before
 the new process's presence joins.
+
+Owners: the `pid` of a request is an owner (`watch.identity`): an OS pid, or one of the
+lightweight owners inside that process. Presences belong to owners; links are per OS
+process, one whatever its owners, and its exit takes every owner's presences.
 """
 
 from __future__ import annotations
@@ -77,7 +81,7 @@ from whosthere.transport.messages import (
     Update,
 )
 from whosthere.transport.sockets import Dealer
-from whosthere.watch import PID_MAX, is_pid
+from whosthere.watch import PID_MAX, is_owner, os_pid
 
 Changes = dict[str, tuple[list[Element], list[Element]]]  # topic -> (joins, leaves)
 _CHECK_FETCHES_S = 0.05  # how often overdue fetches are looked for
@@ -95,9 +99,10 @@ _CLIENT_RETRY_S = 0.5  # how often the whole state is offered to a client actor 
 _LINK_BATCH = 10_000  # owners per Link message when a restarted shard links them again
 
 
-def check_pid(pid: int) -> None:
-    if not is_pid(pid):
-        raise MalformedFrame(f"pid must be in 1..{PID_MAX}, got {pid}")
+def check_owner(owner: int) -> None:
+    if not is_owner(owner):
+        raise MalformedFrame(f"an owner is an OS pid in 1..{PID_MAX}, with a serial or not; "
+                             f"got {owner}")  # fmt: skip
 
 
 def group(elements: list[Element]) -> dict[str, list[bytes]]:
@@ -142,8 +147,12 @@ class ShardActor(Actor):
             vsn = time.time_ns() // 1000 * 1000 + random.randrange(1000)
             self.state, starts = State((spec.node_name, vsn), record_delta=record_delta), {}
         vsn = self.state.vsn
-        # pid -> the start time it was linked with
+        # OS pid -> the start time it was linked with; its owners with presences here (a
+        # bare pid is an owner too: the whole process). One link per OS process.
         self.linked: dict[int, int | float | None] = dict(starts)
+        self.owners: dict[int, set[int]] = {}
+        for owner in self.state.pids:
+            self.owners.setdefault(os_pid(owner), set()).add(owner)
         if self.journal is not None:
             self.journal.start(self.state, self.linked, recovered=self.recovered)
         self.cluster = Dealer(cluster, what="cluster actor", unbounded=True) if cluster else None
@@ -462,7 +471,8 @@ class ShardActor(Actor):
             for entry in msg.entries:
                 try:
                     pid, start, topic, key, meta = _entry(entry)
-                    if pid in self.linked and self.linked[pid] != start and changes:
+                    linked = self.linked.get(os_pid(pid), start)
+                    if linked != start and changes:
                         self.report(changes)  # this batch's joins go out before the leaves
                         changes = {}
                     results.append(self._track(pid, start, topic, key, meta, changes=changes))
@@ -476,19 +486,21 @@ class ShardActor(Actor):
         self, pid: int, start: int | float | None, topic: str, key: str, meta: bytes, *,
         changes: Changes,
     ) -> str:  # fmt: skip
-        check_pid(pid)
+        check_owner(pid)
         codec.check_packed_meta(meta, self.meta_limit)
-        linked = self.linked.get(pid, _UNLINKED)
+        process = os_pid(pid)
+        linked = self.linked.get(process, _UNLINKED)
         if linked is not _UNLINKED and linked != start:
-            self._exited([(pid, linked)])  # that pid now names another process
+            self._exited([(process, linked)])  # that pid now names another process
             linked = _UNLINKED
         ref = self.refs.make(time.time_ns())
         element = self.state.join(pid, topic, key, codec.meta_with_refs(meta, ref))
+        self.owners.setdefault(process, set()).add(pid)
         if linked is _UNLINKED:
-            self.supervisor.cast(Link([[pid, start]]))  # type: ignore[union-attr]
-            self.linked[pid] = start
+            self.supervisor.cast(Link([[process, start]]))  # type: ignore[union-attr]
+            self.linked[process] = start
             if self.journal is not None:
-                self.journal.recorder(("k", pid, start))
+                self.journal.recorder(("k", process, start))
         entry = changes.get(topic)
         if entry is None:
             changes[topic] = ([element], [])
@@ -632,15 +644,27 @@ class ShardActor(Actor):
             if pid not in self.linked or self.linked[pid] != start:
                 continue  # unlinked since, or an older process that had this pid
             del self.linked[pid]
-            for element in self.state.leave_pid(pid):
-                changes.setdefault(element.topic, ([], []))[1].append(element)
+            for owner in self.owners.pop(pid, ()):  # every owner in that process
+                for element in self.state.leave_pid(owner):
+                    changes.setdefault(element.topic, ([], []))[1].append(element)
         if changes:
             self.report(changes)
 
-    def _unlink_if_done(self, pid: int) -> None:
-        if pid in self.linked and not self.state.tracks(pid):
-            start = self.linked.pop(pid)
-            self.supervisor.cast(Unlink([[pid, start]]))  # type: ignore[union-attr]
+    def _unlink_if_done(self, owner: int) -> None:
+        """`owner` holds nothing here any more: forgotten; its process unlinked once none
+        of its owners holds anything."""
+        if self.state.tracks(owner):
+            return
+        process = os_pid(owner)
+        owners = self.owners.get(process)
+        if owners is not None:
+            owners.discard(owner)
+            if owners:
+                return
+            del self.owners[process]
+        if process in self.linked:
+            start = self.linked.pop(process)
+            self.supervisor.cast(Unlink([[process, start]]))  # type: ignore[union-attr]
 
     # -- diffs -----------------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from typing import Any
 from whosthere.tracker import wire
 from whosthere.tracker.state import COUNTER_BITS, Delta, Element, ReplicaRef, State
 from whosthere.transport import codec
+from whosthere.watch.identity import os_pid
 
 _HEADER = struct.Struct("<II")
 _COUNTER = (1 << COUNTER_BITS) - 1
@@ -150,8 +151,8 @@ def replay(state: State, ops: list[Any], starts: Starts) -> None:
 
 
 def own_starts(state: State, starts: Starts) -> Starts:
-    """The link start times of the pids that still own presences."""
-    return {pid: starts.get(pid) for pid in state.pids}
+    """The link start times of the OS processes whose owners still hold presences."""
+    return {os_pid(owner): starts.get(os_pid(owner)) for owner in state.pids}
 
 
 def dump(state: State, starts: Starts) -> bytes:

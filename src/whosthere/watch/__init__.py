@@ -6,7 +6,24 @@ without pidfd and for processes beyond the open-file limit. A watched process is
 (pid, start_time) so that a reused pid is never mistaken for the process that died.
 """
 
-from whosthere.watch.identity import PID_MAX, ProcessKey, is_pid, start_time
+from whosthere.watch.identity import (
+    PID_MAX,
+    ProcessKey,
+    is_owner,
+    is_pid,
+    os_pid,
+    owner_of,
+    start_time,
+)
 from whosthere.watch.watcher import ProcessWatcher
 
-__all__ = ["PID_MAX", "ProcessKey", "ProcessWatcher", "is_pid", "start_time"]
+__all__ = [
+    "PID_MAX",
+    "ProcessKey",
+    "ProcessWatcher",
+    "is_owner",
+    "is_pid",
+    "os_pid",
+    "owner_of",
+    "start_time",
+]

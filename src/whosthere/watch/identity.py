@@ -1,4 +1,5 @@
-"""Process identity: a pid plus the process's start time, which a reused pid does not share."""
+"""Process identity: a pid plus the process's start time, which a reused pid does not share;
+and owners, many per OS process, each an int that names its OS pid."""
 
 from __future__ import annotations
 
@@ -8,6 +9,30 @@ import psutil
 
 ProcessKey = tuple[int, int | float]  # (pid, start_time)
 PID_MAX = 1 << 22  # the largest pid_max Linux allows
+
+# An owner is `serial << OWNER_SHIFT | pid`: serial 0 is the whole OS process (a bare pid is
+# the owner it always was), serials 1.. are the lightweight owners made in that process.
+OWNER_SHIFT = 32
+OWNER_SERIALS = 1 << 29  # serials per process (owners stay below 2**61, as peers accept)
+_PID_BITS = (1 << OWNER_SHIFT) - 1
+
+
+def owner_of(pid: int, serial: int) -> int:
+    """The owner `serial` of OS process `pid` (`serial` 0: the process itself)."""
+    return serial << OWNER_SHIFT | pid
+
+
+def os_pid(owner: int) -> int:
+    """The OS process an owner lives in: what is linked, and whose exit takes it away."""
+    return owner & _PID_BITS
+
+
+def is_owner(value: object) -> bool:
+    """Whether `value` can name an owner: an OS pid, or one with a serial."""
+    return (
+        isinstance(value, int) and not isinstance(value, bool) and value > 0
+        and value >> OWNER_SHIFT < OWNER_SERIALS and 0 < value & _PID_BITS <= PID_MAX
+    )  # fmt: skip
 
 
 def is_pid(value: object) -> bool:
