@@ -9,13 +9,23 @@ node's presence client actor. Instances are safe to share between threads.
 from __future__ import annotations
 
 import itertools
-import os
 import random
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple, Self
+from typing import TYPE_CHECKING, Any, Self
 
+from whosthere.arguments import (
+    BATCH,
+    BATCH_BYTES,
+    Channel,
+    OwnerIdentity,
+    Presences,
+    key_arg,
+    owner_arg,
+    owner_topic_args,
+    topic_arg,
+)
 from whosthere.client import NodeInfo, lookup
 from whosthere.errors import NodeUnavailable, RefChanged, WhosthereError, from_wire
 from whosthere.pubsub import PubSub, Subscription, check_topic
@@ -34,22 +44,15 @@ from whosthere.transport.messages import (
     Update,
 )
 from whosthere.transport.sockets import DEFAULT_TIMEOUT, Connection
-from whosthere.watch import is_owner, os_pid, owner_of, start_time
-from whosthere.watch.identity import OWNER_SERIALS
+from whosthere.watch import os_pid, start_time
 
-Presences = dict[str, dict[str, Any]]  # {key: {"metas": [meta, ...], ...fetched}}
-BATCH = 1000  # tracks per TrackMany frame: large enough to amortize, small enough to pipeline
-BATCH_BYTES = 4 * 1024 * 1024  # and bytes: frames and the diffs they make stay small
+if TYPE_CHECKING:
+    from whosthere.aio import AsyncPresence
 
-
-class Channel(NamedTuple):
-    """A (pid or owner, topic) pair, as Phoenix's socket: `track(channel, key, meta)`."""
-
-    pid: int | Owner
-    topic: str
+__all__ = ["Channel", "Owner", "Presence", "Presences"]
 
 
-class Owner:
+class Owner(OwnerIdentity):
     """A lightweight owner of presences inside this OS process (`presence.owner()`): what a
     Phoenix channel process is, for one connection of a web worker holding thousands.
 
@@ -58,15 +61,11 @@ class Owner:
     untracks all of them at once. When the process dies, every owner in it leaves. `pid` is
     the OS pid; `id` names the owner on the host while the process lives."""
 
-    __slots__ = ("_presence", "closed", "id", "pid")
+    __slots__ = ("_presence",)
 
-    def __init__(self, presence: Presence, serial: int) -> None:
-        if serial >= OWNER_SERIALS:
-            raise OverflowError(f"a process makes at most {OWNER_SERIALS} owners")
-        self.pid = os.getpid()
-        self.id = owner_of(self.pid, serial)
+    def __init__(self, presence: Presence) -> None:
+        super().__init__()
         self._presence = presence
-        self.closed = False
 
     def close(self) -> None:
         """Untrack every presence of this owner (one message per shard). Idempotent."""
@@ -79,48 +78,6 @@ class Owner:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def __repr__(self) -> str:
-        return f"<Owner {self.id >> 32} of pid {self.pid}{' closed' if self.closed else ''}>"
-
-
-_serials = itertools.count(1)  # owners made in this process (0 is the process itself)
-
-
-def _check_pid(pid: object) -> int:
-    """An owner as the wire names it: an OS pid, or an `Owner`'s id."""
-    if isinstance(pid, Owner):
-        return pid.id
-    if not is_owner(pid):
-        raise TypeError(f"pid must be an OS pid (a positive int) or an Owner, got {pid!r}")
-    return pid  # type: ignore[return-value]
-
-
-def _key(key: object) -> str:
-    """A key as a str (an int cast); `ValueError` past `codec.MAX_NAME_BYTES`."""
-    if isinstance(key, str):
-        return codec.check_name(key, "key")
-    if isinstance(key, int) and not isinstance(key, bool):
-        return codec.check_name(str(key), "key")
-    raise TypeError(f"key must be a str or an int, got {type(key).__name__}")
-
-
-def _topic_of(topic_or_channel: object) -> str:
-    if isinstance(topic_or_channel, str):
-        return topic_or_channel
-    topic = getattr(topic_or_channel, "topic", None)
-    if isinstance(topic, str):
-        return topic
-    raise TypeError(f"expected a topic (str) or a channel, got {type(topic_or_channel).__name__}")
-
-
-def _pid_topic(args: tuple[Any, ...], rest: int, call: str) -> tuple[int, str, tuple[Any, ...]]:
-    """Split (pid, topic, *rest) or (channel, *rest)."""
-    if len(args) == rest + 2:
-        return _check_pid(args[0]), check_topic(args[1]), args[2:]
-    if len(args) == rest + 1 and hasattr(args[0], "pid") and hasattr(args[0], "topic"):
-        return _check_pid(args[0].pid), check_topic(args[0].topic), args[1:]
-    raise TypeError(f"{call} takes (pid, topic, ...) or (channel, ...); got {len(args)} arguments")
 
 
 class Presence:
@@ -156,6 +113,16 @@ class Presence:
         """A presence bound to the node at `address` (default `$WHOSTHERE_ADDRESS`)."""
         return cls(lookup(address, timeout), timeout=timeout)
 
+    @classmethod
+    async def connect_async(
+        cls, address: str | None = None, *, timeout: float = DEFAULT_TIMEOUT
+    ) -> AsyncPresence:
+        """The asyncio client of the node at `address`, with this class's `fetch`
+        (`whosthere.aio`)."""
+        from whosthere.aio import connect  # noqa: PLC0415 (only asyncio programs load it)
+
+        return await connect(address, presence=cls, timeout=timeout)
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} node={self.info.name!r} address={self.info.address!r}>"
 
@@ -174,9 +141,9 @@ class Presence:
         process exits, however it exits, its presences (every owner's) leave. Raises
         `AlreadyTracked` (per owner), `InvalidMeta`, `NodeUnavailable`.
         """
-        pid, topic, (key, meta) = _pid_topic(args, 2, "track")
+        pid, topic, (key, meta) = owner_topic_args(args, 2, "track")
         packed = codec.pack_meta(meta, self.meta_limit)
-        msg = Track(pid, start_time(os_pid(pid)), topic, _key(key), packed)
+        msg = Track(pid, start_time(os_pid(pid)), topic, key_arg(key), packed)
         return self._shard(topic).call(msg)
 
     def track_many(
@@ -202,7 +169,7 @@ class Presence:
         sizes = [BATCH_BYTES] * len(self._shards)  # bytes in each shard's open batch
         count = 0
         for owner, topic, raw_key, meta in entries:
-            pid = _check_pid(owner)
+            pid = owner_arg(owner)
             codec.check_name(check_topic(topic))
             packed = packed_metas.get(id(meta)) if share else None
             if packed is None:
@@ -213,7 +180,7 @@ class Presence:
             if start is starts:
                 start = starts[pid] = start_time(os_pid(pid))
             shard = shard_for(topic, self.pool_size) if self.pool_size > 1 else 0
-            key = _key(raw_key)
+            key = key_arg(raw_key)
             size = len(packed) + len(topic) + len(key) + 32
             if sizes[shard] + size > BATCH_BYTES or len(batches[shard][-1][0]) >= BATCH:
                 batches[shard].append(([], []))  # cut by count and by bytes
@@ -253,12 +220,12 @@ class Presence:
         of that pid or owner, in every shard: a bare pid is the process as one owner, not
         the `Owner`s in it). Untracking what is not tracked is a no-op."""
         if len(args) == 1 and not hasattr(args[0], "topic"):
-            pid = _check_pid(args[0])
+            pid = owner_arg(args[0])
             for shard in self._shards:
                 shard.call(UntrackPid(pid))
             return
-        pid, topic, (key,) = _pid_topic(args, 1, "untrack")
-        self._shard(topic).call(Untrack(pid, topic, _key(key)))
+        pid, topic, (key,) = owner_topic_args(args, 1, "untrack")
+        self._shard(topic).call(Untrack(pid, topic, key_arg(key)))
 
     def update(self, *args: Any) -> str:
         """`update(pid, topic, key, meta_or_fn)` or `update(channel, key, meta_or_fn)`.
@@ -269,8 +236,8 @@ class Presence:
         Returns the new phx_ref; the new meta carries phx_ref_prev. Raises `NotTracked`, and
         `RefChanged` if other writers keep winning the race for the whole timeout.
         """
-        pid, topic, (key, meta_or_fn) = _pid_topic(args, 2, "update")
-        key = _key(key)
+        pid, topic, (key, meta_or_fn) = owner_topic_args(args, 2, "update")
+        key = key_arg(key)
         shard = self._shard(topic)
         if not callable(meta_or_fn):
             packed = codec.pack_meta(meta_or_fn, self.meta_limit)
@@ -295,14 +262,14 @@ class Presence:
 
     def list(self, topic_or_channel: str | Channel) -> Presences:
         """`{key: {"metas": [meta, ...], ...}}` for the topic, through `fetch`."""
-        topic = _topic_of(topic_or_channel)
+        topic = topic_arg(topic_or_channel)
         grouped: Presences = codec.unpack(self._shard(topic).call(ListTopic(topic)))
         return self.fetch(topic, grouped) if grouped else grouped
 
     def get_by_key(self, topic_or_channel: str | Channel, key: str | int) -> dict[str, Any] | None:
         """That key's entry `{"metas": [...], ...}` through `fetch`, or None."""
-        topic = _topic_of(topic_or_channel)
-        key = _key(key)
+        topic = topic_arg(topic_or_channel)
+        key = key_arg(key)
         metas = self._shard(topic).call(GetByKey(topic, key))
         if not metas:
             return None
@@ -326,7 +293,7 @@ class Presence:
 
     def owner(self) -> Owner:
         """A new lightweight owner in this OS process (see `Owner`)."""
-        return Owner(self, next(_serials))
+        return Owner(self)
 
     def fetchers_pids(self) -> list[int]:
         """OS pids of the node's fetcher workers."""

@@ -1,0 +1,15 @@
+"""whosthere for asyncio: the client API as coroutines, on `zmq.asyncio` (DESIGN section 6).
+
+    presence = await whosthere.aio.connect(address)          # or RoomPresence.connect_async
+    async with presence.owner() as tab:
+        await presence.track(tab, "room:1", "alice", {"status": "online"})
+        print(await presence.list("room:1"))
+
+Thread-safety: an `AsyncPresence` belongs to the event loop it is first used in; another
+thread (another loop) connects its own. Calls from many tasks of that loop run concurrently
+over one socket per shard. Nothing here blocks the loop; every call has a deadline.
+"""
+
+from whosthere.aio.presence import AsyncOwner, AsyncPresence, connect, lookup
+
+__all__ = ["AsyncOwner", "AsyncPresence", "connect", "lookup"]

@@ -1,0 +1,149 @@
+"""One DEALER to one actor's mailbox, for an asyncio event loop: calls pipelined.
+
+Every call gets a reference of its own (never reused), its future waits in `pending`, and one
+reader task hands each reply to the future of its reference. A call that times out or is
+cancelled takes its future out of `pending` first, so its reply, should it come later, finds
+nobody and is dropped: no later call can mistake it for its own. Many calls in flight from
+one loop share the socket: the actor reads them in one wake-up and answers each.
+
+When the node's supervisor dies (its pidfd becomes readable) every call in flight fails at
+once with `NodeUnavailable`, as the synchronous client's do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from whosthere.client import SupervisorWatch
+from whosthere.errors import ActorError, NodeUnavailable
+from whosthere.transport import codec
+from whosthere.transport.messages import Failed, Ok
+from whosthere.transport.sockets import DEFAULT_TIMEOUT, raise_failure
+
+
+class AsyncDealer:
+    """Calls to one actor from one event loop (not thread-safe: one loop, one dealer)."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        what: str = "actor",
+        guard: SupervisorWatch | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.what = what
+        self.guard = guard
+        self.socket = zmq.asyncio.Context.instance().socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.RCVHWM, 0)
+        self.socket.setsockopt(zmq.SNDHWM, 0)  # a burst of calls queues; each has a deadline
+        self.socket.setsockopt(zmq.MAXMSGSIZE, codec.MAX_FRAME_BYTES)
+        try:
+            self.socket.connect(endpoint)
+        except zmq.ZMQError as exc:
+            self.socket.close(linger=0)
+            raise NodeUnavailable(f"cannot connect to {what} at {endpoint!r}: {exc}") from exc
+        self.pending: dict[bytes, asyncio.Future[bytes]] = {}
+        self._refs = itertools.count(1)
+        self._reader: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._guarded_fd: int | None = None
+        self.closed = False
+
+    async def call(self, msg: tuple, timeout: float | None = None) -> Any:
+        """Send `msg`, await its reply; raises what the actor raised, or `NodeUnavailable`
+        past `timeout` seconds (default: the dealer's)."""
+        if self.closed:
+            raise NodeUnavailable(f"the connection to {self.what} is closed")
+        timeout = self.timeout if timeout is None else timeout
+        if self.guard is not None:
+            self.guard.check()
+        self._start()
+        ref = next(self._refs).to_bytes(8, "big")
+        body = codec.encode(msg, checked=True)
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self.pending[ref] = future
+        try:
+            await self.socket.send_multipart((ref, body))
+            try:
+                reply = codec.decode(await asyncio.wait_for(future, timeout))
+            except TimeoutError:
+                raise NodeUnavailable(
+                    f"{self.what} at {self.endpoint} did not answer {type(msg).__name__} "
+                    f"within {timeout:g} s"
+                ) from None
+        finally:
+            self.pending.pop(ref, None)  # a reply after this is nobody's: dropped
+        if isinstance(reply, Ok):
+            return reply.value
+        if isinstance(reply, Failed):
+            raise_failure(reply)
+        raise ActorError(f"unexpected reply {type(reply).__name__} to {type(msg).__name__}")
+
+    def _start(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif self._loop is not loop:
+            raise RuntimeError("an AsyncDealer serves the event loop it was first used in")
+        if self._reader is None or self._reader.done():
+            self._reader = loop.create_task(self._read(), name=f"whosthere {self.what} replies")
+        fd = self.guard.fileno() if self.guard is not None else None
+        if fd is not None and self._guarded_fd is None:
+            loop.add_reader(fd, self._supervisor_gone)
+            self._guarded_fd = fd
+
+    async def _read(self) -> None:
+        while True:
+            try:
+                frames = await self.socket.recv_multipart()
+            except (zmq.ZMQError, asyncio.CancelledError):
+                return
+            if len(frames) == 2:
+                future = self.pending.get(frames[0])
+                if future is not None and not future.done():
+                    future.set_result(frames[1])
+                # else: a cancelled or timed-out call's reply, or a push: dropped
+
+    def _supervisor_gone(self) -> None:
+        self._stop_guard()
+        error = NodeUnavailable(f"the node's supervisor (pid {self.guard.pid}) has exited")  # type: ignore[union-attr]
+        if self.guard is not None:
+            self.guard.exited = True
+        for future in self.pending.values():
+            if not future.done():
+                future.set_exception(error)
+
+    def _stop_guard(self) -> None:
+        if self._guarded_fd is not None and self._loop is not None:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(self._guarded_fd)
+            self._guarded_fd = None
+
+    async def aclose(self) -> None:
+        """Close the socket; calls in flight fail with `NodeUnavailable`. Idempotent."""
+        self.close()
+        if self._reader is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._stop_guard()
+        if self._reader is not None:
+            self._reader.cancel()
+        for future in self.pending.values():
+            if not future.done():
+                future.set_exception(NodeUnavailable(f"the connection to {self.what} closed"))
+        self.socket.close(linger=0)

@@ -1,0 +1,259 @@
+"""`AsyncPresence`: the presence API as coroutines, for one asyncio event loop.
+
+The same calls, arguments and errors as `whosthere.Presence`; every call has a deadline
+(`NodeUnavailable` past it), and none blocks the loop. Concurrent calls share one socket per
+shard and are pipelined: the shard reads a burst of them in one wake-up. A cancelled call
+leaves nothing behind that a later call could take for its own reply (`aio.dealer`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+import random
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from whosthere.aio.dealer import AsyncDealer
+from whosthere.arguments import (
+    BATCH,
+    BATCH_BYTES,
+    OwnerIdentity,
+    Presences,
+    key_arg,
+    owner_arg,
+    owner_topic_args,
+    topic_arg,
+)
+from whosthere.client import NodeInfo, resolve_address, watch_supervisor
+from whosthere.errors import NodeUnavailable, RefChanged, WhosthereError, from_wire
+from whosthere.pubsub import check_topic
+from whosthere.topology import is_fetcher, shard_name
+from whosthere.tracker.pool import shard_for
+from whosthere.transport import codec
+from whosthere.transport.messages import (
+    GetByKey,
+    GetMeta,
+    GetStatus,
+    ListTopic,
+    Lookup,
+    Track,
+    TrackMany,
+    Untrack,
+    UntrackPid,
+    Update,
+)
+from whosthere.transport.sockets import DEFAULT_TIMEOUT
+from whosthere.watch import os_pid, start_time
+
+
+async def lookup(address: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> NodeInfo:
+    """`client.lookup`, without blocking the loop."""
+    address = resolve_address(address)
+    dealer = AsyncDealer(address, timeout=timeout, what="node")
+    try:
+        info = await dealer.call(Lookup())
+    finally:
+        await dealer.aclose()
+    return NodeInfo(info["name"], info["address"], dict(info["endpoints"]), info["settings"],
+                    watch_supervisor(address, info))  # fmt: skip
+
+
+async def connect(
+    address: str | None = None,
+    *,
+    presence: type | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> AsyncPresence:
+    """An `AsyncPresence` bound to the node at `address` (default `$WHOSTHERE_ADDRESS`),
+    with the `fetch` of `presence` (a `whosthere.Presence` subclass; a `def` or an
+    `async def`), if given."""
+    return AsyncPresence(await lookup(address, timeout), presence=presence, timeout=timeout)
+
+
+class AsyncOwner(OwnerIdentity):
+    """`whosthere.Owner` for asyncio: `await owner.close()`, `async with`."""
+
+    __slots__ = ("_presence",)
+
+    def __init__(self, presence: AsyncPresence) -> None:
+        super().__init__()
+        self._presence = presence
+
+    async def close(self) -> None:
+        """Untrack every presence of this owner (one message per shard). Idempotent."""
+        if not self.closed:
+            await self._presence.untrack(self)
+            self.closed = True
+
+    async def __aenter__(self) -> AsyncOwner:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class AsyncPresence:
+    """Presence tracking on a node, for one event loop: `await presence.track(...)`.
+
+    Use it from the loop it was first used in (one per loop; threads each make their own).
+    `close()` releases its sockets."""
+
+    def __init__(
+        self, info: NodeInfo, *, presence: type | None = None, timeout: float = DEFAULT_TIMEOUT
+    ) -> None:
+        self.info = info
+        self.timeout = timeout
+        self.pool_size = int(info.settings.get("pool_size", 1))
+        self.meta_limit = int(info.settings.get("meta_limit", codec.DEFAULT_META_LIMIT))
+        # the user's class, for its `fetch` (its sync client is never made here)
+        self._callbacks = object.__new__(presence) if presence is not None else None
+        self._shards = [self._dealer(info.endpoints[shard_name(i)], f"shard {i}")
+                        for i in range(self.pool_size)]  # fmt: skip
+        self._node = self._dealer(info.address, "node")
+
+    def _dealer(self, endpoint: str, what: str) -> AsyncDealer:
+        return AsyncDealer(endpoint, timeout=self.timeout, what=what, guard=self.info.supervisor)
+
+    def __repr__(self) -> str:
+        return f"<AsyncPresence node={self.info.name!r} address={self.info.address!r}>"
+
+    async def __aenter__(self) -> AsyncPresence:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def owner(self) -> AsyncOwner:
+        """A new lightweight owner in this OS process (see `whosthere.Owner`)."""
+        return AsyncOwner(self)
+
+    async def track(self, *args: Any) -> str:
+        """`track(pid_or_owner, topic, key, meta)` or `track(channel, key, meta)`."""
+        pid, topic, (key, meta) = owner_topic_args(args, 2, "track")
+        packed = codec.pack_meta(meta, self.meta_limit)
+        msg = Track(pid, start_time(os_pid(pid)), topic, key_arg(key), packed)
+        return await self._shard(topic).call(msg)
+
+    async def track_many(
+        self,
+        entries: Iterable[tuple[Any, str, str | int, dict[str, Any]]],
+        *,
+        return_exceptions: bool = False,
+    ) -> list[Any]:
+        """`Presence.track_many`: batches per shard, all in flight at once."""
+        batches: list[list[tuple[list[Any], list[int]]]] = [[] for _ in self._shards]
+        sizes = [BATCH_BYTES] * len(self._shards)
+        starts: dict[int, Any] = {}
+        count = 0
+        for owner, topic, raw_key, meta in entries:
+            pid = owner_arg(owner)
+            codec.check_name(check_topic(topic))
+            packed = codec.pack_meta(meta, self.meta_limit)
+            if pid not in starts:
+                starts[pid] = start_time(os_pid(pid))
+            shard = shard_for(topic, self.pool_size) if self.pool_size > 1 else 0
+            key = key_arg(raw_key)
+            size = len(packed) + len(topic) + len(key) + 32
+            if sizes[shard] + size > BATCH_BYTES or len(batches[shard][-1][0]) >= BATCH:
+                batches[shard].append(([], []))
+                sizes[shard] = 0
+            batch, places = batches[shard][-1]
+            batch.append([pid, starts[pid], topic, key, packed])
+            places.append(count)
+            sizes[shard] += size
+            count += 1
+        calls = [(dealer, batch, places) for dealer, shard_batches in zip(self._shards, batches,
+                 strict=True) for batch, places in shard_batches]  # fmt: skip
+        replies = await asyncio.gather(
+            *(dealer.call(TrackMany(batch)) for dealer, batch, _ in calls), return_exceptions=True
+        )
+        results: list[Any] = [None] * count
+        for (_, _, places), reply in zip(calls, replies, strict=True):
+            if isinstance(reply, BaseException) and not isinstance(reply, WhosthereError):
+                raise reply
+            for i, place in enumerate(places):
+                value = reply if isinstance(reply, BaseException) else reply[i]
+                results[place] = from_wire(value[0], value[1]) if isinstance(value, list) else value
+        if not return_exceptions:
+            for result in results:
+                if isinstance(result, WhosthereError):
+                    raise result
+        return results
+
+    async def untrack(self, *args: Any) -> None:
+        """`untrack(pid_or_owner, topic, key)`, `untrack(channel, key)`, `untrack(owner)`."""
+        if len(args) == 1 and not hasattr(args[0], "topic"):
+            pid = owner_arg(args[0])
+            await asyncio.gather(*(shard.call(UntrackPid(pid)) for shard in self._shards))
+            return
+        pid, topic, (key,) = owner_topic_args(args, 1, "untrack")
+        await self._shard(topic).call(Untrack(pid, topic, key_arg(key)))
+
+    async def update(self, *args: Any) -> str:
+        """`update(pid_or_owner, topic, key, meta_or_fn)` or `update(channel, key, ...)`: as
+        `Presence.update`; a callable may be an `async def`."""
+        pid, topic, (key, meta_or_fn) = owner_topic_args(args, 2, "update")
+        key = key_arg(key)
+        shard = self._shard(topic)
+        if not callable(meta_or_fn):
+            packed = codec.pack_meta(meta_or_fn, self.meta_limit)
+            return await shard.call(Update(pid, topic, key, packed, None))
+        fn: Callable[[dict[str, Any]], Any] = meta_or_fn
+        deadline = time.monotonic() + self.timeout
+        for attempt in itertools.count():
+            current = codec.unpack(await shard.call(GetMeta(pid, topic, key)))
+            new = fn(dict(current))
+            if inspect.isawaitable(new):
+                new = await new
+            packed = codec.pack_meta(new, self.meta_limit)
+            try:
+                return await shard.call(Update(pid, topic, key, packed, current["phx_ref"]))
+            except RefChanged:
+                if time.monotonic() >= deadline:
+                    break
+                await asyncio.sleep(random.uniform(0, min(0.05, 0.0005 * 2**attempt)))
+        raise RefChanged(
+            f"update of {key!r} on {topic!r} kept losing races to other writers for "
+            f"{self.timeout:g} s"
+        )
+
+    async def list(self, topic_or_channel: Any) -> Presences:
+        """`{key: {"metas": [...], ...}}` for the topic, through `fetch`."""
+        topic = topic_arg(topic_or_channel)
+        grouped: Presences = codec.unpack(await self._shard(topic).call(ListTopic(topic)))
+        return await self._fetch(topic, grouped) if grouped else grouped
+
+    async def get_by_key(self, topic_or_channel: Any, key: str | int) -> dict[str, Any] | None:
+        """That key's entry through `fetch`, or None."""
+        topic = topic_arg(topic_or_channel)
+        key = key_arg(key)
+        metas = await self._shard(topic).call(GetByKey(topic, key))
+        if not metas:
+            return None
+        fetched = await self._fetch(topic, {key: {"metas": [codec.unpack(m) for m in metas]}})
+        return fetched.get(key)
+
+    async def fetchers_pids(self) -> list[int]:
+        status = await self._node.call(GetStatus())
+        return [a["pid"] for a in status["actors"] if is_fetcher(a["name"])]
+
+    async def close(self) -> None:
+        """Release the sockets; calls in flight fail with `NodeUnavailable`. Idempotent."""
+        for dealer in (*self._shards, self._node):
+            await dealer.aclose()
+
+    async def _fetch(self, topic: str, presences: Presences) -> Presences:
+        if self._callbacks is None:
+            return presences
+        fetched = self._callbacks.fetch(topic, presences)
+        if inspect.isawaitable(fetched):
+            fetched = await fetched
+        return fetched
+
+    def _shard(self, topic: str) -> AsyncDealer:
+        if self._node.closed:
+            raise NodeUnavailable(f"presence of node {self.info.name!r} is closed")
+        return self._shards[shard_for(topic, self.pool_size) if self.pool_size > 1 else 0]

@@ -1,0 +1,124 @@
+"""`whosthere.aio`: the presence API as coroutines (DESIGN section 6), on a real node.
+
+Each test runs its own event loop (`asyncio.run`): no plugin, and the loop is gone after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import time
+
+import pytest
+
+import whosthere
+import whosthere.aio
+
+
+class Enriched(whosthere.Presence):
+    async def fetch(self, topic, presences):  # an async def runs on the caller's loop
+        await asyncio.sleep(0)
+        return {k: {**v, "seen": True} for k, v in presences.items()}
+
+
+def test_the_presence_api_as_coroutines():
+    async def main(address: str) -> None:
+        presence = await Enriched.connect_async(address)
+        async with presence:
+            async with presence.owner() as tab1, presence.owner() as tab2:
+                await presence.track(tab1, "room", "alice", {"tab": 1})
+                await presence.track(whosthere.Channel(tab2, "room"), "alice", {"tab": 2})
+                with pytest.raises(whosthere.AlreadyTracked):
+                    await presence.track(tab1, "room", "alice", {"tab": 1})
+                listed = await presence.list("room")
+                assert listed["alice"]["seen"] is True
+                assert sorted(m["tab"] for m in listed["alice"]["metas"]) == [1, 2]
+
+                async def typing(meta):  # the callable may be an async def too
+                    return {**meta, "typing": True}
+
+                await presence.update(tab1, "room", "alice", typing)
+                entry = await presence.get_by_key("room", "alice")
+                assert sorted(m.get("typing", False) for m in entry["metas"]) == [False, True]
+                with pytest.raises(whosthere.NotTracked):
+                    await presence.update(tab1, "room", "bob", {})
+                refs = await presence.track_many([(tab2, f"t{i}", "k", {}) for i in range(50)])
+                assert len(set(refs)) == 50
+                await tab2.close()
+                assert [m["tab"] for m in (await presence.list("room"))["alice"]["metas"]] == [1]
+                assert await presence.get_by_key("t3", "k") is None
+            assert await presence.list("room") == {}
+            assert len(await presence.fetchers_pids()) == 2
+
+    with whosthere.Node(pool_size=2) as node:
+        asyncio.run(main(node.address))
+
+
+def test_a_thousand_concurrent_calls_share_one_connection():
+    async def main(address: str) -> float:
+        presence = await whosthere.aio.connect(address)
+        async with presence:
+            owners = [presence.owner() for _ in range(1_000)]
+            t0 = time.perf_counter()
+            refs = await asyncio.gather(*(presence.track(o, "crowd", "k", {}) for o in owners))
+            elapsed = time.perf_counter() - t0
+            assert len(set(refs)) == 1_000
+            assert len((await presence.list("crowd"))["k"]["metas"]) == 1_000
+            await asyncio.gather(*(o.close() for o in owners))
+            assert await presence.list("crowd") == {}
+            return elapsed
+
+    with whosthere.Node() as node:
+        elapsed = asyncio.run(main(node.address))
+    assert elapsed < 30  # a smoke check: pipelined, 1,000 calls take well under a second
+
+
+def test_a_cancelled_or_timed_out_call_never_hands_its_reply_to_a_later_one():
+    async def main(address: str) -> None:
+        presence = await whosthere.aio.connect(address)
+        async with presence:
+            me = presence.owner()
+            for i in range(20):
+                await presence.track(me, "keys", f"k{i}", {"i": i})
+            rnd = random.Random(7)
+            for round_ in range(200):
+                doomed = asyncio.create_task(presence.get_by_key("keys", f"k{round_ % 20}"))
+                for _ in range(rnd.randrange(3)):  # cancelled before, during or after sending
+                    await asyncio.sleep(0)
+                doomed.cancel()
+                j = rnd.randrange(20)
+                entry = await presence.get_by_key("keys", f"k{j}")
+                assert entry["metas"][0]["i"] == j, (round_, j, entry)
+            for _ in range(20):  # a deadline too short to be met: NodeUnavailable, nothing left
+                with pytest.raises(whosthere.NodeUnavailable):
+                    await presence._shard("keys").call(
+                        whosthere.aio.presence.GetByKey("keys", "k0"), timeout=1e-6
+                    )
+                assert (await presence.get_by_key("keys", "k5"))["metas"][0]["i"] == 5
+
+    with whosthere.Node() as node:
+        asyncio.run(main(node.address))
+
+
+def test_calls_in_flight_fail_at_once_when_the_node_dies():
+    async def main(node: whosthere.Node) -> float:
+        presence = await whosthere.aio.connect(node.address, timeout=30)
+        try:
+            me = presence.owner()
+            await presence.track(me, "t", "k", {})
+            os.killpg(node.pid, signal.SIGKILL)
+            t0 = time.monotonic()
+            with pytest.raises(whosthere.NodeUnavailable):
+                while True:  # the calls made after the death, and any in flight
+                    await presence.list("t")
+            return time.monotonic() - t0
+        finally:
+            await presence.close()
+
+    node = whosthere.Node().start()
+    try:
+        assert asyncio.run(main(node)) < 5  # not the 30 s timeout
+    finally:
+        node.stop()
