@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from whosthere.pubsub import check_topic
+from whosthere.tracker.pool import shard_for
 from whosthere.transport import codec
-from whosthere.watch import is_owner, owner_of
+from whosthere.watch import is_owner, os_pid, owner_of, start_time
 from whosthere.watch.identity import OWNER_SERIALS
 
 Presences = dict[str, dict[str, Any]]  # {key: {"metas": [meta, ...], ...fetched}}
@@ -81,3 +83,44 @@ def owner_topic_args(
     if len(args) == rest + 1 and hasattr(args[0], "pid") and hasattr(args[0], "topic"):
         return owner_arg(args[0].pid), check_topic(args[0].topic), args[1:]
     raise TypeError(f"{call} takes (pid, topic, ...) or (channel, ...); got {len(args)} arguments")
+
+
+Batches = list[list[tuple[list[Any], list[int]]]]  # per shard: [(TrackMany entries, places)]
+
+
+def track_batches(entries: Iterable[tuple[Any, str, Any, Any]], pool_size: int,
+                  meta_limit: int) -> tuple[Batches, int]:  # fmt: skip
+    """`track_many`'s entries checked (all before any is sent: `TypeError`, `ValueError`,
+    `InvalidMeta`) and cut into `TrackMany` batches per shard, by count and by bytes; with
+    each batch, the entries' places in the input. Returns them and the number of entries."""
+    # one meta object shared by many entries is packed once; only for a list or tuple,
+    # whose entries cannot change under us (a generator may reuse and mutate one dict)
+    share = isinstance(entries, (list, tuple))
+    packed_metas: dict[int, bytes] = {}  # id(meta) -> packed
+    starts: dict[int, Any] = {}
+    batches: Batches = [[] for _ in range(pool_size)]
+    sizes = [BATCH_BYTES] * pool_size  # bytes in each shard's open batch
+    count = 0
+    for owner, topic, raw_key, meta in entries:
+        pid = owner_arg(owner)
+        codec.check_name(check_topic(topic))
+        packed = packed_metas.get(id(meta)) if share else None
+        if packed is None:
+            packed = codec.pack_meta(meta, meta_limit)
+            if share:
+                packed_metas[id(meta)] = packed
+        start = starts.get(pid, starts)
+        if start is starts:
+            start = starts[pid] = start_time(os_pid(pid))
+        shard = shard_for(topic, pool_size) if pool_size > 1 else 0
+        key = key_arg(raw_key)
+        size = len(packed) + len(topic) + len(key) + 32
+        if sizes[shard] + size > BATCH_BYTES or len(batches[shard][-1][0]) >= BATCH:
+            batches[shard].append(([], []))  # cut by count and by bytes
+            sizes[shard] = 0
+        batch, places = batches[shard][-1]
+        batch.append([pid, start, topic, key, packed])
+        places.append(count)
+        sizes[shard] += size
+        count += 1
+    return batches, count

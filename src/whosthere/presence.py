@@ -16,8 +16,6 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Self
 
 from whosthere.arguments import (
-    BATCH,
-    BATCH_BYTES,
     Channel,
     OwnerIdentity,
     Presences,
@@ -25,6 +23,7 @@ from whosthere.arguments import (
     owner_arg,
     owner_topic_args,
     topic_arg,
+    track_batches,
 )
 from whosthere.client import NodeInfo, lookup
 from whosthere.errors import NodeUnavailable, RefChanged, WhosthereError, from_wire
@@ -160,36 +159,7 @@ class Presence:
         entry the node refuses (`AlreadyTracked`) does not stop the others: the first such
         error is raised once all are done, or with `return_exceptions` it takes that entry's place.
         """
-        # one meta object shared by many entries is packed once; only for a list or tuple,
-        # whose entries cannot change under us (a generator may reuse and mutate one dict)
-        share = isinstance(entries, (list, tuple))
-        packed_metas: dict[int, bytes] = {}  # id(meta) -> packed
-        starts: dict[int, Any] = {}
-        batches: list[list[tuple[list[Any], list[int]]]] = [[] for _ in self._shards]
-        sizes = [BATCH_BYTES] * len(self._shards)  # bytes in each shard's open batch
-        count = 0
-        for owner, topic, raw_key, meta in entries:
-            pid = owner_arg(owner)
-            codec.check_name(check_topic(topic))
-            packed = packed_metas.get(id(meta)) if share else None
-            if packed is None:
-                packed = codec.pack_meta(meta, self.meta_limit)
-                if share:
-                    packed_metas[id(meta)] = packed
-            start = starts.get(pid, starts)
-            if start is starts:
-                start = starts[pid] = start_time(os_pid(pid))
-            shard = shard_for(topic, self.pool_size) if self.pool_size > 1 else 0
-            key = key_arg(raw_key)
-            size = len(packed) + len(topic) + len(key) + 32
-            if sizes[shard] + size > BATCH_BYTES or len(batches[shard][-1][0]) >= BATCH:
-                batches[shard].append(([], []))  # cut by count and by bytes
-                sizes[shard] = 0
-            batch, places = batches[shard][-1]
-            batch.append([pid, start, topic, key, packed])
-            places.append(count)
-            sizes[shard] += size
-            count += 1
+        batches, count = track_batches(entries, self.pool_size, self.meta_limit)
         sent = []
         for conn, shard_batches in zip(self._shards, batches, strict=True):
             dealer = conn.dealer()

@@ -18,18 +18,16 @@ from typing import Any
 
 from whosthere.aio.dealer import AsyncDealer
 from whosthere.arguments import (
-    BATCH,
-    BATCH_BYTES,
     OwnerIdentity,
     Presences,
     key_arg,
     owner_arg,
     owner_topic_args,
     topic_arg,
+    track_batches,
 )
 from whosthere.client import NodeInfo, resolve_address, watch_supervisor
 from whosthere.errors import NodeUnavailable, RefChanged, WhosthereError, from_wire
-from whosthere.pubsub import check_topic
 from whosthere.topology import is_fetcher, shard_name
 from whosthere.tracker.pool import shard_for
 from whosthere.transport import codec
@@ -144,27 +142,7 @@ class AsyncPresence:
         return_exceptions: bool = False,
     ) -> list[Any]:
         """`Presence.track_many`: batches per shard, all in flight at once."""
-        batches: list[list[tuple[list[Any], list[int]]]] = [[] for _ in self._shards]
-        sizes = [BATCH_BYTES] * len(self._shards)
-        starts: dict[int, Any] = {}
-        count = 0
-        for owner, topic, raw_key, meta in entries:
-            pid = owner_arg(owner)
-            codec.check_name(check_topic(topic))
-            packed = codec.pack_meta(meta, self.meta_limit)
-            if pid not in starts:
-                starts[pid] = start_time(os_pid(pid))
-            shard = shard_for(topic, self.pool_size) if self.pool_size > 1 else 0
-            key = key_arg(raw_key)
-            size = len(packed) + len(topic) + len(key) + 32
-            if sizes[shard] + size > BATCH_BYTES or len(batches[shard][-1][0]) >= BATCH:
-                batches[shard].append(([], []))
-                sizes[shard] = 0
-            batch, places = batches[shard][-1]
-            batch.append([pid, starts[pid], topic, key, packed])
-            places.append(count)
-            sizes[shard] += size
-            count += 1
+        batches, count = track_batches(entries, self.pool_size, self.meta_limit)
         calls = [(dealer, batch, places) for dealer, shard_batches in zip(self._shards, batches,
                  strict=True) for batch, places in shard_batches]  # fmt: skip
         replies = await asyncio.gather(
