@@ -122,3 +122,59 @@ def test_calls_in_flight_fail_at_once_when_the_node_dies():
         assert asyncio.run(main(node)) < 5  # not the 30 s timeout
     finally:
         node.stop()
+
+
+def test_subscribe_and_broadcast_as_coroutines():
+    async def main(address: str) -> None:
+        presence = await whosthere.aio.connect(address)
+        pubsub = await whosthere.aio.connect_pubsub(address)
+        try:
+            async with presence.subscribe("room") as sub, pubsub.subscribe("news", "room") as both:
+                me = presence.owner()
+                await presence.track(me, "room", "alice", {"v": 1})
+                diff = (await sub.get(timeout=5)).payload
+                assert list(diff["joins"]) == ["alice"]
+                for n in range(100):
+                    await pubsub.broadcast("news", "msg", {"n": n})
+                got = []
+                async for msg in both:  # the join, then the news in order
+                    got.append(msg.payload)
+                    if len(got) == 101:
+                        break
+                assert got[0]["joins"]["alice"]["metas"][0]["v"] == 1
+                assert [p["n"] for p in got[1:]] == list(range(100))
+                assert await both.get(timeout=0.2) is None
+                await me.close()
+                assert list((await sub.get(timeout=5)).payload["leaves"]) == ["alice"]
+        finally:
+            await presence.close()
+            await pubsub.close()
+
+    with whosthere.Node() as node:
+        asyncio.run(main(node.address))
+
+
+def test_a_subscriber_that_overflows_hears_of_it_from_the_loop_too():
+    async def main(address: str) -> int:
+        pubsub = await whosthere.aio.connect_pubsub(address)
+        try:
+            async with pubsub.subscribe("flood", hwm=100) as sub:
+                for n in range(20_000):
+                    await pubsub.broadcast("flood", "n", n)
+                received, lost = 0, 0
+                while True:
+                    try:
+                        msg = await sub.get(timeout=1.0)
+                    except whosthere.MessagesLost:
+                        lost += 1
+                        continue
+                    if msg is None:
+                        break
+                    received += 1
+                assert lost >= 1 and received + sub.missed == 20_000
+                return received
+        finally:
+            await pubsub.close()
+
+    with whosthere.Node(pubsub_hwm=100) as node:
+        assert asyncio.run(main(node.address)) < 20_000

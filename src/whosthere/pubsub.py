@@ -124,6 +124,9 @@ class PubSub:
         self.close()
 
 
+Handshake = tuple[dict[bytes, str], str]  # a subscribe's topic frames -> topics, inbox token
+
+
 class Subscription:
     """Messages on some topics, in publication order: an iterator and a context manager.
 
@@ -179,26 +182,44 @@ class Subscription:
 
         Raises `NodeUnavailable` if the PubSub actor does not confirm within the timeout.
         """
+        handshake = self.begin_subscribe(topics)
+        if handshake is None:
+            return
+        try:
+            reply = self._pubsub.sync(list(handshake[0].values()), handshake[1])
+        except BaseException:
+            self.end_subscribe(handshake, None)
+            raise
+        self.end_subscribe(handshake, reply)
+
+    # The two halves of `subscribe` around its call, for a client that makes the call its
+    # own way (whosthere.aio).
+
+    def begin_subscribe(self, topics: tuple[str, ...]) -> Handshake | None:
+        """Set the filters of the topics not subscribed yet, and a one-off inbox; what to
+        ask the actor to confirm (None: nothing new)."""
         frames = {}
         for topic in topics:
             frame = codec.topic_frame(check_topic(topic))
             if frame not in self._expect:
                 frames.setdefault(frame, topic)
         if not frames:
-            return
+            return None
         token = uuid.uuid4().hex
-        inbox = codec.inbox_frame(token)
         for frame in frames:
             self._socket.setsockopt(zmq.SUBSCRIBE, frame)
-        self._socket.setsockopt(zmq.SUBSCRIBE, inbox)
-        try:
-            epoch, seqs = self._pubsub.sync(list(frames.values()), token)
-        except BaseException:
+        self._socket.setsockopt(zmq.SUBSCRIBE, codec.inbox_frame(token))
+        return frames, token
+
+    def end_subscribe(self, handshake: Handshake, reply: list[Any] | None) -> None:
+        """The actor's confirmation ([epoch, [seq, ...]]); None: it failed, filters undone."""
+        frames, token = handshake
+        self._socket.setsockopt(zmq.UNSUBSCRIBE, codec.inbox_frame(token))
+        if reply is None:
             for frame in frames:
                 self._socket.setsockopt(zmq.UNSUBSCRIBE, frame)
-            raise
-        finally:
-            self._socket.setsockopt(zmq.UNSUBSCRIBE, inbox)
+            return
+        epoch, seqs = reply
         if self._epoch and epoch != self._epoch:  # restarted meanwhile: report it on `get`
             self._epoch_changed(epoch)
             self._restarted = bool(self._expect)

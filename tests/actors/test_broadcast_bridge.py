@@ -29,8 +29,10 @@ def test_a_frame_held_through_a_netsplit_is_not_delivered_late():
     inbound = Inbound(late_after=2.0)
     receive(inbound, 1, 0.0, 0.1)  # the quickest delivery: 0.1 s
     assert receive(inbound, 2, 1.0, 5.0) == (False, True)  # 3.9 s later than the quickest
-    assert receive(inbound, 3, 5.0, 5.1) == (True, False)  # the stream goes on
-    assert receive(inbound, 3, 6.0, 9.0, empty=True) == (False, False)  # late, but nothing lost
+    assert receive(inbound, 3, 1.1, 5.0) == (False, False)  # late too: told once per run
+    assert receive(inbound, 4, 5.0, 5.1) == (True, False)  # the stream goes on
+    assert receive(inbound, 4, 6.0, 9.0, empty=True) == (False, False)  # late, nothing lost
+    assert receive(inbound, 5, 6.1, 9.0) == (False, True)  # a new run of losses: told again
 
 
 def test_a_restarted_sender_is_a_new_stream_told_as_a_loss_only_if_its_start_is_missed():

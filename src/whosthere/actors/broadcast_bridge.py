@@ -34,6 +34,7 @@ class _Stream:
     epoch: int
     seq: int  # the last number seen
     offset: float  # the least (our receive time - its send time) seen
+    losing: bool = False  # the last frames were lost (subscribers told once per run)
 
 
 @dataclass(frozen=True)
@@ -77,14 +78,23 @@ class Inbound:
         stream.seq = seq
         if lag - stream.offset > self.late_after:
             self.late += not empty
-            self.lost += 1
             late = lag - stream.offset
             why = f"{sender}'s broadcasts came {late:.1f} s late (held through a netsplit)"
-            return Verdict(False, not empty or gap, why)
+            return self._lost(stream, False, not empty or gap, why)
         if gap:
-            self.lost += 1
-            return Verdict(not empty, True, f"broadcasts from {sender} were lost")
+            return self._lost(stream, not empty, True, f"broadcasts from {sender} were lost")
+        if not empty:
+            stream.losing = False
         return Verdict(not empty, False)
+
+    def _lost(self, stream: _Stream, deliver: bool, lost: bool, why: str) -> Verdict:
+        """A loss is told once per run of lost frames (a netsplit's, all at once)."""
+        if not lost:
+            return Verdict(deliver, False)
+        self.lost += 1
+        told = stream.losing
+        stream.losing = not deliver
+        return Verdict(deliver, not told, why)
 
     def forget(self, sender: str) -> None:
         self.streams.pop(sender, None)

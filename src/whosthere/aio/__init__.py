@@ -4,12 +4,25 @@
     async with presence.owner() as tab:
         await presence.track(tab, "room:1", "alice", {"status": "online"})
         print(await presence.list("room:1"))
+    async with presence.subscribe("room:1") as sub:
+        async for msg in sub: ...
+    pubsub = await whosthere.aio.connect_pubsub(address)
+    await pubsub.broadcast("room:1", "shout", {"body": "hi"})
 
 Thread-safety: an `AsyncPresence` belongs to the event loop it is first used in; another
 thread (another loop) connects its own. Calls from many tasks of that loop run concurrently
 over one socket per shard. Nothing here blocks the loop; every call has a deadline.
 """
 
-from whosthere.aio.presence import AsyncOwner, AsyncPresence, connect, lookup
+from whosthere.aio.presence import AsyncOwner, AsyncPresence, connect, connect_pubsub, lookup
+from whosthere.aio.pubsub import AsyncPubSub, AsyncSubscription
 
-__all__ = ["AsyncOwner", "AsyncPresence", "connect", "lookup"]
+__all__ = [
+    "AsyncOwner",
+    "AsyncPresence",
+    "AsyncPubSub",
+    "AsyncSubscription",
+    "connect",
+    "connect_pubsub",
+    "lookup",
+]

@@ -89,6 +89,20 @@ class AsyncDealer:
             raise_failure(reply)
         raise ActorError(f"unexpected reply {type(reply).__name__} to {type(msg).__name__}")
 
+    async def cast(self, msg: tuple) -> None:
+        """Send `msg` without waiting for it to be handled (it never waits for room)."""
+        if self.closed:
+            raise NodeUnavailable(f"the connection to {self.what} is closed")
+        if self.guard is not None:
+            self.guard.check()
+        await self.socket.send_multipart((b"", codec.encode(msg, checked=True)))
+
+    def cast_nowait(self, msg: tuple) -> None:
+        """`cast` from code that cannot await (the queue has no limit: it never waits)."""
+        if self.closed:
+            raise NodeUnavailable(f"the connection to {self.what} is closed")
+        self.socket.send_multipart((b"", codec.encode(msg, checked=True)), zmq.NOBLOCK)
+
     def _start(self) -> None:
         loop = asyncio.get_running_loop()
         if self._loop is None:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from whosthere.aio.dealer import AsyncDealer
+from whosthere.aio.pubsub import AsyncPubSub, AsyncSubscription
 from whosthere.arguments import (
     OwnerIdentity,
     Presences,
@@ -71,6 +72,13 @@ async def connect(
     return AsyncPresence(await lookup(address, timeout), presence=presence, timeout=timeout)
 
 
+async def connect_pubsub(
+    address: str | None = None, *, timeout: float = DEFAULT_TIMEOUT
+) -> AsyncPubSub:
+    """An `AsyncPubSub` of the node at `address` (default `$WHOSTHERE_ADDRESS`)."""
+    return AsyncPubSub(await lookup(address, timeout), timeout=timeout)
+
+
 class AsyncOwner(OwnerIdentity):
     """`whosthere.Owner` for asyncio: `await owner.close()`, `async with`."""
 
@@ -111,6 +119,7 @@ class AsyncPresence:
         self._shards = [self._dealer(info.endpoints[shard_name(i)], f"shard {i}")
                         for i in range(self.pool_size)]  # fmt: skip
         self._node = self._dealer(info.address, "node")
+        self._pubsub: AsyncPubSub | None = None  # made by the first subscribe
 
     def _dealer(self, endpoint: str, what: str) -> AsyncDealer:
         return AsyncDealer(endpoint, timeout=self.timeout, what=what, guard=self.info.supervisor)
@@ -214,6 +223,13 @@ class AsyncPresence:
         fetched = await self._fetch(topic, {key: {"metas": [codec.unpack(m) for m in metas]}})
         return fetched.get(key)
 
+    def subscribe(self, topic: str) -> AsyncSubscription:
+        """The topic's messages, `presence_diff` events included: `async with` it, then
+        `async for msg in sub` (in place once the `async with` is entered)."""
+        if self._pubsub is None:
+            self._pubsub = AsyncPubSub(self.info, timeout=self.timeout)
+        return self._pubsub.subscribe(topic)
+
     async def fetchers_pids(self) -> list[int]:
         status = await self._node.call(GetStatus())
         return [a["pid"] for a in status["actors"] if is_fetcher(a["name"])]
@@ -222,6 +238,8 @@ class AsyncPresence:
         """Release the sockets; calls in flight fail with `NodeUnavailable`. Idempotent."""
         for dealer in (*self._shards, self._node):
             await dealer.aclose()
+        if self._pubsub is not None:
+            await self._pubsub.close()
 
     async def _fetch(self, topic: str, presences: Presences) -> Presences:
         if self._callbacks is None:
