@@ -24,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import aio_workload
 import chaos
 import cluster_workload
 import crash_workloads
@@ -50,6 +51,7 @@ WORKLOADS: dict[str, Callable[[Sizes], list[Row]]] = {
     "redis": redis_baseline.bench_redis,
     "cluster": cluster_workload.bench_cluster,
     "chaos": chaos.bench_chaos,
+    "aio": aio_workload.bench_aio,
 }
 
 

@@ -70,18 +70,15 @@ class AsyncDealer:
         self._start()
         ref = next(self._refs).to_bytes(8, "big")
         body = codec.encode(msg, checked=True)
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bytes] = loop.create_future()
         self.pending[ref] = future
+        deadline = loop.call_later(timeout, self._expire, future, msg, timeout)
         try:
             await self.socket.send_multipart((ref, body))
-            try:
-                reply = codec.decode(await asyncio.wait_for(future, timeout))
-            except TimeoutError:
-                raise NodeUnavailable(
-                    f"{self.what} at {self.endpoint} did not answer {type(msg).__name__} "
-                    f"within {timeout:g} s"
-                ) from None
+            reply = codec.decode(await future)
         finally:
+            deadline.cancel()
             self.pending.pop(ref, None)  # a reply after this is nobody's: dropped
         if isinstance(reply, Ok):
             return reply.value
@@ -116,14 +113,22 @@ class AsyncDealer:
             loop.add_reader(fd, self._supervisor_gone)
             self._guarded_fd = fd
 
+    def _expire(self, future: asyncio.Future[bytes], msg: tuple, timeout: float) -> None:
+        if not future.done():
+            future.set_exception(NodeUnavailable(
+                f"{self.what} at {self.endpoint} did not answer {type(msg).__name__} within "
+                f"{timeout:g} s"
+            ))  # fmt: skip
+
     async def _read(self) -> None:
+        pending = self.pending
         while True:
             try:
                 frames = await self.socket.recv_multipart()
             except (zmq.ZMQError, asyncio.CancelledError):
                 return
             if len(frames) == 2:
-                future = self.pending.get(frames[0])
+                future = pending.get(frames[0])
                 if future is not None and not future.done():
                     future.set_result(frames[1])
                 # else: a cancelled or timed-out call's reply, or a push: dropped
