@@ -77,6 +77,7 @@ from whosthere.transport.messages import (
     TransferReq,
     Unlink,
     Untrack,
+    UntrackMany,
     UntrackPid,
     Update,
 )
@@ -122,7 +123,8 @@ _entry = codec.track_entry  # one `TrackMany` entry, checked as `codec.decode` c
 
 class ShardActor(Actor):
     handles = (
-        Track, TrackMany, Untrack, UntrackPid, Update, GetMeta, ListTopic, GetByKey, Fetched,
+        Track, TrackMany, Untrack, UntrackPid, UntrackMany, Update, GetMeta, ListTopic, GetByKey,
+        Fetched,
         FromPeer, Depart, FetcherReady, MetasResync,
     )  # fmt: skip
 
@@ -517,6 +519,16 @@ class ShardActor(Actor):
     def on_untrack_pid(self, msg: UntrackPid) -> int:
         left = self.state.leave_pid(msg.pid)
         self._unlink_if_done(msg.pid)
+        self.report(_by_topic([], left))
+        return len(left)
+
+    def on_untrack_many(self, msg: UntrackMany) -> int:
+        """`UntrackPid` of each owner, one diff per topic for all (non-owners skipped)."""
+        left: list[Element] = []
+        for owner in msg.pids:
+            if is_owner(owner):
+                left += self.state.leave_pid(owner)
+                self._unlink_if_done(owner)
         self.report(_by_topic([], left))
         return len(left)
 

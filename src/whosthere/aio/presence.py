@@ -41,11 +41,13 @@ from whosthere.transport.messages import (
     Track,
     TrackMany,
     Untrack,
-    UntrackPid,
+    UntrackMany,
     Update,
 )
 from whosthere.transport.sockets import DEFAULT_TIMEOUT
 from whosthere.watch import os_pid, start_time
+
+UNTRACK_MANY = 10_000  # owners per `UntrackMany` frame
 
 
 async def lookup(address: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> NodeInfo:
@@ -120,6 +122,8 @@ class AsyncPresence:
                         for i in range(self.pool_size)]  # fmt: skip
         self._node = self._dealer(info.address, "node")
         self._pubsub: AsyncPubSub | None = None  # made by the first subscribe
+        self._closing: list[tuple[int, asyncio.Future[None]]] = []  # owners untracked whole
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def _dealer(self, endpoint: str, what: str) -> AsyncDealer:
         return AsyncDealer(endpoint, timeout=self.timeout, what=what, guard=self.info.supervisor)
@@ -171,10 +175,16 @@ class AsyncPresence:
         return results
 
     async def untrack(self, *args: Any) -> None:
-        """`untrack(pid_or_owner, topic, key)`, `untrack(channel, key)`, `untrack(owner)`."""
+        """`untrack(pid_or_owner, topic, key)`, `untrack(channel, key)`, `untrack(owner)`.
+
+        Owners untracked whole in one turn of the loop (a thousand connections closing at
+        once) go together: one `UntrackMany` per shard for all of them."""
         if len(args) == 1 and not hasattr(args[0], "topic"):
-            pid = owner_arg(args[0])
-            await asyncio.gather(*(shard.call(UntrackPid(pid)) for shard in self._shards))
+            future = asyncio.get_running_loop().create_future()
+            self._closing.append((owner_arg(args[0]), future))
+            if len(self._closing) == 1:  # after the other tasks of this turn
+                asyncio.get_running_loop().call_soon(self._close_together)
+            await future
             return
         pid, topic, (key,) = owner_topic_args(args, 1, "untrack")
         await self._shard(topic).call(Untrack(pid, topic, key_arg(key)))
@@ -222,6 +232,28 @@ class AsyncPresence:
             return None
         fetched = await self._fetch(topic, {key: {"metas": [codec.unpack(m) for m in metas]}})
         return fetched.get(key)
+
+    def _close_together(self) -> None:
+        batch, self._closing = self._closing, []
+        task = asyncio.get_running_loop().create_task(self._untrack_many(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _untrack_many(self, batch: list[tuple[int, asyncio.Future[None]]]) -> None:
+        owners = [owner for owner, _ in batch]
+        chunks = [owners[i : i + UNTRACK_MANY] for i in range(0, len(owners), UNTRACK_MANY)]
+        try:
+            await asyncio.gather(
+                *(shard.call(UntrackMany(chunk)) for chunk in chunks for shard in self._shards)
+            )
+        except Exception as exc:  # every close of the batch fails alike
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for _, future in batch:
+            if not future.done():
+                future.set_result(None)
 
     def subscribe(self, topic: str) -> AsyncSubscription:
         """The topic's messages, `presence_diff` events included: `async with` it, then

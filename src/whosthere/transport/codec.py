@@ -59,6 +59,7 @@ TAGS: dict[type, int] = {
     m.MetasState: 45,
     m.PublishMany: 23,
     m.TrackMany: 37,
+    m.UntrackMany: 38,
     m.PeerHello: 50,
     m.PeerWelcome: 51,
     m.PeerRefused: 52,

@@ -222,6 +222,14 @@ class UntrackPid(NamedTuple):
     pid: int
 
 
+class UntrackMany(NamedTuple):
+    """Untrack every presence of each of `pids` (owners) in the shard: many owners closed at
+    once (concurrent `close()`s of an asyncio client) in one message. The reply is how many
+    presences left."""
+
+    pids: list[Any]  # [owner, ...]
+
+
 class Update(NamedTuple):
     """Replace a presence's meta; the reply is the new phx_ref."""
 
