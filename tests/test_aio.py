@@ -103,21 +103,34 @@ def test_a_cancelled_or_timed_out_call_never_hands_its_reply_to_a_later_one():
 
 
 def test_calls_in_flight_fail_at_once_when_the_node_dies():
+    """Every connection watches the supervisor's pidfd (one reader per fd on the loop,
+    shared): calls to both shards and a waiting subscription all end at once."""
+
     async def main(node: whosthere.Node) -> float:
         presence = await whosthere.aio.connect(node.address, timeout=30)
         try:
             me = presence.owner()
-            await presence.track(me, "t", "k", {})
-            os.killpg(node.pid, signal.SIGKILL)
-            t0 = time.monotonic()
-            with pytest.raises(whosthere.NodeUnavailable):
-                while True:  # the calls made after the death, and any in flight
-                    await presence.list("t")
-            return time.monotonic() - t0
+            topics = ["t0", "t1", "t2", "t3"]  # on both shards
+            for topic in topics:
+                await presence.track(me, topic, "k", {})
+            async with presence.subscribe("t0") as sub:
+
+                async def forever(topic: str) -> None:
+                    while True:
+                        await presence.list(topic)
+
+                t0 = time.monotonic()
+                tasks = [asyncio.create_task(forever(t)) for t in topics]
+                tasks.append(asyncio.create_task(sub.get()))
+                await asyncio.sleep(0.05)
+                os.killpg(node.pid, signal.SIGKILL)
+                results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+                assert all(isinstance(r, whosthere.NodeUnavailable) for r in results), results
+                return time.monotonic() - t0
         finally:
             await presence.close()
 
-    node = whosthere.Node().start()
+    node = whosthere.Node(pool_size=2).start()
     try:
         assert asyncio.run(main(node)) < 5  # not the 30 s timeout
     finally:

@@ -20,6 +20,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
+from whosthere.aio import readers
 from whosthere.client import SupervisorWatch
 from whosthere.errors import ActorError, NodeUnavailable
 from whosthere.transport import codec
@@ -110,7 +111,7 @@ class AsyncDealer:
             self._reader = loop.create_task(self._read(), name=f"whosthere {self.what} replies")
         fd = self.guard.fileno() if self.guard is not None else None
         if fd is not None and self._guarded_fd is None:
-            loop.add_reader(fd, self._supervisor_gone)
+            readers.add(loop, fd, self._supervisor_gone)
             self._guarded_fd = fd
 
     def _expire(self, future: asyncio.Future[bytes], msg: tuple, timeout: float) -> None:
@@ -144,8 +145,7 @@ class AsyncDealer:
 
     def _stop_guard(self) -> None:
         if self._guarded_fd is not None and self._loop is not None:
-            with contextlib.suppress(Exception):
-                self._loop.remove_reader(self._guarded_fd)
+            readers.remove(self._loop, self._guarded_fd, self._supervisor_gone)
             self._guarded_fd = None
 
     async def aclose(self) -> None:

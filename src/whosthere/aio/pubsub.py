@@ -14,6 +14,7 @@ from typing import Any
 
 import zmq
 
+from whosthere.aio import readers
 from whosthere.aio.dealer import AsyncDealer
 from whosthere.client import NodeInfo
 from whosthere.errors import NodeUnavailable
@@ -86,7 +87,7 @@ class AsyncSubscription:
             if guard is not None and guard.fileno() is not None:
                 fds.append(guard.fileno())  # type: ignore[arg-type]
             for fd in fds:
-                loop.add_reader(fd, self._ready.set)
+                readers.add(loop, fd, self._ready.set)
             self._fds = fds
         try:
             await self.subscribe(*self._topics)
@@ -157,7 +158,7 @@ class AsyncSubscription:
         if self._fds:
             loop = asyncio.get_running_loop()
             for fd in self._fds:
-                loop.remove_reader(fd)
+                readers.remove(loop, fd, self._ready.set)
             self._fds = []
         if self._sub is not None:
             self._sub.close()
