@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import textwrap
@@ -13,6 +14,7 @@ import whosthere
 from tests.support.diffs import expect_diff, expect_quiet, next_diff
 from tests.support.nodes import alive
 from tests.support.presences import (
+    AsyncCallbacksPresence,
     BrokenPresence,
     ExtraPresence,
     HandleMetasWithoutInit,
@@ -205,3 +207,26 @@ def test_a_slow_fetch_holds_back_its_own_topic_only(owner):
             expect_diff(fine, joins={"u": 1}, timeout=2)
             assert time.monotonic() - started < 2.0  # not behind the 3 s fetch
             expect_diff(hang, joins={"u": 1}, timeout=5)
+
+
+def test_callbacks_may_be_async_def(owner):
+    """An async fetch runs on the fetcher's loop (diffs), in the caller (list: a loop of its
+    own; whosthere.aio: the caller's); async init and handle_metas on the client actor's."""
+    with whosthere.Node(presence=AsyncCallbacksPresence) as node:
+        presence = node.presence
+        with presence.subscribe("room") as diffs, presence.subscribe("metas:room") as reports:
+            presence.track(owner.pid, "room", "u1", {"n": 1})
+            assert next_diff(diffs)["joins"]["u1"]["async"] is True
+            report = reports.get(timeout=5)
+            assert report is not None and report.payload == {"keys": ["u1"], "calls": 101}
+            assert presence.list("room")["u1"]["async"] is True
+            assert presence.get_by_key("room", "u1")["async"] is True
+
+            async def from_a_loop() -> None:
+                with pytest.raises(TypeError, match="use whosthere.aio"):
+                    presence.list("room")  # the sync client cannot await it inside a loop
+                aio = await AsyncCallbacksPresence.connect_async(node.address)
+                async with aio:
+                    assert (await aio.list("room"))["u1"]["async"] is True
+
+            asyncio.run(from_a_loop())

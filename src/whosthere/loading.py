@@ -1,15 +1,18 @@
-"""Naming a user's class in one process and importing it in another.
+"""Naming a user's class in one process and importing it in another, and calling it.
 
 The node's processes are fresh interpreters: they find the user's `Presence` subclass by
 module and qualified name, or, for a class defined in a script run as `__main__`, by the
 script's path (loaded as a module under another name, so its `if __name__ == "__main__"`
-block does not run again).
+block does not run again). Its callbacks may be `async def`: `settle` awaits what they
+return.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import importlib.util
+import inspect
 import sys
 from typing import Any
 
@@ -54,3 +57,26 @@ def load_class(ref: ClassRef) -> Any:
     for part in ref["qualname"].split("."):
         obj = getattr(obj, part)
     return obj
+
+
+def settle(value: Any, loop: asyncio.AbstractEventLoop | None = None) -> Any:
+    """A user callback's result, awaited if it is awaitable (an `async def` callback): on
+    `loop` (an actor's own, kept for its life, so the callback's resources may live on), or
+    on a loop of its own. From code that runs in an event loop, use `whosthere.aio`, which
+    awaits it there."""
+    if not inspect.isawaitable(value):
+        return value
+
+    async def result() -> Any:
+        return await value
+
+    if loop is not None:
+        return loop.run_until_complete(result())
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(result())
+    if inspect.iscoroutine(value):
+        value.close()  # never awaited: said here, not warned about later
+    raise TypeError("an async callback called from the synchronous client inside a running "
+                    "event loop: use whosthere.aio there")  # fmt: skip

@@ -27,6 +27,7 @@ from whosthere.arguments import (
 )
 from whosthere.client import NodeInfo, lookup
 from whosthere.errors import NodeUnavailable, RefChanged, WhosthereError, from_wire
+from whosthere.loading import settle
 from whosthere.pubsub import PubSub, Subscription, check_topic
 from whosthere.topology import is_fetcher, shard_name
 from whosthere.tracker.pool import shard_for
@@ -128,7 +129,8 @@ class Presence:
     # -- callbacks -------------------------------------------------------------------------
 
     def fetch(self, topic: str, presences: Presences) -> Presences:
-        """Override to add fields beside each entry's "metas" (keep "metas" as it is)."""
+        """Override to add fields beside each entry's "metas" (keep "metas" as it is). It may
+        be an `async def`; so may `init` and `handle_metas`."""
         return presences
 
     # -- the API ---------------------------------------------------------------------------
@@ -216,7 +218,7 @@ class Presence:
         deadline = time.monotonic() + self.timeout
         for attempt in itertools.count():
             current = codec.unpack(shard.call(GetMeta(pid, topic, key)))
-            packed = codec.pack_meta(fn(dict(current)), self.meta_limit)
+            packed = codec.pack_meta(settle(fn(dict(current))), self.meta_limit)
             try:
                 return shard.call(Update(pid, topic, key, packed, current["phx_ref"]))
             except RefChanged:
@@ -234,7 +236,7 @@ class Presence:
         """`{key: {"metas": [meta, ...], ...}}` for the topic, through `fetch`."""
         topic = topic_arg(topic_or_channel)
         grouped: Presences = codec.unpack(self._shard(topic).call(ListTopic(topic)))
-        return self.fetch(topic, grouped) if grouped else grouped
+        return settle(self.fetch(topic, grouped)) if grouped else grouped
 
     def get_by_key(self, topic_or_channel: str | Channel, key: str | int) -> dict[str, Any] | None:
         """That key's entry `{"metas": [...], ...}` through `fetch`, or None."""
@@ -243,7 +245,7 @@ class Presence:
         metas = self._shard(topic).call(GetByKey(topic, key))
         if not metas:
             return None
-        fetched = self.fetch(topic, {key: {"metas": [codec.unpack(m) for m in metas]}})
+        fetched = settle(self.fetch(topic, {key: {"metas": [codec.unpack(m) for m in metas]}}))
         return fetched.get(key)
 
     def subscribe(self, topic: str) -> Subscription:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import time
@@ -117,3 +118,25 @@ class GatedFetchPresence(whosthere.Presence):
         while os.path.exists(os.environ["GATE"]):
             time.sleep(0.01)
         return {key: {**entry, "fetched": True} for key, entry in presences.items()}
+
+
+class AsyncCallbacksPresence(whosthere.Presence):
+    """Every callback an `async def`: fetch marks entries, handle_metas reports on
+    "metas:<topic>" the presences and how many calls it had (its state, from async init)."""
+
+    async def fetch(self, topic: str, presences: dict[str, Any]) -> dict[str, Any]:
+        await asyncio.sleep(0)
+        return {key: {**entry, "async": True} for key, entry in presences.items()}
+
+    async def init(self) -> int:
+        await asyncio.sleep(0)
+        return 100
+
+    async def handle_metas(self, topic: str, diff: dict, presences: dict, state: int) -> int:
+        await asyncio.sleep(0)
+        pubsub = getattr(self, "_reporter", None)
+        if pubsub is None:
+            pubsub = self._reporter = whosthere.PubSub(self.info)
+        pubsub.broadcast(f"metas:{topic}", "handle_metas", {"keys": sorted(presences),
+                                                           "calls": state + 1})  # fmt: skip
+        return state + 1

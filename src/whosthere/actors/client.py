@@ -1,4 +1,5 @@
-"""The presence client actor: runs `init` and `handle_metas` with Phoenix's bookkeeping.
+"""The presence client actor: runs `init` and `handle_metas` with Phoenix's bookkeeping
+(either may be an `async def`: it runs on the actor's own event loop).
 
 It keeps, per topic, key -> [meta] built from the diffs the shards publish, and after each
 diff calls `handle_metas(topic, diff, presences_of_topic, state)`; what it returns is the
@@ -16,11 +17,12 @@ state again once there is room: the same path, so the user's state is right agai
 
 from __future__ import annotations
 
+import asyncio
 import traceback
 from typing import Any
 
 from whosthere.actors.base import Actor, ActorSpec
-from whosthere.loading import load_class
+from whosthere.loading import load_class, settle
 from whosthere.topology import Topology
 from whosthere.tracker.pool import shard_for
 from whosthere.transport.messages import MetasDiff, MetasResync, MetasState
@@ -84,11 +86,13 @@ class PresenceClientActor(Actor):
         self.incoming: dict[int, dict[str, Presences]] = {}  # shard -> its state's parts so far
         shards = Topology(spec.node).shards
         self.shards = [Dealer(e, what="shard", unbounded=True) for e in shards]
+        # `init` and `handle_metas` may be `async def`: they run on this loop, kept for life
+        self.loop = asyncio.new_event_loop()
 
     def on_start(self) -> None:
         self.presence = self.presence_class.connect(self.spec.supervisor)
         init = getattr(self.presence, "init", None)
-        self.state = init() if init is not None else {}
+        self.state = settle(init(), self.loop) if init is not None else {}
         for shard in self.shards:
             shard.cast(MetasResync())
 
@@ -131,7 +135,8 @@ class PresenceClientActor(Actor):
             return  # only init was defined
         self.calls += 1
         try:
-            self.state = self.presence.handle_metas(topic, diff, presences, self.state)
+            state = self.presence.handle_metas(topic, diff, presences, self.state)
+            self.state = settle(state, self.loop)
         except (Exception, SystemExit):  # the user's code: whatever it raises
             self.failures += 1
             self.log.error(
@@ -142,6 +147,7 @@ class PresenceClientActor(Actor):
             )
 
     def on_stop(self) -> None:
+        self.loop.close()
         for shard in self.shards:
             shard.close()
         if self.presence is not None:

@@ -1,5 +1,7 @@
 """Fetcher worker: runs the user's `Presence.fetch` on diffs, off the shard's loop.
 
+A `fetch` that is an `async def` runs on the fetcher's own event loop, kept for its life.
+
 Each diff is fetched in two calls, joins and leaves, as Phoenix does; the result (or the
 error) goes back to the shard that sent it, which publishes in its own order. On start it
 tells every shard (`FetcherReady`): after a crash, the fetches it held are sent again.
@@ -7,11 +9,12 @@ tells every shard (`FetcherReady`): after a crash, the fetches it held are sent 
 
 from __future__ import annotations
 
+import asyncio
 import traceback
 from typing import Any
 
 from whosthere.actors.base import Actor, ActorSpec
-from whosthere.loading import load_class
+from whosthere.loading import load_class, settle
 from whosthere.topology import Topology
 from whosthere.transport.messages import Fetch, Fetched, FetcherReady
 from whosthere.transport.sockets import Dealer
@@ -28,6 +31,7 @@ class FetcherActor(Actor):
         self.shards = [Dealer(e, what="shard", unbounded=True) for e in shards]
         self.fetched = 0
         self.failed = 0
+        self.loop: asyncio.AbstractEventLoop | None = None  # for an async fetch, made at need
 
     def on_start(self) -> None:
         for shard in self.shards:  # a restart: the shards send again what died with the last one
@@ -40,8 +44,8 @@ class FetcherActor(Actor):
         try:
             if self.presence is None:
                 self.presence = self.presence_class.connect(self.spec.supervisor)
-            joins = self.presence.fetch(msg.topic, msg.joins) if msg.joins else msg.joins
-            leaves = self.presence.fetch(msg.topic, msg.leaves) if msg.leaves else msg.leaves
+            joins = self._fetch(msg.topic, msg.joins) if msg.joins else msg.joins
+            leaves = self._fetch(msg.topic, msg.leaves) if msg.leaves else msg.leaves
             reply = Fetched(msg.id, {"joins": joins, "leaves": leaves}, "")
             self.fetched += 1
         except (Exception, SystemExit) as exc:  # the user's code: whatever it raises
@@ -58,7 +62,15 @@ class FetcherActor(Actor):
             )
             self.shards[msg.shard].cast(Fetched(msg.id, None, f"{type(exc).__name__}: {exc}"))
 
+    def _fetch(self, topic: str, presences: dict[str, Any]) -> Any:
+        fetched = self.presence.fetch(topic, presences)
+        if self.loop is None and not isinstance(fetched, dict):
+            self.loop = asyncio.new_event_loop()
+        return settle(fetched, self.loop)
+
     def on_stop(self) -> None:
+        if self.loop is not None:
+            self.loop.close()
         for dealer in self.shards:
             dealer.close()
         if self.presence is not None:
