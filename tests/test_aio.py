@@ -15,6 +15,9 @@ import pytest
 
 import whosthere
 import whosthere.aio
+from whosthere.transport import codec
+from whosthere.transport.messages import Calls, ListTopic, Track
+from whosthere.transport.sockets import Dealer
 
 
 class Enriched(whosthere.Presence):
@@ -191,3 +194,30 @@ def test_a_subscriber_that_overflows_hears_of_it_from_the_loop_too():
 
     with whosthere.Node(pubsub_hwm=100) as node:
         assert asyncio.run(main(node.address)) < 20_000
+
+
+def test_calls_of_one_turn_share_a_frame_and_keep_their_own_answers():
+    async def main(address: str) -> None:
+        presence = await whosthere.aio.connect(address)
+        async with presence:
+            owners = [presence.owner() for _ in range(100)]
+            twice = owners[:10] * 2 + owners[10:]  # ten tracked twice in the same turn
+            results = await asyncio.gather(
+                *(presence.track(o, "turn", "k", {}) for o in twice), return_exceptions=True
+            )
+            refused = [r for r in results if isinstance(r, whosthere.AlreadyTracked)]
+            assert len(refused) == 10 and len({r for r in results if isinstance(r, str)}) == 100
+            assert len((await presence.list("turn"))["k"]["metas"]) == 100
+
+    with whosthere.Node() as node:
+        asyncio.run(main(node.address))
+        # a batch holds only what the actor takes so: the rest is refused one by one
+        shard = Dealer(node.presence.info.endpoints["shard.0"])
+        try:
+            track = Track(os.getpid(), None, "calls", "k", codec.pack_meta({}))
+            replies = shard.call(Calls([codec.encode(track), codec.encode(ListTopic("calls"))]))
+            first, second = (codec.decode(r) for r in replies)
+            assert type(first).__name__ == "Ok" and isinstance(first.value, str)
+            assert type(second).__name__ == "Failed" and "in a Calls batch" in second.message
+        finally:
+            shard.close()

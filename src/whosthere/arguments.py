@@ -47,6 +47,21 @@ class OwnerIdentity:
 _serials = itertools.count(1)  # owners made in this process (0 is the process itself)
 
 
+_own_start: tuple[int, Any] = (0, None)  # (this process's pid, its start time), once read
+
+
+def start_of(owner: int) -> Any:
+    """The start time of the owner's OS process, as the node links it. This process's own
+    (every `Owner` made here) is read once: a track should not cost a read of /proc."""
+    global _own_start
+    pid = os_pid(owner)
+    if pid != os.getpid():
+        return start_time(pid)
+    if _own_start[0] != pid:  # first use, or a forked child
+        _own_start = (pid, start_time(pid))
+    return _own_start[1]
+
+
 def owner_arg(pid: object) -> int:
     """An owner as the wire names it: an OS pid, or an `Owner`'s id."""
     if isinstance(pid, OwnerIdentity):
@@ -111,7 +126,7 @@ def track_batches(entries: Iterable[tuple[Any, str, Any, Any]], pool_size: int,
                 packed_metas[id(meta)] = packed
         start = starts.get(pid, starts)
         if start is starts:
-            start = starts[pid] = start_time(os_pid(pid))
+            start = starts[pid] = start_of(pid)
         shard = shard_for(topic, pool_size) if pool_size > 1 else 0
         key = key_arg(raw_key)
         size = len(packed) + len(topic) + len(key) + 32

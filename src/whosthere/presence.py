@@ -22,6 +22,7 @@ from whosthere.arguments import (
     key_arg,
     owner_arg,
     owner_topic_args,
+    start_of,
     topic_arg,
     track_batches,
 )
@@ -44,7 +45,6 @@ from whosthere.transport.messages import (
     Update,
 )
 from whosthere.transport.sockets import DEFAULT_TIMEOUT, Connection
-from whosthere.watch import os_pid, start_time
 
 if TYPE_CHECKING:
     from whosthere.aio import AsyncPresence
@@ -144,7 +144,7 @@ class Presence:
         """
         pid, topic, (key, meta) = owner_topic_args(args, 2, "track")
         packed = codec.pack_meta(meta, self.meta_limit)
-        msg = Track(pid, start_time(os_pid(pid)), topic, key_arg(key), packed)
+        msg = Track(pid, start_of(pid), topic, key_arg(key), packed)
         return self._shard(topic).call(msg)
 
     def track_many(

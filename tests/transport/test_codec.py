@@ -52,6 +52,7 @@ def test_every_message_round_trips():
         m.Untrack(1, "t", "k"),
         m.UntrackPid(1),
         m.UntrackMany([1, 1 << 32 | 1]),
+        m.Calls([b"\x91\x03"]),
         m.Update(1, "t", "k", b"\x80", None),
         m.GetMeta(1, "t", "k"),
         m.ListTopic("t"),

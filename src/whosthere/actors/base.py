@@ -37,7 +37,7 @@ import zmq
 from whosthere.config import NodeConfig
 from whosthere.errors import InvalidMeta, MalformedFrame, WhosthereError
 from whosthere.transport import codec
-from whosthere.transport.messages import ActorReady, Failed, GetStats, Ok, Ping
+from whosthere.transport.messages import MAX_CALLS, ActorReady, Calls, Failed, GetStats, Ok, Ping
 from whosthere.transport.sockets import Dealer, bind, socket
 
 log = logging.getLogger("whosthere.actor")
@@ -118,6 +118,7 @@ class Actor:
     """Base of every actor process. Subclasses define `on_<message>` handlers and hooks."""
 
     handles: ClassVar[tuple[type, ...]] = ()  # message classes beyond Ping/GetStats
+    batchable: ClassVar[tuple[type, ...]] = ()  # those a `Calls` batch may hold
 
     def __init__(self, spec: ActorSpec) -> None:
         self.spec = spec
@@ -140,7 +141,7 @@ class Actor:
         self.input_read_at = time.monotonic()
         self._wakeup_r = -1
         self.supervisor: Dealer | None = None  # casts to the supervisor (None for it)
-        self._handlers = routes(self, (Ping, GetStats, *self.handles))
+        self._handlers = routes(self, (Ping, GetStats, Calls, *self.handles))
 
     # -- hooks -----------------------------------------------------------------------------
 
@@ -336,38 +337,61 @@ class Actor:
             return
         identity, ref, body = frames
         request = Request(identity, ref) if ref else None
+        self.sender = identity
+        reply = self._answer(body, request)
+        if request and reply is not None:
+            self._send_reply(request, reply)
+
+    def _answer(
+        self, body: bytes, request: Request | None, allowed: tuple[type, ...] | None = None
+    ) -> Ok | Failed | None:
+        """Decode and handle one message: its reply (None: it answers later, `NOREPLY`).
+        `allowed`: the message types accepted (those of a `Calls` batch)."""
         try:
             msg = codec.decode(body)
         except MalformedFrame as exc:
             self.log.warning("%s: dropped malformed frame: %s", self.name, exc)
-            if request:
-                self._send_reply(request, Failed("MalformedFrame", str(exc), ""))
-            return
+            return Failed("MalformedFrame", str(exc), "")
         handler = self._handlers.get(type(msg))
-        if handler is None:
+        if handler is None or (allowed is not None and type(msg) not in allowed):
             text = f"{self.name} does not handle {type(msg).__name__}"
+            text += "" if handler is None else " in a Calls batch"
             self.log.warning("%s: dropped message: %s", self.name, text)
-            if request:
-                self._send_reply(request, Failed("MalformedFrame", text, ""))
-            return
+            return Failed("MalformedFrame", text, "")
         self.request = request
-        self.sender = identity
         try:
             result = handler(msg)
         except WhosthereError as exc:
             self.log.debug("%s: %s refused: %s", self.name, type(msg).__name__, exc)
-            if request:
-                self._send_reply(request, Failed(type(exc).__name__, str(exc), ""))
+            return Failed(type(exc).__name__, str(exc), "")
         except Exception as exc:
             tb = traceback.format_exc()
             self.log.error("%s: handler for %s raised\n%s", self.name, type(msg).__name__, tb)
-            if request:
-                self._send_reply(request, Failed("ActorError", f"{type(exc).__name__}: {exc}", tb))
-        else:
-            if request and result is not NOREPLY:
-                self._send_reply(request, Ok(result))
+            return Failed("ActorError", f"{type(exc).__name__}: {exc}", tb)
         finally:
             self.request = None
+        return None if result is NOREPLY else Ok(result)
+
+    def on_calls(self, msg: Calls) -> list[bytes]:
+        """Several calls in one frame (an asyncio client's concurrent calls): each handled as
+        if it came alone, in order, and every reply in one frame. Only `batchable` messages:
+        handlers that answer at once."""
+        if self.request is None:
+            raise MalformedFrame("Calls must be a call")
+        if len(msg.items) > MAX_CALLS:
+            raise MalformedFrame(f"a Calls batch holds at most {MAX_CALLS} calls")
+        request = self.request
+        replies = []
+        for item in msg.items:
+            reply = self._answer(item, request, self.batchable)
+            if reply is None:  # never for a batchable message: said rather than lost
+                reply = Failed("ActorError", "a batched call answered later", "")
+            try:
+                replies.append(codec.encode(reply))
+            except InvalidMeta as exc:
+                replies.append(codec.encode(Failed("InvalidMeta", f"reply: {exc}", "")))
+        self.request = request
+        return replies
 
     def before_reply(self) -> None:
         """Hook: runs before every reply goes out (the shard writes its journal here)."""

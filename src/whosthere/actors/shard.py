@@ -122,6 +122,7 @@ _entry = codec.track_entry  # one `TrackMany` entry, checked as `codec.decode` c
 
 
 class ShardActor(Actor):
+    batchable = (Track, Untrack, UntrackPid, UntrackMany, Update, GetMeta, GetByKey)
     handles = (
         Track, TrackMany, Untrack, UntrackPid, UntrackMany, Update, GetMeta, ListTopic, GetByKey,
         Fetched,

@@ -6,6 +6,11 @@ cancelled takes its future out of `pending` first, so its reply, should it come 
 nobody and is dropped: no later call can mistake it for its own. Many calls in flight from
 one loop share the socket: the actor reads them in one wake-up and answers each.
 
+Calls made in one turn of the loop with `batch=True` go in one `Calls` frame (up to
+`MAX_CALLS`), answered in one frame: a thousand tasks awaiting a track each cost the node
+and the loop a few frames, not a thousand. Each call keeps its own reference, deadline and
+error.
+
 When the node's supervisor dies (its pidfd becomes readable) every call in flight fails at
 once with `NodeUnavailable`, as the synchronous client's do.
 """
@@ -22,9 +27,9 @@ import zmq.asyncio
 
 from whosthere.aio import readers
 from whosthere.client import SupervisorWatch
-from whosthere.errors import ActorError, NodeUnavailable
+from whosthere.errors import ActorError, MalformedFrame, NodeUnavailable
 from whosthere.transport import codec
-from whosthere.transport.messages import Failed, Ok
+from whosthere.transport.messages import MAX_CALLS, Calls, Failed, Ok
 from whosthere.transport.sockets import DEFAULT_TIMEOUT, raise_failure
 
 
@@ -54,15 +59,18 @@ class AsyncDealer:
             self.socket.close(linger=0)
             raise NodeUnavailable(f"cannot connect to {what} at {endpoint!r}: {exc}") from exc
         self.pending: dict[bytes, asyncio.Future[bytes]] = {}
+        self._batch: list[tuple[bytes, bytes]] = []  # (ref, body) of this turn's calls
+        self._batches: dict[bytes, list[bytes]] = {}  # a Calls frame's ref -> its calls' refs
         self._refs = itertools.count(1)
         self._reader: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._guarded_fd: int | None = None
         self.closed = False
 
-    async def call(self, msg: tuple, timeout: float | None = None) -> Any:
+    async def call(self, msg: tuple, timeout: float | None = None, *, batch: bool = False) -> Any:
         """Send `msg`, await its reply; raises what the actor raised, or `NodeUnavailable`
-        past `timeout` seconds (default: the dealer's)."""
+        past `timeout` seconds (default: the dealer's). `batch`: it may go with the other
+        calls of this turn of the loop, in one frame (the actor must take it so)."""
         if self.closed:
             raise NodeUnavailable(f"the connection to {self.what} is closed")
         timeout = self.timeout if timeout is None else timeout
@@ -76,7 +84,12 @@ class AsyncDealer:
         self.pending[ref] = future
         deadline = loop.call_later(timeout, self._expire, future, msg, timeout)
         try:
-            await self.socket.send_multipart((ref, body))
+            if batch:
+                self._batch.append((ref, body))
+                if len(self._batch) == 1:  # after the other tasks of this turn
+                    loop.call_soon(self._send_batch)
+            else:
+                await self.socket.send_multipart((ref, body))
             reply = codec.decode(await future)
         finally:
             deadline.cancel()
@@ -114,6 +127,20 @@ class AsyncDealer:
             readers.add(loop, fd, self._supervisor_gone)
             self._guarded_fd = fd
 
+    def _send_batch(self) -> None:
+        calls, self._batch = self._batch, []
+        if self.closed:
+            return  # their futures failed with the close
+        for i in range(0, len(calls), MAX_CALLS):
+            chunk = calls[i : i + MAX_CALLS]
+            if len(chunk) == 1:
+                ref, body = chunk[0]
+            else:
+                ref = next(self._refs).to_bytes(8, "big")
+                self._batches[ref] = [r for r, _ in chunk]
+                body = codec.encode(Calls([b for _, b in chunk]))
+            self.socket.send_multipart((ref, body), zmq.NOBLOCK)  # no high-water mark
+
     def _expire(self, future: asyncio.Future[bytes], msg: tuple, timeout: float) -> None:
         if not future.done():
             future.set_exception(NodeUnavailable(
@@ -128,11 +155,33 @@ class AsyncDealer:
                 frames = await self.socket.recv_multipart()
             except (zmq.ZMQError, asyncio.CancelledError):
                 return
-            if len(frames) == 2:
-                future = pending.get(frames[0])
-                if future is not None and not future.done():
-                    future.set_result(frames[1])
-                # else: a cancelled or timed-out call's reply, or a push: dropped
+            if len(frames) != 2:
+                continue
+            refs = self._batches.pop(frames[0], None)
+            if refs is not None:
+                self._answer_batch(refs, frames[1])
+                continue
+            future = pending.get(frames[0])
+            if future is not None and not future.done():
+                future.set_result(frames[1])
+            # else: a cancelled or timed-out call's reply, or a push: dropped
+
+    def _answer_batch(self, refs: list[bytes], body: bytes) -> None:
+        """Each call of a `Calls` frame gets its own reply (all the same one if the frame as
+        a whole failed: an actor that does not take batches says so to each)."""
+        try:
+            reply = codec.decode(body)
+        except MalformedFrame:
+            reply = None
+        value = reply.value if isinstance(reply, Ok) else None
+        if isinstance(value, list) and len(value) == len(refs):
+            bodies = value
+        else:
+            bodies = [body] * len(refs)
+        for ref, one in zip(refs, bodies, strict=True):
+            future = self.pending.get(ref)
+            if future is not None and not future.done():
+                future.set_result(one)
 
     def _supervisor_gone(self) -> None:
         self._stop_guard()

@@ -24,6 +24,7 @@ from whosthere.arguments import (
     key_arg,
     owner_arg,
     owner_topic_args,
+    start_of,
     topic_arg,
     track_batches,
 )
@@ -45,7 +46,6 @@ from whosthere.transport.messages import (
     Update,
 )
 from whosthere.transport.sockets import DEFAULT_TIMEOUT
-from whosthere.watch import os_pid, start_time
 
 UNTRACK_MANY = 10_000  # owners per `UntrackMany` frame
 
@@ -106,6 +106,8 @@ class AsyncOwner(OwnerIdentity):
 class AsyncPresence:
     """Presence tracking on a node, for one event loop: `await presence.track(...)`.
 
+    Single-presence calls made in one turn of the loop go to their shard in one frame.
+
     Use it from the loop it was first used in (one per loop; threads each make their own).
     `close()` releases its sockets."""
 
@@ -145,8 +147,8 @@ class AsyncPresence:
         """`track(pid_or_owner, topic, key, meta)` or `track(channel, key, meta)`."""
         pid, topic, (key, meta) = owner_topic_args(args, 2, "track")
         packed = codec.pack_meta(meta, self.meta_limit)
-        msg = Track(pid, start_time(os_pid(pid)), topic, key_arg(key), packed)
-        return await self._shard(topic).call(msg)
+        msg = Track(pid, start_of(pid), topic, key_arg(key), packed)
+        return await self._shard(topic).call(msg, batch=True)
 
     async def track_many(
         self,
@@ -187,7 +189,7 @@ class AsyncPresence:
             await future
             return
         pid, topic, (key,) = owner_topic_args(args, 1, "untrack")
-        await self._shard(topic).call(Untrack(pid, topic, key_arg(key)))
+        await self._shard(topic).call(Untrack(pid, topic, key_arg(key)), batch=True)
 
     async def update(self, *args: Any) -> str:
         """`update(pid_or_owner, topic, key, meta_or_fn)` or `update(channel, key, ...)`: as
@@ -197,17 +199,18 @@ class AsyncPresence:
         shard = self._shard(topic)
         if not callable(meta_or_fn):
             packed = codec.pack_meta(meta_or_fn, self.meta_limit)
-            return await shard.call(Update(pid, topic, key, packed, None))
+            return await shard.call(Update(pid, topic, key, packed, None), batch=True)
         fn: Callable[[dict[str, Any]], Any] = meta_or_fn
         deadline = time.monotonic() + self.timeout
         for attempt in itertools.count():
-            current = codec.unpack(await shard.call(GetMeta(pid, topic, key)))
+            current = codec.unpack(await shard.call(GetMeta(pid, topic, key), batch=True))
             new = fn(dict(current))
             if inspect.isawaitable(new):
                 new = await new
             packed = codec.pack_meta(new, self.meta_limit)
             try:
-                return await shard.call(Update(pid, topic, key, packed, current["phx_ref"]))
+                update = Update(pid, topic, key, packed, current["phx_ref"])
+                return await shard.call(update, batch=True)
             except RefChanged:
                 if time.monotonic() >= deadline:
                     break
@@ -227,7 +230,7 @@ class AsyncPresence:
         """That key's entry through `fetch`, or None."""
         topic = topic_arg(topic_or_channel)
         key = key_arg(key)
-        metas = await self._shard(topic).call(GetByKey(topic, key))
+        metas = await self._shard(topic).call(GetByKey(topic, key), batch=True)
         if not metas:
             return None
         fetched = await self._fetch(topic, {key: {"metas": [codec.unpack(m) for m in metas]}})

@@ -34,6 +34,7 @@ TAGS: dict[type, int] = {
     m.Failed: 2,
     m.Ping: 3,
     m.GetStats: 4,
+    m.Calls: 5,
     m.ActorReady: 10,
     m.Lookup: 11,
     m.GetStatus: 12,

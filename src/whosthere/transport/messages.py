@@ -56,6 +56,18 @@ class GetStats(NamedTuple):
     """The actor's counters, as a dict (shown by `node.status()`)."""
 
 
+MAX_CALLS = 1_000  # calls in one `Calls` batch
+
+
+class Calls(NamedTuple):
+    """Several calls in one frame, each as its own call would be sent (an encoded message):
+    the reply is the list of their encoded replies (`Ok` or `Failed`), in order. What an
+    asyncio client's concurrent calls to one actor become; the actor names the messages it
+    takes this way (`Actor.batchable`)."""
+
+    items: list[Any]  # [encoded message, ...]
+
+
 # -- supervisor ------------------------------------------------------------------------------
 
 
