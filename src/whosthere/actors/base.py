@@ -390,7 +390,6 @@ class Actor:
                 replies.append(codec.encode(reply))
             except InvalidMeta as exc:
                 replies.append(codec.encode(Failed("InvalidMeta", f"reply: {exc}", "")))
-        self.request = request
         return replies
 
     def before_reply(self) -> None:

@@ -97,7 +97,6 @@ class Replication:
         # peer name -> (request ref, when asked, when a piece of a big message last came)
         self.asked: dict[str, tuple[int, float, float]] = {}
         self.transfer_timeout = 4 * self.sample_periods * self.broadcast_period
-        self.transfers = 0  # transfers answered
         # peer name -> when the last whole state went to it: one is not built again while
         # the last may still be on its way (its request, repeated, waited behind it)
         self.whole_sent: dict[str, float] = {}
@@ -105,6 +104,11 @@ class Replication:
         self.events = dict.fromkeys(
             ("down", "up_again", "permdown", "sent_whole", "sent_delta", "merged_whole"), 0
         )
+
+    @property
+    def transfers(self) -> int:
+        """Transfers answered."""
+        return self.events["sent_delta"] + self.events["sent_whole"]
 
     def resume(self, now: float) -> None:
         """The shard came back from its journal as the same replica: the peers its state
@@ -279,7 +283,6 @@ class Replication:
                 log.info("%s: %s asked again for the whole state, sent %.1f s ago: not sent "
                          "twice", self.me, ref, now - sent)  # fmt: skip
                 return
-        self.transfers += 1
         if chosen is not None:
             ack = TransferAck(msg.ref, self.me, wire.encode_delta(chosen), None)
         else:
