@@ -38,7 +38,7 @@ from whosthere.config import NodeConfig
 from whosthere.errors import InvalidMeta, MalformedFrame, WhosthereError
 from whosthere.transport import codec
 from whosthere.transport.messages import MAX_CALLS, ActorReady, Calls, Failed, GetStats, Ok, Ping
-from whosthere.transport.sockets import Dealer, bind, socket
+from whosthere.transport.sockets import Dealer, bind, readable, send_nowait, socket
 
 log = logging.getLogger("whosthere.actor")
 
@@ -215,7 +215,7 @@ class Actor:
     def push(self, identity: bytes, msg: tuple) -> bool:
         """Send an unsolicited message to a connected peer; False if that peer is gone."""
         try:
-            self.mailbox.send_multipart((identity, b"", codec.encode(msg)), zmq.NOBLOCK)
+            send_nowait(self.mailbox, (identity, b"", codec.encode(msg)))
         except zmq.ZMQError as exc:
             if exc.errno in (zmq.EHOSTUNREACH, zmq.EAGAIN):
                 return False
@@ -325,6 +325,9 @@ class Actor:
             self._handle(frames)
             if self._stopping:
                 return
+            if not readable(self.mailbox):
+                self.input_read_at = time.monotonic()
+                return
             now = time.monotonic()
             if timers and timers[0][0] <= now:
                 return  # a heartbeat must not wait for a long queue of messages
@@ -405,7 +408,7 @@ class Actor:
             text = f"reply of {len(body)} bytes is over the {codec.MAX_FRAME_BYTES}-byte limit"
             body = codec.encode(Failed("MessageTooLarge", text, ""))
         try:
-            self.mailbox.send_multipart((request.identity, request.ref, body), zmq.NOBLOCK)
+            send_nowait(self.mailbox, (request.identity, request.ref, body))
         except zmq.ZMQError as exc:
             if exc.errno not in (zmq.EHOSTUNREACH, zmq.EAGAIN):
                 raise

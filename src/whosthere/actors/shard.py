@@ -31,7 +31,15 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from whosthere.actors.base import NOREPLY, WORK_SLICE_S, Actor, ActorSpec, Request, routes
+from whosthere.actors.base import (
+    NOREPLY,
+    WORK_SLICE_S,
+    Actor,
+    ActorSpec,
+    Request,
+    Timer,
+    routes,
+)
 from whosthere.actors.shard_journal import ShardJournal
 from whosthere.errors import (
     MalformedFrame,
@@ -91,6 +99,10 @@ _CHECK_FETCHES_S = 0.05  # how often overdue fetches are looked for
 _UNLINKED = object()
 _GOODBYE_EVERY_S = 0.1  # a graceful permdown's goodbye is repeated this often...
 _GOODBYE_FOR_S = 1.0  # ...until every peer acknowledges it, or for this long
+# A diff goes to PubSub at once after a quiet spell; diffs that follow it within this gap go
+# together when it ends. A caller tracking one presence after another would otherwise wake
+# the PubSub process once per track, on the cores its own round trips need.
+_PUBLISH_GAP_S = 0.001
 _OUTBOX_MAX_BYTES = 8 * 1024 * 1024  # diffs batched into one PublishMany frame at most
 _FREEZE_EVERY = 10_000  # presences added between two gc.freeze()
 _LISTED_MAX_BYTES = 64 * 1024 * 1024  # packed list replies kept (all dropped beyond)
@@ -122,6 +134,9 @@ _entry = codec.track_entry  # one `TrackMany` entry, checked as `codec.decode` c
 
 
 class ShardActor(Actor):
+    gathering: Changes | None = None  # the changes of the message being handled
+    published_at = 0.0  # when the outbox was last sent
+    publish_timer: Timer | None = None  # set while diffs wait out `_PUBLISH_GAP_S`
     batchable = (Track, Untrack, UntrackPid, UntrackMany, Update, GetMeta, GetByKey)
     handles = (
         Track, TrackMany, Untrack, UntrackPid, UntrackMany, Update, GetMeta, ListTopic, GetByKey,
@@ -185,6 +200,7 @@ class ShardActor(Actor):
         self.fetches = FetchQueue(self.fetch_timeout)
         self.outbox: list[list[Any]] = []  # [topic, event, packed diff], sent by `on_idle`
         self.outbox_bytes = 0
+        self.gathered_leaves: dict[str, set[int]] = {}  # topic -> dots left while gathering
         self.frozen_at = 0  # state size at the last gc.freeze()
         # `report` drops a topic's list: every change of what a topic lists must go through it
         self.listed = ListCache(_LISTED_MAX_BYTES)
@@ -211,6 +227,19 @@ class ShardActor(Actor):
             period = self.replication.broadcast_period
             self.call_later(random.uniform(0, period / 4), self._tick)
 
+    def _handle(self, frames: list[bytes]) -> None:
+        """A message's changes are reported once it is answered: the reply waits for the
+        journal only, and a `Calls` batch (a thousand tracks into one topic) makes one diff
+        per topic."""
+        self.gathering = {}
+        try:
+            super()._handle(frames)
+        finally:
+            changes, self.gathering = self.gathering, None
+            self.gathered_leaves.clear()
+            if changes:
+                self.report(changes)
+
     def before_reply(self) -> None:
         if self.journal is not None:  # what a reply acknowledges is journaled first
             self.journal.flush()
@@ -220,10 +249,12 @@ class ShardActor(Actor):
             self._drain_deferred()
         if self.journal is not None:  # first: no diff is seen before its change is journaled
             self.journal.flush()
-        if self.outbox:  # every diff of this wake-up in one frame, in the order made
-            self.pubsub.cast(PublishMany(self.outbox, True))
-            self.outbox = []
-            self.outbox_bytes = 0
+        if self.outbox and self.publish_timer is None:
+            wait = self.published_at + _PUBLISH_GAP_S - time.monotonic()
+            if wait <= 0:
+                self._send_outbox()
+            else:  # diffs in quick succession: together, at most one gap later
+                self.publish_timer = self.call_later(wait, self._publish_due)
         if len(self.state) >= self.frozen_at + _FREEZE_EVERY:
             # The state holds no reference cycles, yet the collector would scan all of it
             # again and again as it grows (a quarter of the track time at 100,000). Frozen
@@ -236,8 +267,25 @@ class ShardActor(Actor):
         if self.journal is not None:
             self.journal.maybe_compact(self.state, self.linked)
 
+    def _publish_due(self) -> None:
+        self.publish_timer = None  # `on_idle`, right after the timers, sends the outbox
+
+    def _send_outbox(self) -> None:
+        """Every diff since the last send in one frame, in the order made."""
+        if self.publish_timer is not None:
+            self.publish_timer.cancel()
+            self.publish_timer = None
+        if self.journal is not None:  # first: no diff is seen before its change is journaled
+            self.journal.flush()
+        self.pubsub.cast(PublishMany(self.outbox, True))
+        self.outbox = []
+        self.outbox_bytes = 0
+        self.published_at = time.monotonic()
+
     def on_stop(self) -> None:
         self.on_idle()
+        if self.outbox:
+            self._send_outbox()
         if self.journal is not None:
             self.journal.close()
         others = [d for d in (self.client, self.cluster) if d is not None]
@@ -685,8 +733,37 @@ class ShardActor(Actor):
         """Publish one diff per topic, through the fetchers when the user has a `fetch`.
 
         Diffs are packed from the stored metas without unpacking them; only a user callback
-        (`fetch`, `handle_metas`) makes them unpack.
+        (`fetch`, `handle_metas`) makes them unpack. While a message is handled they gather,
+        in order, until it is answered (a diff's joins apply before its leaves, so a presence
+        that joins again after it left, as a peer's do when it is up again, splits the diff).
         """
+        gathering = self.gathering
+        if gathering is None:
+            self._report_now(changes)
+            return
+        left = self.gathered_leaves
+        for topic, (joins, leaves) in changes.items():
+            self.listed.drop(topic)
+            entry = gathering.get(topic)
+            if entry is None:
+                gathering[topic] = (list(joins), list(leaves))
+                continue
+            if joins and entry[1]:
+                dots = left.get(topic)
+                if dots is None:
+                    dots = left[topic] = {e.dot for e in entry[1]}
+                if any(e.dot in dots for e in joins):  # back after leaving (a peer up
+                    self._report_now({topic: entry})  # again): its leave goes first
+                    del left[topic]
+                    gathering[topic] = (list(joins), list(leaves))
+                    continue
+            entry[0].extend(joins)
+            entry[1].extend(leaves)
+            dots = left.get(topic)
+            if dots is not None:
+                dots.update(e.dot for e in leaves)
+
+    def _report_now(self, changes: Changes) -> None:
         if self.journal is not None:  # first: nobody hears of a change not journaled
             self.journal.flush()
         for topic in changes:  # first: whatever happens below, no stale list is served
@@ -721,7 +798,7 @@ class ShardActor(Actor):
         self.outbox.append([topic, "presence_diff", packed])
         self.outbox_bytes += len(packed)
         if self.outbox_bytes > _OUTBOX_MAX_BYTES:  # frames stay far below the frame limit
-            self.on_idle()
+            self._send_outbox()
         if self.client is not None and not self.client_behind:
             unpacked = codec.unpack(packed) if isinstance(diff, bytes) else diff
             try:

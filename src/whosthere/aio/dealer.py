@@ -9,7 +9,8 @@ one loop share the socket: the actor reads them in one wake-up and answers each.
 Calls made in one turn of the loop with `batch=True` go in one `Calls` frame (up to
 `MAX_CALLS`), answered in one frame: a thousand tasks awaiting a track each cost the node
 and the loop a few frames, not a thousand. Each call keeps its own reference, deadline and
-error.
+error. A call made while nothing else is in flight goes at once, alone (one caller awaiting
+call after call waits for no turn of the loop).
 
 When the node's supervisor dies (its pidfd becomes readable) every call in flight fails at
 once with `NodeUnavailable`, as the synchronous client's do.
@@ -62,6 +63,10 @@ class AsyncDealer:
         self._batch: list[tuple[bytes, bytes]] = []  # (ref, body) of this turn's calls
         self._batches: dict[bytes, list[bytes]] = {}  # a Calls frame's ref -> its calls' refs
         self._refs = itertools.count(1)
+        # timeout -> {ref: (deadline, future, msg)}, each in deadline order (see _set_deadline)
+        self._deadlines: dict[float, dict[bytes, tuple[float, asyncio.Future[bytes], tuple]]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._watched = False  # bound, reading, and the supervisor's death will be heard
         self._reader: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._guarded_fd: int | None = None
@@ -74,26 +79,27 @@ class AsyncDealer:
         if self.closed:
             raise NodeUnavailable(f"the connection to {self.what} is closed")
         timeout = self.timeout if timeout is None else timeout
-        if self.guard is not None:
-            self.guard.check()
-        self._start()
+        loop = asyncio.get_running_loop()
+        if not self._watched or loop is not self._loop or self._reader.done():  # type: ignore[union-attr]
+            self._start(loop)
         ref = next(self._refs).to_bytes(8, "big")
         body = codec.encode(msg, checked=True)
-        loop = asyncio.get_running_loop()
         future: asyncio.Future[bytes] = loop.create_future()
         self.pending[ref] = future
-        deadline = loop.call_later(timeout, self._expire, future, msg, timeout)
+        self._set_deadline(ref, future, msg, timeout)
         try:
-            if batch:
+            if batch and (self._batch or len(self.pending) > 1):
                 self._batch.append((ref, body))
                 if len(self._batch) == 1:  # after the other tasks of this turn
                     loop.call_soon(self._send_batch)
+            elif batch:  # nothing else in flight: a lone call goes at once
+                self.socket.send_multipart((ref, body), zmq.NOBLOCK)  # no high-water mark
             else:
                 await self.socket.send_multipart((ref, body))
             reply = codec.decode(await future)
         finally:
-            deadline.cancel()
             self.pending.pop(ref, None)  # a reply after this is nobody's: dropped
+            self._deadlines[timeout].pop(ref, None)
         if isinstance(reply, Ok):
             return reply.value
         if isinstance(reply, Failed):
@@ -114,8 +120,11 @@ class AsyncDealer:
             raise NodeUnavailable(f"the connection to {self.what} is closed")
         self.socket.send_multipart((b"", codec.encode(msg, checked=True)), zmq.NOBLOCK)
 
-    def _start(self) -> None:
-        loop = asyncio.get_running_loop()
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Bind to `loop`, start the reader, check the supervisor (then watch its pidfd on the
+        loop: `_watched`, and calls need not look again)."""
+        if self.guard is not None:
+            self.guard.check()
         if self._loop is None:
             self._loop = loop
         elif self._loop is not loop:
@@ -126,6 +135,7 @@ class AsyncDealer:
         if fd is not None and self._guarded_fd is None:
             readers.add(loop, fd, self._supervisor_gone)
             self._guarded_fd = fd
+        self._watched = self._guarded_fd is not None or self.guard is None
 
     def _send_batch(self) -> None:
         calls, self._batch = self._batch, []
@@ -141,12 +151,42 @@ class AsyncDealer:
                 body = codec.encode(Calls([b for _, b in chunk]))
             self.socket.send_multipart((ref, body), zmq.NOBLOCK)  # no high-water mark
 
-    def _expire(self, future: asyncio.Future[bytes], msg: tuple, timeout: float) -> None:
-        if not future.done():
-            future.set_exception(NodeUnavailable(
-                f"{self.what} at {self.endpoint} did not answer {type(msg).__name__} within "
-                f"{timeout:g} s"
-            ))  # fmt: skip
+    def _set_deadline(
+        self, ref: bytes, future: asyncio.Future[bytes], msg: tuple, timeout: float
+    ) -> None:
+        """Deadlines without a timer per call: calls of one timeout expire in the order they
+        were made, so one timer, at the earliest deadline of all, serves them all."""
+        loop = self._loop
+        at = loop.time() + timeout  # type: ignore[union-attr]
+        calls = self._deadlines.get(timeout)
+        if calls is None:
+            calls = self._deadlines[timeout] = {}
+        calls[ref] = (at, future, msg)
+        if self._timer is None or at < self._timer.when():
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = loop.call_at(at, self._expire)  # type: ignore[union-attr]
+
+    def _expire(self) -> None:
+        self._timer = None
+        now = self._loop.time()  # type: ignore[union-attr]
+        earliest = None
+        for timeout, calls in self._deadlines.items():
+            due = []
+            for ref, (at, future, msg) in calls.items():
+                if at > now:
+                    earliest = at if earliest is None else min(earliest, at)
+                    break
+                due.append(ref)
+                if not future.done():
+                    future.set_exception(NodeUnavailable(
+                        f"{self.what} at {self.endpoint} did not answer {type(msg).__name__} "
+                        f"within {timeout:g} s"
+                    ))  # fmt: skip
+            for ref in due:
+                del calls[ref]
+        if earliest is not None and not self.closed:
+            self._timer = self._loop.call_at(earliest, self._expire)  # type: ignore[union-attr]
 
     async def _read(self) -> None:
         pending = self.pending
@@ -185,6 +225,7 @@ class AsyncDealer:
 
     def _supervisor_gone(self) -> None:
         self._stop_guard()
+        self._watched = False
         error = NodeUnavailable(f"the node's supervisor (pid {self.guard.pid}) has exited")  # type: ignore[union-attr]
         if self.guard is not None:
             self.guard.exited = True
@@ -209,6 +250,9 @@ class AsyncDealer:
             return
         self.closed = True
         self._stop_guard()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._reader is not None:
             self._reader.cancel()
         for future in self.pending.values():

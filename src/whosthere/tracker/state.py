@@ -228,13 +228,20 @@ class State:
 
     def get(self, pid: Pid, topic: Topic, key: Key) -> Element | None:
         """This replica's own element for (topic, pid, key)."""
-        if pid not in self.pids:
+        mine = self.pids.get(pid)
+        if mine is None:
             return None
         same = self.topics.get(topic, _EMPTY).get(key)
-        if same is not None:
-            for e in same:
+        if same is None:
+            return None
+        if len(same) <= len(mine):  # the shorter side: a key held by a thousand owners,
+            for e in same:  # or an owner in a thousand topics, costs neither a scan of all
                 if e.pid == pid and e.dot < _OWN_MAX:
                     return e
+            return None
+        for e in mine.values():
+            if e.key == key and e.topic == topic and e.dot < _OWN_MAX:
+                return e
         return None
 
     def list(self, topic: Topic) -> list[Element]:

@@ -25,6 +25,24 @@ from whosthere.transport.messages import Failed, Ok, Ping
 
 DEFAULT_TIMEOUT = 5.0  # seconds, as a GenServer.call
 
+_MORE = int(zmq.SNDMORE | zmq.NOBLOCK)  # plain ints: pyzmq's `send_multipart` combines its
+_LAST = int(zmq.NOBLOCK)  # flag enums anew for every frame, a few us per message
+_POLLIN = int(zmq.POLLIN)
+
+
+def send_nowait(socket: zmq.Socket, frames: tuple[bytes, ...] | list[bytes]) -> None:
+    """`socket.send_multipart(frames, zmq.NOBLOCK)`, for hot paths. All or nothing, as there:
+    only the first frame can meet the high-water mark (`zmq.Again`)."""
+    send = socket.send
+    for frame in frames[:-1]:
+        send(frame, _MORE)
+    send(frames[-1], _LAST)
+
+
+def readable(socket: zmq.Socket) -> bool:
+    """Whether a message waits (without the exception a `recv` on an empty socket costs)."""
+    return bool(socket.get(zmq.EVENTS) & _POLLIN)
+
 
 def context() -> zmq.Context:
     """This process's ZeroMQ context (a new one after a fork)."""
@@ -203,7 +221,7 @@ class Dealer:
             self.guard.check()
         while True:
             try:
-                self.socket.send_multipart((ref, body), zmq.NOBLOCK)
+                send_nowait(self.socket, (ref, body))
                 return
             except zmq.Again:
                 remaining = deadline - time.monotonic()
