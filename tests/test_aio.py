@@ -9,6 +9,8 @@ import asyncio
 import os
 import random
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -221,3 +223,43 @@ def test_calls_of_one_turn_share_a_frame_and_keep_their_own_answers():
             assert type(second).__name__ == "Failed" and "in a Calls batch" in second.message
         finally:
             shard.close()
+
+
+def test_links_as_coroutines():
+    """Each exit once, as `whosthere.Links`; a gone pid at once; unlink silences; close ends."""
+
+    async def main(address: str) -> None:
+        a, b = sleeper(), sleeper()
+        try:
+            async with whosthere.aio.links(address) as links:
+                await links.link_many([a.pid, b.pid])
+                assert links.linked == {a.pid, b.pid}
+                await links.unlink(b.pid)
+                assert await links.get(timeout=0.2) is None
+                a.kill()
+                b.kill()
+                exit_ = await links.get(timeout=5)
+                assert exit_ is not None and exit_.pid == a.pid
+                assert await links.get(timeout=0.3) is None, "reported twice, or unlinked b"
+                with pytest.raises(TypeError):
+                    await links.link(0)
+                gone = subprocess.Popen([sys.executable, "-c", "pass"])
+                gone.wait()
+                await links.link(gone.pid, 12345)  # a start time that is not the process's
+                exit_ = await links.get(timeout=5)
+                assert exit_ is not None and exit_.pid == gone.pid
+                waiting = asyncio.ensure_future(links.get())
+                await asyncio.sleep(0.05)
+            with pytest.raises(whosthere.NodeUnavailable):
+                await asyncio.wait_for(waiting, 5)
+        finally:
+            for p in (a, b):
+                p.kill()
+                p.wait()
+
+    with whosthere.Node() as node:
+        asyncio.run(main(node.address))
+
+
+def sleeper() -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])

@@ -6,7 +6,7 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import zmq
 
@@ -23,6 +23,19 @@ class ProcessExit(NamedTuple):
 
     pid: int
     start_time: int | float | None  # identity of the process that exited; None: gone at link
+
+
+def link_items(pids: list[int], starts: list[int | float | None] | None) -> list[list[Any]]:
+    """[[pid, start time], ...] for `Link`, start times read now where not given."""
+    starts = starts or [None] * len(pids)
+    items = []
+    for pid, start in zip(pids, starts, strict=True):
+        if not is_pid(pid):  # as `Presence.track`: pid 1 (init) is a process like others
+            raise TypeError(f"pid must be a positive int (an OS pid), got {pid!r}")
+        st = start_time(pid) if start is None else start
+        codec.check_start_time(st, "start")  # NaN never equals itself: never reported
+        items.append([pid, st])
+    return items
 
 
 class Links:
@@ -48,14 +61,7 @@ class Links:
 
     def link_many(self, pids: list[int], starts: list[int | float | None] | None = None) -> None:
         """Watch several processes in one request."""
-        starts = starts or [None] * len(pids)
-        items = []
-        for pid, start in zip(pids, starts, strict=True):
-            if not is_pid(pid):  # as `Presence.track`: pid 1 (init) is a process like others
-                raise TypeError(f"pid must be a positive int (an OS pid), got {pid!r}")
-            st = start_time(pid) if start is None else start
-            codec.check_start_time(st, "start")  # NaN never equals itself: never reported
-            items.append([pid, st])
+        items = link_items(pids, starts)
         self._dealer.call(Link(items))
         self._linked.update(items)  # only once the node has them
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -44,8 +45,10 @@ class AsyncDealer:
         timeout: float = DEFAULT_TIMEOUT,
         what: str = "actor",
         guard: SupervisorWatch | None = None,
+        on_push: Callable[[Any], None] | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self.on_push = on_push  # gets what the actor sends unasked (decoded), in order
         self.timeout = timeout
         self.what = what
         self.guard = guard
@@ -119,6 +122,11 @@ class AsyncDealer:
         if self.closed:
             raise NodeUnavailable(f"the connection to {self.what} is closed")
         self.socket.send_multipart((b"", codec.encode(msg, checked=True)), zmq.NOBLOCK)
+
+    def start_reading(self) -> None:
+        """Read pushes with no call in flight (from the first call on, it reads anyway)."""
+        if not self.closed:
+            self._start(asyncio.get_running_loop())
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Bind to `loop`, start the reader, check the supervisor (then watch its pidfd on the
@@ -201,10 +209,21 @@ class AsyncDealer:
             if refs is not None:
                 self._answer_batch(refs, frames[1])
                 continue
+            if not frames[0]:
+                self._push(frames[1])
+                continue
             future = pending.get(frames[0])
             if future is not None and not future.done():
                 future.set_result(frames[1])
-            # else: a cancelled or timed-out call's reply, or a push: dropped
+            # else: a cancelled or timed-out call's reply: dropped
+
+    def _push(self, body: bytes) -> None:
+        if self.on_push is None:
+            return
+        try:
+            self.on_push(codec.decode(body))
+        except MalformedFrame:
+            return  # as the synchronous dealer: a push it cannot read is dropped
 
     def _answer_batch(self, refs: list[bytes], body: bytes) -> None:
         """Each call of a `Calls` frame gets its own reply (all the same one if the frame as

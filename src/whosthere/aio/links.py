@@ -1,0 +1,103 @@
+"""`AsyncLinks`: Erlang-style links to OS processes (`whosthere.Links`) for an event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any
+
+from whosthere.aio.dealer import AsyncDealer
+from whosthere.client import resolve_address
+from whosthere.errors import NodeUnavailable
+from whosthere.links import ProcessExit, link_items
+from whosthere.transport.messages import Link, ProcessesExited, Unlink
+from whosthere.transport.sockets import DEFAULT_TIMEOUT
+
+
+def links(address: str | None = None, *, timeout: float = DEFAULT_TIMEOUT) -> AsyncLinks:
+    """`AsyncLinks` to the node at `address` (default `$WHOSTHERE_ADDRESS`)."""
+    return AsyncLinks(address, timeout=timeout)
+
+
+class AsyncLinks:
+    """Watch OS processes through the node; `await links.get()` or `async for exit in links`
+    gives each exit once. As `whosthere.Links`: a pid's start time is read at `link`, so a
+    reused pid is never taken for the linked process; one already gone is reported at once.
+    For one event loop."""
+
+    def __init__(self, address: str | None = None, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.address = resolve_address(address)
+        self._dealer = AsyncDealer(
+            self.address, timeout=timeout, what="node", on_push=self._on_push
+        )
+        self._linked: dict[int, int | float | None] = {}  # pid -> start time at link
+        self._exits: deque[ProcessExit] = deque()
+        self._arrived = asyncio.Event()
+
+    async def link(self, pid: int, start: int | float | None = None) -> None:
+        """Watch `pid` (once this returns, the node has it)."""
+        await self.link_many([pid], [start])
+
+    async def link_many(
+        self, pids: list[int], starts: list[int | float | None] | None = None
+    ) -> None:
+        """Watch several processes in one request."""
+        items = link_items(pids, starts)
+        await self._dealer.call(Link(items))
+        self._linked.update(items)  # only once the node has them
+
+    async def unlink(self, pid: int) -> None:
+        """Stop watching `pid` (no-op if not linked); its exit is then not reported."""
+        if pid in self._linked:
+            await self._dealer.call(Unlink([[pid, self._linked.pop(pid)]]))
+
+    def _on_push(self, push: Any) -> None:
+        if isinstance(push, ProcessesExited):
+            for pid, st in push.exits:
+                self._linked.pop(pid, None)
+                self._exits.append(ProcessExit(pid, st))
+            self._arrived.set()
+
+    async def get(self, timeout: float | None = None) -> ProcessExit | None:
+        """The next exit; waits up to `timeout` seconds (None: forever), then returns None.
+        `NodeUnavailable` once the connection is closed."""
+        while not self._exits:
+            if self._dealer.closed:
+                raise NodeUnavailable("the links' connection to the node is closed")
+            self._dealer.start_reading()
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), timeout)
+            except TimeoutError:
+                return None
+        return self._exits.popleft()
+
+    async def __aiter__(self) -> AsyncIterator[ProcessExit]:
+        while True:
+            exit_ = await self.get()
+            if exit_ is not None:
+                yield exit_
+
+    @property
+    def linked(self) -> set[int]:
+        """The pids linked and not yet reported."""
+        return set(self._linked)
+
+    async def close(self) -> None:
+        """Drop every link and the connection. Idempotent."""
+        if self._dealer.closed:
+            return
+        if self._linked:
+            with contextlib.suppress(NodeUnavailable):
+                await self._dealer.call(Unlink([[p, st] for p, st in self._linked.items()]), 0.5)
+            self._linked.clear()
+        await self._dealer.aclose()
+        self._arrived.set()  # a waiting `get` sees the close
+
+    async def __aenter__(self) -> AsyncLinks:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

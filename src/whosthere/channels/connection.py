@@ -1,0 +1,316 @@
+"""One WebSocket connection: its frames routed to its joined channels, in order per channel.
+
+As a Phoenix socket process: heartbeats answered whatever is joined, a join per topic (a
+second join of a topic ends the first), frames of a stale join_ref ignored, "unmatched topic"
+for the rest. Each joined channel handles its messages one at a time in a task that lives
+while it has work; what the connection sends goes through one writer, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from whosthere.channels import frames
+from whosthere.channels.channel import Channel, ChannelSocket, Refuse, Reply, Stop
+
+if TYPE_CHECKING:
+    from whosthere.channels.endpoint import Endpoint, Worker
+
+log = logging.getLogger("whosthere.channels")
+
+HEARTBEAT_TOPIC = "phoenix"
+MAX_CHANNELS = 100  # joined topics per connection, as Phoenix's default
+CLOSE_GOING_AWAY = 1001  # idle, or a "disconnect" broadcast: the client reconnects
+_CLOSE = object()  # in the outbox: close the WebSocket (the code follows)
+
+
+class Connection:
+    """A client's WebSocket, once upgraded."""
+
+    def __init__(self, endpoint: Endpoint, worker: Worker, send: Any, assigns: dict[str, Any],
+                 socket_id: str | None) -> None:  # fmt: skip
+        self.endpoint = endpoint
+        self.worker = worker
+        self._send = send
+        self.assigns = assigns
+        self.socket_id = socket_id
+        self.channels: dict[str, Joined] = {}
+        self.outbox: deque[Any] = deque()
+        self.wake = asyncio.Event()
+        self.closed = False
+        self.last_seen = asyncio.get_running_loop().time()
+        self.writer = asyncio.get_running_loop().create_task(self._write())
+
+    # -- out ------------------------------------------------------------------------------
+
+    def post(self, frame: str | bytes) -> None:
+        if not self.closed:
+            self.outbox.append(frame)
+            self.wake.set()
+
+    def push(self, msg: frames.Message) -> None:
+        self.post(frames.encode(msg))
+
+    def close(self, code: int) -> None:
+        """Close the WebSocket with `code` once what is queued before it has gone out."""
+        if not self.closed:
+            self.outbox.append(_CLOSE)
+            self.outbox.append(code)
+            self.wake.set()
+
+    async def _write(self) -> None:
+        send, outbox = self._send, self.outbox
+        try:
+            while True:
+                await self.wake.wait()
+                self.wake.clear()
+                while outbox:
+                    frame = outbox.popleft()
+                    if frame is _CLOSE:
+                        self.closed = True
+                        await send({"type": "websocket.close", "code": outbox.popleft()})
+                        return
+                    if isinstance(frame, str):
+                        await send({"type": "websocket.send", "text": frame})
+                    else:
+                        await send({"type": "websocket.send", "bytes": frame})
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the client went away under us: nothing more to send
+            log.debug("websocket send failed: %s", exc)
+            self.closed = True
+
+    # -- in -------------------------------------------------------------------------------
+
+    def receive(self, data: str | bytes) -> None:
+        """One frame from the client (`frames.BadFrame` if it is not the protocol's)."""
+        self.last_seen = asyncio.get_running_loop().time()
+        msg = frames.decode(data)
+        topic, event = msg.topic, msg.event
+        if event == "heartbeat" and topic == HEARTBEAT_TOPIC:
+            self.push(frames.reply(None, msg.ref, topic, "ok", {}))
+        elif event == "phx_join":
+            self._join(msg)
+        elif (joined := self.channels.get(topic)) is not None:
+            if msg.join_ref is not None and msg.join_ref != joined.join_ref:
+                return  # meant for a channel of this topic that has ended
+            joined.submit(("leave" if event == "phx_leave" else "in", msg))
+        elif event == "phx_leave":
+            self.push(frames.reply(msg.join_ref, msg.ref, topic, "ok", {}))
+        else:
+            self._unmatched(msg)
+
+    def _unmatched(self, msg: frames.Message) -> None:
+        self.push(frames.reply(None, msg.ref, msg.topic, "error", {"reason": "unmatched topic"}))
+
+    def _join(self, msg: frames.Message) -> None:
+        cls = self.endpoint.route(msg.topic)
+        if cls is None:
+            log.warning("ignoring join of unmatched topic %r", msg.topic)
+            self._unmatched(msg)
+            return
+        old = self.channels.get(msg.topic)
+        if old is None and len(self.channels) >= MAX_CHANNELS:
+            self.push(frames.reply(msg.join_ref, msg.ref, msg.topic, "error",
+                                   {"reason": "too many channels joined"}))  # fmt: skip
+            return
+        joined = Joined(self, cls, msg.topic, msg.join_ref or msg.ref)
+        self.channels[msg.topic] = joined
+        if old is not None:  # the old one closes (the client ignores its stale phx_close)
+            old.submit(("end", "duplicate_join"))
+        joined.submit(("join", msg))
+
+    def on_broadcast(self, event: str, payload: Any, frame: str | bytes) -> None:
+        """A message to this connection's id: "disconnect" closes it (the client comes back)."""
+        if event == "disconnect":
+            self.close(CLOSE_GOING_AWAY)
+
+    async def disconnected(self) -> None:
+        """The client is gone, or is being sent away: every channel ends ("closed"), its
+        presences leave; a close under way goes out first."""
+        closing = _CLOSE in self.outbox
+        if not closing:
+            self.closed = True
+        ends = [j.end_now("closed") for j in list(self.channels.values())]
+        await asyncio.gather(*ends, return_exceptions=True)
+        if closing:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self.writer), 1.0)
+        self.closed = True
+        self.writer.cancel()
+
+
+class Joined:
+    """A channel joined on a connection: a Phoenix channel process in small."""
+
+    def __init__(self, conn: Connection, cls: type[Channel], topic: str, join_ref: str | None):
+        self.conn = conn
+        self.cls = cls
+        self.topic = topic
+        self.join_ref = join_ref
+        self.intercept = frozenset(cls.intercept)
+        self.channel: Channel | None = None
+        self.socket: ChannelSocket | None = None
+        self.queue: deque[tuple[Any, ...]] = deque()
+        self.task: asyncio.Task[None] | None = None
+        self.held: list[str | bytes] | None = []  # what is sent before the join's reply
+        self.ended = False
+
+    # -- what reaches it ------------------------------------------------------------------
+
+    def submit(self, item: tuple[Any, ...]) -> None:
+        if self.ended:
+            return
+        self.queue.append(item)
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._run())
+
+    def deliver(self, frame: str | bytes) -> None:
+        """A frame for the client: held until the join is answered, then in order."""
+        if self.held is not None:
+            self.held.append(frame)
+        elif not self.ended:
+            self.conn.post(frame)
+
+    def on_broadcast(self, event: str, payload: Any, frame: str | bytes) -> None:
+        if event in self.intercept:
+            self.submit(("out", event, payload))
+        else:
+            self.deliver(frame)
+
+    def _push(self, msg: frames.Message) -> None:
+        self.deliver(frames.encode(msg))
+
+    # -- its loop -------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            while self.queue and not self.ended:
+                item = self.queue.popleft()
+                try:
+                    await self._handle(item)
+                except Stop as stop:
+                    if stop.reply is not None and item[0] == "in":
+                        self._reply(item[1], stop.reply)
+                    await self._end("stop")
+                except Exception:
+                    log.exception("channel %s on %r crashed", self.cls.__name__, self.topic)
+                    await self._end("crash")
+        finally:
+            self.task = None
+
+    async def _handle(self, item: tuple[Any, ...]) -> None:
+        kind = item[0]
+        if kind == "join":
+            await self._join(item[1])
+        elif kind == "in":
+            msg = item[1]
+            assert self.channel is not None and self.socket is not None
+            result = await self.channel.handle_in(msg.event, msg.payload, self.socket)
+            if result is not None:
+                self._reply(msg, result)
+        elif kind == "leave":
+            self.conn.push(frames.reply(self.join_ref, item[1].ref, self.topic, "ok", {}))
+            await self._end("left")
+        elif kind == "out":
+            assert self.channel is not None and self.socket is not None
+            await self.channel.handle_out(item[1], item[2], self.socket)
+        elif kind == "end":
+            await self._end(item[1])
+        elif kind == "state":  # after a gap in what this worker heard of the topic
+            assert self.channel is not None and self.socket is not None
+            await self.channel.push_presence_state(self.socket)
+
+    def _reply(self, msg: frames.Message, result: Any) -> None:
+        status, response = ((result.status, result.response) if isinstance(result, Reply)
+                            else ("ok", result))  # fmt: skip
+        self._push(frames.reply(self.join_ref, msg.ref, self.topic, status, response))
+
+    async def _join(self, msg: frames.Message) -> None:
+        worker = self.conn.worker
+        owner = worker.presence.owner()
+        socket = ChannelSocket(
+            self.conn.endpoint,
+            self.topic,
+            join_ref=self.join_ref,
+            assigns=dict(self.conn.assigns),
+            owner=owner,
+            push=self._push,
+        )
+        socket.joined = self
+        self.socket = socket
+        channel = self.channel = self.cls(self.conn.endpoint)
+        socket.channel = channel
+        try:
+            await worker.fanout.add(self.topic, self)  # in place before the join tracks
+            response = await channel.join(self.topic, msg.payload, socket)
+        except Refuse as refused:
+            self._refused(msg, "error", refused.response)
+            return
+        except Exception:
+            log.exception("join of %r by %s crashed", self.topic, self.cls.__name__)
+            self._refused(msg, "error", {"reason": "join crashed"})
+            return
+        if self.ended:
+            return
+        self.conn.push(frames.reply(self.join_ref, msg.ref, self.topic, "ok",
+                                    {} if response is None else response))  # fmt: skip
+        held, self.held = self.held or [], None
+        for frame in held:
+            self.conn.post(frame)
+
+    def _refused(self, msg: frames.Message, status: str, response: Any) -> None:
+        self.held = None
+        self.conn.push(frames.reply(self.join_ref, msg.ref, self.topic, status, response))
+        self._forget()
+        self.ended = True
+        self.queue.clear()
+        asyncio.get_running_loop().create_task(self._release())
+
+    async def end_now(self, reason: str) -> None:
+        """End from outside its loop (the connection closed): its presences leave."""
+        if self.task is not None and self.task is not asyncio.current_task():
+            self.queue.clear()
+            self.submit(("end", reason))
+            task = self.task
+            if task is not None:
+                await asyncio.shield(task)
+            return
+        await self._end(reason)
+
+    async def _end(self, reason: str) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        self.queue.clear()
+        self._forget()
+        if self.channel is not None and self.socket is not None and self.held is None:
+            try:
+                await self.channel.terminate(reason, self.socket)
+            except Exception:
+                log.exception("terminate of %s on %r failed", self.cls.__name__, self.topic)
+        await self._release()
+        if reason in ("left", "stop", "duplicate_join"):
+            self.conn.push(frames.Message(self.join_ref, self.join_ref, self.topic,
+                                          "phx_close", {}))  # fmt: skip
+        elif reason == "crash":
+            self.conn.push(frames.Message(self.join_ref, self.join_ref, self.topic,
+                                          "phx_error", {"reason": "channel_crash"}))  # fmt: skip
+
+    def _forget(self) -> None:
+        if self.conn.channels.get(self.topic) is self:
+            del self.conn.channels[self.topic]
+        self.conn.worker.fanout.remove(self.topic, self)
+
+    async def _release(self) -> None:
+        """Its presences leave (one message per shard for all of them)."""
+        if self.socket is not None:
+            try:
+                await self.socket.owner.close()
+            except Exception as exc:
+                log.warning("presences of %r on %r not untracked: %s (they leave when this "
+                            "process exits)", self.cls.__name__, self.topic, exc)  # fmt: skip

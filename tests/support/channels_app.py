@@ -1,0 +1,69 @@
+"""The Channels app the phoenix.js tests run under uvicorn (`tests.support.channels_app:app`)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from whosthere.channels import Channel, ChannelSocket, Endpoint, Refuse, Reply, Socket, Stop
+
+
+class UserSocket(Socket):
+    async def connect(self, params: dict[str, Any], connect_info: dict[str, Any]) -> Any:
+        if params.get("token") == "bad":
+            raise Refuse("bad token")
+        self.user = params.get("user", "anon")
+        return {"user": self.user, "token": connect_info["auth_token"]}
+
+    def id(self) -> str | None:
+        return f"user_socket:{self.user}"
+
+
+class RoomChannel(Channel):
+    intercept = ("edited",)
+
+    async def join(self, topic: str, params: Any, socket: ChannelSocket) -> Any:
+        if params.get("refuse"):
+            raise Refuse("not allowed")
+        if params.get("crash_join"):
+            raise RuntimeError("join went wrong")
+        meta = {"tab": params.get("tab"), "worker": os.getpid()}
+        await self.presence.track(socket, socket.assigns["user"], meta)
+        await self.push_presence_state(socket)
+        return {"joined": topic, "worker": os.getpid()}
+
+    async def handle_in(self, event: str, payload: Any, socket: ChannelSocket) -> Any:
+        if event == "crash":
+            raise RuntimeError("a handler that raises")
+        if event == "ping":
+            return {"pong": payload}
+        if event == "shout":
+            await self.broadcast(socket, "shout", payload)
+            return {}
+        if event == "shout_from":
+            await self.broadcast_from(socket, "shout", payload)
+            return {}
+        if event == "edit":
+            await self.broadcast(socket, "edited", payload)
+            return {}
+        if event == "away":
+            await self.presence.update(socket, socket.assigns["user"],
+                                       lambda meta: {**meta, "away": True})  # fmt: skip
+            return {}
+        if event == "upload":
+            return bytes(reversed(payload))  # binary in, binary reply
+        if event == "whoami":
+            return {"worker": os.getpid(), "token": socket.assigns["token"]}
+        if event == "stop":
+            raise Stop({"bye": True})
+        if event == "nope":
+            return Reply.error({"reason": "asked for it"})
+        if event == "silent":
+            return None
+        raise Refuse(f"unknown event {event}")
+
+    async def handle_out(self, event: str, payload: Any, socket: ChannelSocket) -> None:
+        socket.push(event, {**payload, "intercepted": True})
+
+
+app = Endpoint(socket=UserSocket, channels={"room:*": RoomChannel}, check_origin=False)

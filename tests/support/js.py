@@ -1,0 +1,163 @@
+"""The real phoenix npm client under Node (tests/js/driver.mjs), and a uvicorn server for it."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+JS_DIR = Path(__file__).resolve().parent.parent / "js"
+Event = dict[str, Any]
+
+
+@functools.cache
+def node_missing() -> str | None:
+    """Why the phoenix.js tests cannot run here, or None. Installs the locked npm packages
+    (`npm ci` in tests/js) the first time, as a fresh clone has none."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        return "Node.js (node and npm) is not installed"
+    if not (JS_DIR / "node_modules" / "phoenix").is_dir():
+        try:
+            done = subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=JS_DIR,
+                                  capture_output=True, text=True, timeout=300)  # fmt: skip
+        except subprocess.TimeoutExpired:
+            return "`npm ci` in tests/js took over 300 s"
+        if done.returncode != 0:
+            return f"`npm ci` in tests/js failed: {done.stderr.strip()[-300:]}"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def channels_server(
+    address: str, *, app: str = "tests.support.channels_app:app", workers: int = 1
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """uvicorn serving `app` on a free loopback port for the node at `address`: yields
+    (the client's endpoint URL, the server process)."""
+    port = free_port()
+    env = {**os.environ, "WHOSTHERE_ADDRESS": address}
+    cmd = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
+           "--log-level", "warning", "--workers", str(workers)]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"uvicorn did not start (exit {proc.poll()})")
+            time.sleep(0.02)
+        yield f"ws://127.0.0.1:{port}/socket", proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+class JsClient:
+    """One Node process running phoenix.js: `send(cmd=..., ...)`, `wait(match)`."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            ["node", str(JS_DIR / "driver.mjs")], cwd=JS_DIR, stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, text=True, bufsize=1,
+        )  # fmt: skip
+        self.events: list[Event] = []
+        self._incoming: queue.Queue[Event | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.wait(lambda e: e["ev"] == "ready", what="the driver to start")
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with contextlib.suppress(ValueError):
+                self._incoming.put(json.loads(line))
+        self._incoming.put(None)
+
+    def send(self, **cmd: Any) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+
+    def _drain(self, timeout: float) -> bool:
+        try:
+            event = self._incoming.get(timeout=timeout)
+        except queue.Empty:
+            return False
+        if event is None:
+            raise AssertionError(f"the Node driver exited ({self.proc.poll()})")
+        if event["ev"] == "driver_error":
+            raise AssertionError(f"the Node driver failed: {event['error']}")
+        self.events.append(event)
+        return True
+
+    def wait(self, match: Callable[[Event], Any], timeout: float = 10.0, what: str = "") -> Event:
+        """The first event so far or to come that `match`es; fails the test at the deadline."""
+        seen = 0
+        deadline = time.monotonic() + timeout
+        while True:
+            for event in self.events[seen:]:
+                if match(event):
+                    return event
+            seen = len(self.events)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                tail = "\n".join(json.dumps(e) for e in self.events[-15:])
+                raise AssertionError(f"no event for {what or match} in {timeout} s; last:\n{tail}")
+            self._drain(min(left, 0.1))
+
+    def settle(self, quiet: float = 0.3) -> None:
+        """Read until nothing has come for `quiet` seconds."""
+        while self._drain(quiet):
+            pass
+
+    def latest(self, match: Callable[[Event], Any]) -> Event | None:
+        found = [e for e in self.events if match(e)]
+        return found[-1] if found else None
+
+    def close(self) -> None:
+        with contextlib.suppress(BrokenPipeError, OSError, ValueError):
+            self.send(cmd="exit")
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+    def __enter__(self) -> JsClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def synced(chan: str, check: Callable[[dict[str, Any]], Any]) -> Callable[[Event], Any]:
+    """Matches a `Presence.onSync` of `chan` whose state passes `check`."""
+    return lambda e: e["ev"] == "sync" and e["chan"] == chan and check(e["state"])
