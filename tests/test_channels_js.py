@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import pytest
 
 import whosthere
@@ -27,3 +30,170 @@ def test_join_gets_presence_state_and_diffs_of_others():
         assert sorted(node.presence.list("room:1")) == ["alice", "bob"]
         js.send(cmd="leave", chan="b1")
         js.wait(synced("a1", lambda s: list(s) == ["alice"]), what="bob's leave")
+
+
+def joined(chan: str):
+    return lambda e: e["ev"] == "join_ok" and e["chan"] == chan
+
+
+def reply(id_: str):
+    return lambda e: e["ev"] == "reply" and e["id"] == id_
+
+
+def count(js: JsClient, match) -> int:
+    return sum(1 for e in js.events if match(e))
+
+
+def metas(state: dict, key: str) -> list:
+    return state.get(key, [])
+
+
+def test_two_tabs_of_one_user_are_two_metas_and_a_closed_tab_leaves_only_its_own():
+    with whosthere.Node() as node, channels_server(node.address) as (url, _), JsClient() as js:
+        for tab in (1, 2):
+            js.send(cmd="connect", socket=f"t{tab}", url=url, params={"user": "alice"})
+            js.send(cmd="join", socket=f"t{tab}", chan=f"c{tab}", topic="room:tabs",
+                    params={"tab": tab}, presence=True)  # fmt: skip
+            js.wait(joined(f"c{tab}"))
+        two = js.wait(synced("c1", lambda s: len(metas(s, "alice")) == 2), what="two metas")
+        assert sorted(m["tab"] for m in two["state"]["alice"]) == [1, 2]
+        assert len({m["phx_ref"] for m in two["state"]["alice"]}) == 2
+        js.send(cmd="disconnect", socket="t2")  # the tab is closed
+        one = js.wait(synced("c1", lambda s: len(metas(s, "alice")) == 1), what="tab 2 left")
+        assert one["state"]["alice"][0]["tab"] == 1
+        listed = node.presence.list("room:tabs")
+        assert [m["tab"] for m in listed["alice"]["metas"]] == [1]
+
+
+def test_replies_pushes_broadcasts_and_intercepts():
+    with whosthere.Node() as node, channels_server(node.address) as (url, _), JsClient() as js:
+        for who in ("a", "b"):
+            js.send(cmd="connect", socket=who, url=url, params={"user": who}, authToken="s3cret")
+            js.send(cmd="join", socket=who, chan=who, topic="room:talk",
+                    events=["shout", "edited"])  # fmt: skip
+            js.wait(joined(who))
+        js.send(cmd="push", chan="a", event="ping", payload={"n": 1}, id="p1")
+        assert js.wait(reply("p1"))["response"] == {"pong": {"n": 1}}
+        js.send(cmd="push", chan="a", event="whoami", payload={}, id="p2")
+        assert js.wait(reply("p2"))["response"]["token"] == "s3cret"  # the authToken
+        js.send(cmd="push", chan="a", event="nope", payload={}, id="p3")
+        got = js.wait(reply("p3"))
+        assert (got["status"], got["response"]) == ("error", {"reason": "asked for it"})
+        js.send(cmd="push", chan="a", event="shout", payload={"body": "hi"}, id="p4")
+        for who in ("a", "b"):
+            js.wait(lambda e, w=who: e["ev"] == "msg" and e["chan"] == w and e["event"] == "shout")
+        js.send(cmd="push", chan="a", event="shout_from", payload={"body": "not me"}, id="p5")
+        js.wait(lambda e: e["ev"] == "msg" and e["chan"] == "b" and e["payload"]["body"] == "not me")
+        js.send(cmd="push", chan="a", event="edit", payload={"body": "x"}, id="p6")
+        got = js.wait(lambda e: e["ev"] == "msg" and e["chan"] == "b" and e["event"] == "edited")
+        assert got["payload"] == {"body": "x", "intercepted": True}
+        js.send(cmd="push", chan="a", event="upload", binary=[1, 2, 3], id="p7")
+        assert js.wait(reply("p7"))["response"] == {"binary": [3, 2, 1]}
+        js.settle()
+        assert not [e for e in js.events if e["ev"] == "msg" and e["chan"] == "a"
+                    and e["payload"].get("body") == "not me"], "broadcast_from reached its sender"  # fmt: skip
+        # a Python subscriber of the topic hears the channels' broadcasts too
+        with node.pubsub.subscribe("room:talk") as sub:
+            js.send(cmd="push", chan="b", event="shout", payload={"body": "py"}, id="p8")
+            msg = sub.get(timeout=5)
+            assert (msg.event, msg.payload) == ("shout", {"body": "py"})
+
+
+def test_a_refused_join_and_a_crashing_handler_touch_no_other_channel():
+    with whosthere.Node() as node, channels_server(node.address) as (url, _), JsClient() as js:
+        js.send(cmd="connect", socket="s", url=url, params={"user": "carol"})
+        js.send(cmd="join", socket="s", chan="ok", topic="room:calm", presence=True)
+        js.wait(joined("ok"))
+        js.send(cmd="join", socket="s", chan="no", topic="room:closed", params={"refuse": True})
+        got = js.wait(lambda e: e["ev"] == "join_error" and e["chan"] == "no")
+        assert got["response"] == {"reason": "not allowed"}
+        js.send(cmd="join", socket="s", chan="nowhere", topic="lobby")  # no such route
+        got = js.wait(lambda e: e["ev"] == "join_error" and e["chan"] == "nowhere")
+        assert got["response"] == {"reason": "unmatched topic"}
+        js.send(cmd="join", socket="s", chan="boom", topic="room:boom", presence=True)
+        js.wait(joined("boom"))
+        js.wait(synced("boom", lambda s: "carol" in s))
+        js.send(cmd="push", chan="boom", event="crash", payload={}, id="c1")
+        js.wait(lambda e: e["ev"] == "chan_error" and e["chan"] == "boom", what="phx_error")
+        # the client rejoins by itself, and gets its presence back
+        js.wait(lambda e: count(js, joined("boom")) >= 2, what="the rejoin")
+        js.send(cmd="push", chan="ok", event="ping", payload={}, id="still")
+        assert js.wait(reply("still"))["status"] == "ok"
+        assert "carol" in node.presence.list("room:calm")
+        js.wait(lambda e: "carol" in node.presence.list("room:boom"), what="tracked again")
+        js.send(cmd="push", chan="ok", event="stop", payload={}, id="bye")
+        assert js.wait(reply("bye"))["response"] == {"bye": True}
+        js.wait(lambda e: e["ev"] == "chan_close" and e["chan"] == "ok", what="phx_close")
+        js.wait(lambda e: "carol" not in node.presence.list("room:calm"), what="stop untracks")
+
+
+def test_a_sigkilled_worker_process_takes_its_sockets_presences_away():
+    with (
+        whosthere.Node() as node,
+        channels_server(node.address, workers=2) as (url, _),
+        JsClient() as js,
+    ):
+        workers: dict[int, list[str]] = {}
+        for i in range(40):  # until both workers hold sockets
+            name = f"u{i}"
+            js.send(cmd="connect", socket=name, url=url, params={"user": name})
+            js.send(cmd="join", socket=name, chan=name, topic="room:kill", presence=True)
+            js.wait(joined(name))
+            js.send(cmd="push", chan=name, event="whoami", payload={}, id=name)
+            workers.setdefault(js.wait(reply(name))["response"]["worker"], []).append(name)
+            if len(workers) == 2 and i >= 3:
+                break
+        assert len(workers) == 2, "uvicorn gave every socket to one worker"
+        (victim, doomed), (_, survivors) = sorted(workers.items(), key=lambda kv: -len(kv[1]))
+        watcher = survivors[0]
+        everyone = set(doomed) | set(survivors)
+        js.wait(synced(watcher, lambda s: set(s) == everyone), what="everyone seen")
+        os.kill(victim, signal.SIGKILL)
+        gone = js.wait(synced(watcher, lambda s: not set(doomed) & set(s)),
+                       what="the dead worker's leaves")  # fmt: skip
+        assert set(survivors) <= set(gone["state"])
+
+
+def test_a_restarted_server_gets_its_clients_back_with_presence_state():
+    with whosthere.Node() as node, JsClient() as js:
+        with channels_server(node.address) as (url, _):
+            for who in ("ann", "ben"):
+                js.send(cmd="connect", socket=who, url=url, params={"user": who},
+                        heartbeatIntervalMs=200)  # fmt: skip
+                js.send(cmd="join", socket=who, chan=who, topic="room:again", presence=True)
+                js.wait(joined(who))
+            js.wait(synced("ann", lambda s: sorted(s) == ["ann", "ben"]))
+            port = int(url.rsplit(":", 1)[1].split("/")[0])
+            js.send(cmd="connect", socket="beat", url=url, frames=True, heartbeatIntervalMs=100)
+            js.wait(lambda e: e["ev"] == "frame" and e["msg"]["topic"] == "phoenix"
+                    and e["msg"]["payload"] == {"status": "ok", "response": {}},
+                    what="a heartbeat reply")  # fmt: skip
+        js.wait(lambda e: e["ev"] == "close" and e["socket"] == "ann", what="the server gone")
+        assert node.presence.list("room:again") == {}
+        before = count(js, joined("ann"))
+        with channels_server(node.address, port=port):
+            js.wait(lambda e: count(js, joined("ann")) > before, what="the rejoin", timeout=15)
+            js.wait(synced("ann", lambda s: sorted(s) == ["ann", "ben"]), timeout=15)
+            js.wait(lambda e: sorted(node.presence.list("room:again")) == ["ann", "ben"])
+
+
+def test_two_nodes_see_each_others_sockets_and_broadcasts():
+    from tests.test_cluster import cluster
+
+    with (
+        cluster(2) as (n0, n1),
+        channels_server(n0.address) as (url0, _),
+        channels_server(n1.address) as (url1, _),
+        JsClient() as js,
+    ):
+        for who, url in (("zoe", url0), ("yan", url1)):
+            js.send(cmd="connect", socket=who, url=url, params={"user": who})
+            js.send(cmd="join", socket=who, chan=who, topic="room:far", presence=True,
+                    events=["shout"])  # fmt: skip
+            js.wait(joined(who))
+        for who in ("zoe", "yan"):
+            js.wait(synced(who, lambda s: sorted(s) == ["yan", "zoe"]), what=f"{who} sees both")
+        js.send(cmd="push", chan="zoe", event="shout", payload={"body": "hello"}, id="s")
+        js.wait(lambda e: e["ev"] == "msg" and e["chan"] == "yan" and e["event"] == "shout")
+        js.send(cmd="leave", chan="zoe")
+        js.wait(synced("yan", lambda s: list(s) == ["yan"]), what="zoe's leave on the far node")

@@ -67,3 +67,12 @@ class RoomChannel(Channel):
 
 
 app = Endpoint(socket=UserSocket, channels={"room:*": RoomChannel}, check_origin=False)
+
+# strict limits, for the protocol tests
+strict_app = Endpoint(
+    socket=UserSocket,
+    channels={"room:*": RoomChannel},
+    check_origin=["https://good.example", "//*.trusted.example"],
+    idle_timeout=1.0,
+    max_frame_size=2_000,
+)

@@ -47,11 +47,15 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def channels_server(
-    address: str, *, app: str = "tests.support.channels_app:app", workers: int = 1
+    address: str,
+    *,
+    app: str = "tests.support.channels_app:app",
+    workers: int = 1,
+    port: int | None = None,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """uvicorn serving `app` on a free loopback port for the node at `address`: yields
-    (the client's endpoint URL, the server process)."""
-    port = free_port()
+    """uvicorn serving `app` on a loopback port (free, unless given) for the node at
+    `address`: yields (the client's endpoint URL, the server process)."""
+    port = port or free_port()
     env = {**os.environ, "WHOSTHERE_ADDRESS": address}
     cmd = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
            "--log-level", "warning", "--workers", str(workers)]  # fmt: skip

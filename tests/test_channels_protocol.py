@@ -1,0 +1,134 @@
+"""The Channels protocol's edges, frame by frame, from a raw WebSocket client (the phoenix.js
+tests cover what the real client does with them)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import websockets
+from websockets.sync.client import connect
+
+import whosthere
+from tests.support.js import channels_server
+
+STRICT = "tests.support.channels_app:strict_app"
+
+
+def ws_url(url: str, query: str = "vsn=2.0.0&user=raw") -> str:
+    return f"{url}/websocket?{query}"
+
+
+def recv(ws, timeout: float = 5.0) -> list:
+    return json.loads(ws.recv(timeout=timeout))
+
+
+def send(ws, *frame) -> None:
+    ws.send(json.dumps(list(frame)))
+
+
+def until(ws, match, timeout: float = 5.0) -> list:
+    deadline = time.monotonic() + timeout
+    while True:
+        frame = recv(ws, max(0.01, deadline - time.monotonic()))
+        if match(frame):
+            return frame
+
+
+def refused(url: str, **kwargs) -> int:
+    with pytest.raises(websockets.exceptions.InvalidStatus) as info:
+        connect(url, open_timeout=5, **kwargs).close()
+    return info.value.response.status_code
+
+
+def test_the_upgrade_is_refused_with_403_for_what_phoenix_refuses():
+    with whosthere.Node() as node, channels_server(node.address, app=STRICT) as (url, _):
+        assert refused(ws_url(url, "user=x")) == 403  # no vsn: V1, not served
+        assert refused(ws_url(url, "vsn=1.0.0")) == 403
+        assert refused(ws_url(url, "vsn=2.1.0")) == 403
+        assert refused(ws_url(url, "vsn=2.0.0&token=bad")) == 403  # connect refused
+        assert refused(ws_url(url), origin="https://evil.example") == 403
+        assert refused(ws_url(url), subprotocols=["mqtt"]) == 403
+        with connect(ws_url(url), origin="https://good.example"):
+            pass
+        with connect(ws_url(url), origin="https://a.trusted.example",
+                     subprotocols=["phoenix", "base64url.bearer.phx.dG9r"]) as ws:  # fmt: skip
+            assert ws.subprotocol == "phoenix"
+            send(ws, "1", "1", "room:t", "phx_join", {})
+            until(ws, lambda f: f[3] == "phx_reply")
+            send(ws, "1", "2", "room:t", "whoami", {})
+            assert until(ws, lambda f: f[1] == "2")[4]["response"]["token"] == "tok"
+
+
+def test_frames_as_phoenix_sends_them():
+    with whosthere.Node() as node, channels_server(node.address) as (url, _):
+        with connect(ws_url(url)) as ws:
+            send(ws, None, "1", "phoenix", "heartbeat", {})
+            assert recv(ws) == [None, "1", "phoenix", "phx_reply", {"status": "ok", "response": {}}]
+            send(ws, None, "2", "room:x", "ping", {})  # not joined
+            assert recv(ws) == [None, "2", "room:x", "phx_reply",
+                                {"status": "error", "response": {"reason": "unmatched topic"}}]  # fmt: skip
+            send(ws, "9", "3", "room:x", "phx_leave", {})  # not joined: ok, nothing more
+            assert recv(ws) == ["9", "3", "room:x", "phx_reply", {"status": "ok", "response": {}}]
+            send(ws, "4", "4", "room:x", "phx_join", {"tab": 1})
+            reply = until(ws, lambda f: f[3] == "phx_reply")
+            assert reply[:3] == ["4", "4", "room:x"] and reply[4]["status"] == "ok"
+            # the state is pushed (join_ref, no ref); the diff of the join is broadcast (no
+            # refs), and may come first: the client's Presence holds diffs until a state
+            got = {f[3]: f for f in (recv(ws), recv(ws))}
+            state, diff = got["presence_state"], got["presence_diff"]
+            assert state[:2] == ["4", None] and list(state[4]) == ["raw"]
+            assert diff[:2] == [None, None] and list(diff[4]["joins"]) == ["raw"]
+            send(ws, "stale", "5", "room:x", "ping", {"n": 1})  # an old join_ref: ignored
+            send(ws, "4", "6", "room:x", "ping", {"n": 2})
+            assert until(ws, lambda f: f[3] == "phx_reply")[1] == "6"
+            send(ws, "7", "7", "room:x", "phx_join", {"tab": 2})  # a duplicate join
+            got = [until(ws, lambda f: f[3] in ("phx_reply", "phx_close")) for _ in range(2)]
+            assert ["7", "7", "room:x", "phx_reply"] in [f[:4] for f in got]
+            assert ["4", "4", "room:x", "phx_close", {}] in got
+            send(ws, "7", "8", "room:x", "crash", {})
+            err = until(ws, lambda f: f[3] == "phx_error")
+            assert err == ["7", "7", "room:x", "phx_error", {"reason": "channel_crash"}]
+            send(ws, "7", "9", "room:x", "ping", {})  # the crashed channel is gone
+            assert until(ws, lambda f: f[1] == "9")[4]["response"] == {"reason": "unmatched topic"}
+            assert node.presence.list("room:x") == {}
+            send(ws, "10", "10", "room:x", "phx_join", {})
+            until(ws, lambda f: f[3] == "phx_reply" and f[1] == "10")
+            send(ws, "10", "11", "room:x", "phx_leave", {})
+            assert until(ws, lambda f: f[1] == "11")[:4] == ["10", "11", "room:x", "phx_reply"]
+            assert until(ws, lambda f: f[3] == "phx_close")[:2] == ["10", "10"]
+        with connect(ws_url(url)) as ws:
+            ws.send(bytes([0, 1, 1, 6, 4]) + b"11room:ajoin")  # binary before a join
+            assert until(ws, lambda f: f[1] == "1")[4]["response"] == {"reason": "unmatched topic"}
+            ws.send("[1, 2, 3")  # not the protocol: the socket closes
+            with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
+                until(ws, lambda f: False)
+            assert closed.value.rcvd.code == 1007
+
+
+def test_idle_oversized_and_disconnected_sockets_are_closed_and_their_presences_leave():
+    with whosthere.Node() as node, channels_server(node.address, app=STRICT) as (url, _):
+        with connect(ws_url(url, "vsn=2.0.0&user=idle")) as ws:
+            send(ws, "1", "1", "room:i", "phx_join", {})
+            until(ws, lambda f: f[3] == "phx_reply")
+            assert "idle" in node.presence.list("room:i")
+            with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
+                until(ws, lambda f: False, timeout=8)  # nothing sent: idle after 1 s
+            assert closed.value.rcvd.code == 1001
+        deadline = time.monotonic() + 5
+        while node.presence.list("room:i") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert node.presence.list("room:i") == {}
+        with connect(ws_url(url)) as ws:
+            send(ws, "1", "1", "room:i", "ping", {"big": "x" * 3_000})
+            with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
+                until(ws, lambda f: False)
+            assert closed.value.rcvd.code == 1009
+        with connect(ws_url(url, "vsn=2.0.0&user=kick")) as ws:
+            send(ws, "1", "1", "room:k", "phx_join", {})
+            until(ws, lambda f: f[3] == "phx_reply")
+            node.pubsub.broadcast("user_socket:kick", "disconnect", {})
+            with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
+                until(ws, lambda f: False)
+            assert closed.value.rcvd.code == 1001
