@@ -165,16 +165,18 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("pure tracker", ("whosthere.tracker",)),
     ("node description", ("whosthere.config", "whosthere.topology", "whosthere.loading")),
     ("actors", ("whosthere.actors",)),
-    ("client API", ("whosthere",)),  # the rest: node, supervisor, presence, pubsub, cli...
+    ("client API", ("whosthere",)),  # the rest: node, supervisor, presence, pubsub, aio...
+    ("web and commands", ("whosthere.channels", "whosthere.cli", "whosthere.__main__")),
 ]
+CLIENT_API = 5
 
 
 def _layer(module: str) -> int:
-    for i, (_, prefixes) in enumerate(LAYERS[:-1]):
-        if any(module == p or module.startswith(p + ".") for p in prefixes):
+    for i, (_, prefixes) in enumerate(LAYERS):
+        if i != CLIENT_API and any(module == p or module.startswith(p + ".") for p in prefixes):
             return i
     assert module.partition(".")[0] == "whosthere", module
-    return len(LAYERS) - 1
+    return CLIENT_API
 
 
 def _package(module: str) -> str:
