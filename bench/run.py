@@ -25,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import aio_workload
+import channels_workload
 import chaos
 import cluster_workload
 import crash_workloads
@@ -52,6 +53,7 @@ WORKLOADS: dict[str, Callable[[Sizes], list[Row]]] = {
     "cluster": cluster_workload.bench_cluster,
     "chaos": chaos.bench_chaos,
     "aio": aio_workload.bench_aio,
+    "channels": channels_workload.bench_channels,
 }
 
 

@@ -199,3 +199,21 @@ def test_two_nodes_see_each_others_sockets_and_broadcasts():
         js.wait(lambda e: e["ev"] == "msg" and e["chan"] == "yan" and e["event"] == "shout")
         js.send(cmd="leave", chan="zoe")
         js.wait(synced("yan", lambda s: list(s) == ["yan"]), what="zoe's leave on the far node")
+
+
+def test_mounted_in_starlette():
+    import urllib.request
+
+    app = "tests.support.channels_app:starlette_app"
+    with (
+        whosthere.Node() as node,
+        channels_server(node.address, app=app) as (url, _),
+        JsClient() as js,
+    ):
+        home = url.replace("ws://", "http://").rsplit("/socket", 1)[0] + "/"
+        with urllib.request.urlopen(home, timeout=5) as page:
+            assert b"Starlette" in page.read()
+        js.send(cmd="connect", socket="s", url=url, params={"user": "mounted"})
+        js.send(cmd="join", socket="s", chan="m", topic="room:m", presence=True)
+        js.wait(joined("m"))
+        js.wait(synced("m", lambda s: list(s) == ["mounted"]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import signal
 import sys
 import time
@@ -13,6 +14,7 @@ from typing import Any
 
 import whosthere
 from whosthere import demo
+from whosthere.channels.apps import CHANNELS_ENV, load_app
 from whosthere.client import resolve_address
 from whosthere.errors import MessagesLost, WhosthereError
 from whosthere.node import Node, node_status
@@ -43,13 +45,37 @@ def _serve(args: argparse.Namespace) -> int:
         if node.listen:
             print(f"  peers join with --peer {node.cluster_address}", flush=True)
         print("  (Ctrl-C stops it)", flush=True)
-        while not stop and node.alive:
-            time.sleep(0.1)
+        if args.http:
+            _serve_http(args, node.address)
+        else:
+            while not stop and node.alive:
+                time.sleep(0.1)
         error = node.error
     if error is not None:
         print(f"whosthere: node stopped: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _serve_http(args: argparse.Namespace, address: str) -> None:
+    """uvicorn in the foreground: the live page, and the user's Channels app if given."""
+    try:
+        import uvicorn  # noqa: PLC0415 (an optional dependency: the channels extra)
+    except ImportError:
+        raise SystemExit(
+            "whosthere: --http needs uvicorn: pip install 'whosthere[channels]'"
+        ) from None
+
+    host, _, port = args.http.rpartition(":")
+    if not host or not port.isdigit():
+        raise SystemExit(f"whosthere: --http wants HOST:PORT, got {args.http!r}")
+    os.environ["WHOSTHERE_ADDRESS"] = address  # read by every worker process
+    if args.channels:
+        load_app(args.channels)  # fails here, clearly, rather than in each worker
+        os.environ[CHANNELS_ENV] = args.channels
+    print(f"  the live page: http://{host}:{port}/", flush=True)
+    uvicorn.run("whosthere.channels.serve:app", host=host, port=int(port),
+                workers=args.workers, log_level="warning", ws_max_size=10_000_000)  # fmt: skip
 
 
 def _format_status(status: dict[str, Any]) -> str:
@@ -186,6 +212,11 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--advertise", default=None, help="tcp://host:port peers dial, if not --listen's"
     )
+    serve.add_argument("--http", default=None, metavar="HOST:PORT",
+                       help="also serve HTTP: the live page at /, and --channels")  # fmt: skip
+    serve.add_argument("--channels", default=None, metavar="MODULE:APP",
+                       help="a whosthere.channels.Endpoint (or any ASGI app) to serve")  # fmt: skip
+    serve.add_argument("--workers", type=int, default=1, help="HTTP worker processes (1)")
     serve.set_defaults(func=_serve)
 
     status = sub.add_parser("status", help="print a running node's status")

@@ -38,6 +38,7 @@ from whosthere.transport.messages import (
     GetMeta,
     GetStatus,
     ListTopic,
+    ListTopics,
     Track,
     TrackMany,
     Untrack,
@@ -266,6 +267,11 @@ class Presence:
     def owner(self) -> Owner:
         """A new lightweight owner in this OS process (see `Owner`)."""
         return Owner(self)
+
+    def topics(self, limit: int = 100) -> list[tuple[str, int]]:
+        """The node's topics with the most presences: [(topic, presences), ...], most first."""
+        found = [tuple(t) for shard in self._shards for t in shard.call(ListTopics(limit))]
+        return sorted(found, key=lambda t: -t[1])[:limit]  # type: ignore[return-value]
 
     def fetchers_pids(self) -> list[int]:
         """OS pids of the node's fetcher workers."""

@@ -255,7 +255,7 @@ class Supervisor(Actor):
                 self.log.exception("supervisor: telling a linker of %d exit(s) failed", len(exits))
 
     def _notify_one(self, linker: bytes, exits: list[list[Any]]) -> None:
-        if not self.push(linker, ProcessesExited(exits)):
+        if not self.push(linker, ProcessesExited(exits, time.time())):
             self.log.info(
                 "supervisor: linker gone, dropping its %d link(s)",
                 len(self.links.linked.get(linker, ())),

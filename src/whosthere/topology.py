@@ -18,6 +18,10 @@ PUBSUB = "pubsub"
 PUBSUB_PUB = "pubsub_pub"  # the PubSub actor's XPUB socket, as clients look it up
 CLIENT = "client"  # the presence client actor (init / handle_metas)
 CLUSTER = "cluster"
+# Each shard tells this node's subscribers of this topic, event "exit", which presences an
+# exited owner process took away: {pid, presences, topics, seen_at, left_at} (wall clock:
+# when the supervisor saw the process gone, when the shard sent the leaves).
+EXITS_TOPIC = "whosthere:exits"
 _SHARD = "shard."
 _FETCHER = "fetcher."
 

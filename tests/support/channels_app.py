@@ -76,3 +76,17 @@ strict_app = Endpoint(
     idle_timeout=1.0,
     max_frame_size=2_000,
 )
+
+
+def _starlette_app() -> Any:
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Mount, Route
+
+    async def home(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("a Starlette app, with Channels under /socket")
+
+    return Starlette(routes=[Route("/", home), Mount("/socket", app=app)])
+
+
+starlette_app = _starlette_app()  # the Endpoint mounted in a framework

@@ -1,4 +1,4 @@
-"""The real phoenix npm client under Node (tests/js/driver.mjs), and a uvicorn server for it."""
+"""The real phoenix npm client under Node (js/driver.mjs), and a uvicorn server for it."""
 
 from __future__ import annotations
 
@@ -18,14 +18,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-JS_DIR = Path(__file__).resolve().parent.parent / "js"
+JS_DIR = Path(__file__).resolve().parent.parent.parent / "js"
 Event = dict[str, Any]
 
 
 @functools.cache
 def node_missing() -> str | None:
     """Why the phoenix.js tests cannot run here, or None. Installs the locked npm packages
-    (`npm ci` in tests/js) the first time, as a fresh clone has none."""
+    (`npm ci` in js/) the first time, as a fresh clone has none."""
     if shutil.which("node") is None or shutil.which("npm") is None:
         return "Node.js (node and npm) is not installed"
     if not (JS_DIR / "node_modules" / "phoenix").is_dir():
@@ -35,9 +35,9 @@ def node_missing() -> str | None:
                 cwd=JS_DIR, capture_output=True, text=True, timeout=300, check=False,
             )  # fmt: skip
         except subprocess.TimeoutExpired:
-            return "`npm ci` in tests/js took over 300 s"
+            return "`npm ci` in js/ took over 300 s"
         if done.returncode != 0:
-            return f"`npm ci` in tests/js failed: {done.stderr.strip()[-300:]}"
+            return f"`npm ci` in js/ failed: {done.stderr.strip()[-300:]}"
     return None
 
 

@@ -24,6 +24,7 @@ process, one whatever its owners, and its exit takes every owner's presences.
 from __future__ import annotations
 
 import gc
+import heapq
 import math
 import random
 import time
@@ -49,7 +50,7 @@ from whosthere.errors import (
     RefChanged,
     WhosthereError,
 )
-from whosthere.topology import Topology
+from whosthere.topology import EXITS_TOPIC, Topology
 from whosthere.tracker.departure import Departure
 from whosthere.tracker.fetch_queue import Diff, FetchQueue
 from whosthere.tracker.list_cache import ListCache
@@ -73,6 +74,7 @@ from whosthere.transport.messages import (
     Heartbeat,
     Link,
     ListTopic,
+    ListTopics,
     MetasDiff,
     MetasResync,
     MetasState,
@@ -103,6 +105,7 @@ _GOODBYE_FOR_S = 1.0  # ...until every peer acknowledges it, or for this long
 # together when it ends. A caller tracking one presence after another would otherwise wake
 # the PubSub process once per track, on the cores its own round trips need.
 _PUBLISH_GAP_S = 0.001
+_EXIT_TOPICS = 20  # topics named in an exit's notice, at most
 _OUTBOX_MAX_BYTES = 8 * 1024 * 1024  # diffs batched into one PublishMany frame at most
 _FREEZE_EVERY = 10_000  # presences added between two gc.freeze()
 _LISTED_MAX_BYTES = 64 * 1024 * 1024  # packed list replies kept (all dropped beyond)
@@ -140,6 +143,7 @@ class ShardActor(Actor):
     batchable = (Track, Untrack, UntrackPid, UntrackMany, Update, GetMeta, GetByKey)
     handles = (
         Track, TrackMany, Untrack, UntrackPid, UntrackMany, Update, GetMeta, ListTopic, GetByKey,
+        ListTopics,
         Fetched,
         FromPeer, Depart, FetcherReady, MetasResync,
     )  # fmt: skip
@@ -559,6 +563,12 @@ class ShardActor(Actor):
             entry[0].append(element)
         return ref
 
+    def on_list_topics(self, msg: ListTopics) -> list[list[Any]]:
+        """The topics with the most presences here, most first (a dashboard's overview)."""
+        topics = self.state.topics
+        counts = ((topic, sum(map(len, keys.values()))) for topic, keys in topics.items())
+        return [list(t) for t in heapq.nlargest(max(0, msg.limit), counts, key=lambda t: t[1])]
+
     def on_untrack(self, msg: Untrack) -> None:
         element = self.state.leave(msg.pid, msg.topic, msg.key)
         if element is not None:
@@ -692,24 +702,33 @@ class ShardActor(Actor):
 
     def _on_supervisor(self) -> None:
         assert self.supervisor is not None
-        exits = []
         for push in self.supervisor.recv_pushes(0):
             if isinstance(push, ProcessesExited):
-                exits.extend((pid, start) for pid, start in push.exits)
-        self._exited(exits)
+                self._exited([(pid, start) for pid, start in push.exits], push.seen_at)
 
-    def _exited(self, exits: list[tuple[int, Any]]) -> None:
-        """Linked processes exited: their presences leave (one diff per topic)."""
+    def _exited(self, exits: list[tuple[int, Any]], seen_at: float = 0.0) -> None:
+        """Linked processes exited: their presences leave (one diff per topic), and the
+        node's subscribers of `EXITS_TOPIC` hear which (for a page of recent crashes)."""
         changes: Changes = {}
+        gone: list[tuple[int, list[Element]]] = []
         for pid, start in exits:
             if pid not in self.linked or self.linked[pid] != start:
                 continue  # unlinked since, or an older process that had this pid
             del self.linked[pid]
+            left: list[Element] = []
             for owner in self.owners.pop(pid, ()):  # every owner in that process
-                for element in self.state.leave_pid(owner):
-                    changes.setdefault(element.topic, ([], []))[1].append(element)
+                left += self.state.leave_pid(owner)
+            for element in left:
+                changes.setdefault(element.topic, ([], []))[1].append(element)
+            gone.append((pid, left))
         if changes:
             self.report(changes)
+        left_at = time.time()
+        for pid, left in gone:
+            topics = sorted({e.topic for e in left})
+            told = {"pid": pid, "presences": len(left), "topics": topics[:_EXIT_TOPICS],
+                    "seen_at": seen_at, "left_at": left_at}  # fmt: skip
+            self.outbox.append([EXITS_TOPIC, "exit", codec.pack_value(told)])
 
     def _unlink_if_done(self, owner: int) -> None:
         """`owner` holds nothing here any more: forgotten; its process unlinked once none

@@ -38,6 +38,7 @@ from whosthere.transport.messages import (
     GetMeta,
     GetStatus,
     ListTopic,
+    ListTopics,
     Lookup,
     Track,
     TrackMany,
@@ -279,6 +280,16 @@ class AsyncPresence:
         if self._pubsub is None:
             self._pubsub = AsyncPubSub(self.info, timeout=self.timeout)
         return self._pubsub.subscribe(topic)
+
+    async def topics(self, limit: int = 100) -> list[tuple[str, int]]:
+        """`Presence.topics`: the topics with the most presences, most first."""
+        replies = await asyncio.gather(*(shard.call(ListTopics(limit)) for shard in self._shards))
+        found = [tuple(t) for reply in replies for t in reply]
+        return sorted(found, key=lambda t: -t[1])[:limit]  # type: ignore[return-value]
+
+    async def status(self) -> dict[str, Any]:
+        """The node's process tree: each actor's name, pid, restarts (`whosthere status`)."""
+        return await self._node.call(GetStatus())
 
     async def fetchers_pids(self) -> list[int]:
         status = await self._node.call(GetStatus())

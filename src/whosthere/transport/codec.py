@@ -79,6 +79,7 @@ TAGS: dict[type, int] = {
     m.Mark: 25,
     m.ShardRestarted: 26,
     m.PeerBroadcasts: 27,
+    m.ListTopics: 39,
 }
 
 MAX_FRAME_BYTES = 64 * 1024 * 1024  # larger frames are refused before unpacking

@@ -106,6 +106,7 @@ class ProcessesExited(NamedTuple):
     """Pushed to a linker: these linked processes exited (each reported once)."""
 
     exits: list[Any]  # [[pid, start_time], ...]
+    seen_at: float = 0.0  # wall clock when the supervisor saw them gone (0: not told)
 
 
 class Shutdown(NamedTuple):
@@ -265,6 +266,12 @@ class ListTopic(NamedTuple):
     the shard concatenates stored metas and keeps the result until the topic changes)."""
 
     topic: Name
+
+
+class ListTopics(NamedTuple):
+    """The shard's topics with the most presences: [[topic, presences], ...], most first."""
+
+    limit: int
 
 
 class GetByKey(NamedTuple):
