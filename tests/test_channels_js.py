@@ -28,8 +28,9 @@ def test_join_gets_presence_state_and_diffs_of_others():
         js.wait(synced("a1", lambda s: sorted(s) == ["alice", "bob"]), what="alice sees bob")
         js.wait(synced("b1", lambda s: sorted(s) == ["alice", "bob"]), what="bob sees both")
         assert sorted(node.presence.list("room:1")) == ["alice", "bob"]
+        before = js.mark()
         js.send(cmd="leave", chan="b1")
-        js.wait(synced("a1", lambda s: list(s) == ["alice"]), what="bob's leave")
+        js.wait(synced("a1", lambda s: list(s) == ["alice"]), what="bob's leave", after=before)
 
 
 def joined(chan: str):
@@ -58,8 +59,10 @@ def test_two_tabs_of_one_user_are_two_metas_and_a_closed_tab_leaves_only_its_own
         two = js.wait(synced("c1", lambda s: len(metas(s, "alice")) == 2), what="two metas")
         assert sorted(m["tab"] for m in two["state"]["alice"]) == [1, 2]
         assert len({m["phx_ref"] for m in two["state"]["alice"]}) == 2
+        before = js.mark()
         js.send(cmd="disconnect", socket="t2")  # the tab is closed
-        one = js.wait(synced("c1", lambda s: len(metas(s, "alice")) == 1), what="tab 2 left")
+        one = js.wait(synced("c1", lambda s: len(metas(s, "alice")) == 1), what="tab 2 left",
+                      after=before)  # fmt: skip
         assert one["state"]["alice"][0]["tab"] == 1
         listed = node.presence.list("room:tabs")
         assert [m["tab"] for m in listed["alice"]["metas"]] == [1]
@@ -150,9 +153,10 @@ def test_a_sigkilled_worker_process_takes_its_sockets_presences_away():
         watcher = survivors[0]
         everyone = set(doomed) | set(survivors)
         js.wait(synced(watcher, lambda s: set(s) == everyone), what="everyone seen")
+        before = js.mark()
         os.kill(victim, signal.SIGKILL)
         gone = js.wait(synced(watcher, lambda s: not set(doomed) & set(s)),
-                       what="the dead worker's leaves")  # fmt: skip
+                       what="the dead worker's leaves", after=before)  # fmt: skip
         assert set(survivors) <= set(gone["state"])
 
 
@@ -172,10 +176,10 @@ def test_a_restarted_server_gets_its_clients_back_with_presence_state():
                     what="a heartbeat reply")  # fmt: skip
         js.wait(lambda e: e["ev"] == "close" and e["socket"] == "ann", what="the server gone")
         assert node.presence.list("room:again") == {}
-        before = count(js, joined("ann"))
+        before, mark = count(js, joined("ann")), js.mark()
         with channels_server(node.address, port=port):
             js.wait(lambda e: count(js, joined("ann")) > before, what="the rejoin", timeout=15)
-            js.wait(synced("ann", lambda s: sorted(s) == ["ann", "ben"]), timeout=15)
+            js.wait(synced("ann", lambda s: sorted(s) == ["ann", "ben"]), timeout=15, after=mark)
             js.wait(lambda e: sorted(node.presence.list("room:again")) == ["ann", "ben"])
 
 
@@ -197,8 +201,10 @@ def test_two_nodes_see_each_others_sockets_and_broadcasts():
             js.wait(synced(who, lambda s: sorted(s) == ["yan", "zoe"]), what=f"{who} sees both")
         js.send(cmd="push", chan="zoe", event="shout", payload={"body": "hello"}, id="s")
         js.wait(lambda e: e["ev"] == "msg" and e["chan"] == "yan" and e["event"] == "shout")
+        before = js.mark()
         js.send(cmd="leave", chan="zoe")
-        js.wait(synced("yan", lambda s: list(s) == ["yan"]), what="zoe's leave on the far node")
+        js.wait(synced("yan", lambda s: list(s) == ["yan"]), what="zoe's leave on the far node",
+                after=before)  # fmt: skip
 
 
 def test_mounted_in_starlette():

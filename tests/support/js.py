@@ -120,9 +120,18 @@ class JsClient:
         self.events.append(event)
         return True
 
-    def wait(self, match: Callable[[Event], Any], timeout: float = 10.0, what: str = "") -> Event:
-        """The first event so far or to come that `match`es; fails the test at the deadline."""
-        seen = 0
+    def mark(self) -> int:
+        """A point in the events, for `wait(after=...)` (events read so far are before it)."""
+        while self._drain(0):
+            pass
+        return len(self.events)
+
+    def wait(
+        self, match: Callable[[Event], Any], timeout: float = 10.0, what: str = "", after: int = 0
+    ) -> Event:
+        """The first event (from `after` on, so far or to come) that `match`es; fails the
+        test at the deadline."""
+        seen = after
         deadline = time.monotonic() + timeout
         while True:
             for event in self.events[seen:]:

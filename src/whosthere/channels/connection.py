@@ -28,6 +28,32 @@ CLOSE_GOING_AWAY = 1001  # idle, or a "disconnect" broadcast: the client reconne
 _CLOSE = object()  # in the outbox: close the WebSocket (the code follows)
 
 
+def _message(frame: str | bytes) -> dict[str, Any]:
+    if isinstance(frame, str):
+        return {"type": "websocket.send", "text": frame}
+    return {"type": "websocket.send", "bytes": frame}
+
+
+async def _resume(coro: Any, waiting_on: Any) -> None:
+    """Drive a coroutine that was started by hand to its end, as a task would have: wait
+    for what it waits on, then let it go on (it reads that outcome itself)."""
+    try:
+        while True:
+            if waiting_on is None:
+                await asyncio.sleep(0)  # a bare yield
+            else:
+                waiting_on._asyncio_future_blocking = False
+                with contextlib.suppress(Exception):
+                    await waiting_on
+            try:
+                waiting_on = coro.send(None)
+            except StopIteration:
+                return
+    except asyncio.CancelledError:
+        coro.close()
+        raise
+
+
 class Connection:
     """A client's WebSocket, once upgraded."""
 
@@ -39,50 +65,77 @@ class Connection:
         self.assigns = assigns
         self.socket_id = socket_id
         self.channels: dict[str, Joined] = {}
-        self.outbox: deque[Any] = deque()
-        self.wake = asyncio.Event()
-        self.closed = False
+        self.outbox: deque[Any] = deque()  # what waits for the send under way
+        self.writing = False  # a send waits on the client: the rest queues behind it
+        self.flusher: asyncio.Task[None] | None = None
+        self.closed = False  # nothing more goes out
+        self.closing = False  # a close is queued
         self.last_seen = asyncio.get_running_loop().time()
-        self.writer = asyncio.get_running_loop().create_task(self._write())
 
     # -- out ------------------------------------------------------------------------------
 
     def post(self, frame: str | bytes) -> None:
-        if not self.closed:
+        """Send `frame` now if nothing is being sent, else after what is (in order)."""
+        if self.closed:
+            return
+        if self.writing:
             self.outbox.append(frame)
-            self.wake.set()
+        else:
+            self._send_now(_message(frame))
 
     def push(self, msg: frames.Message) -> None:
         self.post(frames.encode(msg))
 
     def close(self, code: int) -> None:
         """Close the WebSocket with `code` once what is queued before it has gone out."""
-        if not self.closed:
+        if self.closed or self.closing:
+            return
+        self.closing = True
+        if self.writing:
             self.outbox.append(_CLOSE)
             self.outbox.append(code)
-            self.wake.set()
+        else:
+            self._send_now({"type": "websocket.close", "code": code})
 
-    async def _write(self) -> None:
-        send, outbox = self._send, self.outbox
+    def _send_now(self, message: dict[str, Any]) -> None:
+        """Run the server's `send` in the caller's turn: it rarely waits (only when the
+        client reads slower than it is written to), and a broadcast to ten thousand sockets
+        then costs no task switch per socket. If it does wait, a task finishes it, then
+        sends what queued meanwhile."""
+        if message["type"] == "websocket.close":
+            self.closed = True
+        coro = self._send(message)
         try:
-            while True:
-                await self.wake.wait()
-                self.wake.clear()
-                while outbox:
-                    frame = outbox.popleft()
-                    if frame is _CLOSE:
-                        self.closed = True
-                        await send({"type": "websocket.close", "code": outbox.popleft()})
-                        return
-                    if isinstance(frame, str):
-                        await send({"type": "websocket.send", "text": frame})
-                    else:
-                        await send({"type": "websocket.send", "bytes": frame})
+            waiting_on = coro.send(None)
+        except StopIteration:
+            return
+        except Exception as exc:
+            self._broken(exc)
+            return
+        self.writing = True
+        self.flusher = asyncio.get_running_loop().create_task(self._finish(coro, waiting_on))
+
+    async def _finish(self, coro: Any, waiting_on: Any) -> None:
+        try:
+            await _resume(coro, waiting_on)
+            while self.outbox and not self.closed:
+                frame = self.outbox.popleft()
+                if frame is _CLOSE:
+                    self.closed = True
+                    await self._send({"type": "websocket.close", "code": self.outbox.popleft()})
+                    return
+                await self._send(_message(frame))
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # the client went away under us: nothing more to send
-            log.debug("websocket send failed: %s", exc)
-            self.closed = True
+        except Exception as exc:
+            self._broken(exc)
+        finally:
+            self.writing = False
+
+    def _broken(self, exc: BaseException) -> None:
+        log.debug("websocket send failed: %s", exc)  # the client went away under us
+        self.closed = True
+        self.outbox.clear()
 
     # -- in -------------------------------------------------------------------------------
 
@@ -132,16 +185,16 @@ class Connection:
     async def disconnected(self) -> None:
         """The client is gone, or is being sent away: every channel ends ("closed"), its
         presences leave; a close under way goes out first."""
-        closing = _CLOSE in self.outbox
-        if not closing:
+        if not self.closing:
             self.closed = True
         ends = [j.end_now("closed") for j in list(self.channels.values())]
         await asyncio.gather(*ends, return_exceptions=True)
-        if closing:
+        flusher = self.flusher
+        if self.writing and flusher is not None:  # a close under way goes out first
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(self.writer), 1.0)
+                await asyncio.wait_for(asyncio.shield(flusher), 1.0)
+            flusher.cancel()
         self.closed = True
-        self.writer.cancel()
 
 
 class Joined:
