@@ -223,3 +223,21 @@ def test_mounted_in_starlette():
         js.send(cmd="join", socket="s", chan="m", topic="room:m", presence=True)
         js.wait(joined("m"))
         js.wait(synced("m", lambda s: list(s) == ["mounted"]))
+
+
+def test_under_hypercorn():
+    with (
+        whosthere.Node() as node,
+        channels_server(node.address, server="hypercorn") as (url, _),
+        JsClient() as js,
+    ):
+        for who in ("h1", "h2"):
+            js.send(cmd="connect", socket=who, url=url, params={"user": who})
+            js.send(cmd="join", socket=who, chan=who, topic="room:h", presence=True,
+                    events=["shout"])  # fmt: skip
+        js.wait(synced("h1", lambda s: sorted(s) == ["h1", "h2"]))
+        js.send(cmd="push", chan="h2", event="shout", payload={"body": "hyper"}, id="s")
+        js.wait(lambda e: e["ev"] == "msg" and e["chan"] == "h1" and e["event"] == "shout")
+        before = js.mark()
+        js.send(cmd="disconnect", socket="h2")
+        js.wait(synced("h1", lambda s: list(s) == ["h1"]), after=before, what="h2's leave")

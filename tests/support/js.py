@@ -54,13 +54,18 @@ def channels_server(
     app: str = "tests.support.channels_app:app",
     workers: int = 1,
     port: int | None = None,
+    server: str = "uvicorn",
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """uvicorn serving `app` on a loopback port (free, unless given) for the node at
-    `address`: yields (the client's endpoint URL, the server process)."""
+    """uvicorn (or hypercorn) serving `app` on a loopback port (free, unless given) for the
+    node at `address`: yields (the client's endpoint URL, the server process)."""
     port = port or free_port()
     env = {**os.environ, "WHOSTHERE_ADDRESS": address}
-    cmd = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
-           "--log-level", "warning", "--workers", str(workers)]  # fmt: skip
+    if server == "hypercorn":
+        cmd = [sys.executable, "-m", "hypercorn", app, "--bind", f"127.0.0.1:{port}",
+               "--workers", str(workers)]  # fmt: skip
+    else:
+        cmd = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port",
+               str(port), "--log-level", "warning", "--workers", str(workers)]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, start_new_session=True)
     try:
         deadline = time.monotonic() + 15
