@@ -63,7 +63,7 @@ RUFF = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.whi
 def test_ruff_is_clean():
     assert RUFF is not None
     result = subprocess.run(
-        [RUFF, "check", "src", "tests", "bench"],
+        [RUFF, "check", "src", "tests", "bench", "examples"],
         cwd=ROOT,
         capture_output=True,
         text=True,

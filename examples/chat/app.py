@@ -1,7 +1,7 @@
 """Who is online in a chat room: whosthere's Channels in a Starlette app, and the real
 `phoenix` JS client in the browser.
 
-    python3 -m venv .venv && .venv/bin/pip install -e '.[test]' && .venv/bin/python examples/chat/app.py
+    .venv/bin/python examples/chat/app.py    # after: pip install -e '.[test]' (README)
 
 then open http://127.0.0.1:4000/?user=alice in one tab and ?user=bob in another. It starts
 an embedded node; the browser's phoenix.js comes from js/node_modules (installed with npm on
