@@ -8,13 +8,22 @@ handler that raises ends that channel only (the client gets `phx_error` and rejo
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from whosthere.channels import frames
 
 if TYPE_CHECKING:
     from whosthere.aio.presence import AsyncOwner, AsyncPresence
-    from whosthere.channels.endpoint import Endpoint
+
+
+class Hub(Protocol):
+    """What a channel asks of the endpoint serving it (`endpoint.Endpoint`)."""
+
+    def presence_client(self) -> AsyncPresence: ...
+
+    async def broadcast(
+        self, topic: str, event: str, payload: Any, *, exclude: Any = None
+    ) -> None: ...
 
 
 class Refuse(Exception):
@@ -81,7 +90,7 @@ class ChannelSocket:
 
     def __init__(
         self,
-        endpoint: Endpoint,
+        endpoint: Hub,
         topic: str,
         *,
         join_ref: str | None,
@@ -107,7 +116,7 @@ class ChannelSocket:
 class ChannelPresence:
     """The presence calls a channel makes, its topic and owner filled in."""
 
-    def __init__(self, endpoint: Endpoint) -> None:
+    def __init__(self, endpoint: Hub) -> None:
         self._endpoint = endpoint
 
     @property
@@ -139,7 +148,7 @@ class Channel:
 
     intercept: ClassVar[tuple[str, ...]] = ()  # broadcast events that go through handle_out
 
-    def __init__(self, endpoint: Endpoint) -> None:
+    def __init__(self, endpoint: Hub) -> None:
         self.endpoint = endpoint
         self.presence = ChannelPresence(endpoint)
 

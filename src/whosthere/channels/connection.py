@@ -12,13 +12,28 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from whosthere.channels import frames
-from whosthere.channels.channel import Channel, ChannelSocket, Refuse, Reply, Stop
+from whosthere.channels.channel import Channel, ChannelSocket, Hub, Refuse, Reply, Stop
 
 if TYPE_CHECKING:
-    from whosthere.channels.endpoint import Endpoint, Worker
+    from whosthere.aio.presence import AsyncPresence
+    from whosthere.channels.fanout import Fanout
+
+
+class Router(Hub, Protocol):
+    """What a connection asks of its endpoint: the channel class of a topic."""
+
+    def route(self, topic: str) -> type[Channel] | None: ...
+
+
+class Resources(Protocol):
+    """What a connection uses of its worker process's share (`endpoint.Worker`)."""
+
+    presence: AsyncPresence
+    fanout: Fanout
+
 
 log = logging.getLogger("whosthere.channels")
 
@@ -57,7 +72,7 @@ async def _resume(coro: Any, waiting_on: Any) -> None:
 class Connection:
     """A client's WebSocket, once upgraded."""
 
-    def __init__(self, endpoint: Endpoint, worker: Worker, send: Any, assigns: dict[str, Any],
+    def __init__(self, endpoint: Router, worker: Resources, send: Any, assigns: dict[str, Any],
                  socket_id: str | None) -> None:  # fmt: skip
         self.endpoint = endpoint
         self.worker = worker
