@@ -59,6 +59,14 @@ def test_two_tabs_of_one_user_are_two_metas_and_a_closed_tab_leaves_only_its_own
         two = js.wait(synced("c1", lambda s: len(metas(s, "alice")) == 2), what="two metas")
         assert sorted(m["tab"] for m in two["state"]["alice"]) == [1, 2]
         assert len({m["phx_ref"] for m in two["state"]["alice"]}) == 2
+        js.send(cmd="push", chan="c2", event="away", payload={}, id="away")  # an update
+
+        def tab2_away(state: dict) -> bool:
+            return [m.get("away") for m in metas(state, "alice") if m["tab"] == 2] == [True]
+
+        away = js.wait(synced("c1", tab2_away), what="the update")
+        updated = next(m for m in away["state"]["alice"] if m["tab"] == 2)
+        assert updated["phx_ref_prev"] in {m["phx_ref"] for m in two["state"]["alice"]}
         before = js.mark()
         js.send(cmd="disconnect", socket="t2")  # the tab is closed
         one = js.wait(synced("c1", lambda s: len(metas(s, "alice")) == 1), what="tab 2 left",
@@ -91,6 +99,12 @@ def test_replies_pushes_broadcasts_and_intercepts():
         js.send(cmd="push", chan="a", event="edit", payload={"body": "x"}, id="p6")
         got = js.wait(lambda e: e["ev"] == "msg" and e["chan"] == "b" and e["event"] == "edited")
         assert got["payload"] == {"body": "x", "intercepted": True}
+        js.send(cmd="push", chan="a", event="no such event", payload={}, id="p9")
+        got = js.wait(reply("p9"))  # Refuse in handle_in: an error reply, the channel stays
+        assert (got["status"], got["response"]) == (
+            "error",
+            {"reason": "unknown event no such event"},
+        )
         js.send(cmd="push", chan="a", event="upload", binary=[1, 2, 3], id="p7")
         assert js.wait(reply("p7"))["response"] == {"binary": [3, 2, 1]}
         js.settle()
@@ -241,3 +255,32 @@ def test_under_hypercorn():
         before = js.mark()
         js.send(cmd="disconnect", socket="h2")
         js.wait(synced("h1", lambda s: list(s) == ["h1"]), after=before, what="h2's leave")
+
+
+def test_whosthere_serve_http_runs_the_channels_app():
+    import subprocess
+    import sys
+
+    from tests.support.js import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "whosthere", "serve", "--http", f"127.0.0.1:{port}",
+         "--channels", "tests.support.channels_app:app"],
+        stdout=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if "the live page" in line:
+                break
+        with JsClient() as js:
+            url = f"ws://127.0.0.1:{port}/socket"
+            js.send(cmd="connect", socket="s", url=url, params={"user": "served"})
+            js.send(cmd="join", socket="s", chan="c", topic="room:served", presence=True)
+            js.wait(synced("c", lambda s: list(s) == ["served"]), timeout=15)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(15)
+        if proc.stdout is not None:
+            proc.stdout.close()

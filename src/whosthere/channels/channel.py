@@ -28,7 +28,8 @@ class Hub(Protocol):
 
 class Refuse(Exception):
     """From `Socket.connect`: no upgrade (HTTP 403). From `Channel.join`: the join's error
-    reply, `{"reason": reason}` (or `response` as given)."""
+    reply, `{"reason": reason}` (or `response` as given). From `handle_in`: that push's
+    error reply (the channel goes on)."""
 
     def __init__(self, reason: str = "refused", response: dict[str, Any] | None = None) -> None:
         super().__init__(reason)

@@ -261,6 +261,9 @@ class Joined:
                 item = self.queue.popleft()
                 try:
                     await self._handle(item)
+                except Refuse as refused:  # a push refused: an error reply, nothing ends
+                    if item[0] == "in":
+                        self._reply(item[1], Reply("error", refused.response))
                 except Stop as stop:
                     if stop.reply is not None and item[0] == "in":
                         self._reply(item[1], stop.reply)
