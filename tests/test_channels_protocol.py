@@ -4,6 +4,7 @@ tests cover what the real client does with them)."""
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import pytest
@@ -132,3 +133,39 @@ def test_idle_oversized_and_disconnected_sockets_are_closed_and_their_presences_
             with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
                 until(ws, lambda f: False)
             assert closed.value.rcvd.code == 1001
+
+
+def test_a_client_that_reads_too_slowly_is_sent_away_not_buffered_for_ever():
+    """A raw WebSocket client that stops reading: once 10,000 frames wait for it, its
+    channels end (its presences leave) and a close (1013) waits for it to read again."""
+    import base64
+    import socket as sockets
+
+    with whosthere.Node() as node, channels_server(node.address) as (url, _):
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        raw = sockets.create_connection(("127.0.0.1", port), timeout=5)
+        raw.setsockopt(sockets.SOL_SOCKET, sockets.SO_RCVBUF, 4096)
+        try:
+            key = base64.b64encode(os.urandom(16)).decode()
+            raw.sendall((f"GET /socket/websocket?vsn=2.0.0&user=slow HTTP/1.1\r\n"
+                         f"Host: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                         f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                         f"Sec-WebSocket-Version: 13\r\n\r\n").encode())  # fmt: skip
+            assert raw.recv(4096).startswith(b"HTTP/1.1 101")
+            join = json.dumps(["1", "1", "room:slow", "phx_join", {}]).encode()
+            mask = os.urandom(4)
+            raw.sendall(bytes([0x81, 0x80 | len(join)]) + mask
+                        + bytes(b ^ mask[i % 4] for i, b in enumerate(join)))  # fmt: skip
+            deadline = time.monotonic() + 5
+            while "slow" not in node.presence.list("room:slow"):
+                assert time.monotonic() < deadline, "the join never tracked"
+                time.sleep(0.02)
+            pad = "x" * 4000
+            for i in range(20_000):  # the client reads none of these
+                node.pubsub.broadcast("room:slow", "spam", {"i": i, "pad": pad})
+            deadline = time.monotonic() + 30
+            while node.presence.list("room:slow"):
+                assert time.monotonic() < deadline, "the slow client's presence stayed"
+                time.sleep(0.05)
+        finally:
+            raw.close()

@@ -40,6 +40,8 @@ log = logging.getLogger("whosthere.channels")
 HEARTBEAT_TOPIC = "phoenix"
 MAX_CHANNELS = 100  # joined topics per connection, as Phoenix's default
 CLOSE_GOING_AWAY = 1001  # idle, or a "disconnect" broadcast: the client reconnects
+CLOSE_TRY_AGAIN = 1013  # too far behind: the client reconnects
+MAX_QUEUED = 10_000  # frames waiting for a client that reads slowly
 _CLOSE = object()  # in the outbox: close the WebSocket (the code follows)
 
 
@@ -83,6 +85,7 @@ class Connection:
         self.outbox: deque[Any] = deque()  # what waits for the send under way
         self.writing = False  # a send waits on the client: the rest queues behind it
         self.flusher: asyncio.Task[None] | None = None
+        self.ending: asyncio.Task[None] | None = None  # channels ended for a slow reader
         self.closed = False  # nothing more goes out
         self.closing = False  # a close is queued
         self.last_seen = asyncio.get_running_loop().time()
@@ -90,13 +93,21 @@ class Connection:
     # -- out ------------------------------------------------------------------------------
 
     def post(self, frame: str | bytes) -> None:
-        """Send `frame` now if nothing is being sent, else after what is (in order)."""
-        if self.closed:
+        """Send `frame` now if nothing is being sent, else after what is (in order). A
+        client that falls `MAX_QUEUED` frames behind is sent away (1013: it reconnects and
+        gets the state anew) rather than held in this process's memory."""
+        if self.closed or self.closing:
             return
-        if self.writing:
+        if not self.writing:
+            self._send_now(_message(frame))
+        elif len(self.outbox) < MAX_QUEUED:
             self.outbox.append(frame)
         else:
-            self._send_now(_message(frame))
+            log.warning("closing a socket %d frames behind (it reads too slowly)", MAX_QUEUED)
+            self.outbox.clear()
+            self.close(CLOSE_TRY_AGAIN)  # goes out once it reads again
+            # its channels end now: what it held leaves, whether or not it ever reads again
+            self.ending = asyncio.get_running_loop().create_task(self._end_channels())
 
     def push(self, msg: frames.Message) -> None:
         self.post(frames.encode(msg))
@@ -197,13 +208,16 @@ class Connection:
         if event == "disconnect":
             self.close(CLOSE_GOING_AWAY)
 
+    async def _end_channels(self) -> None:
+        ends = [j.end_now("closed") for j in list(self.channels.values())]
+        await asyncio.gather(*ends, return_exceptions=True)
+
     async def disconnected(self) -> None:
         """The client is gone, or is being sent away: every channel ends ("closed"), its
         presences leave; a close under way goes out first."""
         if not self.closing:
             self.closed = True
-        ends = [j.end_now("closed") for j in list(self.channels.values())]
-        await asyncio.gather(*ends, return_exceptions=True)
+        await self._end_channels()
         flusher = self.flusher
         if self.writing and flusher is not None:  # a close under way goes out first
             with contextlib.suppress(Exception):
@@ -320,11 +334,11 @@ class Joined:
             await worker.fanout.add(self.topic, self)  # in place before the join tracks
             response = await channel.join(self.topic, msg.payload, socket)
         except Refuse as refused:
-            self._refused(msg, "error", refused.response)
+            await self._refused(msg, "error", refused.response)
             return
         except Exception:
             log.exception("join of %r by %s crashed", self.topic, self.cls.__name__)
-            self._refused(msg, "error", {"reason": "join crashed"})
+            await self._refused(msg, "error", {"reason": "join crashed"})
             return
         if self.ended:
             return
@@ -334,13 +348,13 @@ class Joined:
         for frame in held:
             self.conn.post(frame)
 
-    def _refused(self, msg: frames.Message, status: str, response: Any) -> None:
+    async def _refused(self, msg: frames.Message, status: str, response: Any) -> None:
         self.held = None
         self.conn.push(frames.reply(self.join_ref, msg.ref, self.topic, status, response))
         self._forget()
         self.ended = True
         self.queue.clear()
-        asyncio.get_running_loop().create_task(self._release())
+        await self._release()  # what the join tracked before it refused
 
     async def end_now(self, reason: str) -> None:
         """End from outside its loop (the connection closed): its presences leave."""
