@@ -62,6 +62,14 @@ def test_the_upgrade_is_refused_with_403_for_what_phoenix_refuses():
             assert until(ws, lambda f: f[1] == "2")[4]["response"]["token"] == "tok"
 
 
+def test_without_its_node_a_socket_is_refused_and_the_server_stays_up():
+    app = "tests.support.channels_app:unreachable_app"
+    with whosthere.Node() as node, channels_server(node.address, app=app) as (url, proc):
+        assert refused(ws_url(url)) == 403
+        assert refused(ws_url(url)) == 403  # tried again, refused again
+        assert proc.poll() is None
+
+
 def test_frames_as_phoenix_sends_them():
     with whosthere.Node() as node, channels_server(node.address) as (url, _):
         with connect(ws_url(url)) as ws:

@@ -68,6 +68,13 @@ class RoomChannel(Channel):
 
 app = Endpoint(socket=UserSocket, channels={"room:*": RoomChannel}, check_origin=False)
 
+# a node that is not there: sockets are refused, the server stays up
+unreachable_app = Endpoint(
+    channels={"room:*": RoomChannel},
+    address="ipc:///tmp/whosthere-no-such-node.sock",
+    timeout=0.5,
+)
+
 # strict limits, for the protocol tests
 strict_app = Endpoint(
     socket=UserSocket,

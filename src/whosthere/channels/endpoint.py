@@ -125,9 +125,8 @@ class Endpoint:
             if msg["type"] == "lifespan.startup":
                 try:
                     await self.worker()
-                except Exception as exc:
-                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
-                    return
+                except Exception as exc:  # each socket tries again, and is refused till then
+                    log.warning("channels: the node is not reachable yet: %s", exc)
                 await send({"type": "lifespan.startup.complete"})
             elif msg["type"] == "lifespan.shutdown":
                 await self.close()
@@ -145,6 +144,10 @@ class Endpoint:
         except (handshake.Refused, Refuse) as exc:
             log.warning("refused a socket from %s: %s", scope.get("client"), exc)
             await send({"type": "websocket.close", "code": 1008})  # before accept: HTTP 403
+            return
+        except Exception:  # the node unreachable, or `connect` broken: refused, and said
+            log.exception("could not take a socket from %s", scope.get("client"))
+            await send({"type": "websocket.close", "code": 1011})  # before accept: HTTP 403
             return
         worker.connections.add(conn)
         try:
@@ -210,9 +213,13 @@ class Worker:
         self._sweeper: asyncio.Task[None] | None = None
 
     async def started(self) -> None:
-        if self._starting is None:
-            self._starting = asyncio.get_running_loop().create_task(self._start())
-        await asyncio.shield(self._starting)
+        """Connected to the node (a failed start is tried again by the next caller)."""
+        starting = self._starting
+        if starting is None or (
+            starting.done() and (starting.cancelled() or starting.exception() is not None)
+        ):
+            starting = self._starting = asyncio.get_running_loop().create_task(self._start())
+        await asyncio.shield(starting)
 
     async def _start(self) -> None:
         endpoint = self.endpoint
