@@ -68,10 +68,13 @@ def _load(url: str, config: dict[str, Any], server_pid: int) -> dict[str, Any]:
     }
 
 
+WS = os.environ.get("WHOSTHERE_BENCH_WS", "auto")  # uvicorn --ws: auto, websockets, wsproto
+
+
 def _run(app: str, config: dict[str, Any]) -> dict[str, Any]:
     with (
         whosthere.Node(name="bench-channels") as node,
-        channels_server(node.address, app=app) as (url, proc),
+        channels_server(node.address, app=app, ws=WS) as (url, proc),
     ):
         return _load(url, config, proc.pid)
 

@@ -55,9 +55,11 @@ def channels_server(
     workers: int = 1,
     port: int | None = None,
     server: str = "uvicorn",
+    ws: str = "auto",
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """uvicorn (or hypercorn) serving `app` on a loopback port (free, unless given) for the
-    node at `address`: yields (the client's endpoint URL, the server process)."""
+    node at `address`: yields (the client's endpoint URL, the server process). `ws`: uvicorn's
+    WebSocket implementation (auto: `websockets`)."""
     port = port or free_port()
     env = {**os.environ, "WHOSTHERE_ADDRESS": address}
     if server == "hypercorn":
@@ -65,7 +67,8 @@ def channels_server(
                "--workers", str(workers)]  # fmt: skip
     else:
         cmd = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port",
-               str(port), "--log-level", "warning", "--workers", str(workers)]  # fmt: skip
+               str(port), "--log-level", "warning", "--workers", str(workers),
+               "--ws", ws]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, start_new_session=True)
     try:
         deadline = time.monotonic() + 15
