@@ -68,7 +68,7 @@ def _load(url: str, config: dict[str, Any], server_pid: int) -> dict[str, Any]:
     }
 
 
-WS = os.environ.get("WHOSTHERE_BENCH_WS", "auto")  # uvicorn --ws: auto, websockets, wsproto
+WS = os.environ.get("WHOSTHERE_BENCH_WS", "wsproto")  # uvicorn --ws: wsproto or websockets
 
 
 def _run(app: str, config: dict[str, Any]) -> dict[str, Any]:

@@ -143,13 +143,14 @@ def test_idle_oversized_and_disconnected_sockets_are_closed_and_their_presences_
             assert closed.value.rcvd.code == 1001
 
 
-def test_a_client_that_reads_too_slowly_is_sent_away_not_buffered_for_ever():
+@pytest.mark.parametrize("ws", ["wsproto", "websockets"])
+def test_a_client_that_reads_too_slowly_is_sent_away_not_buffered_for_ever(ws):
     """A raw WebSocket client that stops reading: once 10,000 frames wait for it, its
     channels end (its presences leave) and a close (1013) waits for it to read again."""
     import base64
     import socket as sockets
 
-    with whosthere.Node() as node, channels_server(node.address) as (url, _):
+    with whosthere.Node() as node, channels_server(node.address, ws=ws) as (url, _):
         port = int(url.rsplit(":", 1)[1].split("/")[0])
         raw = sockets.create_connection(("127.0.0.1", port), timeout=5)
         raw.setsockopt(sockets.SOL_SOCKET, sockets.SO_RCVBUF, 4096)

@@ -77,7 +77,7 @@ def main() -> None:
     with whosthere.Node(name="chat") as node:
         channels.address = node.address
         print(f"chat: http://{args.host}:{args.port}/?user=alice", flush=True)
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", ws="wsproto")
 
 
 if __name__ == "__main__":

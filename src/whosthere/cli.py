@@ -74,7 +74,8 @@ def _serve_http(args: argparse.Namespace, address: str) -> None:
         load_app(args.channels)  # fails here, clearly, rather than in each worker
         os.environ[CHANNELS_ENV] = args.channels
     print(f"  the live page: http://{host}:{port}/", flush=True)
-    uvicorn.run("whosthere.channels.serve:app", host=host, port=int(port),
+    ws = "wsproto" if importlib.util.find_spec("wsproto") else "auto"  # lighter per socket
+    uvicorn.run("whosthere.channels.serve:app", host=host, port=int(port), ws=ws,
                 workers=args.workers, log_level="warning", ws_max_size=10_000_000)  # fmt: skip
 
 

@@ -55,11 +55,11 @@ def channels_server(
     workers: int = 1,
     port: int | None = None,
     server: str = "uvicorn",
-    ws: str = "auto",
+    ws: str = "wsproto",
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """uvicorn (or hypercorn) serving `app` on a loopback port (free, unless given) for the
     node at `address`: yields (the client's endpoint URL, the server process). `ws`: uvicorn's
-    WebSocket implementation (auto: `websockets`)."""
+    WebSocket implementation (wsproto, as `whosthere serve --http` runs it, or websockets)."""
     port = port or free_port()
     env = {**os.environ, "WHOSTHERE_ADDRESS": address}
     if server == "hypercorn":
