@@ -261,26 +261,17 @@ def test_whosthere_serve_http_runs_the_channels_app():
     import subprocess
     import sys
 
-    from tests.support.js import free_port
+    from tests.support.js import free_port, process_group
 
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "whosthere", "serve", "--http", f"127.0.0.1:{port}",
-         "--channels", "tests.support.channels_app:app"],
-        stdout=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
-    try:
+    cmd = [sys.executable, "-m", "whosthere", "serve", "--http", f"127.0.0.1:{port}",
+           "--channels", "tests.support.channels_app:app"]  # fmt: skip
+    with process_group(cmd, stdout=subprocess.PIPE, text=True) as proc, JsClient() as js:
         assert proc.stdout is not None
         for line in proc.stdout:
             if "the live page" in line:
                 break
-        with JsClient() as js:
-            url = f"ws://127.0.0.1:{port}/socket"
-            js.send(cmd="connect", socket="s", url=url, params={"user": "served"})
-            js.send(cmd="join", socket="s", chan="c", topic="room:served", presence=True)
-            js.wait(synced("c", lambda s: list(s) == ["served"]), timeout=15)
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(15)
-        if proc.stdout is not None:
-            proc.stdout.close()
+        url = f"ws://127.0.0.1:{port}/socket"
+        js.send(cmd="connect", socket="s", url=url, params={"user": "served"})
+        js.send(cmd="join", socket="s", chan="c", topic="room:served", presence=True)
+        js.wait(synced("c", lambda s: list(s) == ["served"]), timeout=15)

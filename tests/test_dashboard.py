@@ -4,18 +4,14 @@ SIGKILLed worker's leave as they happen (the page is itself a Channels client)."
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
 
 from tests.support.browser import browser, chromium_missing
-from tests.support.js import free_port
+from tests.support.js import free_port, process_group, wait_for_port
 
 pytestmark = pytest.mark.skipif(chromium_missing() is not None, reason=str(chromium_missing()))
 
@@ -24,11 +20,8 @@ pytestmark = pytest.mark.skipif(chromium_missing() is not None, reason=str(chrom
 def serve_http() -> Iterator[tuple[str, str]]:
     """`whosthere serve --http` on a free port: yields (page URL, node address)."""
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "whosthere", "serve", "--http", f"127.0.0.1:{port}"],
-        stdout=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
-    try:
+    cmd = [sys.executable, "-m", "whosthere", "serve", "--http", f"127.0.0.1:{port}"]
+    with process_group(cmd, stdout=subprocess.PIPE, text=True) as proc:
         address = ""
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -36,27 +29,8 @@ def serve_http() -> Iterator[tuple[str, str]]:
                 address = line.strip().split("=", 1)[1]
             if "the live page" in line:
                 break
-        url = f"http://127.0.0.1:{port}/"
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                with urllib.request.urlopen(url, timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(0.05)
-        yield url, address
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+        wait_for_port(port, proc)
+        yield f"http://127.0.0.1:{port}/", address
 
 
 WORKER = """

@@ -48,6 +48,37 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
+def process_group(cmd: list[str], **popen: Any) -> Iterator[subprocess.Popen[Any]]:
+    """`cmd` in a session of its own (a server and its workers); at the end, SIGTERM to the
+    whole group, then SIGKILL if it has not stopped within 15 s."""
+    proc = subprocess.Popen(cmd, start_new_session=True, **popen)
+    try:
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[Any], timeout: float = 15.0) -> None:
+    """Until something accepts on the loopback `port` (fails if `proc` exits first)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{proc.args!r} did not listen on {port} (exit {proc.poll()})")
+        time.sleep(0.02)
+
+
+@contextlib.contextmanager
 def channels_server(
     address: str,
     *,
@@ -69,25 +100,9 @@ def channels_server(
         cmd = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port",
                str(port), "--log-level", "warning", "--workers", str(workers),
                "--ws", ws]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"uvicorn did not start (exit {proc.poll()})")
-            time.sleep(0.02)
+    with process_group(cmd, env=env) as proc:
+        wait_for_port(port, proc)
         yield f"ws://127.0.0.1:{port}/socket", proc
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 class JsClient:
