@@ -66,6 +66,8 @@ class Fanout:
                 raise
             if not ready.done():
                 ready.set_result(None)
+            if topic not in self.members and self.sub is not None:
+                self.sub.unsubscribe(topic)  # every member left while it was subscribing
             return
         members.add(member)
         await asyncio.shield(self.ready[topic])
