@@ -563,7 +563,11 @@ def test_a_pid_tracked_again_with_another_start_time_replaces_the_old_process(no
             shard.call(Track(owner.pid, real - 100, topic, "old", codec.pack_meta({})))
             expect_diff(sub, joins={"old": 1})
             presence.track(owner.pid, topic, "new", {})
-            diffs = [next_diff(sub), next_diff(sub)]
+            # the leave and the join: one diff if the shard saw the reuse at the track, two
+            # if the supervisor told it of the old process's exit first
+            diffs = [next_diff(sub)]
+            if not (diffs[0]["joins"] and diffs[0]["leaves"]):
+                diffs.append(next_diff(sub))
             joined = [k for d in diffs for k in d["joins"]]
             left = [k for d in diffs for k in d["leaves"]]
             assert (joined, left) == (["new"], ["old"])
