@@ -258,20 +258,10 @@ def test_under_hypercorn():
 
 
 def test_whosthere_serve_http_runs_the_channels_app():
-    import subprocess
-    import sys
+    from tests.support.js import serve_http
 
-    from tests.support.js import free_port, process_group
-
-    port = free_port()
-    cmd = [sys.executable, "-m", "whosthere", "serve", "--http", f"127.0.0.1:{port}",
-           "--channels", "tests.support.channels_app:app"]  # fmt: skip
-    with process_group(cmd, stdout=subprocess.PIPE, text=True) as proc, JsClient() as js:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if "the live page" in line:
-                break
-        url = f"ws://127.0.0.1:{port}/socket"
+    with serve_http("tests.support.channels_app:app") as (page, _), JsClient() as js:
+        url = page.replace("http://", "ws://") + "socket"
         js.send(cmd="connect", socket="s", url=url, params={"user": "served"})
         js.send(cmd="join", socket="s", chan="c", topic="room:served", presence=True)
         js.wait(synced("c", lambda s: list(s) == ["served"]), timeout=15)

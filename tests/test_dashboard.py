@@ -3,34 +3,15 @@ SIGKILLed worker's leave as they happen (the page is itself a Channels client)."
 
 from __future__ import annotations
 
-import contextlib
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
 
 from tests.support.browser import browser, chromium_missing
-from tests.support.js import free_port, process_group, wait_for_port
+from tests.support.js import serve_http
 
 pytestmark = pytest.mark.skipif(chromium_missing() is not None, reason=str(chromium_missing()))
-
-
-@contextlib.contextmanager
-def serve_http() -> Iterator[tuple[str, str]]:
-    """`whosthere serve --http` on a free port: yields (page URL, node address)."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "whosthere", "serve", "--http", f"127.0.0.1:{port}"]
-    with process_group(cmd, stdout=subprocess.PIPE, text=True) as proc:
-        address = ""
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if "WHOSTHERE_ADDRESS=" in line:
-                address = line.strip().split("=", 1)[1]
-            if "the live page" in line:
-                break
-        wait_for_port(port, proc)
-        yield f"http://127.0.0.1:{port}/", address
 
 
 WORKER = """

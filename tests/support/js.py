@@ -105,6 +105,26 @@ def channels_server(
         yield f"ws://127.0.0.1:{port}/socket", proc
 
 
+@contextlib.contextmanager
+def serve_http(channels: str | None = None) -> Iterator[tuple[str, str]]:
+    """`whosthere serve --http` on a free port (with `--channels`, if given): yields (the
+    live page's URL, the node's address) once it listens."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "whosthere", "serve", "--http", f"127.0.0.1:{port}"]
+    if channels is not None:
+        cmd += ["--channels", channels]
+    with process_group(cmd, stdout=subprocess.PIPE, text=True) as proc:
+        address = ""
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if "WHOSTHERE_ADDRESS=" in line:
+                address = line.strip().split("=", 1)[1]
+            if "the live page" in line:
+                break
+        wait_for_port(port, proc)
+        yield f"http://127.0.0.1:{port}/", address
+
+
 class JsClient:
     """One Node process running phoenix.js: `send(cmd=..., ...)`, `wait(match)`."""
 

@@ -7,7 +7,6 @@ handler that raises ends that channel only (the client gets `phx_error` and rejo
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from whosthere.channels import frames
@@ -86,8 +85,8 @@ class Socket:
 class ChannelSocket:
     """A joined channel's view of its connection (Phoenix's `socket` argument)."""
 
-    __slots__ = ("_push", "assigns", "channel", "endpoint", "join_ref", "joined", "owner",
-                 "topic", "wants_presence")  # fmt: skip
+    __slots__ = ("assigns", "channel", "endpoint", "join_ref", "joined", "owner", "topic",
+                 "wants_presence")  # fmt: skip
 
     def __init__(
         self,
@@ -97,7 +96,7 @@ class ChannelSocket:
         join_ref: str | None,
         assigns: dict[str, Any],
         owner: AsyncOwner,
-        push: Callable[[frames.Message], None],
+        joined: Any,
     ) -> None:
         self.endpoint = endpoint
         self.topic = topic
@@ -105,13 +104,14 @@ class ChannelSocket:
         self.assigns = assigns
         self.owner = owner  # the channel's presences are this owner's
         self.channel: Channel | None = None
-        self.joined: Any = None  # the connection's record of this channel
+        self.joined = joined  # the connection's record of this channel (`connection.Joined`)
         self.wants_presence = False  # it was sent a presence_state: a gap sends another
-        self._push = push
 
     def push(self, event: str, payload: Any) -> None:
         """Send `event` to this client only (`[join_ref, null, topic, event, payload]`)."""
-        self._push(frames.Message(self.join_ref, None, self.topic, event, payload))
+        self.joined.deliver(
+            frames.encode(frames.Message(self.join_ref, None, self.topic, event, payload))
+        )
 
 
 class ChannelPresence:
@@ -188,6 +188,3 @@ class Channel:
 
 def _topic(socket: ChannelSocket | str) -> str:
     return socket if isinstance(socket, str) else socket.topic
-
-
-Handler = Callable[..., Awaitable[Any]]

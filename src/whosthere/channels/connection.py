@@ -324,9 +324,8 @@ class Joined:
             join_ref=self.join_ref,
             assigns=dict(self.conn.assigns),
             owner=owner,
-            push=self._push,
+            joined=self,
         )
-        socket.joined = self
         self.socket = socket
         channel = self.channel = self.cls(self.conn.endpoint)
         socket.channel = channel

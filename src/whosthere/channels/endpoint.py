@@ -31,6 +31,17 @@ CLOSE_BAD_DATA = 1007
 CLOSE_TOO_BIG = 1009
 
 
+async def not_found(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """404 to an HTTP request; a WebSocket upgrade of no endpoint is turned away (403)."""
+    if scope["type"] == "websocket":
+        await receive()
+        await send({"type": "websocket.close", "code": 1000})
+    else:
+        await send({"type": "http.response.start", "status": 404,
+                    "headers": [(b"content-type", b"text/plain")]})  # fmt: skip
+        await send({"type": "http.response.body", "body": b"not found"})
+
+
 class Endpoint:
     """An ASGI app serving `socket` and its `channels` ({"room:*": RoomChannel, ...}) on the
     node at `address` (default `$WHOSTHERE_ADDRESS`), with the `fetch` of `presence` (a
@@ -111,13 +122,8 @@ class Endpoint:
             await self._websocket(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
-        elif kind == "websocket":
-            await receive()
-            await send({"type": "websocket.close", "code": 1000})
         else:
-            await send({"type": "http.response.start", "status": 404,
-                        "headers": [(b"content-type", b"text/plain")]})  # fmt: skip
-            await send({"type": "http.response.body", "body": b"not found"})
+            await not_found(scope, receive, send)
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
         while True:

@@ -13,6 +13,7 @@ from typing import Any
 
 from whosthere.channels.apps import CHANNELS_ENV, load_app
 from whosthere.channels.dashboard import dashboard_endpoint
+from whosthere.channels.endpoint import not_found
 
 DASHBOARD_PREFIX = "/whosthere/socket"
 
@@ -38,13 +39,8 @@ def build(user_app: Any = None) -> Any:
             await send({"type": "http.response.body", "body": page})
         elif user_app is not None:
             await user_app(scope, receive, send)
-        elif scope["type"] == "http":
-            await send({"type": "http.response.start", "status": 404,
-                        "headers": [(b"content-type", b"text/plain")]})  # fmt: skip
-            await send({"type": "http.response.body", "body": b"not found"})
         else:
-            await receive()
-            await send({"type": "websocket.close", "code": 1000})
+            await not_found(scope, receive, send)
 
     return app
 
