@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from whosthere.aio.dealer import AsyncDealer
+from whosthere.aio.waits import wait_event
 from whosthere.client import resolve_address
 from whosthere.errors import NodeUnavailable
 from whosthere.links import ProcessExit, link_items
@@ -68,9 +69,7 @@ class AsyncLinks:
                 raise NodeUnavailable("the links' connection to the node is closed")
             self._dealer.start_reading()
             self._arrived.clear()
-            try:
-                await asyncio.wait_for(self._arrived.wait(), timeout)
-            except TimeoutError:
+            if not await wait_event(self._arrived, timeout):
                 return None
         return self._exits.popleft()
 

@@ -8,7 +8,6 @@ unchanged), driven from the loop: its handshake goes through the loop's connecti
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from typing import Any
 
@@ -16,6 +15,7 @@ import zmq
 
 from whosthere.aio import readers
 from whosthere.aio.dealer import AsyncDealer
+from whosthere.aio.waits import wait_event
 from whosthere.client import NodeInfo
 from whosthere.errors import NodeUnavailable
 from whosthere.pubsub import (
@@ -135,8 +135,7 @@ class AsyncSubscription:
             wait = SYNC_RETRY if deadline is None else min(SYNC_RETRY, deadline - time.monotonic())
             if wait <= 0:
                 return None
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._ready.wait(), wait)
+            await wait_event(self._ready, wait)
 
     def __aiter__(self) -> AsyncSubscription:
         return self
