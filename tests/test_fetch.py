@@ -142,6 +142,30 @@ def test_handle_metas_builds_per_topic_presences(owner):
             p.wait()
 
 
+@pytest.mark.slow
+def test_handle_metas_sees_every_change_made_right_after_start(owner):
+    """`start()` returns once the client actor holds every shard's state: the changes made
+    at once after it each reach `handle_metas`, as in Phoenix (20 fresh nodes in a row)."""
+    for run in range(20):
+        with whosthere.Node(presence=MetasPresence, pool_size=2) as node:
+            presence = node.presence
+            with presence.subscribe("room") as diffs, presence.subscribe("metas:room") as reports:
+                presence.track(owner.pid, "room", "u1", {})
+                expect_diff(diffs, joins={"u1": 1})
+                presence.track(owner.pid, "room", "u2", {})
+                expect_diff(diffs, joins={"u2": 1})
+                presence.untrack(owner.pid, "room", "u1")
+                expect_diff(diffs, leaves={"u1": 1})
+                presence.untrack(owner.pid, "room", "u2")
+                expect_diff(diffs, leaves={"u2": 1})
+                seen = []
+                for _ in range(4):
+                    msg = reports.get(timeout=5)
+                    assert msg is not None, f"run {run}: handle_metas calls seen: {seen}"
+                    seen.append(sorted(msg.payload["presences"]))
+                assert seen == [["u1"], ["u1", "u2"], ["u2"], []], f"run {run}"
+
+
 def test_handle_metas_that_raises_is_logged_and_the_client_lives_on(capfd, owner):
     with whosthere.Node(presence=MetasPresence) as node:
         presence = node.presence

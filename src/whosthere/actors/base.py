@@ -119,6 +119,9 @@ class Actor:
 
     handles: ClassVar[tuple[type, ...]] = ()  # message classes beyond Ping/GetStats
     batchable: ClassVar[tuple[type, ...]] = ()  # those a `Calls` batch may hold
+    # False: the actor serves only once something it waits for came, and calls
+    # `report_ready()` then (the Node's `start()` waits for it)
+    ready_after_start: ClassVar[bool] = True
 
     def __init__(self, spec: ActorSpec) -> None:
         self.spec = spec
@@ -140,6 +143,7 @@ class Actor:
         # seen empty then
         self.input_read_at = time.monotonic()
         self._wakeup_r = -1
+        self._reported_ready = False
         self.supervisor: Dealer | None = None  # casts to the supervisor (None for it)
         self._handlers = routes(self, (Ping, GetStats, Calls, *self.handles))
 
@@ -241,9 +245,8 @@ class Actor:
         if self.spec.supervisor:
             self.supervisor = Dealer(self.spec.supervisor, what="supervisor", unbounded=True)
         self.on_start()
-        if self.supervisor is not None:
-            self.supervisor.cast(ActorReady(self.name, os.getpid()))
-        self.announce_ready()
+        if self.ready_after_start:
+            self.report_ready()
         try:
             self._serve()
         finally:
@@ -251,6 +254,15 @@ class Actor:
                 self.on_stop()
             finally:
                 self._close()
+
+    def report_ready(self) -> None:
+        """Tell the supervisor this actor serves (once; later calls do nothing)."""
+        if self._reported_ready:
+            return
+        self._reported_ready = True
+        if self.supervisor is not None:
+            self.supervisor.cast(ActorReady(self.name, os.getpid()))
+        self.announce_ready()
 
     def announce_ready(self) -> None:
         """Hook for the root of the tree, which has no supervisor to tell."""

@@ -8,7 +8,9 @@ on.
 
 On start, after `init`, it asks every shard for what it lists (`MetasResync`); each answers
 with its whole state (`MetasState`, in parts) and then its live diffs. Diffs a shard sent
-before its state are dropped: the state includes them. The state is turned into one diff
+before its state are dropped: the state includes them. The actor reports ready only once
+every shard's state came, so `Node.start()` returns when every later change reaches
+`handle_metas`. The state is turned into one diff
 per topic against what the actor knew (for a restarted actor: nothing, so every current
 presence joins), and `handle_metas` rebuilds the user's state from it. A shard whose
 queue to this actor overflowed (a slow `handle_metas`) drops its diffs and sends its whole
@@ -72,6 +74,7 @@ def diff_between(old: Presences, new: Presences) -> dict[str, Any]:
 
 class PresenceClientActor(Actor):
     handles = (MetasDiff, MetasState)
+    ready_after_start = False  # ready once every shard's state came: no diff before is lost
 
     def __init__(self, spec: ActorSpec) -> None:
         super().__init__(spec)
@@ -118,6 +121,8 @@ class PresenceClientActor(Actor):
             return
         del self.incoming[msg.shard]
         self.synced.add(msg.shard)
+        if len(self.synced) == self.pool_size:
+            self.report_ready()
         mine = [t for t in self.topics if shard_for(t, self.pool_size) == msg.shard]
         for topic in sorted(set(mine) | set(parts)):
             new = parts.get(topic, {})
