@@ -135,14 +135,43 @@ def bench_aio(sizes: Sizes) -> list[Row]:
     raw_p50, p50 = statistics.median(raw_seq) * 1e6, statistics.median(got["seq"]) * 1e6
     p99 = f"p99 {pct(got['seq'], 0.99) * 1e6:.0f}"
     return [
-        Row("aio", f"{OWNERS:,} owners x {topics} topics: tracks/s", got["tracks"], "/s",
-            "per call", "Phoenix 39,500/s", got["tracks"] / PHOENIX_TRACKS_S),
-        Row("aio", "  same pattern, raw zmq.asyncio calls/s", raw_rate, "/s",
-            "the asyncio ceiling"),
-        Row("aio", f"{OWNERS:,} owners x 10 updates: updates/s", got["updates"], "/s",
-            "per call", "Phoenix 16,400/s", got["updates"] / PHOENIX_UPDATES_S),
-        Row("aio", "sequential await track p50", p50, "us", p99,
-            "raw zmq.asyncio p50", p50 / raw_p50),
-        Row("aio", f"{closing:,} owners closed (1 presence each)", got["close"] * 1e3, "ms",
-            "concurrent", "2 s", got["close"] / 2.0),
-    ]  # fmt: skip
+        Row(
+            "aio",
+            f"{OWNERS:,} owners x {topics} topics: tracks/s",
+            got["tracks"],
+            "/s",
+            "per call",
+            "Phoenix 39,500/s",
+            got["tracks"] / PHOENIX_TRACKS_S,
+        ),
+        Row(
+            "aio", "  same pattern, raw zmq.asyncio calls/s", raw_rate, "/s", "the asyncio ceiling"
+        ),
+        Row(
+            "aio",
+            f"{OWNERS:,} owners x 10 updates: updates/s",
+            got["updates"],
+            "/s",
+            "per call",
+            "Phoenix 16,400/s",
+            got["updates"] / PHOENIX_UPDATES_S,
+        ),
+        Row(
+            "aio",
+            "sequential await track p50",
+            p50,
+            "us",
+            p99,
+            "raw zmq.asyncio p50",
+            p50 / raw_p50,
+        ),
+        Row(
+            "aio",
+            f"{closing:,} owners closed (1 presence each)",
+            got["close"] * 1e3,
+            "ms",
+            "concurrent",
+            "2 s",
+            got["close"] / 2.0,
+        ),
+    ]

@@ -52,16 +52,22 @@ async def raw_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             if event != "phx_join":
                 continue
             reply = {"status": "ok", "response": {}}
-            await send({"type": "websocket.send",
-                        "text": _dumps([join_ref, ref, topic, "phx_reply", reply])})  # fmt: skip
+            await send(
+                {
+                    "type": "websocket.send",
+                    "text": _dumps([join_ref, ref, topic, "phx_reply", reply]),
+                }
+            )
             user = payload.get("user")
             if user and not payload.get("nostate"):
                 state = [join_ref, None, topic, "presence_state", {}]
                 await send({"type": "websocket.send", "text": _dumps(state)})
             room = _rooms.setdefault(topic, set())
             if user:
-                diff = {"joins": {user: {"metas": [{"device": "bench", "phx_ref": "r"}]}},
-                        "leaves": {}}  # fmt: skip
+                diff = {
+                    "joins": {user: {"metas": [{"device": "bench", "phx_ref": "r"}]}},
+                    "leaves": {},
+                }
                 frame = _dumps([None, None, topic, "presence_diff", diff])
                 for other in list(room):
                     await other({"type": "websocket.send", "text": frame})

@@ -39,8 +39,12 @@ def _load(url: str, config: dict[str, Any], server_pid: int) -> dict[str, Any]:
     """Run the generator: joined, RSS measured, then the probes."""
     server = psutil.Process(server_pid)
     rss_before = server.memory_info().rss
-    gen = subprocess.Popen(["node", str(JS_DIR / "load.mjs"), url, json.dumps(config)],
-                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    gen = subprocess.Popen(
+        ["node", str(JS_DIR / "load.mjs"), url, json.dumps(config)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert gen.stdout is not None and gen.stdin is not None
     try:
         joined = json.loads(gen.stdout.readline() or '{"phase": "failed"}')
@@ -85,8 +89,13 @@ def bench_channels(sizes: Sizes) -> list[Row]:
         return [Row("channels", f"skipped: {missing}", 0, "")]
     full = sizes.owners >= 1_000
     sockets, topics = (10_000, 100) if full else (1_000, 10)
-    spread = {"sockets": sockets, "topics": topics, "concurrency": 100, "probes": PROBES,
-              "watch": False}  # fmt: skip
+    spread = {
+        "sockets": sockets,
+        "topics": topics,
+        "concurrency": 100,
+        "probes": PROBES,
+        "watch": False,
+    }
     big = {**spread, "watch": True}
     got: dict[str, dict[str, Any]] = {}
     for name, app, config in (
@@ -105,16 +114,43 @@ def bench_channels(sizes: Sizes) -> list[Row]:
     last, raw_last = statistics.median(b["last"]), statistics.median(rb["last"])
     fan_p50 = statistics.median(b["latencies"])
     return [
-        Row("channels", f"{sockets:,} sockets x {topics} topics: joins/s", s["join_rate"], "/s",
-            "connect+join+state", "raw server", s["join_rate"] / r["join_rate"]),
-        Row("channels", "worker RSS per joined socket", s["rss_per_socket"] / 1024, "KB",
-            f"raw {r['rss_per_socket'] / 1024:.1f} KB", f"{RSS_TARGET_KB} KB asked",
-            s["rss_per_socket"] / 1024 / RSS_TARGET_KB),
-        Row("channels", f"join -> the topic's {s['members'] - 1} others: p50", p50, "ms",
-            f"p99 {p99:.1f}; {heard}", "raw broadcast p50", p50 / raw50),
-        Row("channels", "  the same: p99", p99, "ms", f"raw p99 {raw99:.1f}", "raw p99",
-            p99 / raw99),
-        Row("channels", f"presence_diff to {b['members']:,} sockets: the last", last, "ms",
-            f"p50 {fan_p50:.1f}; raw {raw_last:.1f}", f"{FANOUT_TARGET_MS} ms asked",
-            last / FANOUT_TARGET_MS),
-    ]  # fmt: skip
+        Row(
+            "channels",
+            f"{sockets:,} sockets x {topics} topics: joins/s",
+            s["join_rate"],
+            "/s",
+            "connect+join+state",
+            "raw server",
+            s["join_rate"] / r["join_rate"],
+        ),
+        Row(
+            "channels",
+            "worker RSS per joined socket",
+            s["rss_per_socket"] / 1024,
+            "KB",
+            f"raw {r['rss_per_socket'] / 1024:.1f} KB",
+            f"{RSS_TARGET_KB} KB asked",
+            s["rss_per_socket"] / 1024 / RSS_TARGET_KB,
+        ),
+        Row(
+            "channels",
+            f"join -> the topic's {s['members'] - 1} others: p50",
+            p50,
+            "ms",
+            f"p99 {p99:.1f}; {heard}",
+            "raw broadcast p50",
+            p50 / raw50,
+        ),
+        Row(
+            "channels", "  the same: p99", p99, "ms", f"raw p99 {raw99:.1f}", "raw p99", p99 / raw99
+        ),
+        Row(
+            "channels",
+            f"presence_diff to {b['members']:,} sockets: the last",
+            last,
+            "ms",
+            f"p50 {fan_p50:.1f}; raw {raw_last:.1f}",
+            f"{FANOUT_TARGET_MS} ms asked",
+            last / FANOUT_TARGET_MS,
+        ),
+    ]

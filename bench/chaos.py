@@ -65,17 +65,28 @@ def soak(seconds: float, seed: int = 1) -> tuple[list[Row], list[str]]:
     conv = [s * 1e3 for s in report.converge_s[1:]] or [0.0]
     rows = [
         Row("chaos", f"soak length ({OWNERS} owners, pool 2)", seconds, "s"),
-        Row("chaos", "actor kills survived", report.survived, "kills",
-            " ".join(f"{k}:{n}" for k, n in sorted(report.kills.items()))),
+        Row(
+            "chaos",
+            "actor kills survived",
+            report.survived,
+            "kills",
+            " ".join(f"{k}:{n}" for k, n in sorted(report.kills.items())),
+        ),
         Row("chaos", "owner processes SIGKILLed", report.owner_kills, "owners"),
         Row("chaos", "presences lost (must be 0)", report.lost, "presences"),
         Row("chaos", "phantom presences (must be 0)", report.phantom, "presences"),
-        Row("chaos", "subscriber views that never matched (must be 0)", report.view_wrong,
-            "checks"),
+        Row(
+            "chaos", "subscriber views that never matched (must be 0)", report.view_wrong, "checks"
+        ),
         Row("chaos", "MessagesLost resyncs by the subscriber", report.resyncs, "resyncs"),
-        Row("chaos", "time to converge after a kill, p50", pct(conv, 0.5), "ms",
-            f"p99 {pct(conv, 0.99):,.0f}"),
-    ]  # fmt: skip
+        Row(
+            "chaos",
+            "time to converge after a kill, p50",
+            pct(conv, 0.5),
+            "ms",
+            f"p99 {pct(conv, 0.99):,.0f}",
+        ),
+    ]
     rows += _memory_rows(memory, seconds)
     return rows, report.failures
 
@@ -102,8 +113,9 @@ def _memory_rows(memory: dict[str, list[tuple[float, int]]], seconds: float) -> 
         if not first or not last:
             continue
         a, b = statistics.median(first) / 2**20, statistics.median(last) / 2**20
-        rows.append(Row("chaos", f"RSS {name}: start -> end", b, "MiB", f"from {a:.1f}",
-                        "start", b / a))  # fmt: skip
+        rows.append(
+            Row("chaos", f"RSS {name}: start -> end", b, "MiB", f"from {a:.1f}", "start", b / a)
+        )
     return rows
 
 

@@ -100,17 +100,23 @@ class Round:
 
     @property
     def ok(self) -> bool:
-        return (self.converged_s is not None and not self.events.get("down")
-                and not self.leaves and not self.lost)  # fmt: skip
+        return (
+            self.converged_s is not None
+            and not self.events.get("down")
+            and not self.leaves
+            and not self.lost
+        )
 
     def summary(self) -> str:
         conv = "never" if self.converged_s is None else f"{self.converged_s:.1f} s"
         e = self.events
-        text = (f"{self.nodes} nodes x {self.per_node:,}: tracked in {self.track_s:.1f} s, "
-                f"converged in {conv}; down {e.get('down', 0)}, up again "
-                f"{e.get('up_again', 0)}, whole-state transfers {e.get('sent_whole', 0)}, "
-                f"delta transfers {e.get('sent_delta', 0)}; spurious leaves "
-                f"{self.leaves:,}, messages lost {self.lost}")  # fmt: skip
+        text = (
+            f"{self.nodes} nodes x {self.per_node:,}: tracked in {self.track_s:.1f} s, "
+            f"converged in {conv}; down {e.get('down', 0)}, up again "
+            f"{e.get('up_again', 0)}, whole-state transfers {e.get('sent_whole', 0)}, "
+            f"delta transfers {e.get('sent_delta', 0)}; spurious leaves "
+            f"{self.leaves:,}, messages lost {self.lost}"
+        )
         if self.first_leave:
             text += f"; first leave {self.first_leave}"
         return text
@@ -120,8 +126,13 @@ class Cluster:
     """`count` nodes on loopback, seeded with the first, each with one owner process and a
     watcher on every topic. Use as a context manager: everything is stopped at the end."""
 
-    def __init__(self, count: int, periods: dict[str, float] | None = None,
-                 prefix: str = "burst", **options: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        count: int,
+        periods: dict[str, float] | None = None,
+        prefix: str = "burst",
+        **options: Any,
+    ) -> None:
         self.periods = dict(BURST_PERIODS if periods is None else periods)
         self.topics = [f"room:{t}" for t in range(TOPICS)]
         self.nodes: list[Any] = []
@@ -141,8 +152,9 @@ class Cluster:
         self.nodes.append(first.start())
         for i in range(1, count):
             seed = [first.cluster_address]
-            node = whosthere.Node(name=f"{prefix}{i}", listen=LISTEN, peers=seed,
-                                  **self.periods, **options)  # fmt: skip
+            node = whosthere.Node(
+                name=f"{prefix}{i}", listen=LISTEN, peers=seed, **self.periods, **options
+            )
             self.nodes.append(node.start())
         deadline = time.monotonic() + 30 + 5 * count
         while not self.all_up():
@@ -203,8 +215,10 @@ class Cluster:
 
         def track(i: int) -> None:
             pid = self.owners[i].pid
-            entries = [(pid, self.topics[k % TOPICS], f"n{i}-u{k}", META)
-                       for k in range(start, start + per_node)]  # fmt: skip
+            entries = [
+                (pid, self.topics[k % TOPICS], f"n{i}-u{k}", META)
+                for k in range(start, start + per_node)
+            ]
             try:
                 self.nodes[i].presence.track_many(entries)
             except BaseException as exc:  # reported by the caller
@@ -236,12 +250,15 @@ class Cluster:
             time.sleep(0.05)
         after = self.events()
         return Round(
-            len(self.live), per_node, tracked, converged,
+            len(self.live),
+            per_node,
+            tracked,
+            converged,
             {k: after.get(k, 0) - before.get(k, 0) for k in after},
             sum(w.leaves for w in self.watchers) - leaves_before - expected,
             sum(w.lost for w in self.watchers) - lost_before,
             "" if turnover else " | ".join(w.first_leave for w in self.watchers if w.first_leave),
-        )  # fmt: skip
+        )
 
     def idle_cpu(self, seconds: float) -> list[float]:
         """Each live node's CPU over `seconds` of doing nothing, in % of one core (its
@@ -251,8 +268,10 @@ class Cluster:
         time.sleep(seconds)  # measuring: the cluster is left alone for this long
         spent = time.monotonic() - t0
         after = [_cpu_by_pid(tree(self.nodes[i])) for i in self.live]
-        return [100 * sum(cpu - b.get(pid, 0.0) for pid, cpu in a.items()) / spent
-                for b, a in zip(before, after, strict=True)]  # fmt: skip
+        return [
+            100 * sum(cpu - b.get(pid, 0.0) for pid, cpu in a.items()) / spent
+            for b, a in zip(before, after, strict=True)
+        ]
 
     def shard_rss(self) -> list[int]:
         """Each live node's shard processes' RSS, in bytes."""
@@ -289,8 +308,11 @@ def tree(node: Any) -> list[psutil.Process]:
 
 
 def shards(node: Any) -> list[psutil.Process]:
-    return [psutil.Process(a["pid"]) for a in node.status()["actors"]
-            if a["name"].startswith("shard.") and a["pid"]]  # fmt: skip
+    return [
+        psutil.Process(a["pid"])
+        for a in node.status()["actors"]
+        if a["name"].startswith("shard.") and a["pid"]
+    ]
 
 
 def _cpu_by_pid(procs: list[psutil.Process]) -> dict[int, float]:
@@ -315,9 +337,12 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=4)
     parser.add_argument("--per-node", type=int, default=25_000)
     parser.add_argument("--rounds", type=int, default=1, help="bursts one after another")
-    parser.add_argument("--turnover", action="store_true",
-                        help="after the first round, each burst is new owners' while the "
-                             "last round's owners are killed")  # fmt: skip
+    parser.add_argument(
+        "--turnover",
+        action="store_true",
+        help="after the first round, each burst is new owners' while the "
+        "last round's owners are killed",
+    )
     parser.add_argument("--broadcast", type=float, default=BURST_PERIODS["broadcast_period"])
     parser.add_argument("--down", type=float, default=BURST_PERIODS["down_period"])
     parser.add_argument("--idle", type=float, default=5.0, help="seconds of idle CPU measured")
@@ -333,8 +358,10 @@ def main() -> None:
         if args.idle:
             cpu = cluster.idle_cpu(args.idle)
             mb = [b / 2**20 for b in cluster.shard_rss()]
-            print(f"idle CPU per node {min(cpu):.1f}-{max(cpu):.1f} % of a core; shard RSS "
-                  f"{min(mb):.0f}-{max(mb):.0f} MB per node")  # fmt: skip
+            print(
+                f"idle CPU per node {min(cpu):.1f}-{max(cpu):.1f} % of a core; shard RSS "
+                f"{min(mb):.0f}-{max(mb):.0f} MB per node"
+            )
     print("OK" if not failed else f"FAILED ({failed} of {args.rounds} rounds)")
     raise SystemExit(1 if failed else 0)
 

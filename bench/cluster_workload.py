@@ -27,8 +27,12 @@ from common import META, Row, Sizes, median_spread, progress, reap, sleepers
 import whosthere
 from whosthere.tracker.state import State
 
-PERIODS = {"broadcast_period": 0.05, "max_silent_periods": 2, "down_period": 0.5,
-           "permdown_period": 5.0}  # fmt: skip
+PERIODS = {
+    "broadcast_period": 0.05,
+    "max_silent_periods": 2,
+    "down_period": 0.5,
+    "permdown_period": 5.0,
+}
 LISTEN = "tcp://127.0.0.1:0"
 
 
@@ -120,20 +124,47 @@ def bench_cluster(sizes: Sizes) -> list[Row]:
     period = PERIODS["broadcast_period"] * 1e3
     delays = _repeat(big, sizes.reps, f"{big:,} tracked on node A, listed on B", _replicated)
     value, spread = median_spread([s * 1e3 for s in delays], 1)
-    rows.append(Row("cluster", f"{big:,} tracked on A -> listed on B", value, "ms", spread,
-                    "broadcast_period", value / period))  # fmt: skip
+    rows.append(
+        Row(
+            "cluster",
+            f"{big:,} tracked on A -> listed on B",
+            value,
+            "ms",
+            spread,
+            "broadcast_period",
+            value / period,
+        )
+    )
     down = PERIODS["down_period"] * 1e3
     deaths = _repeat(big, sizes.reps, f"node A killed with {big:,} presences", _node_death)
     value, spread = median_spread([s * 1e3 for s in deaths], 1)
-    rows.append(Row("cluster", f"A killed ({big:,}) -> all leaves on B", value, "ms", spread,
-                    "down_period", value / down))  # fmt: skip
+    rows.append(
+        Row(
+            "cluster",
+            f"A killed ({big:,}) -> all leaves on B",
+            value,
+            "ms",
+            spread,
+            "down_period",
+            value / down,
+        )
+    )
     progress("delta merge cost")
     held = 200_000 if sizes.owners >= 1_000 else 20_000
     small = _merge_cost(1_000, 100, 20) * 1e6
     large = _merge_cost(held, 100, 20) * 1e6
     rows.append(Row("cluster", "merge 100-join delta into 1,000", small, "us"))
-    rows.append(Row("cluster", f"merge 100-join delta into {held:,}", large, "us", "",
-                    "into 1,000", large / small))  # fmt: skip
+    rows.append(
+        Row(
+            "cluster",
+            f"merge 100-join delta into {held:,}",
+            large,
+            "us",
+            "",
+            "into 1,000",
+            large / small,
+        )
+    )
     return rows + bench_cluster_growth(sizes)
 
 
@@ -157,17 +188,41 @@ def bench_cluster_growth(sizes: Sizes) -> list[Row]:
             death = cluster.kill(count - 1)
         name = f"{count} nodes, {total:,}"
         rows += [
-            Row("cluster", f"{name}: burst converged", burst.converged_s, "s",
+            Row(
+                "cluster",
+                f"{name}: burst converged",
+                burst.converged_s,
+                "s",
                 f"down {burst.events.get('down', 0)}, leaves {burst.leaves}",
-                "broadcast_period", burst.converged_s / period),
-            Row("cluster", f"{name}: idle CPU per node", max(cpu), "%",
-                f"{min(cpu):.1f}-{max(cpu):.1f}"),
-            Row("cluster", f"{name}: shard RSS per presence", statistics.median(held), "B",
-                f"{min(held):,.0f}-{max(held):,.0f}", "all local",
-                statistics.median(held) / local[total]),
-            Row("cluster", f"{name}: node death -> leaves", death * 1e3, "ms", "",
-                "down_period", death / down),
-        ]  # fmt: skip
+                "broadcast_period",
+                burst.converged_s / period,
+            ),
+            Row(
+                "cluster",
+                f"{name}: idle CPU per node",
+                max(cpu),
+                "%",
+                f"{min(cpu):.1f}-{max(cpu):.1f}",
+            ),
+            Row(
+                "cluster",
+                f"{name}: shard RSS per presence",
+                statistics.median(held),
+                "B",
+                f"{min(held):,.0f}-{max(held):,.0f}",
+                "all local",
+                statistics.median(held) / local[total],
+            ),
+            Row(
+                "cluster",
+                f"{name}: node death -> leaves",
+                death * 1e3,
+                "ms",
+                "",
+                "down_period",
+                death / down,
+            ),
+        ]
     return rows
 
 
@@ -178,8 +233,12 @@ def _local_bytes(total: int) -> float:
         with whosthere.Node(name="grow-local", pool_size=1) as node:
             before = cluster_burst.rss(cluster_burst.shards(node))
             topics = [f"room:{t}" for t in range(cluster_burst.TOPICS)]
-            node.presence.track_many([(owner[0].pid, topics[k % len(topics)], f"u{k}",
-                                       cluster_burst.META) for k in range(total)])  # fmt: skip
+            node.presence.track_many(
+                [
+                    (owner[0].pid, topics[k % len(topics)], f"u{k}", cluster_burst.META)
+                    for k in range(total)
+                ]
+            )
             return (cluster_burst.rss(cluster_burst.shards(node)) - before) / total
     finally:
         reap(owner)

@@ -102,8 +102,9 @@ def progress(text: str) -> None:
     print(f"\r\033[K  ... {text}", end="", file=sys.stderr, flush=True)
 
 
-def versus_pidfd(workload: str, label: str, samples: list[float], base: list[float],
-                 extra: str = "") -> list[Row]:  # fmt: skip
+def versus_pidfd(
+    workload: str, label: str, samples: list[float], base: list[float], extra: str = ""
+) -> list[Row]:
     """Rows for a kill -> notice latency beside the raw pidfd baseline (ms)."""
     b50, b99 = pct(base, 0.5) * 1e3, pct(base, 0.99) * 1e3
     p50, p99 = pct(samples, 0.5) * 1e3, pct(samples, 0.99) * 1e3
@@ -135,8 +136,9 @@ def reap(procs: list[subprocess.Popen[bytes]]) -> None:
         p.wait()
 
 
-def track_all(presence: Any, entries: Iterable[tuple[int, str, str, dict]], what: str,
-              chunk: int = 10_000) -> None:  # fmt: skip
+def track_all(
+    presence: Any, entries: Iterable[tuple[int, str, str, dict]], what: str, chunk: int = 10_000
+) -> None:
     """Track `(pid, topic, key, meta)` entries, in `track_many` chunks when the client has it
     (a `track` each otherwise), with a progress line."""
     many = getattr(presence, "track_many", None)

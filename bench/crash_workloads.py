@@ -42,11 +42,25 @@ def _case(node: whosthere.Node, owners: int, each: int, reps: int) -> list[Row]:
     value, spread = median_spread(times, 1)
     return [
         Row("crash", f"raw pidfd: {owners:,} killed, all noticed", base, "ms", base_spread),
-        Row("crash", f"mass crash {label}: all leaves in", value, "ms", spread,
-            "raw pidfd", value / base),
-        Row("crash", f"  leaves/s ({total:,} leaves)", total / value * 1e3, "leave/s",
-            mechanism, "pidfd notices/s", base / value * total / owners),
-    ]  # fmt: skip
+        Row(
+            "crash",
+            f"mass crash {label}: all leaves in",
+            value,
+            "ms",
+            spread,
+            "raw pidfd",
+            value / base,
+        ),
+        Row(
+            "crash",
+            f"  leaves/s ({total:,} leaves)",
+            total / value * 1e3,
+            "leave/s",
+            mechanism,
+            "pidfd notices/s",
+            base / value * total / owners,
+        ),
+    ]
 
 
 def _crash_once(node: whosthere.Node, owners: int, each: int, prefix: str) -> tuple[float, str]:

@@ -41,15 +41,32 @@ def bench_durability(sizes: Sizes) -> list[Row]:
         for label, rates, how in (("track_many", many, f"x{BATCH}"), ("track", single, "1/call")):
             base, base_spread = median_spread(rates[False])
             value, spread = median_spread(rates[True])
-            rows.append(Row("durable", f"{label}/s ({how}) durable=False", base, "op/s",
-                            base_spread))  # fmt: skip
-            rows.append(Row("durable", f"{label}/s ({how}) durable=True", value, "op/s", spread,
-                            "durable=False", value / base))  # fmt: skip
+            rows.append(
+                Row("durable", f"{label}/s ({how}) durable=False", base, "op/s", base_spread)
+            )
+            rows.append(
+                Row(
+                    "durable",
+                    f"{label}/s ({how}) durable=True",
+                    value,
+                    "op/s",
+                    spread,
+                    "durable=False",
+                    value / base,
+                )
+            )
         for n in sizes.recovery:
             times = [_recovery(pids, n, rep) for rep in range(sizes.reps)]
             value, spread = median_spread([t * 1e3 for t in times], 1)
-            rows.append(Row("durable", f"shard with {n:,} presences: SIGKILL to serving",
-                            value, "ms", spread))  # fmt: skip
+            rows.append(
+                Row(
+                    "durable",
+                    f"shard with {n:,} presences: SIGKILL to serving",
+                    value,
+                    "ms",
+                    spread,
+                )
+            )
     finally:
         reap(procs)
     return rows

@@ -32,16 +32,30 @@ def bench_memory(sizes: Sizes) -> list[Row]:
             value, spread = median_spread(rss)
             rows += [
                 Row("memory", f"payload per presence, {n:,}", payload, "B"),
-                Row("memory", f"node RSS per presence, {n:,}", value, "B", spread,
-                    "payload", value / payload),
-            ]  # fmt: skip
+                Row(
+                    "memory",
+                    f"node RSS per presence, {n:,}",
+                    value,
+                    "B",
+                    spread,
+                    "payload",
+                    value / payload,
+                ),
+            ]
             if resp.available() is not None:
                 used = [_redis_bytes(pids[:count], n, rep) for rep in range(sizes.reps)]
                 value, spread = median_spread(used)
                 rows.append(
-                    Row("memory", f"redis used_memory per presence, {n:,}", value, "B", spread,
-                        "payload", value / payload)
-                )  # fmt: skip
+                    Row(
+                        "memory",
+                        f"redis used_memory per presence, {n:,}",
+                        value,
+                        "B",
+                        spread,
+                        "payload",
+                        value / payload,
+                    )
+                )
     finally:
         reap(owners)
     return rows

@@ -71,9 +71,13 @@ def bench_track(sizes: Sizes) -> list[Row]:
             progress(f"raw batched round trips from {clients} client process(es)")
             batched = baselines.raw_call_rate(clients, 1_000 // clients, sizes.topics)
             rows.append(
-                Row("track", f"raw commands/s, {sizes.topics}/frame, {clients} client(s)",
-                    batched, "cmd/s")
-            )  # fmt: skip
+                Row(
+                    "track",
+                    f"raw commands/s, {sizes.topics}/frame, {clients} client(s)",
+                    batched,
+                    "cmd/s",
+                )
+            )
             for pool in (1, 2):
                 with whosthere.Node(name="bench", pool_size=pool) as node:
                     pids = [p.pid for p in owners]
@@ -163,9 +167,13 @@ def bench_list(sizes: Sizes) -> list[Row]:
                 )
                 rows.append(Row("list", f"  raw reply, same dicts, {size:,} p50", b50, "ms"))
                 rows.append(
-                    Row("list", f"  raw reply, metas as bytes, {size:,} p50",
-                        pct(raw_bytes, 0.5) * 1e3, "ms")
-                )  # fmt: skip
+                    Row(
+                        "list",
+                        f"  raw reply, metas as bytes, {size:,} p50",
+                        pct(raw_bytes, 0.5) * 1e3,
+                        "ms",
+                    )
+                )
     finally:
         _stop(owner)
     return rows

@@ -97,16 +97,30 @@ def _track(conn: resp.Resp, presence: Any, pids: list[int], sizes: Sizes) -> lis
     wseq, wseq_spread = median_spread(rates["wseq"])
     rows = [
         Row("redis", "redis track/s, sequential round trips", rseq, "op/s", rseq_spread),
-        Row("redis", "whosthere track/s, sequential calls", wseq, "op/s", wseq_spread,
-            "redis seq.", wseq / rseq),
+        Row(
+            "redis",
+            "whosthere track/s, sequential calls",
+            wseq,
+            "op/s",
+            wseq_spread,
+            "redis seq.",
+            wseq / rseq,
+        ),
         Row("redis", f"redis track/s, pipelined x{BATCH}", rpipe, "op/s", rpipe_spread),
-    ]  # fmt: skip
+    ]
     if rates["wmany"]:
         wmany, wmany_spread = median_spread(rates["wmany"])
         rows.append(
-            Row("redis", f"whosthere track_many/s, x{BATCH} per call", wmany, "op/s",
-                wmany_spread, "redis pipelined", wmany / rpipe)
-        )  # fmt: skip
+            Row(
+                "redis",
+                f"whosthere track_many/s, x{BATCH} per call",
+                wmany,
+                "op/s",
+                wmany_spread,
+                "redis pipelined",
+                wmany / rpipe,
+            )
+        )
     return rows
 
 
@@ -143,11 +157,23 @@ def _list(conn: resp.Resp, presence: Any, pid: int, list_sizes: Iterable[int]) -
         mine = _timed(reps, lambda t=topic: presence.list(t), size)
         r50, m50 = pct(redis, 0.5) * 1e3, pct(mine, 0.5) * 1e3
         rows += [
-            Row("redis", f"redis list p50 (HGETALL+unpack), {size:,}", r50, "ms",
-                f"p99 {pct(redis, 0.99) * 1e3:.3f}"),
-            Row("redis", f"whosthere list p50, {size:,}", m50, "ms",
-                f"p99 {pct(mine, 0.99) * 1e3:.3f}", "redis p50", m50 / r50),
-        ]  # fmt: skip
+            Row(
+                "redis",
+                f"redis list p50 (HGETALL+unpack), {size:,}",
+                r50,
+                "ms",
+                f"p99 {pct(redis, 0.99) * 1e3:.3f}",
+            ),
+            Row(
+                "redis",
+                f"whosthere list p50, {size:,}",
+                m50,
+                "ms",
+                f"p99 {pct(mine, 0.99) * 1e3:.3f}",
+                "redis p50",
+                m50 / r50,
+            ),
+        ]
     return rows
 
 
@@ -173,10 +199,17 @@ def _kill_to_leave(conn: resp.Resp, path: str, presence: Any, kills: int) -> lis
     m50, m99 = pct(mine, 0.5) * 1e3, pct(mine, 0.99) * 1e3
     return [
         Row("redis", f"redis kill->expired p50 (TTL {TTL_MS:,} ms)", r50, "ms", f"p99 {r99:.1f}"),
-        Row("redis", "whosthere kill->leave diff p50", m50, "ms", f"p99 {m99:.3f}",
-            "redis p50", m50 / r50),
+        Row(
+            "redis",
+            "whosthere kill->leave diff p50",
+            m50,
+            "ms",
+            f"p99 {m99:.3f}",
+            "redis p50",
+            m50 / r50,
+        ),
         Row("redis", "whosthere kill->leave diff p99", m99, "ms", "", "redis p99", m99 / r99),
-    ]  # fmt: skip
+    ]
 
 
 def _redis_kill_to_leave(conn: resp.Resp, path: str, kills: int) -> list[float]:

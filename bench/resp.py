@@ -147,11 +147,28 @@ def redis_server() -> Iterator[str]:
     proc = None
     try:
         proc = subprocess.Popen(
-            [exe, "--port", "0", "--unixsocket", path, "--unixsocketperm", "700",
-             "--save", "", "--appendonly", "no", "--notify-keyspace-events", "Ex",
-             "--dir", tmp, "--logfile", str(Path(tmp) / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            [
+                exe,
+                "--port",
+                "0",
+                "--unixsocket",
+                path,
+                "--unixsocketperm",
+                "700",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--notify-keyspace-events",
+                "Ex",
+                "--dir",
+                tmp,
+                "--logfile",
+                str(Path(tmp) / "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         _wait_ready(proc, path)
         yield path
     finally:

@@ -63,9 +63,12 @@ def test_no_cancelled_reader_keeps_running_under_a_storm(version):
     with whosthere.Node(pool_size=1) as node:
         run = subprocess.run(
             [python, str(STORM), node.address, "1000", "100", "40"],
-            env=pythons.env_for_checkout(), capture_output=True, text=True, timeout=300,
+            env=pythons.env_for_checkout(),
+            capture_output=True,
+            text=True,
+            timeout=300,
             check=False,
-        )  # fmt: skip
+        )
     assert run.returncode == 0, run.stdout + run.stderr
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["python"].startswith(version)

@@ -17,14 +17,12 @@ pytestmark = pytest.mark.skipif(node_missing() is not None, reason=str(node_miss
 def test_join_gets_presence_state_and_diffs_of_others():
     with whosthere.Node() as node, channels_server(node.address) as (url, _), JsClient() as js:
         js.send(cmd="connect", socket="a", url=url, params={"user": "alice"})
-        js.send(cmd="join", socket="a", chan="a1", topic="room:1", params={"tab": 1},
-                presence=True)  # fmt: skip
+        js.send(cmd="join", socket="a", chan="a1", topic="room:1", params={"tab": 1}, presence=True)
         joined = js.wait(lambda e: e["ev"] == "join_ok" and e["chan"] == "a1")
         assert joined["response"]["joined"] == "room:1"
         js.wait(synced("a1", lambda s: list(s) == ["alice"]), what="alice sees herself")
         js.send(cmd="connect", socket="b", url=url, params={"user": "bob"})
-        js.send(cmd="join", socket="b", chan="b1", topic="room:1", params={"tab": 1},
-                presence=True)  # fmt: skip
+        js.send(cmd="join", socket="b", chan="b1", topic="room:1", params={"tab": 1}, presence=True)
         js.wait(synced("a1", lambda s: sorted(s) == ["alice", "bob"]), what="alice sees bob")
         js.wait(synced("b1", lambda s: sorted(s) == ["alice", "bob"]), what="bob sees both")
         assert sorted(node.presence.list("room:1")) == ["alice", "bob"]
@@ -53,8 +51,14 @@ def test_two_tabs_of_one_user_are_two_metas_and_a_closed_tab_leaves_only_its_own
     with whosthere.Node() as node, channels_server(node.address) as (url, _), JsClient() as js:
         for tab in (1, 2):
             js.send(cmd="connect", socket=f"t{tab}", url=url, params={"user": "alice"})
-            js.send(cmd="join", socket=f"t{tab}", chan=f"c{tab}", topic="room:tabs",
-                    params={"tab": tab}, presence=True)  # fmt: skip
+            js.send(
+                cmd="join",
+                socket=f"t{tab}",
+                chan=f"c{tab}",
+                topic="room:tabs",
+                params={"tab": tab},
+                presence=True,
+            )
             js.wait(joined(f"c{tab}"))
         two = js.wait(synced("c1", lambda s: len(metas(s, "alice")) == 2), what="two metas")
         assert sorted(m["tab"] for m in two["state"]["alice"]) == [1, 2]
@@ -69,8 +73,9 @@ def test_two_tabs_of_one_user_are_two_metas_and_a_closed_tab_leaves_only_its_own
         assert updated["phx_ref_prev"] in {m["phx_ref"] for m in two["state"]["alice"]}
         before = js.mark()
         js.send(cmd="disconnect", socket="t2")  # the tab is closed
-        one = js.wait(synced("c1", lambda s: len(metas(s, "alice")) == 1), what="tab 2 left",
-                      after=before)  # fmt: skip
+        one = js.wait(
+            synced("c1", lambda s: len(metas(s, "alice")) == 1), what="tab 2 left", after=before
+        )
         assert one["state"]["alice"][0]["tab"] == 1
         listed = node.presence.list("room:tabs")
         assert [m["tab"] for m in listed["alice"]["metas"]] == [1]
@@ -80,8 +85,7 @@ def test_replies_pushes_broadcasts_and_intercepts():
     with whosthere.Node() as node, channels_server(node.address) as (url, _), JsClient() as js:
         for who in ("a", "b"):
             js.send(cmd="connect", socket=who, url=url, params={"user": who}, authToken="s3cret")
-            js.send(cmd="join", socket=who, chan=who, topic="room:talk",
-                    events=["shout", "edited"])  # fmt: skip
+            js.send(cmd="join", socket=who, chan=who, topic="room:talk", events=["shout", "edited"])
             js.wait(joined(who))
         js.send(cmd="push", chan="a", event="ping", payload={"n": 1}, id="p1")
         assert js.wait(reply("p1"))["response"] == {"pong": {"n": 1}}
@@ -108,8 +112,9 @@ def test_replies_pushes_broadcasts_and_intercepts():
         js.send(cmd="push", chan="a", event="upload", binary=[1, 2, 3], id="p7")
         assert js.wait(reply("p7"))["response"] == {"binary": [3, 2, 1]}
         js.settle()
-        to_sender = [e for e in js.events if e["ev"] == "msg" and e["chan"] == "a"
-                     and e["payload"] == not_me]  # fmt: skip
+        to_sender = [
+            e for e in js.events if e["ev"] == "msg" and e["chan"] == "a" and e["payload"] == not_me
+        ]
         assert not to_sender, "broadcast_from reached its sender"
         # a Python subscriber of the topic hears the channels' broadcasts too
         with node.pubsub.subscribe("room:talk") as sub:
@@ -169,8 +174,11 @@ def test_a_sigkilled_worker_process_takes_its_sockets_presences_away():
         js.wait(synced(watcher, lambda s: set(s) == everyone), what="everyone seen")
         before = js.mark()
         os.kill(victim, signal.SIGKILL)
-        gone = js.wait(synced(watcher, lambda s: not set(doomed) & set(s)),
-                       what="the dead worker's leaves", after=before)  # fmt: skip
+        gone = js.wait(
+            synced(watcher, lambda s: not set(doomed) & set(s)),
+            what="the dead worker's leaves",
+            after=before,
+        )
         assert set(survivors) <= set(gone["state"])
 
 
@@ -178,16 +186,26 @@ def test_a_restarted_server_gets_its_clients_back_with_presence_state():
     with whosthere.Node() as node, JsClient() as js:
         with channels_server(node.address) as (url, _):
             for who in ("ann", "ben"):
-                js.send(cmd="connect", socket=who, url=url, params={"user": who},
-                        heartbeatIntervalMs=200)  # fmt: skip
+                js.send(
+                    cmd="connect",
+                    socket=who,
+                    url=url,
+                    params={"user": who},
+                    heartbeatIntervalMs=200,
+                )
                 js.send(cmd="join", socket=who, chan=who, topic="room:again", presence=True)
                 js.wait(joined(who))
             js.wait(synced("ann", lambda s: sorted(s) == ["ann", "ben"]))
             port = int(url.rsplit(":", 1)[1].split("/")[0])
             js.send(cmd="connect", socket="beat", url=url, frames=True, heartbeatIntervalMs=100)
-            js.wait(lambda e: e["ev"] == "frame" and e["msg"]["topic"] == "phoenix"
-                    and e["msg"]["payload"] == {"status": "ok", "response": {}},
-                    what="a heartbeat reply")  # fmt: skip
+            js.wait(
+                lambda e: (
+                    e["ev"] == "frame"
+                    and e["msg"]["topic"] == "phoenix"
+                    and e["msg"]["payload"] == {"status": "ok", "response": {}}
+                ),
+                what="a heartbeat reply",
+            )
         js.wait(lambda e: e["ev"] == "close" and e["socket"] == "ann", what="the server gone")
         assert node.presence.list("room:again") == {}
         before, mark = count(js, joined("ann")), js.mark()
@@ -208,8 +226,9 @@ def test_two_nodes_see_each_others_sockets_and_broadcasts():
     ):
         for who, url in (("zoe", url0), ("yan", url1)):
             js.send(cmd="connect", socket=who, url=url, params={"user": who})
-            js.send(cmd="join", socket=who, chan=who, topic="room:far", presence=True,
-                    events=["shout"])  # fmt: skip
+            js.send(
+                cmd="join", socket=who, chan=who, topic="room:far", presence=True, events=["shout"]
+            )
             js.wait(joined(who))
         for who in ("zoe", "yan"):
             js.wait(synced(who, lambda s: sorted(s) == ["yan", "zoe"]), what=f"{who} sees both")
@@ -217,8 +236,11 @@ def test_two_nodes_see_each_others_sockets_and_broadcasts():
         js.wait(lambda e: e["ev"] == "msg" and e["chan"] == "yan" and e["event"] == "shout")
         before = js.mark()
         js.send(cmd="leave", chan="zoe")
-        js.wait(synced("yan", lambda s: list(s) == ["yan"]), what="zoe's leave on the far node",
-                after=before)  # fmt: skip
+        js.wait(
+            synced("yan", lambda s: list(s) == ["yan"]),
+            what="zoe's leave on the far node",
+            after=before,
+        )
 
 
 def test_mounted_in_starlette():
@@ -247,8 +269,9 @@ def test_under_hypercorn():
     ):
         for who in ("h1", "h2"):
             js.send(cmd="connect", socket=who, url=url, params={"user": who})
-            js.send(cmd="join", socket=who, chan=who, topic="room:h", presence=True,
-                    events=["shout"])  # fmt: skip
+            js.send(
+                cmd="join", socket=who, chan=who, topic="room:h", presence=True, events=["shout"]
+            )
         js.wait(synced("h1", lambda s: sorted(s) == ["h1", "h2"]))
         js.send(cmd="push", chan="h2", event="shout", payload={"body": "hyper"}, id="s")
         js.wait(lambda e: e["ev"] == "msg" and e["chan"] == "h1" and e["event"] == "shout")

@@ -53,8 +53,11 @@ def test_the_upgrade_is_refused_with_403_for_what_phoenix_refuses():
         assert refused(ws_url(url), subprotocols=["mqtt"]) == 403
         with connect(ws_url(url), origin="https://good.example"):
             pass
-        with connect(ws_url(url), origin="https://a.trusted.example",
-                     subprotocols=["phoenix", "base64url.bearer.phx.dG9r"]) as ws:  # fmt: skip
+        with connect(
+            ws_url(url),
+            origin="https://a.trusted.example",
+            subprotocols=["phoenix", "base64url.bearer.phx.dG9r"],
+        ) as ws:
             assert ws.subprotocol == "phoenix"
             send(ws, "1", "1", "room:t", "phx_join", {})
             until(ws, lambda f: f[3] == "phx_reply")
@@ -156,15 +159,22 @@ def test_a_client_that_reads_too_slowly_is_sent_away_not_buffered_for_ever(ws):
         raw.setsockopt(sockets.SOL_SOCKET, sockets.SO_RCVBUF, 4096)
         try:
             key = base64.b64encode(os.urandom(16)).decode()
-            raw.sendall((f"GET /socket/websocket?vsn=2.0.0&user=slow HTTP/1.1\r\n"
-                         f"Host: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                         f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                         f"Sec-WebSocket-Version: 13\r\n\r\n").encode())  # fmt: skip
+            raw.sendall(
+                (
+                    f"GET /socket/websocket?vsn=2.0.0&user=slow HTTP/1.1\r\n"
+                    f"Host: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                    f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                    f"Sec-WebSocket-Version: 13\r\n\r\n"
+                ).encode()
+            )
             assert raw.recv(4096).startswith(b"HTTP/1.1 101")
             join = json.dumps(["1", "1", "room:slow", "phx_join", {}]).encode()
             mask = os.urandom(4)
-            raw.sendall(bytes([0x81, 0x80 | len(join)]) + mask
-                        + bytes(b ^ mask[i % 4] for i, b in enumerate(join)))  # fmt: skip
+            raw.sendall(
+                bytes([0x81, 0x80 | len(join)])
+                + mask
+                + bytes(b ^ mask[i % 4] for i, b in enumerate(join))
+            )
             deadline = time.monotonic() + 5
             while "slow" not in node.presence.list("room:slow"):
                 assert time.monotonic() < deadline, "the join never tracked"

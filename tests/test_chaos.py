@@ -43,9 +43,10 @@ def test_killing_each_actor_of_a_clustered_node_loses_nothing_anywhere():
         nodes.append(a)
         for name in ("b", "c"):
             nodes.append(
-                whosthere.Node(name=name, listen=LISTEN, peers=[a.cluster_address], **common,
-                               **opts).start()
-            )  # fmt: skip
+                whosthere.Node(
+                    name=name, listen=LISTEN, peers=[a.cluster_address], **common, **opts
+                ).start()
+            )
         with Chaos(a, owners=4, seed=5, others=tuple(nodes[1:])) as chaos:
             chaos.check(time.monotonic(), timeout=30)
             for name in [*KINDS, "cluster"]:

@@ -227,8 +227,10 @@ def test_netsplits_heal(owner, seconds, periods):
         split_seen = seconds > periods["down_period"]
         assert events == {
             "stays": ["joins", "leaves", "joins"] if split_seen else ["joins"],
-            "goes": ["joins", "leaves"], "new": ["joins"], "carol": ["joins"],
-        }  # fmt: skip
+            "goes": ["joins", "leaves"],
+            "new": ["joins"],
+            "carol": ["joins"],
+        }
 
 
 def test_a_partial_partition_converges_once_healed(owner):
@@ -489,9 +491,11 @@ def test_a_node_restarted_on_another_address_is_reached_there(owner):
         old = nodes[0].cluster_address
         nodes[0].stop()
         nodes[0] = whosthere.Node(
-            name="n0", listen=LISTEN, peers=[nodes[1].cluster_address],
+            name="n0",
+            listen=LISTEN,
+            peers=[nodes[1].cluster_address],
             **{**FAST, "down_period": 10.0, "permdown_period": 30.0},
-        ).start()  # fmt: skip
+        ).start()
         assert nodes[0].cluster_address != old
         nodes[0].presence.track(owner.pid, "room", "moved", {"v": 1})
         nodes[2].presence.track(owner.pid, "room", "carol", {"v": 3})

@@ -86,10 +86,16 @@ def test_tracker_options_made_directly_derive_down_period_too():
 def test_an_actor_spec_survives_the_command_line_whole():
     config = NodeConfig(name="a", pool_size=2, cluster=ClusterConfig("tcp://127.0.0.1:7000"))
     spec = ActorSpec(
-        name="shard.1", actor="whosthere.actors.shard:ShardActor", endpoint="ipc:///r/s.sock",
-        runtime_dir="/r", supervisor="ipc:///r/supervisor.sock", parent_pid=1, node_name="a",
-        index=1, config=config.started("/r"),
-    )  # fmt: skip
+        name="shard.1",
+        actor="whosthere.actors.shard:ShardActor",
+        endpoint="ipc:///r/s.sock",
+        runtime_dir="/r",
+        supervisor="ipc:///r/supervisor.sock",
+        parent_pid=1,
+        node_name="a",
+        index=1,
+        config=config.started("/r"),
+    )
     again = ActorSpec.from_json_dict(json.loads(json.dumps(spec.to_json_dict())))
     assert again == spec and again.node.runtime_dir == "/r" and again.index == 1
     bare = ActorSpec("echo", "m:C", "ipc:///e", "/r", "", 1, "test", options={"x": 1})
@@ -109,8 +115,12 @@ def test_a_cluster_without_listen_is_none_and_a_wildcard_is_refused():
 def test_the_topology_names_every_actor_once_in_start_order():
     alone = Topology(NodeConfig(name="a", presence=REF, pool_size=2, runtime_dir="/r"))
     assert [r.name for r in alone.roles()] == [
-        "pubsub", "shard.0", "shard.1", "fetcher.0", "fetcher.1",
-    ]  # fmt: skip
+        "pubsub",
+        "shard.0",
+        "shard.1",
+        "fetcher.0",
+        "fetcher.1",
+    ]
     assert alone.address == "ipc:///r/supervisor.sock" and alone.client == alone.cluster == ""
     assert alone.shards == ["ipc:///r/shard.0.sock", "ipc:///r/shard.1.sock"]
     assert alone.endpoints()[PUBSUB_PUB] == alone.pubsub_pub

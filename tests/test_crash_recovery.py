@@ -205,8 +205,10 @@ def test_a_cluster_actor_listening_on_port_0_comes_back_on_the_same_port(owners)
     with cluster(2) as (a, b):
         bound = a.status()["cluster"]["bound"]
         restart(a, "cluster")
-        wait_until(lambda: (a.status().get("cluster") or {}).get("bound") == bound,
-                   what="the cluster actor bound again")  # fmt: skip
+        wait_until(
+            lambda: (a.status().get("cluster") or {}).get("bound") == bound,
+            what="the cluster actor bound again",
+        )
         a.presence.track(owners[0].pid, "room", "on_a", {"v": 1})
         b.presence.track(owners[1].pid, "room", "on_b", {"v": 2})
         converged([a, b], {"room": {"on_a": [1], "on_b": [2]}})
@@ -238,8 +240,12 @@ def test_a_presence_client_actor_that_fell_behind_gets_the_whole_state_again(
             return msg is not None and msg.payload["total"]
 
         node.presence.track(owner.pid, "probe", "k", {})
-        wait_until(lambda: reported() == total + 1, timeout=60, interval=0.2,
-                   what="the actor's state equals what the shard lists")  # fmt: skip
+        wait_until(
+            lambda: reported() == total + 1,
+            timeout=60,
+            interval=0.2,
+            what="the actor's state equals what the shard lists",
+        )
         assert not shard_stats(node)["client_behind"]
 
 

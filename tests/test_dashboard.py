@@ -27,21 +27,30 @@ def test_the_live_page_shows_a_join_and_a_killed_workers_leave():
     with serve_http() as (url, address), browser(url + "?topic=room:dash") as page:
         page.wait("document.getElementById('state').textContent === 'live'", what="live")
         page.wait("document.querySelectorAll('#tree tr.actor').length >= 3", what="the tree")
-        worker = subprocess.Popen([sys.executable, "-c", WORKER, address],
-                                  stdout=subprocess.PIPE, text=True)  # fmt: skip
+        worker = subprocess.Popen(
+            [sys.executable, "-c", WORKER, address], stdout=subprocess.PIPE, text=True
+        )
         try:
             assert worker.stdout is not None and worker.stdout.readline().strip() == "tracked"
-            page.wait("!!document.querySelector('li.presence[data-key=\"worker-1\"]')",
-                      what="the worker's join")  # fmt: skip
-            page.wait("document.getElementById('topics').textContent.includes('room:dash')",
-                      what="the topic in the overview")  # fmt: skip
+            page.wait(
+                "!!document.querySelector('li.presence[data-key=\"worker-1\"]')",
+                what="the worker's join",
+            )
+            page.wait(
+                "document.getElementById('topics').textContent.includes('room:dash')",
+                what="the topic in the overview",
+            )
             worker.kill()
             worker.wait()
-            page.wait("!document.querySelector('li.presence[data-key=\"worker-1\"]')",
-                      what="the killed worker's leave")  # fmt: skip
-            row = page.wait(f"[...document.querySelectorAll('#exits tr.exit')]"
-                            f".map(r => r.textContent).find(t => t.startsWith('{worker.pid}'))",
-                            what="the exit")  # fmt: skip
+            page.wait(
+                "!document.querySelector('li.presence[data-key=\"worker-1\"]')",
+                what="the killed worker's leave",
+            )
+            row = page.wait(
+                f"[...document.querySelectorAll('#exits tr.exit')]"
+                f".map(r => r.textContent).find(t => t.startsWith('{worker.pid}'))",
+                what="the exit",
+            )
             assert "room:dash" in row and " ms" in row
         finally:
             worker.kill()

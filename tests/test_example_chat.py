@@ -37,8 +37,14 @@ def test_the_chat_example_shows_who_is_online_and_carries_messages():
             url = f"ws://127.0.0.1:{port}/socket"
             for who in ("alice", "bob"):
                 js.send(cmd="connect", socket=who, url=url, params={"user": who})
-                js.send(cmd="join", socket=who, chan=who, topic="room:lobby", presence=True,
-                        events=["new_msg"])  # fmt: skip
+                js.send(
+                    cmd="join",
+                    socket=who,
+                    chan=who,
+                    topic="room:lobby",
+                    presence=True,
+                    events=["new_msg"],
+                )
             js.wait(synced("alice", lambda s: sorted(s) == ["alice", "bob"]))
             js.send(cmd="push", chan="bob", event="new_msg", payload={"body": "hi"}, id="m")
             got = js.wait(lambda e: e["ev"] == "msg" and e["chan"] == "alice")

@@ -97,25 +97,53 @@ class Fuzzer:
         topic = topics[0]
         pid = owners[0]
         self.templates: list[tuple] = [
-            m.Ok(1), m.Failed("NotTracked", "x", ""), m.Ping(), m.GetStats(),
-            m.ActorReady("shard.0", pid), m.Lookup(), m.GetStatus(), m.Link([[pid, 1]]),
-            m.Unlink([[pid, 1]]), m.ProcessesExited([[pid, 1]]), m.Shutdown("fuzz"),
-            m.Subscribe([topic], "inbox"), m.Sync("mailbox.x", [topic]), m.Mark(1, {topic: 1}),
-            m.ShardRestarted(0, 2), m.FetcherReady(0, 1), m.MetasResync(),
-            m.MetasState(0, 0, True, {topic: {}}), m.Broadcast(topic, "e", {"a": 1}, True),
+            m.Ok(1),
+            m.Failed("NotTracked", "x", ""),
+            m.Ping(),
+            m.GetStats(),
+            m.ActorReady("shard.0", pid),
+            m.Lookup(),
+            m.GetStatus(),
+            m.Link([[pid, 1]]),
+            m.Unlink([[pid, 1]]),
+            m.ProcessesExited([[pid, 1]]),
+            m.Shutdown("fuzz"),
+            m.Subscribe([topic], "inbox"),
+            m.Sync("mailbox.x", [topic]),
+            m.Mark(1, {topic: 1}),
+            m.ShardRestarted(0, 2),
+            m.FetcherReady(0, 1),
+            m.MetasResync(),
+            m.MetasState(0, 0, True, {topic: {}}),
+            m.Broadcast(topic, "e", {"a": 1}, True),
             m.PublishMany([[topic, "presence_diff", codec.pack_diff({}, {})]], True),
-            m.Published(1, 1, "e", None), m.Track(pid, 1, topic, "user0", meta),
-            m.TrackMany([[pid, 1, topic, "user0", meta]]), m.Untrack(pid, topic, "user0"),
-            m.UntrackPid(pid), m.Update(pid, topic, "user0", meta, None),
-            m.GetMeta(pid, topic, "user0"), m.ListTopic(topic), m.GetByKey(topic, "user0"),
-            m.Fetch(0, 1, topic, {}, {}), m.Fetched(1, {"joins": {}, "leaves": {}}, ""),
-            m.MetasDiff(topic, {"joins": {}, "leaves": {}}, 0), m.PeerHello("x", 2, "tcp://a", []),
-            m.PeerWelcome("x", []), m.PeerRefused("x", "no"), m.ClusterCast("*", 0, b""),
-            m.PeerCast("x", 0, b""), m.FromPeer("x", b""), m.DropPeers(["x"]),
-            m.Heartbeat(["x", 1], None, [], 1.0), m.TransferReq(1, ["x", 1], []),
-            m.TransferAck(1, ["x", 1], None, None), m.Depart(), m.GracefulPermdown(["x", 1]),
-            m.GoodbyeAck(["x", 1]), m.Fragment(1, 0, 2, b"xx"),
-        ]  # fmt: skip
+            m.Published(1, 1, "e", None),
+            m.Track(pid, 1, topic, "user0", meta),
+            m.TrackMany([[pid, 1, topic, "user0", meta]]),
+            m.Untrack(pid, topic, "user0"),
+            m.UntrackPid(pid),
+            m.Update(pid, topic, "user0", meta, None),
+            m.GetMeta(pid, topic, "user0"),
+            m.ListTopic(topic),
+            m.GetByKey(topic, "user0"),
+            m.Fetch(0, 1, topic, {}, {}),
+            m.Fetched(1, {"joins": {}, "leaves": {}}, ""),
+            m.MetasDiff(topic, {"joins": {}, "leaves": {}}, 0),
+            m.PeerHello("x", 2, "tcp://a", []),
+            m.PeerWelcome("x", []),
+            m.PeerRefused("x", "no"),
+            m.ClusterCast("*", 0, b""),
+            m.PeerCast("x", 0, b""),
+            m.FromPeer("x", b""),
+            m.DropPeers(["x"]),
+            m.Heartbeat(["x", 1], None, [], 1.0),
+            m.TransferReq(1, ["x", 1], []),
+            m.TransferAck(1, ["x", 1], None, None),
+            m.Depart(),
+            m.GracefulPermdown(["x", 1]),
+            m.GoodbyeAck(["x", 1]),
+            m.Fragment(1, 0, 2, b"xx"),
+        ]
 
     def value(self, depth: int = 0) -> Any:
         """A random value: wrong types, huge and odd numbers, deep nesting, packed metas."""
@@ -161,19 +189,21 @@ class Fuzzer:
     def raw_meta(self) -> bytes:
         """Packed metas a client would never send."""
         r = self.rng
-        return r.choice([
-            b"\x81\xa1a" + b"\x91" * r.choice([31, 32, 33, 1022, 1023, 1030]) + b"\xc0",
-            msgpack.packb({"x": math.nan}),
-            msgpack.packb({"x": [math.inf]}),
-            msgpack.packb({1: "int key"}),
-            msgpack.packb({"phx_ref": "forged"}),
-            msgpack.packb([1, 2]),
-            b"\x81\xa1a\xc0\xc0",  # trailing bytes
-            b"\xdf\xff\xff\xff\xff",  # a map that claims 4 billion entries
-            r.randbytes(r.randrange(1, 32)),
-            b"",
-            msgpack.packb({"big": "x" * (70 * 1024)}),
-        ])  # fmt: skip
+        return r.choice(
+            [
+                b"\x81\xa1a" + b"\x91" * r.choice([31, 32, 33, 1022, 1023, 1030]) + b"\xc0",
+                msgpack.packb({"x": math.nan}),
+                msgpack.packb({"x": [math.inf]}),
+                msgpack.packb({1: "int key"}),
+                msgpack.packb({"phx_ref": "forged"}),
+                msgpack.packb([1, 2]),
+                b"\x81\xa1a\xc0\xc0",  # trailing bytes
+                b"\xdf\xff\xff\xff\xff",  # a map that claims 4 billion entries
+                r.randbytes(r.randrange(1, 32)),
+                b"",
+                msgpack.packb({"big": "x" * (70 * 1024)}),
+            ]
+        )
 
     def mutated(self) -> bytes:
         """A valid message with a field replaced, swapped, dropped or added, or cut short."""
@@ -236,9 +266,19 @@ class Fuzzer:
             return accepted_meta(msg.meta)
         return isinstance(
             msg,
-            m.Shutdown | m.Depart | m.Untrack | m.UntrackPid | m.ActorReady | m.Unlink | m.Fetched
-            | m.MetasDiff | m.MetasState | m.PublishMany | m.Link | m.Fetch,
-        )  # fmt: skip
+            m.Shutdown
+            | m.Depart
+            | m.Untrack
+            | m.UntrackPid
+            | m.ActorReady
+            | m.Unlink
+            | m.Fetched
+            | m.MetasDiff
+            | m.MetasState
+            | m.PublishMany
+            | m.Link
+            | m.Fetch,
+        )
 
 
 def accepted_meta(meta: bytes) -> bool:
@@ -317,10 +357,15 @@ def test_a_flood_of_bad_frames_restarts_nothing_and_loses_nothing(tracked_node):
                 ref = b"" if shape < 0.7 else rng.randbytes(rng.choice([1, 8]))
                 sock.send_multipart((ref, fuzz.body()))
             if i % 50 == 0:
-                filt = rng.choice([
-                    codec.topic_frame(rng.choice(TOPICS)), codec.inbox_frame("x" * 5000),
-                    b"\x00\x00\x13\x88" + b"x" * 5000, rng.randbytes(rng.randrange(40)), b"",
-                ])  # fmt: skip
+                filt = rng.choice(
+                    [
+                        codec.topic_frame(rng.choice(TOPICS)),
+                        codec.inbox_frame("x" * 5000),
+                        b"\x00\x00\x13\x88" + b"x" * 5000,
+                        rng.randbytes(rng.randrange(40)),
+                        b"",
+                    ]
+                )
                 sub.send(rng.choice([b"\x01", b"\x00", b"\x02", b""]) + filt)
             if i % 1000 == 0:
                 for s in socks:  # drain replies now and then
@@ -388,10 +433,18 @@ def bad_metas(presence: whosthere.Presence) -> None:
     """Not dicts, non-str keys, unpackable, deep, huge, non-finite floats: InvalidMeta."""
     me = os.getpid()
     metas = [
-        [1], None, {1: "a"}, {("a",): 1}, {"a": object()}, {"a": nested(DEEP)},
-        {"a": nested(codec.MAX_DEPTH)}, {"a": "x" * (codec.DEFAULT_META_LIMIT + 1)},
-        {"a": math.nan}, {"a": {"b": -math.inf}}, {"a": 2**70},
-    ]  # fmt: skip
+        [1],
+        None,
+        {1: "a"},
+        {("a",): 1},
+        {"a": object()},
+        {"a": nested(DEEP)},
+        {"a": nested(codec.MAX_DEPTH)},
+        {"a": "x" * (codec.DEFAULT_META_LIMIT + 1)},
+        {"a": math.nan},
+        {"a": {"b": -math.inf}},
+        {"a": 2**70},
+    ]
     for meta in metas:
         expect(InvalidMeta, lambda meta=meta: presence.track(me, "bad", "k", meta))
         expect(InvalidMeta, lambda meta=meta: presence.track_many([(me, "bad", "k", meta)]))

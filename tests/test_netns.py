@@ -86,8 +86,11 @@ def nodes(shared: tuple[Network, list[NetnsNode]]) -> Iterator[list[NetnsNode]]:
 
 def all_up(nodes: list[NetnsNode], timeout: float) -> None:
     for node in nodes:
-        wait_until(lambda n=node: len(up_peers(n)) == len(nodes) - 1, timeout=timeout,
-                   what=f"{node} up with every other node")  # fmt: skip
+        wait_until(
+            lambda n=node: len(up_peers(n)) == len(nodes) - 1,
+            timeout=timeout,
+            what=f"{node} up with every other node",
+        )
 
 
 def up_peers(node: NetnsNode) -> list[str]:
@@ -108,8 +111,12 @@ def converged(nodes: list[NetnsNode], want: Views, timeout: float = 10) -> None:
     def views() -> list[Views]:
         return [{topic: listed(node, topic) for topic in want} for node in nodes]
 
-    wait_until(lambda: all(v == want for v in views()), timeout=timeout, interval=0.02,
-               what=f"every node of {nodes} to list {want} (last: {views()})")  # fmt: skip
+    wait_until(
+        lambda: all(v == want for v in views()),
+        timeout=timeout,
+        interval=0.02,
+        what=f"every node of {nodes} to list {want} (last: {views()})",
+    )
 
 
 def events(sub: whosthere.Subscription, into: list[tuple[str, str, Any]]) -> None:
@@ -160,8 +167,11 @@ def test_joins_updates_and_leaves_converge_across_namespaces(nodes, owner):
         until_heard(sub, seen, ("leaves", "u0", 10))
     # c heard a's join, its update as one diff (new meta in, old out), and its leave
     assert [e for e in seen if e[1] == "u0"] == [
-        ("joins", "u0", 0), ("joins", "u0", 10), ("leaves", "u0", 0), ("leaves", "u0", 10),
-    ]  # fmt: skip
+        ("joins", "u0", 0),
+        ("joins", "u0", 10),
+        ("leaves", "u0", 0),
+        ("leaves", "u0", 10),
+    ]
 
 
 @pytest.mark.usefixtures("namespaces_work")
@@ -315,8 +325,11 @@ def test_a_node_killed_during_a_split_never_reappears_when_the_link_comes_back(o
         with a.presence.subscribe("room") as on_a, b.presence.subscribe("room") as on_b:
             network.cut(2)
             for node in (a, b):
-                wait_until(lambda n=node: n.status()["peers"]["n2"]["status"] == "down",
-                           timeout=10, what=f"{node} holds c down")  # fmt: skip
+                wait_until(
+                    lambda n=node: n.status()["peers"]["n2"]["status"] == "down",
+                    timeout=10,
+                    what=f"{node} holds c down",
+                )
             c.kill()
             network.mend(2)
             deadline = time.monotonic() + 3 * FAST["down_period"]
@@ -348,8 +361,11 @@ def test_broadcasts_held_through_a_cut_cable_are_lost_not_delivered_late(shared,
         for n in (1, 2, 3):
             clients[0].broadcast("news", "msg", {"n": n})
         for node in nodes[1:]:  # past down_period: a is down on b and c
-            wait_until(lambda node=node: node.status()["peers"]["n0"]["status"] == "down",
-                       timeout=10, what=f"n0 down on {node}")  # fmt: skip
+            wait_until(
+                lambda node=node: node.status()["peers"]["n0"]["status"] == "down",
+                timeout=10,
+                what=f"n0 down on {node}",
+            )
         network.mend(0)
         for sub in subs[1:]:
             with pytest.raises(whosthere.MessagesLost):

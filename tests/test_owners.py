@@ -36,8 +36,9 @@ time.sleep(60)
 @contextlib.contextmanager
 def worker_with_two_tabs(node: whosthere.Node) -> Iterator[subprocess.Popen[bytes]]:
     """A worker process of the node with two owners tracking "alice" on "room"."""
-    worker = python(WORKER, stdout=subprocess.PIPE,
-                    env={**os.environ, "WHOSTHERE_ADDRESS": node.address})  # fmt: skip
+    worker = python(
+        WORKER, stdout=subprocess.PIPE, env={**os.environ, "WHOSTHERE_ADDRESS": node.address}
+    )
     try:
         assert worker.stdout is not None and worker.stdout.readline()
         yield worker
@@ -114,8 +115,11 @@ def test_owners_come_back_with_a_restarted_shard_and_still_leave_with_their_proc
     with whosthere.Node() as node, worker_with_two_tabs(node) as worker:
         shard = next(a for a in node.status()["actors"] if a["name"] == "shard.0")
         os.kill(shard["pid"], signal.SIGKILL)
-        wait_until(lambda: _tabs_or_none(node.presence) == [0, 1], timeout=10,
-                   what="both tabs back with the shard")  # fmt: skip
+        wait_until(
+            lambda: _tabs_or_none(node.presence) == [0, 1],
+            timeout=10,
+            what="both tabs back with the shard",
+        )
         os.kill(worker.pid, signal.SIGKILL)  # linked again by the restarted shard
         wait_until(lambda: tabs(node.presence) == [], what="both tabs gone")
 

@@ -484,8 +484,12 @@ def test_malformed_track_many_entries_are_refused_one_by_one(presence, owner, to
     finally:
         shard.close()
     assert isinstance(out[0], str) and isinstance(out[5], str)
-    assert [o[0] for o in out[1:5]] == ["MalformedFrame", "MalformedFrame", "InvalidMeta",
-                                        "MalformedFrame"]  # fmt: skip
+    assert [o[0] for o in out[1:5]] == [
+        "MalformedFrame",
+        "MalformedFrame",
+        "InvalidMeta",
+        "MalformedFrame",
+    ]
     assert sorted(presence.list(topic)) == ["a", "e"]
 
 

@@ -72,6 +72,19 @@ def test_ruff_is_clean():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.skipif(RUFF is None, reason="ruff not installed")
+def test_ruff_format_is_clean():
+    assert RUFF is not None
+    result = subprocess.run(
+        [RUFF, "format", "--check", "src", "tests", "bench", "examples"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_the_readme_presence_example_runs(tmp_path):
     readme = (ROOT / "README.md").read_text()
     code = re.search(r"```python\n(import os, signal, whosthere.*?)```", readme, re.S)
@@ -94,10 +107,22 @@ def test_bench_runs_and_prints_its_table(tmp_path):
     """A smoke test: the benchmark runs (some workloads, CI size); no speed is asserted."""
     out_json = tmp_path / "bench.json"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--only", "call", "leave",
-         "diff", "--json", str(out_json)],
-        capture_output=True, text=True, timeout=300, check=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "bench" / "run.py"),
+            "--quick",
+            "--only",
+            "call",
+            "leave",
+            "diff",
+            "--json",
+            str(out_json),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     assert "actor call (Ping) p50" in result.stdout
     assert "kill->leave diff" in result.stdout
     assert "track returned -> join at subscriber p50" in result.stdout
@@ -106,10 +131,20 @@ def test_bench_runs_and_prints_its_table(tmp_path):
     saved = json.loads(out_json.read_text())
     assert {r["workload"] for r in saved["rows"]} == {"call", "leave", "diff"}
     again = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--only", "call",
-         "--compare", str(out_json)],
-        capture_output=True, text=True, timeout=300, check=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "bench" / "run.py"),
+            "--quick",
+            "--only",
+            "call",
+            "--compare",
+            str(out_json),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     assert "change" in again.stdout
 
 
@@ -131,8 +166,11 @@ def test_crash_memory_redis_and_cluster_benches_run_at_a_tiny_size():
     """The slower workloads, at a size no figure means anything: they run and clean up."""
     result = subprocess.run(
         [sys.executable, "-c", TINY_BENCH, str(ROOT / "bench")],
-        capture_output=True, text=True, timeout=120, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     rows = [line.split("|") for line in result.stdout.splitlines()]
     figures = {figure for _, figure, _ in rows}
     assert "mass crash 20 owners x 1: all leaves in" in figures

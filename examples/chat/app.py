@@ -59,12 +59,15 @@ async def page(request: Any) -> FileResponse:
 
 
 async def phoenix_js(request: Any) -> FileResponse:
-    return FileResponse(JS / "node_modules" / "phoenix" / "priv" / "static" / "phoenix.mjs",
-                        media_type="text/javascript")  # fmt: skip
+    return FileResponse(
+        JS / "node_modules" / "phoenix" / "priv" / "static" / "phoenix.mjs",
+        media_type="text/javascript",
+    )
 
 
-app = Starlette(routes=[Route("/", page), Route("/phoenix.mjs", phoenix_js),
-                        Mount("/socket", app=channels)])  # fmt: skip
+app = Starlette(
+    routes=[Route("/", page), Route("/phoenix.mjs", phoenix_js), Mount("/socket", app=channels)]
+)
 
 
 def main() -> None:

@@ -67,8 +67,10 @@ def depart(address: str, timeout: float) -> None:
             if missing:
                 log.warning(
                     "graceful permdown of shard %d: no acknowledgement from %s (they "
-                    "drop this node after down_period)", i, ", ".join(missing),
-                )  # fmt: skip
+                    "drop this node after down_period)",
+                    i,
+                    ", ".join(missing),
+                )
     finally:
         for dealer in dealers:
             dealer.close()

@@ -103,8 +103,9 @@ def owner_topic_args(
 Batches = list[list[tuple[list[Any], list[int]]]]  # per shard: [(TrackMany entries, places)]
 
 
-def track_batches(entries: Iterable[tuple[Any, str, Any, Any]], pool_size: int,
-                  meta_limit: int) -> tuple[Batches, int]:  # fmt: skip
+def track_batches(
+    entries: Iterable[tuple[Any, str, Any, Any]], pool_size: int, meta_limit: int
+) -> tuple[Batches, int]:
     """`track_many`'s entries checked (all before any is sent: `TypeError`, `ValueError`,
     `InvalidMeta`) and cut into `TrackMany` batches per shard, by count and by bytes; with
     each batch, the entries' places in the input. Returns them and the number of entries."""

@@ -75,8 +75,15 @@ def _serve_http(args: argparse.Namespace, address: str) -> None:
         os.environ[CHANNELS_ENV] = args.channels
     print(f"  the live page: http://{host}:{port}/", flush=True)
     ws = "wsproto" if importlib.util.find_spec("wsproto") else "auto"  # lighter per socket
-    uvicorn.run("whosthere.channels.serve:app", host=host, port=int(port), ws=ws,
-                workers=args.workers, log_level="warning", ws_max_size=10_000_000)  # fmt: skip
+    uvicorn.run(
+        "whosthere.channels.serve:app",
+        host=host,
+        port=int(port),
+        ws=ws,
+        workers=args.workers,
+        log_level="warning",
+        ws_max_size=10_000_000,
+    )
 
 
 def _format_status(status: dict[str, Any]) -> str:
@@ -213,10 +220,18 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--advertise", default=None, help="tcp://host:port peers dial, if not --listen's"
     )
-    serve.add_argument("--http", default=None, metavar="HOST:PORT",
-                       help="also serve HTTP: the live page at /, and --channels")  # fmt: skip
-    serve.add_argument("--channels", default=None, metavar="MODULE:APP",
-                       help="a whosthere.channels.Endpoint (or any ASGI app) to serve")  # fmt: skip
+    serve.add_argument(
+        "--http",
+        default=None,
+        metavar="HOST:PORT",
+        help="also serve HTTP: the live page at /, and --channels",
+    )
+    serve.add_argument(
+        "--channels",
+        default=None,
+        metavar="MODULE:APP",
+        help="a whosthere.channels.Endpoint (or any ASGI app) to serve",
+    )
     serve.add_argument("--workers", type=int, default=1, help="HTTP worker processes (1)")
     serve.set_defaults(func=_serve)
 

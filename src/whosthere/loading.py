@@ -78,5 +78,7 @@ def settle(value: Any, loop: asyncio.AbstractEventLoop | None = None) -> Any:
         return asyncio.run(result())
     if inspect.iscoroutine(value):
         value.close()  # never awaited: said here, not warned about later
-    raise TypeError("an async callback called from the synchronous client inside a running "
-                    "event loop: use whosthere.aio there")  # fmt: skip
+    raise TypeError(
+        "an async callback called from the synchronous client inside a running "
+        "event loop: use whosthere.aio there"
+    )

@@ -196,8 +196,12 @@ class Node:
         try:
             config = self.config.started(str(path))
             self._address = Topology(config).address
-            args = {"config": config.to_json(), "parent_pid": os.getpid(),
-                    "ready_fd": events_w, "lock_fd": lock_fd}  # fmt: skip
+            args = {
+                "config": config.to_json(),
+                "parent_pid": os.getpid(),
+                "ready_fd": events_w,
+                "lock_fd": lock_fd,
+            }
             env = dict(os.environ)
             env.pop(COOKIE_ENV, None)
             if self.cookie:  # by environment (readable by this user only), not by argv

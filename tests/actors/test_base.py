@@ -101,8 +101,9 @@ def test_long_work_lets_timers_and_messages_in_between_its_slices(echo):
     dealer.cast(Work(10, 0.03))
     wait_until(lambda: dealer.call(Trace()), what="work started")
     assert dealer.call(Echo("meanwhile")) == "meanwhile"
-    trace = wait_until(lambda: (t := dealer.call(Trace())) and t[-1] == ["slice", 9] and t,
-                       what="work done")  # fmt: skip
+    trace = wait_until(
+        lambda: (t := dealer.call(Trace())) and t[-1] == ["slice", 9] and t, what="work done"
+    )
     kinds = [t[0] for t in trace]
     assert [t for t in trace if t[0] == "slice"] == [["slice", i] for i in range(10)]
     assert trace.index(["echo", "meanwhile"]) < trace.index(["slice", 9]), "served mid-work"

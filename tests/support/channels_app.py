@@ -47,8 +47,9 @@ class RoomChannel(Channel):
             await self.broadcast(socket, "edited", payload)
             return {}
         if event == "away":
-            await self.presence.update(socket, socket.assigns["user"],
-                                       lambda meta: {**meta, "away": True})  # fmt: skip
+            await self.presence.update(
+                socket, socket.assigns["user"], lambda meta: {**meta, "away": True}
+            )
             return {}
         if event == "upload":
             return bytes(reversed(payload))  # binary in, binary reply

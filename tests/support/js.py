@@ -32,8 +32,12 @@ def node_missing() -> str | None:
         try:
             done = subprocess.run(
                 ["npm", "ci", "--no-audit", "--no-fund"],
-                cwd=JS_DIR, capture_output=True, text=True, timeout=300, check=False,
-            )  # fmt: skip
+                cwd=JS_DIR,
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=False,
+            )
         except subprocess.TimeoutExpired:
             return "`npm ci` in js/ took over 300 s"
         if done.returncode != 0:
@@ -94,12 +98,33 @@ def channels_server(
     port = port or free_port()
     env = {**os.environ, "WHOSTHERE_ADDRESS": address}
     if server == "hypercorn":
-        cmd = [sys.executable, "-m", "hypercorn", app, "--bind", f"127.0.0.1:{port}",
-               "--workers", str(workers)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "hypercorn",
+            app,
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            str(workers),
+        ]
     else:
-        cmd = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port",
-               str(port), "--log-level", "warning", "--workers", str(workers),
-               "--ws", ws]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            app,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--workers",
+            str(workers),
+            "--ws",
+            ws,
+        ]
     with process_group(cmd, env=env) as proc:
         wait_for_port(port, proc)
         yield f"ws://127.0.0.1:{port}/socket", proc
@@ -130,9 +155,13 @@ class JsClient:
 
     def __init__(self) -> None:
         self.proc = subprocess.Popen(
-            ["node", str(JS_DIR / "driver.mjs")], cwd=JS_DIR, stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, text=True, bufsize=1,
-        )  # fmt: skip
+            ["node", str(JS_DIR / "driver.mjs")],
+            cwd=JS_DIR,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
         self.events: list[Event] = []
         self._incoming: queue.Queue[Event | None] = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)

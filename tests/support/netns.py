@@ -87,8 +87,20 @@ class Network:
         _ip("-n", self.hub, "link", "add", "br0", "type", "bridge")
         _ip("-n", self.hub, "link", "set", "br0", "up")
         for i, ns in enumerate(self.namespaces):
-            _ip("-n", self.hub, "link", "add", f"v{i}", "type", "veth",
-                "peer", "name", "eth0", "netns", ns)  # fmt: skip
+            _ip(
+                "-n",
+                self.hub,
+                "link",
+                "add",
+                f"v{i}",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                ns,
+            )
             _ip("-n", self.hub, "link", "set", f"v{i}", "master", "br0", "up")
             _ip("-n", ns, "addr", "add", f"{self.ip(i)}/24", "dev", "eth0")
             _ip("-n", ns, "link", "set", "eth0", "up")
@@ -142,7 +154,7 @@ class NetnsNode:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env={**os.environ, COOKIE_ENV: cookie},
-        )  # fmt: skip
+        )
         self.address = self.runtime_dir = ""
         self.supervisor = 0
         self._presence: whosthere.Presence | None = None
@@ -161,8 +173,10 @@ class NetnsNode:
             raise AssertionError(f"{self} did not start (exit code {self.proc.poll()})")
         ready = json.loads(line)
         self.address, self.runtime_dir, self.supervisor = (
-            ready["address"], ready["runtime_dir"], ready["pid"],
-        )  # fmt: skip
+            ready["address"],
+            ready["runtime_dir"],
+            ready["pid"],
+        )
         return self
 
     @property

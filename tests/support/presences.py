@@ -137,6 +137,7 @@ class AsyncCallbacksPresence(whosthere.Presence):
         pubsub = getattr(self, "_reporter", None)
         if pubsub is None:
             pubsub = self._reporter = whosthere.PubSub(self.info)
-        pubsub.broadcast(f"metas:{topic}", "handle_metas", {"keys": sorted(presences),
-                                                           "calls": state + 1})  # fmt: skip
+        pubsub.broadcast(
+            f"metas:{topic}", "handle_metas", {"keys": sorted(presences), "calls": state + 1}
+        )
         return state + 1

@@ -23,8 +23,11 @@ def _runs(exe: str, version: str) -> bool:
     try:
         out = subprocess.run(
             [exe, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-            capture_output=True, text=True, timeout=30, check=False,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
     except OSError:
         return False
     return out.returncode == 0 and out.stdout.strip() == version
@@ -56,8 +59,9 @@ def client_python(version: str) -> str:
         subprocess.run([exe, "-m", "venv", "--clear", venv], check=True, timeout=120)
         subprocess.run(
             [python, "-m", "pip", "install", "-q", "--disable-pip-version-check", *needs],
-            check=True, timeout=600,
-        )  # fmt: skip
+            check=True,
+            timeout=600,
+        )
     return str(python)
 
 

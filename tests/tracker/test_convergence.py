@@ -52,12 +52,29 @@ class Replica:
 
 ops = st.lists(
     st.one_of(
-        st.tuples(st.just("track"), st.integers(0, 3), st.sampled_from(PIDS),
-                  st.sampled_from(TOPICS), st.sampled_from(KEYS), st.binary(max_size=2)),
-        st.tuples(st.just("untrack"), st.integers(0, 3), st.sampled_from(PIDS),
-                  st.sampled_from(TOPICS), st.sampled_from(KEYS)),
-        st.tuples(st.just("update"), st.integers(0, 3), st.sampled_from(PIDS),
-                  st.sampled_from(TOPICS), st.sampled_from(KEYS), st.binary(max_size=2)),
+        st.tuples(
+            st.just("track"),
+            st.integers(0, 3),
+            st.sampled_from(PIDS),
+            st.sampled_from(TOPICS),
+            st.sampled_from(KEYS),
+            st.binary(max_size=2),
+        ),
+        st.tuples(
+            st.just("untrack"),
+            st.integers(0, 3),
+            st.sampled_from(PIDS),
+            st.sampled_from(TOPICS),
+            st.sampled_from(KEYS),
+        ),
+        st.tuples(
+            st.just("update"),
+            st.integers(0, 3),
+            st.sampled_from(PIDS),
+            st.sampled_from(TOPICS),
+            st.sampled_from(KEYS),
+            st.binary(max_size=2),
+        ),
         st.tuples(st.just("exit"), st.integers(0, 3), st.sampled_from(PIDS)),
         st.tuples(st.just("flush"), st.integers(0, 3)),
         st.tuples(st.just("deliver"), st.integers(0, 3), st.integers(0, 50)),
@@ -72,7 +89,7 @@ ops = st.lists(
     ),
     min_size=20,  # hypothesis favours short lists; short programs rarely race anything
     max_size=120,
-)  # fmt: skip
+)
 
 
 def transfer(to: Replica, frm: Replica, *, whole: bool = False) -> None:

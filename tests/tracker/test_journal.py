@@ -55,12 +55,29 @@ def fingerprint(s: State) -> tuple:
 
 ops = st.lists(
     st.one_of(
-        st.tuples(st.just("track"), st.booleans(), st.sampled_from(PIDS),
-                  st.sampled_from(TOPICS), st.sampled_from(KEYS), st.integers(0, 9)),
-        st.tuples(st.just("untrack"), st.booleans(), st.sampled_from(PIDS),
-                  st.sampled_from(TOPICS), st.sampled_from(KEYS)),
-        st.tuples(st.just("update"), st.booleans(), st.sampled_from(PIDS),
-                  st.sampled_from(TOPICS), st.sampled_from(KEYS), st.integers(0, 9)),
+        st.tuples(
+            st.just("track"),
+            st.booleans(),
+            st.sampled_from(PIDS),
+            st.sampled_from(TOPICS),
+            st.sampled_from(KEYS),
+            st.integers(0, 9),
+        ),
+        st.tuples(
+            st.just("untrack"),
+            st.booleans(),
+            st.sampled_from(PIDS),
+            st.sampled_from(TOPICS),
+            st.sampled_from(KEYS),
+        ),
+        st.tuples(
+            st.just("update"),
+            st.booleans(),
+            st.sampled_from(PIDS),
+            st.sampled_from(TOPICS),
+            st.sampled_from(KEYS),
+            st.integers(0, 9),
+        ),
         st.tuples(st.just("exit"), st.booleans(), st.sampled_from(PIDS)),
         st.tuples(st.just("sync"), st.booleans()),  # a flushed delta to the other replica
         st.tuples(st.just("transfer"), st.booleans()),  # a whole-state snapshot to the other
@@ -68,11 +85,15 @@ ops = st.lists(
         st.tuples(st.just("down"), st.booleans()),
         st.tuples(st.just("up"), st.booleans()),
         st.tuples(st.just("permdown"), st.booleans()),
-        st.tuples(st.just("dump"),),
-        st.tuples(st.just("frame"),),
+        st.tuples(
+            st.just("dump"),
+        ),
+        st.tuples(
+            st.just("frame"),
+        ),
     ),
     max_size=60,
-)  # fmt: skip
+)
 
 
 @settings(max_examples=300, deadline=None)

@@ -273,8 +273,9 @@ def test_a_merge_in_parts_adds_up_to_the_merge():
     assert len(reported) > 3, "merged in several parts"
     assert sorted(k for j, _ in reported for k in j) == names(joins)
     assert sorted(k for _, lv in reported for k in lv) == names(leaves) == ["b3", "b4"]
-    assert keys(parts) == keys(whole) == ["b0", "b1", "b2", "b5", "b6", "c0", "c1", "c2",
-                                          "c3", "c4"]  # fmt: skip
+    assert (
+        keys(parts) == keys(whole) == ["b0", "b1", "b2", "b5", "b6", "c0", "c1", "c2", "c3", "c4"]
+    )
     assert parts.context == whole.context and parts.clouds == whole.clouds
 
 

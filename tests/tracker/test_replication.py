@@ -10,8 +10,13 @@ from whosthere.tracker.replication import Replication
 from whosthere.tracker.state import State
 from whosthere.transport.messages import GoodbyeAck, Heartbeat, TransferReq
 
-OPTS = TrackerOptions(broadcast_period=1.0, down_period=5.0, permdown_period=20.0,
-                      max_silent_periods=3, clock_sample_periods=2)  # fmt: skip
+OPTS = TrackerOptions(
+    broadcast_period=1.0,
+    down_period=5.0,
+    permdown_period=20.0,
+    max_silent_periods=3,
+    clock_sample_periods=2,
+)
 
 
 def replica(name: str, vsn: int = 1) -> Replication:
@@ -224,8 +229,9 @@ def test_no_transfer_is_asked_for_while_a_merge_is_under_way():
     b.state.join(1, "t", "bob", b"\x80")
     b.state.take_delta()  # lost: a is behind b
     a.on_heartbeat(heartbeat(b), 0.0)
-    asked = [m for t in (1.0, 2.0, 3.0) for _, m in a.tick(t, busy=True)[0]
-             if isinstance(m, TransferReq)]  # fmt: skip
+    asked = [
+        m for t in (1.0, 2.0, 3.0) for _, m in a.tick(t, busy=True)[0] if isinstance(m, TransferReq)
+    ]
     assert asked == []
     asked = []
     for t in (4.0, 5.0, 6.0, 7.0):

@@ -12,11 +12,15 @@ from whosthere.transport import messages as m
 
 def _values(floats: st.SearchStrategy[float]) -> st.SearchStrategy[object]:
     return st.recursive(
-        st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | floats | st.text()
+        st.none()
+        | st.booleans()
+        | st.integers(-(2**63), 2**64 - 1)
+        | floats
+        | st.text()
         | st.binary(),
         lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
         max_leaves=12,
-    )  # fmt: skip
+    )
 
 
 payloads = _values(st.floats(allow_nan=False))  # a broadcast may carry infinities

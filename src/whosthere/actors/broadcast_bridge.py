@@ -68,8 +68,9 @@ class Inbound:
             first = 0 if empty else 1
             if seq == first:  # nothing of the new stream missed (the old one's went out)
                 return Verdict(not empty, False)
-            return Verdict(not empty, True, f"broadcasts from {sender}'s new PubSub actor "
-                           "were lost")  # fmt: skip
+            return Verdict(
+                not empty, True, f"broadcasts from {sender}'s new PubSub actor were lost"
+            )
         stream.offset = min(stream.offset, lag)
         expected = stream.seq if empty else stream.seq + 1
         if seq < expected or (seq == stream.seq and not empty):

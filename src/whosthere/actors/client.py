@@ -100,8 +100,12 @@ class PresenceClientActor(Actor):
             shard.cast(MetasResync())
 
     def stats(self) -> dict[str, Any]:
-        return {"topics": len(self.topics), "handle_metas": self.calls, "failures": self.failures,
-                "synced_shards": len(self.synced)}  # fmt: skip
+        return {
+            "topics": len(self.topics),
+            "handle_metas": self.calls,
+            "failures": self.failures,
+            "synced_shards": len(self.synced),
+        }
 
     def on_metas_diff(self, msg: MetasDiff) -> None:
         if msg.shard not in self.synced:

@@ -65,8 +65,9 @@ class ClusterActor(Actor):
         self.listen_endpoint: str = cluster.listen  # once bound: the address peers are told
         self.advertise: str | None = cluster.advertise
         topology = Topology(config)
-        self.shards = [Dealer(e, what=f"shard {i}", unbounded=True)
-                       for i, e in enumerate(topology.shards)]  # fmt: skip
+        self.shards = [
+            Dealer(e, what=f"shard {i}", unbounded=True) for i, e in enumerate(topology.shards)
+        ]
         self.pubsub = Dealer(topology.pubsub, what="pubsub actor", unbounded=True)
         self.bound = ""
         self.listener = socket(zmq.ROUTER)
@@ -112,9 +113,14 @@ class ClusterActor(Actor):
             try:
                 bound = bind(self.listener, earlier)
             except zmq.ZMQError as exc:
-                self.log.warning("%s: cannot bind %s again (%s); binding %s, so peers must "
-                                 "learn the new address", self.name, earlier, exc,
-                                 self.listen_endpoint)  # fmt: skip
+                self.log.warning(
+                    "%s: cannot bind %s again (%s); binding %s, so peers must "
+                    "learn the new address",
+                    self.name,
+                    earlier,
+                    exc,
+                    self.listen_endpoint,
+                )
         if not bound:
             bound = bind(self.listener, self.listen_endpoint)
             tmp = remembered.with_name(remembered.name + ".tmp")

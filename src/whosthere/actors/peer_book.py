@@ -104,8 +104,9 @@ class PeerBook:
                 self.conflicts[pair] = now  # either way round: one conflict
                 if len(self.conflicts) > _MAX_CONFLICTS:
                     del self.conflicts[next(iter(self.conflicts))]  # the oldest
-                self.log.warning("%s: peers %s and %s both say they listen at %s",
-                                 self.me, other, name, listen)  # fmt: skip
+                self.log.warning(
+                    "%s: peers %s and %s both say they listen at %s", self.me, other, name, listen
+                )
         to_dial = self.learn(name, route, [listen, *peers], now, listen=listen)
         self.address_of[name] = listen
         return to_dial
@@ -153,9 +154,13 @@ class PeerBook:
         if route[0] == "out":
             self.address_of[name] = route[1]
         self.heard[name] = now
-        new = list(dict.fromkeys(a for a in addresses  # from the wire: unchecked
-                                 if isinstance(a, str) and a != self.listen
-                                 and a not in self.dialled_at))  # fmt: skip
+        new = list(
+            dict.fromkeys(
+                a
+                for a in addresses  # from the wire: unchecked
+                if isinstance(a, str) and a != self.listen and a not in self.dialled_at
+            )
+        )
         return self._within_cap(name, new)
 
     def _within_cap(self, name: str, new: list[str]) -> list[str]:
@@ -171,8 +176,12 @@ class PeerBook:
                 self.log.warning(
                     "%s: not dialling %d address(es) learned from %s: at most %d learned "
                     "addresses are dialled (%d already were)",
-                    self.me, len(learned) - room, name, _MAX_LEARNED, dialling,
-                )  # fmt: skip
+                    self.me,
+                    len(learned) - room,
+                    name,
+                    _MAX_LEARNED,
+                    dialling,
+                )
             learned = learned[:room]
         elif room > len(learned):
             self.capped = False  # room again: a later overflow is news
@@ -181,8 +190,11 @@ class PeerBook:
     def passed_on(self, now: float) -> list[str]:
         """The addresses worth telling peers: the seeds, and those that answered lately
         (a dead address would otherwise circulate for ever)."""
-        live = {a for a, t in self.answered.items()
-                if now - t < self.forget_after / 2 and a not in self.dormant}  # fmt: skip
+        live = {
+            a
+            for a, t in self.answered.items()
+            if now - t < self.forget_after / 2 and a not in self.dormant
+        }
         return sorted((self.seeds | live) - {self.listen})
 
     def forget_silent(self, now: float) -> list[str]:
@@ -194,8 +206,9 @@ class PeerBook:
                 continue
             silent = now - self._last_heard(address)
             if silent > self.forget_after:
-                self.log.info("%s: peer address %s silent %.0f s: dormant", self.me, address,
-                              silent)  # fmt: skip
+                self.log.info(
+                    "%s: peer address %s silent %.0f s: dormant", self.me, address, silent
+                )
                 self.dormant.add(address)
                 self.speaks_for.pop(("out", address), None)
                 for name in [n for n, r in self.routes.items() if r == ("out", address)]:

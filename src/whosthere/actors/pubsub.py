@@ -141,10 +141,17 @@ class PubSubActor(Actor):
         return {
             "topics": len(self.subscribed),
             "published": self.published,
-            **({"bridged_out": self.bridged_out, "bridged_in": self.bridged_in,
-                "bridge_losses": self.bridge_losses, "bridge_late": self.inbound.late}
-               if self.cluster is not None else {}),
-        }  # fmt: skip
+            **(
+                {
+                    "bridged_out": self.bridged_out,
+                    "bridged_in": self.bridged_in,
+                    "bridge_losses": self.bridge_losses,
+                    "bridge_late": self.inbound.late,
+                }
+                if self.cluster is not None
+                else {}
+            ),
+        }
 
     # -- messages --------------------------------------------------------------------------
 
@@ -280,26 +287,34 @@ class PubSubActor(Actor):
                 return  # more pieces to come
         if not isinstance(inner, PeerBroadcasts):
             raise MalformedFrame(f"{type(inner).__name__} is not a peer's broadcasts")
-        verdict = self.inbound.receive(msg.sender, inner.epoch, inner.seq, inner.sent_at,
-                                       empty=not inner.items, now=now)  # fmt: skip
+        verdict = self.inbound.receive(
+            msg.sender, inner.epoch, inner.seq, inner.sent_at, empty=not inner.items, now=now
+        )
         if verdict.lost:
             self.bridge_losses += 1
-            self.log.warning("%s: %s; every subscription is told (MessagesLost)", self.name,
-                             verdict.why)  # fmt: skip
+            self.log.warning(
+                "%s: %s; every subscription is told (MessagesLost)", self.name, verdict.why
+            )
             self._all_lost()
         if not verdict.deliver:
             return
         bad = 0
         for item in inner.items:
-            if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)
-                    and isinstance(item[1], str) and isinstance(item[2], bytes)):  # fmt: skip
+            if not (
+                isinstance(item, list)
+                and len(item) == 3
+                and isinstance(item[0], str)
+                and isinstance(item[1], str)
+                and isinstance(item[2], bytes)
+            ):
                 bad += 1
                 continue
             self.publish_packed(item[0], item[1], item[2])
             self.bridged_in += 1
         if bad:
-            self.log.warning("%s: dropped %d malformed broadcast(s) from %s", self.name, bad,
-                             msg.sender)  # fmt: skip
+            self.log.warning(
+                "%s: dropped %d malformed broadcast(s) from %s", self.name, bad, msg.sender
+            )
 
     def _all_lost(self) -> None:
         """Every topic skips a number, and every subscription is told the topics' last

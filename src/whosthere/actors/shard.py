@@ -117,8 +117,9 @@ _LINK_BATCH = 10_000  # owners per Link message when a restarted shard links the
 
 def check_owner(owner: int) -> None:
     if not is_owner(owner):
-        raise MalformedFrame(f"an owner is an OS pid in 1..{PID_MAX}, with a serial or not; "
-                             f"got {owner}")  # fmt: skip
+        raise MalformedFrame(
+            f"an owner is an OS pid in 1..{PID_MAX}, with a serial or not; got {owner}"
+        )
 
 
 def group(elements: list[Element]) -> dict[str, list[bytes]]:
@@ -142,11 +143,22 @@ class ShardActor(Actor):
     publish_timer: Timer | None = None  # set while diffs wait out `_PUBLISH_GAP_S`
     batchable = (Track, Untrack, UntrackPid, UntrackMany, Update, GetMeta, GetByKey)
     handles = (
-        Track, TrackMany, Untrack, UntrackPid, UntrackMany, Update, GetMeta, ListTopic, GetByKey,
+        Track,
+        TrackMany,
+        Untrack,
+        UntrackPid,
+        UntrackMany,
+        Update,
+        GetMeta,
+        ListTopic,
+        GetByKey,
         ListTopics,
         Fetched,
-        FromPeer, Depart, FetcherReady, MetasResync,
-    )  # fmt: skip
+        FromPeer,
+        Depart,
+        FetcherReady,
+        MetasResync,
+    )
 
     def __init__(self, spec: ActorSpec) -> None:
         super().__init__(spec)
@@ -217,8 +229,12 @@ class ShardActor(Actor):
             owners = [[pid, start] for pid, start in self.linked.items()]
             for i in range(0, len(owners), _LINK_BATCH):
                 self.supervisor.cast(Link(owners[i : i + _LINK_BATCH]))
-            self.log.warning("%s: restarted with %d presences of %d owners, as the same "
-                             "replica", self.name, len(self.state), len(owners))  # fmt: skip
+            self.log.warning(
+                "%s: restarted with %d presences of %d owners, as the same replica",
+                self.name,
+                len(self.state),
+                len(owners),
+            )
             # diffs made just before the crash may not have gone out: subscribers resync
             self.pubsub.cast(ShardRestarted(self.index, self.pool_size))
         if self.client is not None and self.spec.incarnation > 0:
@@ -308,16 +324,18 @@ class ShardActor(Actor):
             "client_behind": self.client_behind,
             "journal": self.journal.status() if self.journal is not None else None,
             **(
-                {"replicas": self.replication.status(time.monotonic()),
-                 "transfers": self.replication.transfers,
-                 "replication_events": dict(self.replication.events),
-                 "fragmented_lost": self.reassembler.lost,
-                 "too_large": self.too_large,
-                 "departing": self.departing.missing() if self.departing is not None else None}
+                {
+                    "replicas": self.replication.status(time.monotonic()),
+                    "transfers": self.replication.transfers,
+                    "replication_events": dict(self.replication.events),
+                    "fragmented_lost": self.reassembler.lost,
+                    "too_large": self.too_large,
+                    "departing": self.departing.missing() if self.departing is not None else None,
+                }
                 if self.replication is not None
                 else {}
             ),
-        }  # fmt: skip
+        }
 
     # -- replication -----------------------------------------------------------------------
 
@@ -374,11 +392,11 @@ class ShardActor(Actor):
         try:
             self._from_peer(msg)
         except MalformedFrame as exc:
-            self.log.warning("%s: dropped a replication message from %s: %s", self.name,
-                             msg.sender, exc)  # fmt: skip
+            self.log.warning(
+                "%s: dropped a replication message from %s: %s", self.name, msg.sender, exc
+            )
         except Exception:  # a bug must not end the shard, nor drop the messages after it
-            self.log.exception("%s: a replication message from %s failed", self.name,
-                               msg.sender)  # fmt: skip
+            self.log.exception("%s: a replication message from %s failed", self.name, msg.sender)
 
     # Replication messages, unwrapped from `FromPeer`; a departed replica only says goodbye.
 
@@ -465,9 +483,10 @@ class ShardActor(Actor):
             return
         if not self.departing.due(time.monotonic()):
             self.log.warning(
-                "%s: no goodbye acknowledgement from %s; they drop this replica after "
-                "down_period", self.name, ", ".join(self.departing.missing()),
-            )  # fmt: skip
+                "%s: no goodbye acknowledgement from %s; they drop this replica after down_period",
+                self.name,
+                ", ".join(self.departing.missing()),
+            )
             self._departed()
             return
         for name in self.departing.waiting:
@@ -504,8 +523,9 @@ class ShardActor(Actor):
             now = time.monotonic()
             if now - self.too_large_logged > 60:  # asked again and again: log once a minute
                 self.too_large_logged = now
-                self.log.error("%s: not sent to %s (%d so far): %s", self.name, to,
-                               self.too_large, exc)  # fmt: skip
+                self.log.error(
+                    "%s: not sent to %s (%d so far): %s", self.name, to, self.too_large, exc
+                )
             return
         for frame in frames:
             self.cluster.cast(ClusterCast(to, self.index, frame))  # type: ignore[union-attr]
@@ -538,9 +558,15 @@ class ShardActor(Actor):
         return results
 
     def _track(
-        self, pid: int, start: int | float | None, topic: str, key: str, meta: bytes, *,
+        self,
+        pid: int,
+        start: int | float | None,
+        topic: str,
+        key: str,
+        meta: bytes,
+        *,
         changes: Changes,
-    ) -> str:  # fmt: skip
+    ) -> str:
         check_owner(pid)
         codec.check_packed_meta(meta, self.meta_limit)
         process = os_pid(pid)
@@ -645,9 +671,14 @@ class ShardActor(Actor):
             return  # the node's first: it gets everything sent to the slot
         again, given_up = self.fetches.lost(msg.index, len(self.fetchers), time.monotonic())
         if again or given_up:
-            self.log.warning("%s: fetcher %d restarted: %d fetch(es) sent again, %d published "
-                             "unfetched after a second loss", self.name, msg.index, len(again),
-                             len(given_up))  # fmt: skip
+            self.log.warning(
+                "%s: fetcher %d restarted: %d fetch(es) sent again, %d published "
+                "unfetched after a second loss",
+                self.name,
+                msg.index,
+                len(again),
+                len(given_up),
+            )
         for fid, topic, diff in again:
             self._send_fetch(fid, topic, diff)
         for topic, diffs in given_up:
@@ -686,9 +717,12 @@ class ShardActor(Actor):
     def _client_fell_behind(self) -> None:
         if not self.client_behind:
             self.client_behind = True
-            self.log.warning("%s: the presence client actor is %d messages behind; its diffs "
-                             "are dropped until it takes the whole state again", self.name,
-                             _HELPER_HWM)  # fmt: skip
+            self.log.warning(
+                "%s: the presence client actor is %d messages behind; its diffs "
+                "are dropped until it takes the whole state again",
+                self.name,
+                _HELPER_HWM,
+            )
             self.call_later(_CLIENT_RETRY_S, self._offer_client_state)
 
     def _offer_client_state(self) -> None:
@@ -726,8 +760,13 @@ class ShardActor(Actor):
         left_at = time.time()
         for pid, left in gone:
             topics = sorted({e.topic for e in left})
-            told = {"pid": pid, "presences": len(left), "topics": topics[:_EXIT_TOPICS],
-                    "seen_at": seen_at, "left_at": left_at}  # fmt: skip
+            told = {
+                "pid": pid,
+                "presences": len(left),
+                "topics": topics[:_EXIT_TOPICS],
+                "seen_at": seen_at,
+                "left_at": left_at,
+            }
             self.outbox.append([EXITS_TOPIC, "exit", codec.pack_value(told)])
 
     def _unlink_if_done(self, owner: int) -> None:
@@ -804,8 +843,12 @@ class ShardActor(Actor):
         except NodeUnavailable:
             self.fetch_overflows += 1
             if self.fetch_overflows % 1000 == 1:
-                self.log.warning("%s: fetchers %d diffs behind; %d published unfetched",
-                                 self.name, _HELPER_HWM, self.fetch_overflows)  # fmt: skip
+                self.log.warning(
+                    "%s: fetchers %d diffs behind; %d published unfetched",
+                    self.name,
+                    _HELPER_HWM,
+                    self.fetch_overflows,
+                )
             released = self.fetches.fetched(fid, None)
             if released is not None:
                 for out in released[1]:

@@ -86,8 +86,9 @@ class ShardJournal:
             (gen,) = _GEN.unpack_from(data)
             state, starts = journal.load(data[_GEN.size :], record_delta=record_delta)
         except CorruptJournal as exc:
-            self.log.error("%s: journal unreadable, starting empty as a new replica: %s",
-                           self.name, exc)  # fmt: skip
+            self.log.error(
+                "%s: journal unreadable, starting empty as a new replica: %s", self.name, exc
+            )
             self._remove_all()
             return None
         self.dump_bytes = len(data)
@@ -102,8 +103,12 @@ class ShardJournal:
         self.gen = max(self.gen, gen)
         self.log.info(
             "%s: recovered %d presences (vsn %d): %d operations replayed in %.3f s",
-            self.name, len(state), state.vsn, self.replayed, time.monotonic() - started,
-        )  # fmt: skip
+            self.name,
+            len(state),
+            state.vsn,
+            self.replayed,
+            time.monotonic() - started,
+        )
         return state, journal.own_starts(state, starts)
 
     def _replay(self, path: Path, state: State, starts: Starts) -> None:
@@ -116,8 +121,13 @@ class ShardJournal:
                 try:
                     journal.replay(state, ops, starts)
                 except Exception as exc:  # never a crash loop: what replays is kept
-                    self.log.error("%s: journal frame %d of %s does not replay (%s); cut there",
-                                   self.name, i, path.name, exc)  # fmt: skip
+                    self.log.error(
+                        "%s: journal frame %d of %s does not replay (%s); cut there",
+                        self.name,
+                        i,
+                        path.name,
+                        exc,
+                    )
                     reader.why = reader.why or "a frame that does not replay"
                     break
                 self.replayed += len(ops)
@@ -128,8 +138,14 @@ class ShardJournal:
                 with contextlib.suppress(BufferError):  # a view still held: closed when freed
                     data.close()
         if why is not None:
-            self.log.warning("%s: journal %s ends in %s; cut off after %d of %d bytes",
-                             self.name, path.name, why, good, size)  # fmt: skip
+            self.log.warning(
+                "%s: journal %s ends in %s; cut off after %d of %d bytes",
+                self.name,
+                path.name,
+                why,
+                good,
+                size,
+            )
             with open(path, "r+b") as f:
                 f.truncate(good)
         self.written += good
@@ -158,8 +174,12 @@ class ShardJournal:
                 view = view[os.write(self.fd, view) :]
         except OSError as exc:
             self.failed = True
-            self.log.error("%s: journal write failed, journaling stopped: a crash of this "
-                           "shard will now lose its presences: %s", self.name, exc)  # fmt: skip
+            self.log.error(
+                "%s: journal write failed, journaling stopped: a crash of this "
+                "shard will now lose its presences: %s",
+                self.name,
+                exc,
+            )
             # a journal missing its tail would bring back an older state under the same
             # vsn, which peers would take for this one: better none (a new replica)
             with contextlib.suppress(OSError):
@@ -204,8 +224,12 @@ class ShardJournal:
             self.dumper = None
 
     def status(self) -> dict[str, int | bool]:
-        return {"generation": self.gen, "bytes": self.written, "dump_bytes": self.dump_bytes,
-                "failed": self.failed}  # fmt: skip
+        return {
+            "generation": self.gen,
+            "bytes": self.written,
+            "dump_bytes": self.dump_bytes,
+            "failed": self.failed,
+        }
 
     # -- internals -------------------------------------------------------------------------
 
@@ -219,8 +243,10 @@ class ShardJournal:
             return  # still writing
         self.dumper = None
         if os.waitstatus_to_exitcode(status) != 0:
-            self.log.error("%s: the journal's dump failed; the journal keeps growing until "
-                           "the next one", self.name)  # fmt: skip
+            self.log.error(
+                "%s: the journal's dump failed; the journal keeps growing until the next one",
+                self.name,
+            )
             return
         self.dump_bytes = self._state_path().stat().st_size
         for g in self._generations():

@@ -187,10 +187,12 @@ class AsyncDealer:
                     break
                 due.append(ref)
                 if not future.done():
-                    future.set_exception(NodeUnavailable(
-                        f"{self.what} at {self.endpoint} did not answer {type(msg).__name__} "
-                        f"within {timeout:g} s"
-                    ))  # fmt: skip
+                    future.set_exception(
+                        NodeUnavailable(
+                            f"{self.what} at {self.endpoint} did not answer {type(msg).__name__} "
+                            f"within {timeout:g} s"
+                        )
+                    )
             for ref in due:
                 del calls[ref]
         if earliest is not None and not self.closed:

@@ -59,8 +59,13 @@ async def lookup(address: str | None = None, timeout: float = DEFAULT_TIMEOUT) -
         info = await dealer.call(Lookup())
     finally:
         await dealer.aclose()
-    return NodeInfo(info["name"], info["address"], dict(info["endpoints"]), info["settings"],
-                    watch_supervisor(address, info))  # fmt: skip
+    return NodeInfo(
+        info["name"],
+        info["address"],
+        dict(info["endpoints"]),
+        info["settings"],
+        watch_supervisor(address, info),
+    )
 
 
 async def connect(
@@ -125,8 +130,9 @@ class AsyncPresence:
         self.meta_limit = int(info.settings.get("meta_limit", codec.DEFAULT_META_LIMIT))
         # the user's class, for its `fetch` (its sync client is never made here)
         self._callbacks = object.__new__(presence) if presence is not None else None
-        self._shards = [self._dealer(info.endpoints[shard_name(i)], f"shard {i}")
-                        for i in range(self.pool_size)]  # fmt: skip
+        self._shards = [
+            self._dealer(info.endpoints[shard_name(i)], f"shard {i}") for i in range(self.pool_size)
+        ]
         self._node = self._dealer(info.address, "node")
         self._pubsub: AsyncPubSub | None = None  # made by the first subscribe
         # owners untracked whole in this turn of the loop: (pid, owner or None, future)
@@ -164,8 +170,11 @@ class AsyncPresence:
     ) -> list[Any]:
         """`Presence.track_many`: batches per shard, all in flight at once."""
         batches, count = track_batches(entries, self.pool_size, self.meta_limit)
-        calls = [(dealer, batch, places) for dealer, shard_batches in zip(self._shards, batches,
-                 strict=True) for batch, places in shard_batches]  # fmt: skip
+        calls = [
+            (dealer, batch, places)
+            for dealer, shard_batches in zip(self._shards, batches, strict=True)
+            for batch, places in shard_batches
+        ]
         replies = await asyncio.gather(
             *(dealer.call(TrackMany(batch)) for dealer, batch, _ in calls), return_exceptions=True
         )

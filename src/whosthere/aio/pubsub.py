@@ -36,8 +36,9 @@ class AsyncPubSub:
     def __init__(self, info: NodeInfo, *, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.info = info
         self.timeout = timeout
-        self.dealer = AsyncDealer(info.endpoints[PUBSUB], timeout=timeout, what="pubsub actor",
-                                  guard=info.supervisor)  # fmt: skip
+        self.dealer = AsyncDealer(
+            info.endpoints[PUBSUB], timeout=timeout, what="pubsub actor", guard=info.supervisor
+        )
 
     async def broadcast(self, topic: str, event: str, payload: Any) -> None:
         """To every subscriber of `topic`, on every node of the cluster."""
@@ -46,8 +47,9 @@ class AsyncPubSub:
 
     async def local_broadcast(self, topic: str, event: str, payload: Any) -> None:
         """As `broadcast`, to this node's subscribers only."""
-        await self.dealer.cast(Broadcast(check_topic(topic), check_topic(event, "event"),
-                                         payload, True))  # fmt: skip
+        await self.dealer.cast(
+            Broadcast(check_topic(topic), check_topic(event, "event"), payload, True)
+        )
 
     def subscribe(self, *topics: str, hwm: int = DEFAULT_SUBSCRIBER_HWM) -> AsyncSubscription:
         """A subscription to `topics`: `async with` it (or `await sub.open()`), then
@@ -103,8 +105,9 @@ class AsyncSubscription:
         if handshake is None:
             return
         try:
-            reply = await self._pubsub.dealer.call(Subscribe(list(handshake[0].values()),
-                                                             handshake[1]))  # fmt: skip
+            reply = await self._pubsub.dealer.call(
+                Subscribe(list(handshake[0].values()), handshake[1])
+            )
         except BaseException:
             sub.end_subscribe(handshake, None)
             raise

@@ -85,8 +85,16 @@ class Socket:
 class ChannelSocket:
     """A joined channel's view of its connection (Phoenix's `socket` argument)."""
 
-    __slots__ = ("assigns", "channel", "endpoint", "join_ref", "joined", "owner", "topic",
-                 "wants_presence")  # fmt: skip
+    __slots__ = (
+        "assigns",
+        "channel",
+        "endpoint",
+        "join_ref",
+        "joined",
+        "owner",
+        "topic",
+        "wants_presence",
+    )
 
     def __init__(
         self,

@@ -74,8 +74,14 @@ async def _resume(coro: Any, waiting_on: Any) -> None:
 class Connection:
     """A client's WebSocket, once upgraded."""
 
-    def __init__(self, endpoint: Router, worker: Resources, send: Any, assigns: dict[str, Any],
-                 socket_id: str | None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        endpoint: Router,
+        worker: Resources,
+        send: Any,
+        assigns: dict[str, Any],
+        socket_id: str | None,
+    ) -> None:
         self.endpoint = endpoint
         self.worker = worker
         self._send = send
@@ -194,8 +200,15 @@ class Connection:
             return
         old = self.channels.get(msg.topic)
         if old is None and len(self.channels) >= MAX_CHANNELS:
-            self.push(frames.reply(msg.join_ref, msg.ref, msg.topic, "error",
-                                   {"reason": "too many channels joined"}))  # fmt: skip
+            self.push(
+                frames.reply(
+                    msg.join_ref,
+                    msg.ref,
+                    msg.topic,
+                    "error",
+                    {"reason": "too many channels joined"},
+                )
+            )
             return
         joined = Joined(self, cls, msg.topic, msg.join_ref or msg.ref)
         self.channels[msg.topic] = joined
@@ -311,8 +324,9 @@ class Joined:
             await self.channel.push_presence_state(self.socket)
 
     def _reply(self, msg: frames.Message, result: Any) -> None:
-        status, response = ((result.status, result.response) if isinstance(result, Reply)
-                            else ("ok", result))  # fmt: skip
+        status, response = (
+            (result.status, result.response) if isinstance(result, Reply) else ("ok", result)
+        )
         self._push(frames.reply(self.join_ref, msg.ref, self.topic, status, response))
 
     async def _join(self, msg: frames.Message) -> None:
@@ -341,8 +355,11 @@ class Joined:
             return
         if self.ended:
             return
-        self.conn.push(frames.reply(self.join_ref, msg.ref, self.topic, "ok",
-                                    {} if response is None else response))  # fmt: skip
+        self.conn.push(
+            frames.reply(
+                self.join_ref, msg.ref, self.topic, "ok", {} if response is None else response
+            )
+        )
         held, self.held = self.held or [], None
         for frame in held:
             self.conn.post(frame)
@@ -379,11 +396,19 @@ class Joined:
                 log.exception("terminate of %s on %r failed", self.cls.__name__, self.topic)
         await self._release()
         if reason in ("left", "stop", "duplicate_join"):
-            self.conn.push(frames.Message(self.join_ref, self.join_ref, self.topic,
-                                          "phx_close", {}))  # fmt: skip
+            self.conn.push(
+                frames.Message(self.join_ref, self.join_ref, self.topic, "phx_close", {})
+            )
         elif reason == "crash":
-            self.conn.push(frames.Message(self.join_ref, self.join_ref, self.topic,
-                                          "phx_error", {"reason": "channel_crash"}))  # fmt: skip
+            self.conn.push(
+                frames.Message(
+                    self.join_ref,
+                    self.join_ref,
+                    self.topic,
+                    "phx_error",
+                    {"reason": "channel_crash"},
+                )
+            )
 
     def _forget(self) -> None:
         if self.conn.channels.get(self.topic) is self:
@@ -396,5 +421,9 @@ class Joined:
             try:
                 await self.socket.owner.close()
             except Exception as exc:
-                log.warning("presences of %r on %r not untracked: %s (they leave when this "
-                            "process exits)", self.cls.__name__, self.topic, exc)  # fmt: skip
+                log.warning(
+                    "presences of %r on %r not untracked: %s (they leave when this process exits)",
+                    self.cls.__name__,
+                    self.topic,
+                    exc,
+                )

@@ -33,8 +33,12 @@ class NodeChannel(Channel):
     async def _overview(self) -> dict[str, Any]:
         presence = self.presence.client
         status, topics = await asyncio.gather(presence.status(), presence.topics(TOPICS_SHOWN))
-        return {"node": presence.info.name, "actors": status["actors"],
-                "supervisor": status["supervisor"], "topics": topics}  # fmt: skip
+        return {
+            "node": presence.info.name,
+            "actors": status["actors"],
+            "supervisor": status["supervisor"],
+            "topics": topics,
+        }
 
     async def _tick(self, socket: ChannelSocket) -> None:
         while True:

@@ -37,8 +37,13 @@ async def not_found(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await receive()
         await send({"type": "websocket.close", "code": 1000})
     else:
-        await send({"type": "http.response.start", "status": 404,
-                    "headers": [(b"content-type", b"text/plain")]})  # fmt: skip
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 404,
+                "headers": [(b"content-type", b"text/plain")],
+            }
+        )
         await send({"type": "http.response.body", "body": b"not found"})
 
 
@@ -164,15 +169,21 @@ class Endpoint:
                 worker.fanout.remove(conn.socket_id, conn)
             await conn.disconnected()
 
-    async def _upgrade(self, scope: dict[str, Any], headers: dict[str, str], worker: Worker,
-                       send: Any) -> Connection:  # fmt: skip
-        if not handshake.origin_allowed(headers.get("origin"), headers.get("host"),
-                                        self.check_origin):  # fmt: skip
+    async def _upgrade(
+        self, scope: dict[str, Any], headers: dict[str, str], worker: Worker, send: Any
+    ) -> Connection:
+        if not handshake.origin_allowed(
+            headers.get("origin"), headers.get("host"), self.check_origin
+        ):
             raise handshake.Refused(f"origin {headers.get('origin')!r} is not allowed")
         upgrade = handshake.parse(scope.get("query_string", b""), scope.get("subprotocols", []))
         user = self.socket()
-        info = {"auth_token": upgrade.auth_token, "headers": headers,
-                "peer": scope.get("client"), "origin": headers.get("origin")}  # fmt: skip
+        info = {
+            "auth_token": upgrade.auth_token,
+            "headers": headers,
+            "peer": scope.get("client"),
+            "origin": headers.get("origin"),
+        }
         assigns = await user.connect(upgrade.params, info)
         if assigns is not None and not isinstance(assigns, dict):
             raise TypeError(f"{type(user).__name__}.connect must return a dict or None")

@@ -122,8 +122,9 @@ class Fanout:
         try:
             frame = frames.broadcast(topic, event, payload)  # once for all
         except (TypeError, ValueError, frames.BadFrame) as exc:
-            log.warning("channels: a %r message on %r cannot be sent to clients: %s",
-                        event, topic, exc)  # fmt: skip
+            log.warning(
+                "channels: a %r message on %r cannot be sent to clients: %s", event, topic, exc
+            )
             return
         for member in list(members):
             if member is not skip:

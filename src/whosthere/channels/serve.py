@@ -33,9 +33,16 @@ def build(user_app: Any = None) -> Any:
         elif path.startswith(DASHBOARD_PREFIX + "/"):
             await dashboard(scope, receive, send)
         elif scope["type"] == "http" and path in ("/", "/index.html"):
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-type", b"text/html; charset=utf-8"),
-                                    (b"cache-control", b"no-store")]})  # fmt: skip
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        (b"content-type", b"text/html; charset=utf-8"),
+                        (b"cache-control", b"no-store"),
+                    ],
+                }
+            )
             await send({"type": "http.response.body", "body": page})
         elif user_app is not None:
             await user_app(scope, receive, send)

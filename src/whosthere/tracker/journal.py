@@ -62,9 +62,13 @@ class Recorder:
         elif op[0] == "e":  # the end of a snapshot merged in parts
             _, context, clouds, kept = op
             self.pending.append(
-                ("e", wire.encode_clock(context), wire.encode_clouds(clouds),
-                 wire.encode_clouds(kept))
-            )  # fmt: skip
+                (
+                    "e",
+                    wire.encode_clock(context),
+                    wire.encode_clouds(clouds),
+                    wire.encode_clouds(kept),
+                )
+            )
         else:
             self.pending.append(op)
 

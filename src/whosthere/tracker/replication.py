@@ -157,8 +157,11 @@ class Replication:
             # come, so it was lost. Asking at once would ask for changes on their way (a
             # burst's heartbeats come at different times, and a transfer then is a whole
             # state, seconds of work on both sides, for nothing).
-            behind = {name for name, clock in self.suspects.items()
-                      if any(mine.get(r, n) < n for r, n in clock.items())}  # fmt: skip
+            behind = {
+                name
+                for name, clock in self.suspects.items()
+                if any(mine.get(r, n) < n for r, n in clock.items())
+            }
             self.suspects = ahead
             returning = {n for n, p in self.peers.items() if p.returning_since is not None}
             for name in sorted(behind | returning):
@@ -186,16 +189,26 @@ class Replication:
             if silence > self.permdown_period:
                 leaves += self._forget(name)
                 self.events["permdown"] += 1
-                log.info("%s: replica %s permdown: no message for %.1f s (permdown_period "
-                         "%.1f s)", self.me, ref, silence, self.permdown_period)  # fmt: skip
+                log.info(
+                    "%s: replica %s permdown: no message for %.1f s (permdown_period %.1f s)",
+                    self.me,
+                    ref,
+                    silence,
+                    self.permdown_period,
+                )
             elif silence > self.down_period and not peer.down:
                 peer.down = True
                 peer.back_heard_at = None
                 self.asked.pop(name, None)  # ask afresh when it is heard again
                 leaves += self.state.replica_down(ref)
                 self.events["down"] += 1
-                log.info("%s: replica %s down: no message for %.1f s (down_period %.1f s)",
-                         self.me, ref, silence, self.down_period)  # fmt: skip
+                log.info(
+                    "%s: replica %s down: no message for %.1f s (down_period %.1f s)",
+                    self.me,
+                    ref,
+                    silence,
+                    self.down_period,
+                )
         return [], leaves
 
     def _forget(self, name: str) -> list[Element]:
@@ -280,8 +293,12 @@ class Replication:
         if chosen is None and now is not None:
             sent = self.whole_sent.get(ref[0])
             if sent is not None and now - sent < self.transfer_timeout:
-                log.info("%s: %s asked again for the whole state, sent %.1f s ago: not sent "
-                         "twice", self.me, ref, now - sent)  # fmt: skip
+                log.info(
+                    "%s: %s asked again for the whole state, sent %.1f s ago: not sent twice",
+                    self.me,
+                    ref,
+                    now - sent,
+                )
                 return
         if chosen is not None:
             ack = TransferAck(msg.ref, self.me, wire.encode_delta(chosen), None)
@@ -329,8 +346,11 @@ class Replication:
         the clocks), so the peer lived past that moment. Without a send time: yes."""
         if peer.back_heard_at is None:
             peer.back_heard_at = now
-            log.info("%s: replica %s heard again; shown once a heartbeat sent since comes",
-                     self.me, (name, peer.vsn))  # fmt: skip
+            log.info(
+                "%s: replica %s heard again; shown once a heartbeat sent since comes",
+                self.me,
+                (name, peer.vsn),
+            )
         if sent_at is None or peer.offset is None:
             return True
         return sent_at + peer.offset > peer.back_heard_at
@@ -353,8 +373,9 @@ class Replication:
         peer.back_heard_at = None
         self.events["up_again"] += 1
         why = "behind it still, after down_period" if behind else "nothing of it missing"
-        log.info("%s: replica %s up again (a heartbeat sent since it was heard; %s)",
-                 self.me, ref, why)  # fmt: skip
+        log.info(
+            "%s: replica %s up again (a heartbeat sent since it was heard; %s)", self.me, ref, why
+        )
         return self.state.replica_up(ref)
 
     def _waiting(self, asked: tuple[int, float, float], now: float) -> bool:

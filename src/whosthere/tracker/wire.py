@@ -19,8 +19,12 @@ def encode_replica(ref: ReplicaRef) -> list[Any]:
 
 
 def decode_replica(raw: Any) -> ReplicaRef:
-    if not (isinstance(raw, list) and len(raw) == 2 and isinstance(raw[0], str)
-            and isinstance(raw[1], int)):  # fmt: skip
+    if not (
+        isinstance(raw, list)
+        and len(raw) == 2
+        and isinstance(raw[0], str)
+        and isinstance(raw[1], int)
+    ):
         raise MalformedFrame(f"a replica is [name, vsn], got {raw!r:.80}")
     return (raw[0], raw[1])
 
@@ -54,8 +58,9 @@ def decode_clouds(raw: Any) -> dict[ReplicaRef, set[int]]:
     try:
         out = {}
         for name, vsn, dots in raw:
-            if not (type(name) is str and type(vsn) is int and 0 <= vsn < _LIMIT
-                    and type(dots) is list):  # fmt: skip
+            if not (
+                type(name) is str and type(vsn) is int and 0 <= vsn < _LIMIT and type(dots) is list
+            ):
                 raise ValueError
             counters = array("q", dots)  # ints only, checked in C (a burst has thousands)
             if counters and (min(counters) < 0 or max(counters) >= _COUNTER_LIMIT):
@@ -76,10 +81,18 @@ def _decode_values(raw: Any) -> dict:
     try:
         out = {}
         for name, vsn, counter, topic, pid, key, meta in raw:
-            if not (type(vsn) is int and type(counter) is int and type(pid) is int
-                    and 0 <= vsn < _LIMIT and 0 <= counter < _COUNTER_LIMIT
-                    and 0 <= pid < _LIMIT and type(name) is str and type(topic) is str
-                    and type(key) is str and type(meta) is bytes):  # fmt: skip
+            if not (
+                type(vsn) is int
+                and type(counter) is int
+                and type(pid) is int
+                and 0 <= vsn < _LIMIT
+                and 0 <= counter < _COUNTER_LIMIT
+                and 0 <= pid < _LIMIT
+                and type(name) is str
+                and type(topic) is str
+                and type(key) is str
+                and type(meta) is bytes
+            ):
                 raise ValueError
             if not is_meta(meta):  # a stored meta is a map, wherever it came from
                 raise ValueError

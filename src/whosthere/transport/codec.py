@@ -390,9 +390,15 @@ def encode_published(epoch: int, seq: int, event: str, payload: bytes) -> bytes:
     """The wire bytes of `Published(epoch, seq, event, <payload>)` where `payload` is packed
     already: what `encode` would make of the unpacked payload, without unpacking it."""
     return b"".join(
-        (_FIXARRAY[5], _PUBLISHED_TAG, _PACKER.pack(epoch), _PACKER.pack(seq), _pack_str(event),
-         payload)
-    )  # fmt: skip
+        (
+            _FIXARRAY[5],
+            _PUBLISHED_TAG,
+            _PACKER.pack(epoch),
+            _PACKER.pack(seq),
+            _pack_str(event),
+            payload,
+        )
+    )
 
 
 def pack_value(value: Any) -> bytes:

@@ -65,8 +65,10 @@ class Reassembler:
                 raise MalformedFrame(f"fragment count {piece.count} out of range")
             partial = _Partial(piece.ident, piece.count, now)
         elif partial is None or (piece.ident, piece.count, piece.index) != (
-            partial.ident, partial.count, len(partial.parts),
-        ):  # fmt: skip
+            partial.ident,
+            partial.count,
+            len(partial.parts),
+        ):
             self.lost += partial is not None
             return None  # a piece of a message whose start (or a middle piece) was lost
         partial.size += len(piece.data)

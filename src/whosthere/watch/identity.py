@@ -30,9 +30,12 @@ def os_pid(owner: int) -> int:
 def is_owner(value: object) -> bool:
     """Whether `value` can name an owner: an OS pid, or one with a serial."""
     return (
-        isinstance(value, int) and not isinstance(value, bool) and value > 0
-        and value >> OWNER_SHIFT < OWNER_SERIALS and 0 < value & _PID_BITS <= PID_MAX
-    )  # fmt: skip
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and value > 0
+        and value >> OWNER_SHIFT < OWNER_SERIALS
+        and 0 < value & _PID_BITS <= PID_MAX
+    )
 
 
 def is_pid(value: object) -> bool:
