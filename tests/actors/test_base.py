@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -148,3 +149,56 @@ def test_nobody_at_the_endpoint_is_node_unavailable():
     conn.close()
     with pytest.raises(NodeUnavailable, match="closed"):
         conn.call(Ping())
+
+
+def test_a_call_in_flight_to_an_actor_that_dies_fails_at_once(echo):
+    """As an Erlang call whose callee dies: not after the timeout, while a restarted actor
+    has long been serving. A call made after the death waits for the next actor."""
+    proc, dealer, _ = echo
+    ref = dealer.request(Nap(30), time.monotonic() + 30, 30)
+    started = time.monotonic()
+    proc.kill()
+    with pytest.raises(NodeUnavailable, match="went away with Nap in flight"):
+        dealer.result(ref, Nap(30), time.monotonic() + 30, 30)
+    assert time.monotonic() - started < 2.0  # a smoke check: the timeout is 30 s
+    proc.wait()
+    with pytest.raises(NodeUnavailable, match="did not answer Echo within 0.3 s"):
+        dealer.call(Echo(1), timeout=0.3)  # nobody serves: this one waits out its timeout
+
+
+def test_replies_that_came_before_the_actor_died_are_still_read(echo):
+    proc, dealer, _ = echo
+    deadline = time.monotonic() + 10
+    first = dealer.request(Echo("a"), deadline, 10)
+    wait_until(lambda: dealer.socket.poll(0), what="the first reply queued")
+    second = dealer.request(Nap(30), deadline, 10)
+    proc.kill()
+    proc.wait()
+    assert dealer.result(first, Echo("a"), deadline, 10) == "a"
+    with pytest.raises(NodeUnavailable):
+        dealer.result(second, Nap(30), deadline, 10)
+
+
+def test_an_asyncio_call_in_flight_to_an_actor_that_dies_fails_at_once(echo):
+    import asyncio
+
+    from whosthere.aio.dealer import AsyncDealer
+
+    proc, sync_dealer, _ = echo
+
+    async def main() -> float:
+        dealer = AsyncDealer(sync_dealer.endpoint, timeout=30, what="echo")
+        try:
+            assert await dealer.call(Echo("up")) == "up"
+            napping = asyncio.ensure_future(dealer.call(Nap(30)))
+            await asyncio.sleep(0.05)
+            started = time.monotonic()
+            proc.kill()
+            with pytest.raises(NodeUnavailable, match="went away with calls in flight"):
+                await napping
+            return time.monotonic() - started
+        finally:
+            await dealer.aclose()
+
+    assert asyncio.run(main()) < 2.0  # a smoke check: the timeout is 30 s
+    proc.wait()

@@ -13,7 +13,8 @@ error. A call made while nothing else is in flight goes at once, alone (one call
 call after call waits for no turn of the loop).
 
 When the node's supervisor dies (its pidfd becomes readable) every call in flight fails at
-once with `NodeUnavailable`, as the synchronous client's do.
+once with `NodeUnavailable`, as the synchronous client's do; so do the calls sent to the
+actor before its connection dropped (it died or restarted: `transport.peer_watch`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from whosthere.client import SupervisorWatch
 from whosthere.errors import ActorError, MalformedFrame, NodeUnavailable
 from whosthere.transport import codec
 from whosthere.transport.messages import MAX_CALLS, Calls, Failed, Ok
+from whosthere.transport.peer_watch import PeerWatch
 from whosthere.transport.sockets import DEFAULT_TIMEOUT, raise_failure
 
 
@@ -73,6 +75,8 @@ class AsyncDealer:
         self._reader: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._guarded_fd: int | None = None
+        self._watch = PeerWatch(self.socket)
+        self._watch_fd: int | None = None  # on the loop's readers
         self.closed = False
 
     async def call(self, msg: tuple, timeout: float | None = None, *, batch: bool = False) -> Any:
@@ -139,6 +143,10 @@ class AsyncDealer:
             raise RuntimeError("an AsyncDealer serves the event loop it was first used in")
         if self._reader is None or self._reader.done():
             self._reader = loop.create_task(self._read(), name=f"whosthere {self.what} replies")
+        if self._watch_fd is None:
+            self._watch_fd = self._watch.socket.getsockopt(zmq.FD)
+            readers.add(loop, self._watch_fd, self._peer_event)
+            self._peer_event()  # ZeroMQ signals its fd only once what came before was read
         fd = self.guard.fileno() if self.guard is not None else None
         if fd is not None and self._guarded_fd is None:
             readers.add(loop, fd, self._supervisor_gone)
@@ -254,6 +262,20 @@ class AsyncDealer:
             if not future.done():
                 future.set_exception(error)
 
+    def _peer_event(self) -> None:
+        """The actor's connection dropped: the calls sent to it are lost (those of this
+        turn's batch, not sent yet, wait for the next actor)."""
+        if not self._watch.read():
+            return
+        unsent = {ref for ref, _ in self._batch}
+        error = NodeUnavailable(
+            f"{self.what} at {self.endpoint} went away with calls in flight (it exited or "
+            "restarted); they may or may not have taken effect"
+        )
+        for ref, future in self.pending.items():
+            if ref not in unsent and not future.done():
+                future.set_exception(error)
+
     def _stop_guard(self) -> None:
         if self._guarded_fd is not None and self._loop is not None:
             readers.remove(self._loop, self._guarded_fd, self._supervisor_gone)
@@ -271,6 +293,10 @@ class AsyncDealer:
             return
         self.closed = True
         self._stop_guard()
+        if self._watch_fd is not None and self._loop is not None:
+            readers.remove(self._loop, self._watch_fd, self._peer_event)
+            self._watch_fd = None
+        self._watch.close()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -22,6 +22,7 @@ import zmq
 from whosthere.errors import ActorError, NodeUnavailable, from_wire
 from whosthere.transport import codec
 from whosthere.transport.messages import Failed, Ok, Ping
+from whosthere.transport.peer_watch import PeerWatch
 
 DEFAULT_TIMEOUT = 5.0  # seconds, as a GenServer.call
 
@@ -111,6 +112,7 @@ class Dealer:
         unbounded: bool = False,
         hwm: int | None = None,
         guard: Guard | None = None,
+        watch_peer: bool | None = None,
     ):
         """`unbounded`: an actor's own channel. It never blocks on send (casts queue in
         memory instead, so a slow peer cannot stall the actor's loop), and sends without the
@@ -119,10 +121,11 @@ class Dealer:
         (`codec.encode(checked=True)`: ValueError, InvalidMeta, MessageTooLarge). `hwm`: an
         actor's own channel too, bounded: this many messages queue before a send blocks (a
         cast with timeout 0 raises `NodeUnavailable` then). `guard`: fail at once when it
-        ends (the node's supervisor)."""
+        ends (the node's supervisor). `watch_peer` (default: a client's channel): a call
+        in flight when the connection drops (the actor died) fails at once (`PeerWatch`)."""
         self.endpoint = endpoint
         self.guard = guard
-        self._guard_poller: zmq.Poller | None = None  # the socket and the guard's fd
+        self._poller: zmq.Poller | None = None  # the socket, the peer watch, the guard's fd
         self.timeout = timeout  # default deadline of call/cast, seconds
         self.what = what  # names the peer in errors
         # requests checked against the receiver's limits (a client's, not an actor's)
@@ -141,6 +144,11 @@ class Dealer:
         self.pushes: collections.deque[Any] = collections.deque()  # decoded push messages
         self.unflushed = False  # casts sent since the last reply (see `flush`)
         self._refs = itertools.count(1)
+        self._last_ref = 0  # the last request's ref (they count up)
+        self._lost_upto = 0  # requests up to this ref were in flight when the peer dropped
+        if watch_peer is None:
+            watch_peer = self.checked
+        self._watch = PeerWatch(self.socket) if watch_peer else None
 
     def call(self, msg: tuple, timeout: float | None = None) -> Any:
         """Send `msg` and wait for its reply; raises what the actor raised.
@@ -154,14 +162,18 @@ class Dealer:
     def request(self, msg: tuple, deadline: float, timeout: float) -> bytes:
         """Send a call without waiting: its ref, for `result`. Pipelining several requests
         before the first `result` saves a round trip each."""
-        ref = next(self._refs).to_bytes(8, "big")
+        if self._watch is not None and self._watch.read():  # what went before is lost
+            self._lost_upto = self._last_ref
+        self._last_ref = n = next(self._refs)
+        ref = n.to_bytes(8, "big")
         self._send(ref, codec.encode(msg, checked=self.checked), deadline, msg, timeout)
         return ref
 
     def result(self, ref: bytes, msg: tuple, deadline: float, timeout: float) -> Any:
         """The reply to the request `ref` (requests are answered in the order sent)."""
+        number = int.from_bytes(ref, "big")
         while True:
-            frames = self._recv(deadline, msg, timeout)
+            frames = self._recv(number, deadline, msg, timeout)
             if len(frames) != 2:
                 continue
             if frames[0] == ref:
@@ -208,6 +220,8 @@ class Dealer:
         if flush_timeout > 0:
             with contextlib.suppress(NodeUnavailable):
                 self.flush(flush_timeout)
+        if self._watch is not None:
+            self._watch.close()
         self.socket.close(linger=int(linger * 1000))
 
     def _unavailable(self, msg: tuple, timeout: float) -> NodeUnavailable:
@@ -229,34 +243,39 @@ class Dealer:
                     raise self._unavailable(msg, timeout) from None
                 self.socket.poll(max(1, int(remaining * 1000)), zmq.POLLOUT)
 
-    def _recv(self, deadline: float, msg: tuple, timeout: float) -> list[bytes]:
-        if self.guard is not None:
-            return self._recv_guarded(self.guard, deadline, msg, timeout)
-        remaining = deadline - time.monotonic()
-        if remaining > 0 and self.socket.poll(max(1, int(remaining * 1000)), zmq.POLLIN):
-            return self.socket.recv_multipart()
-        raise self._unavailable(msg, timeout)
-
-    def _recv_guarded(
-        self, guard: Guard, deadline: float, msg: tuple, timeout: float
-    ) -> list[bytes]:
-        """As `_recv`, also waiting on `guard`: `NodeUnavailable` as soon as it ends."""
-        fd = guard.fileno()
-        poller = self._guard_poller
+    def _recv(self, ref: int, deadline: float, msg: tuple, timeout: float) -> list[bytes]:
+        """The next frames for the call `ref`: `NodeUnavailable` past the deadline, once the
+        guard ends, or once the peer dropped with the call in flight."""
+        sock = self.socket
+        poller = self._poller
         if poller is None:
-            poller = self._guard_poller = zmq.Poller()
-            poller.register(self.socket, zmq.POLLIN)
+            poller = self._poller = zmq.Poller()
+            poller.register(sock, zmq.POLLIN)
+            if self._watch is not None:
+                poller.register(self._watch.socket, zmq.POLLIN)
+            fd = None if self.guard is None else self.guard.fileno()
             if fd is not None:
                 poller.register(fd, zmq.POLLIN)
+        guard = self.guard
+        sleepy_guard = guard is not None and guard.fileno() is None  # checked, not polled
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise self._unavailable(msg, timeout)
-            wait = remaining if fd is not None else min(remaining, GUARD_POLL)
-            events = dict(poller.poll(max(1, int(wait * 1000))))
-            if self.socket in events:
-                return self.socket.recv_multipart()
-            if events or fd is None:
+            wait = min(remaining, GUARD_POLL) if sleepy_guard else remaining
+            events = poller.poll(max(1, int(wait * 1000)))
+            if any(source is sock for source, _ in events):
+                return sock.recv_multipart()
+            if self._watch is not None and self._watch.read():
+                self._lost_upto = self._last_ref
+            if ref <= self._lost_upto:
+                if readable(sock):  # answered before the drop
+                    return sock.recv_multipart()
+                raise NodeUnavailable(
+                    f"{self.what} at {self.endpoint} went away with {type(msg).__name__} in "
+                    "flight (it exited or restarted); the call may or may not have taken effect"
+                )
+            if guard is not None and (sleepy_guard or events):
                 guard.check()
 
 
