@@ -72,7 +72,7 @@ class Topology:
         """The actors in start order. The cluster actor is first up, last down: a departing
         shard's goodbye still goes out."""
         roles = [Role(CLUSTER, "whosthere.actors.cluster:ClusterActor")] if self.cluster else []
-        roles.append(Role(PUBSUB, "whosthere.actors.pubsub:PubSubActor"))
+        roles.append(Role(PUBSUB, "whosthere.actors.pubsub_actor:PubSubActor"))
         roles += [
             Role(shard_name(i), "whosthere.actors.shard:ShardActor", i)
             for i in range(self.config.pool_size)
@@ -82,7 +82,7 @@ class Topology:
             for i in range(self.config.fetchers)
         ]
         if self.client:
-            roles.append(Role(CLIENT, "whosthere.actors.client:PresenceClientActor"))
+            roles.append(Role(CLIENT, "whosthere.actors.presence_client:PresenceClientActor"))
         return roles
 
     def endpoints(self) -> dict[str, str]:

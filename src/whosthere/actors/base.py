@@ -162,6 +162,13 @@ class Actor:
     def on_idle(self) -> None:
         """Runs after each wake-up's messages and timers: flush what they batched up."""
 
+    def begin_message(self) -> None:
+        """Runs before each message from the mailbox is decoded and handled."""
+
+    def end_message(self) -> None:
+        """Runs after each message from the mailbox, once its reply (if any) went out, even
+        if its handler failed."""
+
     # -- built-in handlers -----------------------------------------------------------------
 
     def on_ping(self, msg: Ping) -> int:
@@ -238,6 +245,16 @@ class Actor:
 
     def run(self, wakeup_fd: int = -1) -> None:
         """Setup, serve until stopped, teardown."""
+        self.setup(wakeup_fd)
+        try:
+            self._serve()
+        finally:
+            self.teardown()
+
+    def setup(self, wakeup_fd: int = -1) -> None:
+        """Bind the mailbox, connect to the supervisor, `on_start`, and report ready
+        (unless the actor reports it later). `run` calls it; a test may instead, then
+        drive the loop with `turn` and end with `teardown`."""
         self._wakeup_r = wakeup_fd
         if wakeup_fd >= 0:
             self.add_reader(wakeup_fd, self._on_signal)
@@ -247,13 +264,13 @@ class Actor:
         self.on_start()
         if self.ready_after_start:
             self.report_ready()
+
+    def teardown(self) -> None:
+        """`on_stop`, then every socket closed."""
         try:
-            self._serve()
+            self.on_stop()
         finally:
-            try:
-                self.on_stop()
-            finally:
-                self._close()
+            self._close()
 
     def report_ready(self) -> None:
         """Tell the supervisor this actor serves (once; later calls do nothing)."""
@@ -268,35 +285,42 @@ class Actor:
         """Hook for the root of the tree, which has no supervisor to tell."""
 
     def _serve(self) -> None:
+        while not self._stopping:
+            self.turn()
+
+    def turn(self, timeout: float | None = None) -> None:
+        """One wake-up of the loop: wait for a source (at most `timeout` seconds, or until
+        the next timer; at once if long work waits), serve what is ready, run due timers
+        and a slice of long work, then `on_idle`."""
         poll = self._poller.poll
         readers = self._readers
         mailbox = self.mailbox
-        while not self._stopping:
-            timeout = None
+        wait = None if timeout is None else max(0, int(timeout * 1000))
+        if self._work:
+            wait = 0
+        elif self._timers:
+            due = max(0, int((self._timers[0][0] - time.monotonic()) * 1000) + 1)
+            wait = due if wait is None else min(wait, due)
+        ready = poll(wait)
+        if not any(source is mailbox for source, _ in ready):
+            self.input_read_at = time.monotonic()  # nothing waits in the mailbox
+        for source, _ in ready:
+            callback = readers.get(source)
+            if callback is not None:
+                try:
+                    callback()
+                except Exception:  # a bug in one handler must not end the actor
+                    self.log.exception("%s: reader %r failed", self.name, callback)
+            if self._stopping:
+                break
+        else:
+            self._run_timers()
             if self._work:
-                timeout = 0
-            elif self._timers:
-                timeout = max(0, int((self._timers[0][0] - time.monotonic()) * 1000) + 1)
-            ready = poll(timeout)
-            if not any(source is mailbox for source, _ in ready):
-                self.input_read_at = time.monotonic()  # nothing waits in the mailbox
-            for source, _ in ready:
-                callback = readers.get(source)
-                if callback is not None:
-                    try:
-                        callback()
-                    except Exception:  # a bug in one handler must not end the actor
-                        self.log.exception("%s: reader %r failed", self.name, callback)
-                if self._stopping:
-                    break
-            else:
-                self._run_timers()
-                if self._work:
-                    self._work_slice()
-            try:
-                self.on_idle()
-            except Exception:
-                self.log.exception("%s: on_idle failed", self.name)
+                self._work_slice()
+        try:
+            self.on_idle()
+        except Exception:
+            self.log.exception("%s: on_idle failed", self.name)
 
     def _run_timers(self) -> None:
         now = time.monotonic()
@@ -353,9 +377,13 @@ class Actor:
         identity, ref, body = frames
         request = Request(identity, ref) if ref else None
         self.sender = identity
-        reply = self._answer(body, request)
-        if request and reply is not None:
-            self._send_reply(request, reply)
+        self.begin_message()
+        try:
+            reply = self._answer(body, request)
+            if request and reply is not None:
+                self._send_reply(request, reply)
+        finally:
+            self.end_message()
 
     def _answer(
         self, body: bytes, request: Request | None, allowed: tuple[type, ...] | None = None

@@ -24,10 +24,12 @@ import gc
 import logging
 import mmap
 import os
+import random
 import struct
 import time
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 from whosthere.actors.boot import die_with_parent
 from whosthere.tracker import journal
@@ -36,6 +38,32 @@ from whosthere.tracker.state import State
 
 _GEN = struct.Struct("<Q")
 _COMPACT_MIN_BYTES = 1024 * 1024
+
+
+class Replica(NamedTuple):
+    """What a shard starts from."""
+
+    state: State
+    starts: Starts  # OS pid -> the start time it was linked with
+    journal: ShardJournal | None  # None: the node is not durable
+    recovered: bool  # the same replica as before a crash, from its journal
+
+
+def open_replica(
+    node_name: str, shard: str, runtime_dir: str | None, log: logging.Logger, *, record_delta: bool
+) -> Replica:
+    """The replica a shard was before it crashed, from its journal; else a new one (a new
+    vsn). `runtime_dir` None: no journal. Journaling begins."""
+    journal = None if runtime_dir is None else ShardJournal(runtime_dir, shard, log)
+    recovered = journal.recover(record_delta=record_delta) if journal is not None else None
+    if recovered is not None:
+        state, starts = recovered
+    else:
+        vsn = time.time_ns() // 1000 * 1000 + random.randrange(1000)
+        state, starts = State((node_name, vsn), record_delta=record_delta), {}
+    if journal is not None:
+        journal.start(state, starts, recovered=recovered is not None)
+    return Replica(state, starts, journal, recovered is not None)
 
 
 class ShardJournal:

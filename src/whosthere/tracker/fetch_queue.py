@@ -15,8 +15,8 @@ import random
 from typing import Any
 
 _SENDS = 2  # a diff is sent to a fetcher at most this often (once more after a crash)
-Diff = dict[str, dict[str, Any]]  # {"joins": {key: {"metas": [...]}}, "leaves": {...}}
-Released = tuple[str, list[Diff]]  # a topic and its diffs now due out, in the order made
+DiffPayload = dict[str, dict[str, Any]]  # {"joins": {key: {"metas": [...]}}, "leaves": ...}
+Released = tuple[str, list[DiffPayload]]  # a topic and its diffs now due out, in the order made
 
 
 class _Pending:
@@ -24,10 +24,10 @@ class _Pending:
 
     __slots__ = ("deadline", "diff", "fetched", "sent", "topic")
 
-    def __init__(self, topic: str, diff: Diff, deadline: float) -> None:
+    def __init__(self, topic: str, diff: DiffPayload, deadline: float) -> None:
         self.topic = topic
         self.diff = diff  # as made by the shard (released as is if the fetch fails)
-        self.fetched: Diff | None = None
+        self.fetched: DiffPayload | None = None
         self.deadline = deadline
         self.sent = 1  # times sent to a fetcher
 
@@ -44,7 +44,7 @@ class FetchQueue:
     def in_flight(self) -> int:
         return len(self._by_id)
 
-    def add(self, topic: str, diff: Diff, now: float) -> int:
+    def add(self, topic: str, diff: DiffPayload, now: float) -> int:
         """Queue a diff made now; the returned id names its fetch."""
         fid = next(self._ids)
         pending = _Pending(topic, diff, now + self.timeout)
@@ -52,7 +52,7 @@ class FetchQueue:
         self._by_id[fid] = pending
         return fid
 
-    def fetched(self, fid: int, payload: Diff | None) -> Released | None:
+    def fetched(self, fid: int, payload: DiffPayload | None) -> Released | None:
         """A fetch came back (`payload` None: it failed, the diff goes out as made).
 
         None: that fetch is no longer in flight (it timed out; its diff went out already)."""
@@ -74,12 +74,12 @@ class FetchQueue:
 
     def lost(
         self, fetcher: int, fetchers: int, now: float
-    ) -> tuple[list[tuple[int, str, Diff]], list[Released]]:
+    ) -> tuple[list[tuple[int, str, DiffPayload]], list[Released]]:
         """Fetcher `fetcher` (of `fetchers`; fetch `fid` goes to `fid % fetchers`) started
         again: what was in flight to it died with it. Each such fetch is to be sent again
         (fid, topic, diff), once: a diff whose fetch kills the fetcher twice is released
         as made, so that one poisonous diff cannot restart a fetcher for ever."""
-        again: list[tuple[int, str, Diff]] = []
+        again: list[tuple[int, str, DiffPayload]] = []
         given_up: list[tuple[int, _Pending]] = []
         for fid, pending in self._by_id.items():
             if fid % fetchers != fetcher:
@@ -95,11 +95,11 @@ class FetchQueue:
         self.failures += len(given_up)
         return again, [self._release(p, p.diff) for _, p in given_up]
 
-    def _release(self, pending: _Pending, fetched: Diff) -> Released:
+    def _release(self, pending: _Pending, fetched: DiffPayload) -> Released:
         """The topic's diffs that no earlier diff of the topic holds back any more."""
         pending.fetched = fetched
         queue = self._topics[pending.topic]  # still queued: it was in flight
-        due: list[Diff] = []
+        due: list[DiffPayload] = []
         while queue and (head := queue[0].fetched) is not None:
             queue.popleft()
             due.append(head)

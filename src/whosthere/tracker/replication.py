@@ -29,7 +29,7 @@ from typing import Any
 from whosthere.tracker import deltas, wire
 from whosthere.tracker.clock import ClockSet, append_clock
 from whosthere.tracker.options import TrackerOptions
-from whosthere.tracker.state import Delta, Element, ReplicaRef, State
+from whosthere.tracker.state import Delta, Element, JoinsLeaves, ReplicaRef, State
 from whosthere.transport.messages import (
     GoodbyeAck,
     GracefulPermdown,
@@ -41,11 +41,10 @@ from whosthere.transport.messages import (
 log = logging.getLogger("whosthere.replication")
 
 Out = tuple[str, tuple]  # (node name or "*", message)
-Diff = tuple[list[Element], list[Element]]  # (joins, leaves)
 MERGE_PART = 2_000  # values or dots merged between two turns of the shard's loop
 
 
-def _together(parts: Iterator[Diff]) -> Diff:
+def _together(parts: Iterator[JoinsLeaves]) -> JoinsLeaves:
     """Every part's joins and leaves, for a caller that merges all at once."""
     joins: list[Element] = []
     leaves: list[Element] = []
@@ -127,7 +126,7 @@ class Replication:
 
     def tick(
         self, now: float, read_until: float | None = None, busy: bool = False
-    ) -> tuple[list[Out], Diff]:
+    ) -> tuple[list[Out], JoinsLeaves]:
         """Every broadcast_period: heartbeat, transfer sampling, failure detection.
 
         `read_until`: the time up to which the shard has read every message that came
@@ -181,7 +180,7 @@ class Replication:
             self.countdown -= 1
         return outs, self._detect_failures(now if read_until is None else min(now, read_until))
 
-    def _detect_failures(self, read_until: float) -> Diff:
+    def _detect_failures(self, read_until: float) -> JoinsLeaves:
         leaves: list[Element] = []
         for name, peer in list(self.peers.items()):
             silence = read_until - peer.heard_at
@@ -223,10 +222,10 @@ class Replication:
 
     # -- messages --------------------------------------------------------------------------
 
-    def on_heartbeat(self, msg: Heartbeat, now: float) -> Diff:
+    def on_heartbeat(self, msg: Heartbeat, now: float) -> JoinsLeaves:
         return _together(self.heartbeat_parts(msg, now))
 
-    def heartbeat_parts(self, msg: Heartbeat, now: float) -> Iterator[Diff]:
+    def heartbeat_parts(self, msg: Heartbeat, now: float) -> Iterator[JoinsLeaves]:
         """A peer's heartbeat, its delta merged `MERGE_PART` at a time: each part's diff."""
         ref = wire.decode_replica(msg.replica)
         delta = None if msg.delta is None else wire.decode_delta(msg.delta)
@@ -272,7 +271,7 @@ class Replication:
             self.clockset, ref, {r: n for r, n in clocks.items() if r in mine}
         )
 
-    def _merge(self, delta: Delta) -> Iterator[Diff]:
+    def _merge(self, delta: Delta) -> Iterator[JoinsLeaves]:
         yield from self.state.merge_in_parts(delta, MERGE_PART)
         self.generations = deltas.push(self.generations, delta, self.caps, self.state.delta)
 
@@ -318,10 +317,10 @@ class Replication:
         log.info("%s: transfer to %s (%s)", self.me, ref, "delta" if chosen else "whole state")
         yield [(ref[0], ack)]
 
-    def on_transfer_ack(self, msg: TransferAck, now: float) -> Diff:
+    def on_transfer_ack(self, msg: TransferAck, now: float) -> JoinsLeaves:
         return _together(self.transfer_ack_parts(msg, now))
 
-    def transfer_ack_parts(self, msg: TransferAck, now: float) -> Iterator[Diff]:
+    def transfer_ack_parts(self, msg: TransferAck, now: float) -> Iterator[JoinsLeaves]:
         """A transfer's answer, merged `MERGE_PART` at a time: each part's diff."""
         name, vsn = wire.decode_replica(msg.replica)
         if msg.delta is not None:
@@ -403,7 +402,7 @@ class Replication:
             ref, at, _ = self.asked[name]
             self.asked[name] = (ref, at, now)
 
-    def on_graceful_permdown(self, msg: GracefulPermdown) -> tuple[list[Out], Diff]:
+    def on_graceful_permdown(self, msg: GracefulPermdown) -> tuple[list[Out], JoinsLeaves]:
         """Drop the departing replica and acknowledge (a repeated goodbye too)."""
         name, vsn = wire.decode_replica(msg.replica)
         ack = [(name, GoodbyeAck(self.me))]

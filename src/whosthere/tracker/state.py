@@ -64,6 +64,9 @@ class Element(NamedTuple):
     dot: int  # replica id << COUNTER_BITS | counter (see `State.dot_of`)
 
 
+JoinsLeaves = tuple[list[Element], list[Element]]  # what a change or a merge made: (joins, leaves)
+
+
 @dataclass
 class Delta:
     """A contiguous stretch of history: what a heartbeat carries, what generations keep.
