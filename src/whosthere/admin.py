@@ -22,7 +22,7 @@ def node_status(address: str, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any
     """The status of the node at `address`: its tree, each actor's counters, link counts."""
     dealer = Dealer(address, timeout=timeout, what="node")
     try:
-        status = dealer.call(GetStatus())
+        status: dict[str, Any] = dealer.call(GetStatus())
     finally:
         dealer.close()
     endpoints = lookup(address, timeout).endpoints

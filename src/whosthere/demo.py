@@ -15,7 +15,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Any, TextIO
 
 from whosthere.node import Node
 from whosthere.presence import Presence
@@ -125,7 +125,7 @@ class Demo:
         os.kill(victim.pid, signal.SIGKILL)
         return True
 
-    def _diff(self, diff: dict, received: float) -> None:
+    def _diff(self, diff: dict[str, Any], received: float) -> None:
         joins, leaves = diff["joins"], diff["leaves"]
         for key, entry in joins.items():
             meta = entry["metas"][-1]

@@ -282,7 +282,8 @@ class Node:
         """Where peers reach this node (`listen` with its port resolved), or None alone."""
         if not self.listen:
             return None
-        return self.status()["cluster"]["listen"]
+        listen: str = self.status()["cluster"]["listen"]
+        return listen
 
     def graceful_permdown(self) -> None:
         """Leave the cluster for good: peers drop this node's presences at once (instead of

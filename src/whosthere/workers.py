@@ -11,7 +11,9 @@ from typing import Any
 from whosthere.client import ADDRESS_ENV
 
 
-def _entry(address: str, target: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+def _entry(
+    address: str, target: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
     os.environ[ADDRESS_ENV] = address
     return target(*args, **kwargs)
 

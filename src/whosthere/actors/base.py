@@ -223,7 +223,7 @@ class Actor:
         """Answer a call that a handler deferred with NOREPLY."""
         self._send_reply(request, Ok(value))
 
-    def push(self, identity: bytes, msg: tuple) -> bool:
+    def push(self, identity: bytes, msg: tuple[Any, ...]) -> bool:
         """Send an unsolicited message to a connected peer; False if that peer is gone."""
         try:
             send_nowait(self.mailbox, (identity, b"", codec.encode(msg)))

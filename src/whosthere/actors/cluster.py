@@ -74,7 +74,7 @@ class ClusterActor(Actor):
         self.listener.setsockopt(zmq.ROUTER_MANDATORY, 1)
         # IPv6 only when asked for: with it, an IPv4 bind reports an IPv4-mapped address
         self.listener.ipv6 = "[" in self.listen_endpoint
-        self.outgoing: dict[str, zmq.Socket] = {}  # peer listen address -> our DEALER
+        self.outgoing: dict[str, zmq.Socket[Any]] = {}  # peer listen address -> our DEALER
         # seeds are never forgotten; others are after as long as the shards keep a silent
         # peer, but long enough for many missed hellos
         seeds = {p for p in cluster.peers if p}
@@ -196,7 +196,7 @@ class ClusterActor(Actor):
     # -- from shards -----------------------------------------------------------------------
 
     def on_cluster_cast(self, msg: ClusterCast) -> None:
-        body = codec.encode(PeerCast(self.me, msg.index, msg.payload))
+        body = codec.encode(PeerCast(self.me, msg.slot, msg.payload))
         if msg.to != "*":
             self._send_to(msg.to, body)
             return
@@ -262,9 +262,9 @@ class ClusterActor(Actor):
             self.dropped += 1
             return
         self.received += 1
-        if 0 <= msg.index < len(self.shards):
-            self.shards[msg.index].cast(FromPeer(msg.sender, msg.payload))
-        elif msg.index == PUBSUB_INDEX:
+        if 0 <= msg.slot < len(self.shards):
+            self.shards[msg.slot].cast(FromPeer(msg.sender, msg.payload))
+        elif msg.slot == PUBSUB_INDEX:
             self.pubsub.cast(FromPeer(msg.sender, msg.payload))
 
     def on_peer_welcome(self, msg: PeerWelcome, route: Route) -> None:

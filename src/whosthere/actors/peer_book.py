@@ -226,8 +226,8 @@ class PeerBook:
                 del self.route_heard[route]
                 self.speaks_for.pop(route, None)
         for name, at in list(self.heard.items()):
-            route = self.routes.get(name)
-            if now - at > self.forget_after and (route is None or route[0] == "in"):
+            via = self.routes.get(name)
+            if now - at > self.forget_after and (via is None or via[0] == "in"):
                 self._forget_name(name)  # an incoming route only: gone with its peer
         for name, at in list(self.refused_at.items()):
             if now - at > self.forget_after:

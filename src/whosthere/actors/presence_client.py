@@ -42,9 +42,10 @@ def apply_diff(topics: dict[str, MetasByKey], topic: str, diff: dict[str, Any]) 
             if meta not in metas:
                 metas.append(meta)
     for key, entry in diff.get("leaves", {}).items():
-        metas = presences.get(key)
-        if metas is None:
+        held = presences.get(key)
+        if held is None:
             continue
+        metas = held
         left = entry.get("metas", [])
         metas[:] = [m for m in metas if m not in left]
         if not metas:

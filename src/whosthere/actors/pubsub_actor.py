@@ -116,7 +116,7 @@ class PubSubActor(Actor):
         # the cluster-wide stream of broadcasts, out and in (a clustered node only)
         cluster = Topology(spec.node).cluster
         self.cluster = Dealer(cluster, what="cluster actor", unbounded=True) if cluster else None
-        self.inbound = Inbound(spec.node.tracker.down_period)
+        self.inbound = Inbound(spec.node.tracker.down)
         self.outgoing: list[list[Any]] = []  # [topic, event, packed payload] to send
         self.outgoing_bytes = 0
         self.stream_seq = 0  # frames of this incarnation's stream sent
@@ -202,11 +202,11 @@ class PubSubActor(Actor):
     def on_shard_restarted(self, msg: ShardRestarted) -> None:
         """Each topic of that shard skips a number, and every subscription is told the
         topics' last numbers: a subscriber of any of them sees the skipped one as lost."""
-        if not 0 <= msg.index < msg.pool_size:
-            raise MalformedFrame(f"shard {msg.index} of a pool of {msg.pool_size}")
+        if not 0 <= msg.shard < msg.pool_size:
+            raise MalformedFrame(f"shard {msg.shard} of a pool of {msg.pool_size}")
         seqs = {}
         for topic in self.seqs:
-            if shard_for(topic, msg.pool_size) == msg.index:
+            if shard_for(topic, msg.pool_size) == msg.shard:
                 seqs[topic] = self.seqs[topic] = self.seqs[topic] + 1
         if seqs:
             for mailbox in self.mailboxes:

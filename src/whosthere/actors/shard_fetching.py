@@ -82,15 +82,15 @@ class Fetching:
     def fetcher_ready(self, msg: FetcherReady, now: float) -> None:
         """A fetcher (re)started: the fetches it held died with it; they go again now
         rather than wait for the timeout."""
-        if not 0 <= msg.index < len(self.fetchers) or msg.incarnation == 0:
+        if not 0 <= msg.fetcher < len(self.fetchers) or msg.incarnation == 0:
             return  # the node's first fetcher gets everything sent to its slot
-        again, given_up = self.queue.lost(msg.index, len(self.fetchers), now)
+        again, given_up = self.queue.lost(msg.fetcher, len(self.fetchers), now)
         if again or given_up:
             self.log.warning(
                 "shard.%d: fetcher %d restarted: %d fetch(es) sent again, %d published "
                 "unfetched after a second loss",
                 self.shard,
-                msg.index,
+                msg.fetcher,
                 len(again),
                 len(given_up),
             )

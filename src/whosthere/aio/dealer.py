@@ -69,7 +69,7 @@ class AsyncDealer:
         self._batches: dict[bytes, list[bytes]] = {}  # a Calls frame's ref -> its calls' refs
         self._refs = itertools.count(1)
         # timeout -> {ref: (deadline, future, msg)}, each in deadline order (see _set_deadline)
-        self._deadlines: dict[float, dict[bytes, tuple[float, asyncio.Future[bytes], tuple]]] = {}
+        self._deadlines: dict[float, dict[bytes, tuple[float, asyncio.Future[bytes], Any]]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._watched = False  # bound, reading, and the supervisor's death will be heard
         self._reader: asyncio.Task[None] | None = None
@@ -79,7 +79,9 @@ class AsyncDealer:
         self._watch_fd: int | None = None  # on the loop's readers
         self.closed = False
 
-    async def call(self, msg: tuple, timeout: float | None = None, *, batch: bool = False) -> Any:
+    async def call(
+        self, msg: tuple[Any, ...], timeout: float | None = None, *, batch: bool = False
+    ) -> Any:
         """Send `msg`, await its reply; raises what the actor raised, or `NodeUnavailable`
         past `timeout` seconds (default: the dealer's). `batch`: it may go with the other
         calls of this turn of the loop, in one frame (the actor must take it so)."""
@@ -87,13 +89,14 @@ class AsyncDealer:
             raise NodeUnavailable(f"the connection to {self.what} is closed")
         timeout = self.timeout if timeout is None else timeout
         loop = asyncio.get_running_loop()
-        if not self._watched or loop is not self._loop or self._reader.done():  # type: ignore[union-attr]
+        reader = self._reader
+        if not self._watched or loop is not self._loop or reader is None or reader.done():
             self._start(loop)
         ref = next(self._refs).to_bytes(8, "big")
         body = codec.encode(msg, checked=True)
         future: asyncio.Future[bytes] = loop.create_future()
         self.pending[ref] = future
-        self._set_deadline(ref, future, msg, timeout)
+        self._set_deadline(loop, ref, future, msg, timeout)
         try:
             if batch and (self._batch or len(self.pending) > 1):
                 self._batch.append((ref, body))
@@ -113,7 +116,7 @@ class AsyncDealer:
             raise_failure(reply)
         raise ActorError(f"unexpected reply {type(reply).__name__} to {type(msg).__name__}")
 
-    async def cast(self, msg: tuple) -> None:
+    async def cast(self, msg: tuple[Any, ...]) -> None:
         """Send `msg` without waiting for it to be handled (it never waits for room)."""
         if self.closed:
             raise NodeUnavailable(f"the connection to {self.what} is closed")
@@ -121,7 +124,7 @@ class AsyncDealer:
             self.guard.check()
         await self.socket.send_multipart((b"", codec.encode(msg, checked=True)))
 
-    def cast_nowait(self, msg: tuple) -> None:
+    def cast_nowait(self, msg: tuple[Any, ...]) -> None:
         """`cast` from code that cannot await (the queue has no limit: it never waits)."""
         if self.closed:
             raise NodeUnavailable(f"the connection to {self.what} is closed")
@@ -144,8 +147,8 @@ class AsyncDealer:
         if self._reader is None or self._reader.done():
             self._reader = loop.create_task(self._read(), name=f"whosthere {self.what} replies")
         if self._watch_fd is None:
-            self._watch_fd = self._watch.socket.getsockopt(zmq.FD)
-            readers.add(loop, self._watch_fd, self._peer_event)
+            self._watch_fd = watch_fd = self._watch.fileno()
+            readers.add(loop, watch_fd, self._peer_event)
             self._peer_event()  # ZeroMQ signals its fd only once what came before was read
         fd = self.guard.fileno() if self.guard is not None else None
         if fd is not None and self._guarded_fd is None:
@@ -168,12 +171,16 @@ class AsyncDealer:
             self.socket.send_multipart((ref, body), zmq.NOBLOCK)  # no high-water mark
 
     def _set_deadline(
-        self, ref: bytes, future: asyncio.Future[bytes], msg: tuple, timeout: float
+        self,
+        loop: asyncio.AbstractEventLoop,
+        ref: bytes,
+        future: asyncio.Future[bytes],
+        msg: tuple[Any, ...],
+        timeout: float,
     ) -> None:
         """Deadlines without a timer per call: calls of one timeout expire in the order they
         were made, so one timer, at the earliest deadline of all, serves them all."""
-        loop = self._loop
-        at = loop.time() + timeout  # type: ignore[union-attr]
+        at = loop.time() + timeout
         calls = self._deadlines.get(timeout)
         if calls is None:
             calls = self._deadlines[timeout] = {}
@@ -181,11 +188,13 @@ class AsyncDealer:
         if self._timer is None or at < self._timer.when():
             if self._timer is not None:
                 self._timer.cancel()
-            self._timer = loop.call_at(at, self._expire)  # type: ignore[union-attr]
+            self._timer = loop.call_at(at, self._expire)
 
     def _expire(self) -> None:
         self._timer = None
-        now = self._loop.time()  # type: ignore[union-attr]
+        loop = self._loop
+        assert loop is not None, "deadlines are set once the dealer serves a loop"
+        now = loop.time()
         earliest = None
         for timeout, calls in self._deadlines.items():
             due = []
@@ -204,7 +213,7 @@ class AsyncDealer:
             for ref in due:
                 del calls[ref]
         if earliest is not None and not self.closed:
-            self._timer = self._loop.call_at(earliest, self._expire)  # type: ignore[union-attr]
+            self._timer = loop.call_at(earliest, self._expire)
 
     async def _read(self) -> None:
         pending = self.pending
@@ -255,9 +264,10 @@ class AsyncDealer:
     def _supervisor_gone(self) -> None:
         self._stop_guard()
         self._watched = False
-        error = NodeUnavailable(f"the node's supervisor (pid {self.guard.pid}) has exited")  # type: ignore[union-attr]
-        if self.guard is not None:
-            self.guard.exited = True
+        guard = self.guard
+        assert guard is not None, "only a guarded dealer watches the supervisor"
+        error = NodeUnavailable(f"the node's supervisor (pid {guard.pid}) has exited")
+        guard.exited = True
         for future in self.pending.values():
             if not future.done():
                 future.set_exception(error)

@@ -8,27 +8,28 @@ its `Clock` module, asymmetries included, because they decide how often transfer
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Mapping
+from typing import TypeVar
 
-Clock = Mapping[Hashable, int]
+R = TypeVar("R", bound=Hashable)  # what names a replica: a replica ref in the shard
 
 
-def dominates(c1: Clock, c2: Clock) -> bool:
+def dominates(c1: Mapping[R, int], c2: Mapping[R, int]) -> bool:
     """c1 has seen everything c2 has (and c1 names at least as many replicas)."""
     if len(c1) < len(c2):
         return False
     return all(c1.get(r, 0) >= n for r, n in c2.items())
 
 
-def dominates_or_equal(c1: Clock, c2: Clock) -> bool:
+def dominates_or_equal(c1: Mapping[R, int], c2: Mapping[R, int]) -> bool:
     """Every replica of c1 is at least as far as in c2 (only c1's replicas are checked)."""
     if not c1:
         return not c2
     return all(n >= c2.get(r, 0) for r, n in c1.items())
 
 
-def upperbound(clocks: Iterable[Clock]) -> dict[Hashable, int]:
+def upperbound(clocks: Iterable[Mapping[R, int]]) -> dict[R, int]:
     """Element-wise max over the union of replicas."""
-    out: dict[Hashable, int] = {}
+    out: dict[R, int] = {}
     for clock in clocks:
         for r, n in clock.items():
             if n > out.get(r, -1):
@@ -36,7 +37,7 @@ def upperbound(clocks: Iterable[Clock]) -> dict[Hashable, int]:
     return out
 
 
-def lowerbound(c1: Clock, c2: Clock) -> dict[Hashable, int]:
+def lowerbound(c1: Mapping[R, int], c2: Mapping[R, int]) -> dict[R, int]:
     """Element-wise min where both name the replica; elsewhere the one value there is."""
     out = dict(c1)
     for r, n in c2.items():
@@ -44,10 +45,10 @@ def lowerbound(c1: Clock, c2: Clock) -> dict[Hashable, int]:
     return out
 
 
-ClockSet = list[tuple[Hashable, dict[Hashable, int]]]  # [(replica, its clock), ...]
+ClockSet = list[tuple[R, dict[R, int]]]  # [(replica, its clock), ...]
 
 
-def append_clock(clockset: ClockSet, replica: Hashable, clock: Clock) -> ClockSet:
+def append_clock(clockset: ClockSet[R], replica: R, clock: Mapping[R, int]) -> ClockSet[R]:
     """Keep the smallest set of peers whose clocks together cover the most knowledge.
 
     An empty clock is ignored. A clock that dominates the union of the set replaces it; one
@@ -67,5 +68,5 @@ def append_clock(clockset: ClockSet, replica: Hashable, clock: Clock) -> ClockSe
     return kept
 
 
-def replicas_of(clockset: ClockSet) -> list[Hashable]:
+def replicas_of(clockset: ClockSet[R]) -> list[R]:
     return [r for r, _ in clockset]

@@ -20,6 +20,7 @@ Pure: bytes in, bytes out; the files are the shard's (`actors.shard_journal`).
 from __future__ import annotations
 
 import gc
+import mmap
 import struct
 import sys
 import zlib
@@ -88,7 +89,7 @@ class FrameReader:
     Iterate for each frame's operations; afterwards `good` is the length of the good part
     and `why` says why the journal ended early (None: it did not)."""
 
-    def __init__(self, data: bytes | memoryview) -> None:
+    def __init__(self, data: bytes | memoryview | mmap.mmap) -> None:
         self.view = memoryview(data)
         self.good = 0
         self.why: str | None = None

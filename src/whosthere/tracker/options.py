@@ -29,22 +29,29 @@ class TrackerOptions:
         if self.down_period is None:
             silence = self.broadcast_period * self.max_silent_periods * 2
             object.__setattr__(self, "down_period", silence)
+        down = self.down
         try:
             object.__setattr__(self, "max_delta_sizes", tuple(self.max_delta_sizes))
         except TypeError:
             raise TypeError(
                 f"max_delta_sizes must be a sequence of sizes, got {self.max_delta_sizes!r}"
             ) from None
-        if self.down_period < 2 * self.broadcast_period:
+        if down < 2 * self.broadcast_period:
             raise ValueError(
                 f"down_period ({self.down_period} s) must be at least twice "
                 f"broadcast_period ({self.broadcast_period} s)"
             )
-        if self.permdown_period <= self.down_period:
+        if self.permdown_period <= down:
             raise ValueError(
                 f"permdown_period ({self.permdown_period} s) must be greater than "
                 f"down_period ({self.down_period} s)"
             )
+
+    @property
+    def down(self) -> float:
+        """`down_period`, as resolved at creation."""
+        assert self.down_period is not None, "resolved by __post_init__"
+        return self.down_period
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> TrackerOptions:

@@ -40,7 +40,7 @@ from whosthere.transport.messages import (
 
 log = logging.getLogger("whosthere.replication")
 
-Out = tuple[str, tuple]  # (node name or "*", message)
+Out = tuple[str, tuple[Any, ...]]  # (node name or "*", message)
 MERGE_PART = 2_000  # values or dots merged between two turns of the shard's loop
 
 
@@ -72,7 +72,7 @@ class Replication:
         self.state = state
         self.me = wire.encode_replica(state.replica)
         self.broadcast_period = float(options.broadcast_period)
-        self.down_period = float(options.down_period)
+        self.down_period = float(options.down)
         # An idle replica still speaks at least twice per down_period, or a live but quiet
         # peer would be marked down (0.2 s broadcasts, down_period 2 s and Phoenix's 10
         # silent periods made an idle cluster flap). Phoenix's defaults are unchanged.
@@ -87,7 +87,7 @@ class Replication:
         self.caps = tuple(int(c) for c in options.max_delta_sizes)
         self.generations: list[Delta] = []
         self.peers: dict[str, Peer] = {}
-        self.clockset: ClockSet = []
+        self.clockset: ClockSet[ReplicaRef] = []
         self.suspects: dict[str, dict[ReplicaRef, int]] = {}  # peers ahead at the last sample
         self.silent = self.max_silent  # the first tick announces this replica
         self.countdown = self.sample_periods
@@ -150,7 +150,7 @@ class Replication:
         elif self.countdown <= 1:
             mine = state.clocks()
             self.clockset = append_clock(self.clockset, state.replica, mine)
-            ahead = {ref[0]: clock for ref, clock in self.clockset if ref != state.replica}  # type: ignore[index]
+            ahead = {ref[0]: clock for ref, clock in self.clockset if ref != state.replica}
             # Asked only of a peer that already looked ahead at the last sample, and whose
             # clock then is still ahead of ours: what it knew a sample ago has had the time to
             # come, so it was lost. Asking at once would ask for changes on their way (a
@@ -405,7 +405,7 @@ class Replication:
     def on_graceful_permdown(self, msg: GracefulPermdown) -> tuple[list[Out], JoinsLeaves]:
         """Drop the departing replica and acknowledge (a repeated goodbye too)."""
         name, vsn = wire.decode_replica(msg.replica)
-        ack = [(name, GoodbyeAck(self.me))]
+        ack: list[Out] = [(name, GoodbyeAck(self.me))]
         peer = self.peers.get(name)
         if peer is None or peer.vsn != vsn:
             return ack, ([], [])

@@ -64,7 +64,9 @@ class Element(NamedTuple):
     dot: int  # replica id << COUNTER_BITS | counter (see `State.dot_of`)
 
 
-JoinsLeaves = tuple[list[Element], list[Element]]  # what a change or a merge made: (joins, leaves)
+Elements = list[Element]  # (a name: `State.list` hides the builtin inside the class)
+JoinsLeaves = tuple[Elements, Elements]  # what a change or a merge made: (joins, leaves)
+PackedMetas = list[bytes]
 
 
 @dataclass
@@ -121,7 +123,7 @@ class State:
         self.replica_ids: dict[ReplicaRef, int] = {replica: 0}
         self.replica_refs: dict[int, ReplicaRef] = {0: replica}
         self._next_id = 1  # never reused: a dot's id names one incarnation for good
-        self.topics: dict[Topic, dict[Key, list[Element]]] = {}
+        self.topics: dict[Topic, dict[Key, Elements]] = {}
         self.pids: dict[Pid, dict[int, Element]] = {}  # own elements by pid, then dot
         self.remote: dict[int, dict[int, Element]] = {}  # replica id -> counter -> element
         self.down: set[ReplicaRef] = set()  # replicas flagged down (hidden from reads)
@@ -214,7 +216,7 @@ class State:
             self.record(("u", pid, topic, key, meta))
         return old, new
 
-    def leave_pid(self, pid: Pid) -> list[Element]:
+    def leave_pid(self, pid: Pid) -> Elements:
         """Remove every element of `pid` (it exited, or `untrack(pid)`)."""
         mine = self.pids.get(pid)
         if not mine:
@@ -234,7 +236,7 @@ class State:
         mine = self.pids.get(pid)
         if mine is None:
             return None
-        same = self.topics.get(topic, _EMPTY).get(key)
+        same: Elements | None = self.topics.get(topic, _EMPTY).get(key)
         if same is None:
             return None
         if len(same) <= len(mine):  # the shorter side: a key held by a thousand owners,
@@ -247,7 +249,7 @@ class State:
                 return e
         return None
 
-    def list(self, topic: Topic) -> list[Element]:
+    def list(self, topic: Topic) -> Elements:
         """Every element of `topic` whose replica is not flagged down."""
         keys = self.topics.get(topic)
         if not keys:
@@ -257,7 +259,7 @@ class State:
         hidden = self._hidden()
         return [e for same in keys.values() for e in same if e.dot >> COUNTER_BITS not in hidden]
 
-    def metas_by_key(self, topic: Topic) -> dict[Key, list[bytes]]:
+    def metas_by_key(self, topic: Topic) -> dict[Key, PackedMetas]:
         """`list` grouped by key, metas only: what a packed list reply is made of."""
         keys = self.topics.get(topic)
         if not keys:
@@ -272,7 +274,7 @@ class State:
                 out[key] = metas
         return out
 
-    def get_by_key(self, topic: Topic, key: Key) -> list[Element]:
+    def get_by_key(self, topic: Topic, key: Key) -> Elements:
         """The elements of one key of `topic` (several pids: several metas)."""
         same = self.topics.get(topic, _EMPTY).get(key)
         if not same:
@@ -289,7 +291,7 @@ class State:
     def tracks(self, pid: Pid) -> bool:
         return pid in self.pids
 
-    def replica_elements(self, replica: ReplicaRef) -> list[Element]:
+    def replica_elements(self, replica: ReplicaRef) -> Elements:
         """Every element `replica` added, as held here (hidden or not)."""
         rid = self.replica_ids.get(replica)
         if rid is None:
@@ -312,7 +314,7 @@ class State:
             self.record(("t",))
         return delta
 
-    def replica_up(self, replica: ReplicaRef) -> list[Element]:
+    def replica_up(self, replica: ReplicaRef) -> Elements:
         """Know `replica` (its heartbeat came) and show it: retained elements rejoin."""
         if self.record is not None and (replica not in self.context or replica in self.down):
             self.record(("U", replica))
@@ -327,7 +329,7 @@ class State:
             return self.replica_elements(replica)
         return []
 
-    def replica_down(self, replica: ReplicaRef) -> list[Element]:
+    def replica_down(self, replica: ReplicaRef) -> Elements:
         """Hide `replica`'s elements, kept for a return before permdown: they leave."""
         if replica == self.replica or replica not in self.context or replica in self.down:
             return []
@@ -336,7 +338,7 @@ class State:
             self.record(("D", replica))
         return self.replica_elements(replica)
 
-    def permdown(self, replica: ReplicaRef) -> list[Element]:
+    def permdown(self, replica: ReplicaRef) -> Elements:
         """Forget `replica` entirely (elements, context, clouds, down flag, id: nothing grows
         with restarts, phoenix_pubsub#179). Returns the dropped elements that were visible."""
         if replica == self.replica or replica not in self.context:
@@ -364,7 +366,8 @@ class State:
             try:
                 next(parts)
             except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
+                snapshot: Snapshot = done.value  # a generator's return value
+                return snapshot
 
     def extract_in_parts(
         self, peer: ReplicaRef, peer_context: dict[ReplicaRef, int], size: int
@@ -389,7 +392,7 @@ class State:
                     yield
         return Snapshot(self.replica, context, clouds, values)
 
-    def merge(self, remote: Delta | Snapshot) -> tuple[list[Element], list[Element]]:
+    def merge(self, remote: Delta | Snapshot) -> JoinsLeaves:
         """Merge a peer's delta or snapshot: the (joins, leaves) it makes here.
 
         Only replicas known here count (a replica is known from its own heartbeat), and a
@@ -402,7 +405,8 @@ class State:
         if self.record is not None:  # first: the caller may change `remote` afterwards
             self.record(("m", remote))
         if isinstance(remote, Snapshot):
-            joins = self._admit(remote.values, leaves := [])
+            leaves: Elements = []
+            joins = self._admit(remote.values, leaves)
             end = self._merge_seen(remote.context, remote.clouds, remote.values)
             return self._shown(joins, leaves + end)
         leaves = self._observe_removes(remote)
@@ -410,9 +414,7 @@ class State:
         self._merge_clouds(remote.clouds)
         return self._shown(joins, leaves)
 
-    def merge_in_parts(
-        self, remote: Delta | Snapshot, size: int
-    ) -> Iterator[tuple[list[Element], list[Element]]]:
+    def merge_in_parts(self, remote: Delta | Snapshot, size: int) -> Iterator[JoinsLeaves]:
         """`merge`, about `size` values or dots at a time, each part's (joins, leaves) as it
         is merged: a shard serves its heartbeats between parts. Other changes may come
         between parts (merges commute); together the parts make `merge(remote)`.
@@ -432,13 +434,13 @@ class State:
         values = [(dot, v) for dot, v in remote.values.items() if dot[0] in ids]
         kept: dict[ReplicaRef, set[int]] = {}
         for i in range(0, len(values), size):
-            part = dict(values[i : i + size])
+            chunk = dict(values[i : i + size])
             clouds: dict[ReplicaRef, set[int]] = {}
-            for r, c in part:
+            for r, c in chunk:
                 clouds.setdefault(r, set()).add(c)
             for r, cloud in clouds.items():
                 kept.setdefault(r, set()).update(cloud)
-            yield self.merge(Delta(remote.replica, {}, {}, clouds, part))
+            yield self.merge(Delta(remote.replica, {}, {}, clouds, chunk))
         # replicas known since the start only: one permdowned and up again meanwhile is
         # another incarnation of our knowledge (its elements were dropped)
         known = {r for r, rid in ids.items() if self.replica_ids.get(r) == rid}
@@ -453,7 +455,7 @@ class State:
         context: dict[ReplicaRef, int],
         clouds: dict[ReplicaRef, set[int]],
         kept: dict[ReplicaRef, set[int]],
-    ) -> tuple[list[Element], list[Element]]:
+    ) -> JoinsLeaves:
         """The end of a snapshot merged in parts: elements the peer has seen (its `context`
         and `clouds`) but does not hold (not in `kept`) leave; its context is taken."""
         if self.record is not None:
@@ -463,19 +465,19 @@ class State:
 
     def _merge_seen(
         self, context: dict[ReplicaRef, int], clouds: dict[ReplicaRef, set[int]], held: Any
-    ) -> list[Element]:
+    ) -> Elements:
         """A snapshot's removes (every element it has seen and not in `held`, a collection
         of dots), its context and clouds; the elements that left."""
-        leaves = []
+        leaves: Elements = []
         for r, seen in context.items():
             rid = self.replica_ids.get(r)
             mine = self.remote.get(rid) if rid else None
-            if not mine:
+            if not rid or not mine:
                 continue
             cloud = clouds.get(r, _EMPTY)
             for c in [c for c in mine if (c <= seen or c in cloud) and (r, c) not in held]:
-                element = self.remote[rid][c]
-                self._drop_remote(element, rid, c)  # type: ignore[arg-type]
+                element = mine[c]
+                self._drop_remote(element, rid, c)
                 self._forget_in_delta(r, c)  # re-gossiped in this replica's next heartbeat
                 leaves.append(element)
         for r, n in context.items():
@@ -490,9 +492,7 @@ class State:
                 self.clouds.setdefault(r, set()).update(cloud)
         self._compact()
 
-    def _shown(
-        self, joins: list[Element], leaves: list[Element]
-    ) -> tuple[list[Element], list[Element]]:
+    def _shown(self, joins: Elements, leaves: Elements) -> JoinsLeaves:
         """A hidden replica's changes show when it comes back up, not now."""
         if self.down:
             hidden = self._hidden()
@@ -505,7 +505,7 @@ class State:
     def _seen(self, replica: ReplicaRef, counter: int) -> bool:
         return counter <= self.context[replica] or counter in self.clouds.get(replica, _EMPTY)
 
-    def _observe_removes(self, remote: Delta) -> list[Element]:
+    def _observe_removes(self, remote: Delta) -> Elements:
         """Elements the peer has seen but no longer holds were removed: they leave. Only the
         delta's own markers are looked at: O(delta)."""
         leaves = []
@@ -524,7 +524,7 @@ class State:
                     leaves.append(element)
         return leaves
 
-    def _admit(self, values: dict[Dot, Value], leaves: list[Element]) -> list[Element]:
+    def _admit(self, values: dict[Dot, Value], leaves: Elements) -> Elements:
         """Elements of known replicas not seen here yet become joins."""
         joins = []
         for (replica, counter), (topic, pid, key, meta) in values.items():
@@ -556,7 +556,8 @@ class State:
 
     def _held(self, topic: Topic, pid: Pid, key: Key, rid: int) -> Element | None:
         """The element of replica `rid` for (topic, pid, key), if held."""
-        for e in self.topics.get(topic, _EMPTY).get(key, ()):
+        held: Elements = self.topics.get(topic, _EMPTY).get(key, [])
+        for e in held:
             if e.pid == pid and e.dot >> COUNTER_BITS == rid:
                 return e
         return None
@@ -659,5 +660,5 @@ def _delta_parts(delta: Delta, size: int) -> Iterator[Delta]:
             yield Delta(delta.replica, delta.start, delta.end, {r: set(markers[i : i + size])}, {})
 
 
-_EMPTY: dict = {}
+_EMPTY: dict[Any, Any] = {}  # read only: what `get` falls back on
 _make = tuple.__new__

@@ -10,7 +10,7 @@ from array import array
 from typing import Any
 
 from whosthere.errors import MalformedFrame
-from whosthere.tracker.state import COUNTER_BITS, Delta, ReplicaRef, Snapshot
+from whosthere.tracker.state import COUNTER_BITS, Delta, Dot, ReplicaRef, Snapshot, Value
 from whosthere.transport import codec
 
 
@@ -71,11 +71,11 @@ def decode_clouds(raw: Any) -> dict[ReplicaRef, set[int]]:
         raise MalformedFrame("clouds are [[name, vsn, [counter, ...]], ...]") from None
 
 
-def _encode_values(values: dict) -> list[Any]:
+def _encode_values(values: dict[Dot, Value]) -> list[Any]:
     return [[r[0], r[1], c, *value] for (r, c), value in values.items()]
 
 
-def _decode_values(raw: Any) -> dict:
+def _decode_values(raw: Any) -> dict[Dot, Value]:
     """The hottest decode of a burst (a value per presence): checks inlined."""
     is_meta = codec.is_packed_map
     try:

@@ -21,12 +21,17 @@ import math
 import reprlib
 import types
 import typing
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import msgpack
 
 from whosthere.errors import InvalidMeta, MalformedFrame, MessageTooLarge
 from whosthere.transport import messages as m
+
+# msgpack ships no types: what it is called for, typed once
+_packb: Callable[..., bytes] = msgpack.packb
+_unpackb: Callable[..., Any] = msgpack.unpackb
 
 # Stable wire tags: never renumber, only append (peers of another version read these).
 TAGS: dict[type, int] = {
@@ -193,7 +198,7 @@ class _Shape(NamedTuple):
 
 def _shape(cls: type) -> _Shape:
     hints = typing.get_type_hints(cls, include_extras=True)
-    names = cls._fields  # type: ignore[attr-defined]
+    names: tuple[str, ...] = getattr(cls, "_fields")  # a NamedTuple's  # noqa: B009
     fields = tuple((name, *_field_spec(hints[name])) for name in names)
     checks = tuple(
         (i, f"{cls.__name__}.{name}", _check_field(mark))
@@ -212,7 +217,7 @@ def _check_limits(shape: _Shape, values: Any) -> None:
             check(value, what)
 
 
-_PUBLISHED_TAG = msgpack.packb(TAGS[m.Published])
+_PUBLISHED_TAG = _packb(TAGS[m.Published])
 
 _SHAPES: dict[int, _Shape] = {tag: _shape(cls) for cls, tag in TAGS.items()}
 if len(_SHAPES) != len(TAGS):
@@ -252,7 +257,7 @@ def pack_meta(meta: object, limit: int = DEFAULT_META_LIMIT) -> bytes:
     if any(k in meta for k in RESERVED_META_KEYS):
         meta = {k: v for k, v in meta.items() if k not in RESERVED_META_KEYS}
     try:
-        packed = msgpack.packb(meta, use_bin_type=True)
+        packed = _packb(meta, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidMeta(f"meta cannot be packed with msgpack: {exc}") from exc
     if len(packed) > limit:
@@ -296,7 +301,7 @@ def unpack_map(packed: bytes) -> dict[str, Any]:
     """Bytes that must be exactly one msgpack map with str keys (a meta); `InvalidMeta` if
     not. Diffs and lists are built by concatenating metas: anything else would corrupt them."""
     try:
-        meta = msgpack.unpackb(packed, raw=False, strict_map_key=False)
+        meta = _unpackb(packed, raw=False, strict_map_key=False)
     except Exception as exc:  # msgpack raises several types; trailing bytes included
         raise InvalidMeta(f"meta is not msgpack: {exc}") from None
     if not isinstance(meta, dict) or not all(isinstance(k, str) for k in meta):
@@ -307,14 +312,14 @@ def unpack_map(packed: bytes) -> dict[str, Any]:
 def is_packed_map(packed: bytes) -> bool:
     """`unpack_map`'s rule as a yes or no, for a hot loop (a peer's delta of thousands)."""
     try:
-        meta = msgpack.unpackb(packed, raw=False, strict_map_key=False)
+        meta = _unpackb(packed, raw=False, strict_map_key=False)
     except Exception:  # msgpack raises several types; trailing bytes included
         return False
     return type(meta) is dict and all(type(key) is str for key in meta)
 
 
-_PHX_REF = msgpack.packb("phx_ref")
-_PHX_REF_PREV = msgpack.packb("phx_ref_prev")
+_PHX_REF = _packb("phx_ref")
+_PHX_REF_PREV = _packb("phx_ref_prev")
 
 
 def meta_with_refs(packed: bytes, ref: str, prev: str | None = None) -> bytes:
@@ -341,7 +346,7 @@ def _pack_str(text: str) -> bytes:
     n = len(data)
     if n < 32:
         return bytes((0xA0 | n,)) + data
-    return _PACKER.pack(text)
+    return _pack(text)
 
 
 def _header(count: int, fixed: list[bytes], marker16: bytes, marker32: bytes) -> bytes:
@@ -360,7 +365,7 @@ def _array_header(count: int) -> bytes:
     return _header(count, _FIXARRAY, b"\xdc", b"\xdd")
 
 
-_PACKER = msgpack.Packer(use_bin_type=True)
+_pack: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True).pack
 _FIXMAP = [bytes((0x80 | n,)) for n in range(16)]
 _FIXARRAY = [bytes((0x90 | n,)) for n in range(16)]
 _METAS = _map_header(1) + _pack_str("metas")
@@ -393,8 +398,8 @@ def encode_published(epoch: int, seq: int, event: str, payload: bytes) -> bytes:
         (
             _FIXARRAY[5],
             _PUBLISHED_TAG,
-            _PACKER.pack(epoch),
-            _PACKER.pack(seq),
+            _pack(epoch),
+            _pack(seq),
             _pack_str(event),
             payload,
         )
@@ -404,17 +409,17 @@ def encode_published(epoch: int, seq: int, event: str, payload: bytes) -> bytes:
 def pack_value(value: Any) -> bytes:
     """Any msgpack-able value (a fetched diff, say); `InvalidMeta` if it is not one."""
     try:
-        return msgpack.packb(value, use_bin_type=True)
+        return _packb(value, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidMeta(f"value cannot be packed with msgpack: {exc}") from exc
 
 
-def unpack(data: bytes) -> Any:
+def unpack(data: bytes | memoryview) -> Any:
     """A value packed by `pack_meta` / `meta_with_refs`."""
-    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+    return _unpackb(data, raw=False, strict_map_key=False)
 
 
-def encode(msg: tuple, *, checked: bool = False) -> bytes:
+def encode(msg: tuple[Any, ...], *, checked: bool = False) -> bytes:
     """The wire bytes of a message; `InvalidMeta` if a field cannot be packed.
 
     `checked`: first the field limits `decode` would check, so a client's bad request is
@@ -427,7 +432,7 @@ def encode(msg: tuple, *, checked: bool = False) -> bytes:
     if checked:
         _check_limits(_SHAPES[tag], msg)
     try:
-        data = msgpack.packb((tag, *msg), use_bin_type=True)
+        data = _packb((tag, *msg), use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidMeta(f"{type(msg).__name__} cannot be sent: {exc}") from exc
     if checked and len(data) > MAX_REQUEST_BYTES:
@@ -446,7 +451,7 @@ def decode(data: bytes, max_bytes: int = MAX_FRAME_BYTES) -> Any:
     if len(data) > max_bytes:
         raise MalformedFrame(f"frame of {len(data)} bytes exceeds {max_bytes}")
     try:
-        obj = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        obj = _unpackb(data, raw=False, strict_map_key=False)
     except Exception as exc:  # msgpack raises several unrelated types on garbage
         raise MalformedFrame(f"frame is not msgpack: {exc}") from None
     if not isinstance(obj, list) or not obj:

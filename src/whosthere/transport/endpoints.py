@@ -48,13 +48,13 @@ def is_loopback(address: str) -> bool:
     if name == "localhost":
         return True
     ip = _host_ip(v6, name)
-    return bool(ip) and ip.is_loopback  # type: ignore[union-attr]
+    return bool(ip) and bool(ip.is_loopback)
 
 
 def _host_ip(v6: str | None, name: str | None) -> Any:
     """The address a host spells (None: a host name; False: a malformed address)."""
     try:
-        return ipaddress.ip_address(v6 or name)
+        return ipaddress.ip_address(v6 or name or "")
     except ValueError:
         if v6 or not name or not _numeric(name):
             return None if not v6 else False

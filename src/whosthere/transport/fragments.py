@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from typing import Any
 
 from whosthere.errors import MalformedFrame, MessageTooLarge
 from whosthere.transport import codec
@@ -25,7 +26,7 @@ MAX_AGE_S = 60.0  # a partial message whose last piece came longer ago is droppe
 _idents = itertools.count(random.getrandbits(32))
 
 
-def encode(message: tuple, limit: int = FRAGMENT_BYTES) -> list[bytes]:
+def encode(message: tuple[Any, ...], limit: int = FRAGMENT_BYTES) -> list[bytes]:
     """The frames that carry `message`: itself, or its fragments if it is over `limit`.
     `MessageTooLarge` if it is over what a receiver puts back together."""
     body = codec.encode(message)
@@ -54,17 +55,17 @@ class Reassembler:
         self.pending: dict[str, _Partial] = {}
         self.lost = 0  # messages abandoned because a piece never came
 
-    def add(self, sender: str, piece: Fragment, now: float) -> tuple | None:
+    def add(self, sender: str, piece: Fragment, now: float) -> tuple[Any, ...] | None:
         """The whole message once its last piece arrives, else None. `MalformedFrame` if
         the pieces cannot make a message (it is dropped; later ones still work)."""
         partial = self.pending.pop(sender, None)
-        if piece.index == 0:
+        if piece.part == 0:
             if partial is not None:
                 self.lost += 1  # a new message: the last one lost a piece
-            if not 1 < piece.count <= self.max_pieces:
-                raise MalformedFrame(f"fragment count {piece.count} out of range")
-            partial = _Partial(piece.ident, piece.count, now)
-        elif partial is None or (piece.ident, piece.count, piece.index) != (
+            if not 1 < piece.parts <= self.max_pieces:
+                raise MalformedFrame(f"fragment count {piece.parts} out of range")
+            partial = _Partial(piece.ident, piece.parts, now)
+        elif partial is None or (piece.ident, piece.parts, piece.part) != (
             partial.ident,
             partial.count,
             len(partial.parts),
@@ -85,7 +86,7 @@ class Reassembler:
         if len(partial.parts) < partial.count:
             self.pending[sender] = partial
             return None
-        message = codec.decode(b"".join(partial.parts), max_bytes=self.max_bytes)
+        message: tuple[Any, ...] = codec.decode(b"".join(partial.parts), max_bytes=self.max_bytes)
         if isinstance(message, Fragment):
             raise MalformedFrame("a fragment inside a fragmented message")
         return message

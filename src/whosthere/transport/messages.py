@@ -168,7 +168,7 @@ class ShardRestarted(NamedTuple):
     its crash may never have gone out, so every subscriber of its topics hears of a loss
     (`MessagesLost`) and resyncs with `list`."""
 
-    index: int
+    shard: int
     pool_size: int
 
 
@@ -311,7 +311,7 @@ class FetcherReady(NamedTuple):
     """Fetcher worker -> every shard: started. A restart (incarnation above 0): what was
     in flight to the slot died with the last one, and is sent again."""
 
-    index: int
+    fetcher: int
     incarnation: int  # the slot's restarts before this fetcher (`ActorSpec.incarnation`)
 
 
@@ -374,7 +374,7 @@ class ClusterCast(NamedTuple):
     (`PUBSUB_INDEX`: the PubSub actor) of node `to` (`"*"`: every peer node)."""
 
     to: str
-    index: int
+    slot: int
     payload: bytes  # an encoded replication message
 
 
@@ -383,7 +383,7 @@ class PeerCast(NamedTuple):
     `PUBSUB_INDEX`, to the PubSub actor)."""
 
     sender: str  # node name
-    index: int
+    slot: int
     payload: bytes
 
 
@@ -443,6 +443,6 @@ class Fragment(NamedTuple):
     of a big shard). The pieces of one message travel in order on one route."""
 
     ident: int  # the same for every piece of one message
-    index: int
-    count: int
+    part: int
+    parts: int
     data: bytes

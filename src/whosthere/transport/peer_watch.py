@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import struct
+from typing import Any, cast
 
 import zmq
 
@@ -24,16 +25,20 @@ _serials = itertools.count()
 class PeerWatch:
     """The disconnects of one socket, counted as they are read (`drops`)."""
 
-    def __init__(self, sock: zmq.Socket) -> None:
+    def __init__(self, sock: zmq.Socket[Any]) -> None:
         addr = f"inproc://whosthere-peer-watch-{id(sock)}-{next(_serials)}"
         sock.monitor(addr, zmq.EVENT_DISCONNECTED)
         self._watched = sock
         # the monitor's end, on the same context (an asyncio socket's included) but sync:
         # read without waiting by whoever polls it
-        self.socket = zmq.Context.shadow(sock.context.underlying).socket(zmq.PAIR)
+        self.socket: zmq.Socket[Any] = zmq.Context.shadow(sock.context.underlying).socket(zmq.PAIR)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.connect(addr)
         self.drops = 0
+
+    def fileno(self) -> int:
+        """A descriptor readable when events may wait (ZeroMQ's `FD`: see `read`)."""
+        return cast(int, self.socket.getsockopt(zmq.FD))
 
     def read(self) -> bool:
         """Read the events that came; whether the connection dropped since the last read.
@@ -41,7 +46,7 @@ class PeerWatch:
         it only for what comes after a read found nothing."""
         before = self.drops
         sock = self.socket
-        while sock.get(zmq.EVENTS) & zmq.POLLIN:
+        while cast(int, sock.get(zmq.EVENTS)) & zmq.POLLIN:
             frames = sock.recv_multipart(zmq.NOBLOCK)
             if len(frames) == 2 and len(frames[0]) == _EVENT.size:
                 event, _ = _EVENT.unpack(frames[0])

@@ -15,7 +15,7 @@ import contextlib
 import itertools
 import threading
 import time
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import zmq
 
@@ -31,7 +31,7 @@ _LAST = int(zmq.NOBLOCK)  # flag enums anew for every frame, a few us per messag
 _POLLIN = int(zmq.POLLIN)
 
 
-def send_nowait(socket: zmq.Socket, frames: tuple[bytes, ...] | list[bytes]) -> None:
+def send_nowait(socket: zmq.Socket[Any], frames: tuple[bytes, ...] | list[bytes]) -> None:
     """`socket.send_multipart(frames, zmq.NOBLOCK)`, for hot paths. All or nothing, as there:
     only the first frame can meet the high-water mark (`zmq.Again`)."""
     send = socket.send
@@ -40,23 +40,24 @@ def send_nowait(socket: zmq.Socket, frames: tuple[bytes, ...] | list[bytes]) -> 
     send(frames[-1], _LAST)
 
 
-def readable(socket: zmq.Socket) -> bool:
+def readable(socket: zmq.Socket[Any]) -> bool:
     """Whether a message waits (without the exception a `recv` on an empty socket costs)."""
-    return bool(socket.get(zmq.EVENTS) & _POLLIN)
+    return bool(cast(int, socket.get(zmq.EVENTS)) & _POLLIN)
 
 
-def context() -> zmq.Context:
+def context() -> zmq.Context[Any]:
     """This process's ZeroMQ context (a new one after a fork)."""
-    return zmq.Context.instance()
+    context: zmq.Context[Any] = zmq.Context.instance()
+    return context
 
 
-def socket(kind: int, *, hwm: int | None = None) -> zmq.Socket:
+def socket(kind: int, *, hwm: int | None = None) -> zmq.Socket[Any]:
     """A socket that never lingers on close (a dead peer must not block shutdown), and
     that refuses frames over `codec.MAX_FRAME_BYTES` unread: ZeroMQ drops the connection of
     a peer that sends one (it reconnects; that message is lost, as `decode` would drop it).
     An XPUB only hears subscriptions, whose filters are topic frames: it refuses more than
     `codec.MAX_SUBSCRIPTION_BYTES` (ZeroMQ stores a filter as one trie node per byte)."""
-    sock = context().socket(kind)
+    sock: zmq.Socket[Any] = context().socket(kind)
     sock.setsockopt(zmq.LINGER, 0)
     limit = codec.MAX_SUBSCRIPTION_BYTES if kind == zmq.XPUB else codec.MAX_FRAME_BYTES
     sock.setsockopt(zmq.MAXMSGSIZE, limit)
@@ -66,7 +67,7 @@ def socket(kind: int, *, hwm: int | None = None) -> zmq.Socket:
     return sock
 
 
-def bind(sock: zmq.Socket, endpoint: str) -> str:
+def bind(sock: zmq.Socket[Any], endpoint: str) -> str:
     """Bind `sock`; returns the endpoint bound (a tcp port given as 0 or * resolved)."""
     if endpoint.startswith("tcp://") and endpoint.endswith(":0"):
         endpoint = endpoint[:-1] + "*"
@@ -150,7 +151,7 @@ class Dealer:
             watch_peer = self.checked
         self._watch = PeerWatch(self.socket) if watch_peer else None
 
-    def call(self, msg: tuple, timeout: float | None = None) -> Any:
+    def call(self, msg: tuple[Any, ...], timeout: float | None = None) -> Any:
         """Send `msg` and wait for its reply; raises what the actor raised.
 
         Blocks at most `timeout` seconds (default: the Dealer's), then `NodeUnavailable`.
@@ -159,7 +160,7 @@ class Dealer:
         deadline = time.monotonic() + timeout
         return self.result(self.request(msg, deadline, timeout), msg, deadline, timeout)
 
-    def request(self, msg: tuple, deadline: float, timeout: float) -> bytes:
+    def request(self, msg: tuple[Any, ...], deadline: float, timeout: float) -> bytes:
         """Send a call without waiting: its ref, for `result`. Pipelining several requests
         before the first `result` saves a round trip each."""
         if self._watch is not None and self._watch.read():  # what went before is lost
@@ -169,7 +170,7 @@ class Dealer:
         self._send(ref, codec.encode(msg, checked=self.checked), deadline, msg, timeout)
         return ref
 
-    def result(self, ref: bytes, msg: tuple, deadline: float, timeout: float) -> Any:
+    def result(self, ref: bytes, msg: tuple[Any, ...], deadline: float, timeout: float) -> Any:
         """The reply to the request `ref` (requests are answered in the order sent)."""
         number = int.from_bytes(ref, "big")
         while True:
@@ -188,7 +189,7 @@ class Dealer:
                 self.pushes.append(codec.decode(frames[1]))
             # else: the late reply of an earlier call that timed out; dropped
 
-    def cast(self, msg: tuple, timeout: float | None = None) -> None:
+    def cast(self, msg: tuple[Any, ...], timeout: float | None = None) -> None:
         """Queue `msg` for the actor without waiting for it to be handled."""
         timeout = self.timeout if timeout is None else timeout
         body = codec.encode(msg, checked=self.checked)
@@ -224,13 +225,15 @@ class Dealer:
             self._watch.close()
         self.socket.close(linger=int(linger * 1000))
 
-    def _unavailable(self, msg: tuple, timeout: float) -> NodeUnavailable:
+    def _unavailable(self, msg: tuple[Any, ...], timeout: float) -> NodeUnavailable:
         return NodeUnavailable(
             f"{self.what} at {self.endpoint} did not answer {type(msg).__name__} "
             f"within {timeout:g} s"
         )
 
-    def _send(self, ref: bytes, body: bytes, deadline: float, msg: tuple, timeout: float) -> None:
+    def _send(
+        self, ref: bytes, body: bytes, deadline: float, msg: tuple[Any, ...], timeout: float
+    ) -> None:
         if self.guard is not None:
             self.guard.check()
         while True:
@@ -243,7 +246,7 @@ class Dealer:
                     raise self._unavailable(msg, timeout) from None
                 self.socket.poll(max(1, int(remaining * 1000)), zmq.POLLOUT)
 
-    def _recv(self, ref: int, deadline: float, msg: tuple, timeout: float) -> list[bytes]:
+    def _recv(self, ref: int, deadline: float, msg: tuple[Any, ...], timeout: float) -> list[bytes]:
         """The next frames for the call `ref`: `NodeUnavailable` past the deadline, once the
         guard ends, or once the peer dropped with the call in flight."""
         sock = self.socket
@@ -341,11 +344,11 @@ class Connection:
             owned = self._local.owned = _Owned(dealer)
         return owned.dealer
 
-    def call(self, msg: tuple, timeout: float | None = None) -> Any:
+    def call(self, msg: tuple[Any, ...], timeout: float | None = None) -> Any:
         """As `Dealer.call`, on this thread's socket."""
         return self.dealer().call(msg, timeout)
 
-    def cast(self, msg: tuple, timeout: float | None = None) -> None:
+    def cast(self, msg: tuple[Any, ...], timeout: float | None = None) -> None:
         """As `Dealer.cast`, on this thread's socket."""
         self.dealer().cast(msg, timeout)
 
