@@ -275,3 +275,59 @@ def test_no_package_imports_itself_through_another():
 
     cycles = sorted(p for p in graph if reaches(p, p))
     assert cycles == []
+
+
+# -- names -------------------------------------------------------------------------------------
+
+# Two public names DESIGN gives to two things: `whosthere.Channel(pid, topic)` is the `socket`
+# argument of Phoenix's `track(socket, key, meta)`, `whosthere.channels.Channel` is
+# Phoenix.Channel. Everything else has one name for one thing.
+SHARED_BY_DESIGN = {"Channel": {"whosthere.arguments", "whosthere.channels.channel"}}
+
+
+def _module_names() -> dict[str, str]:
+    """Module path -> its file's name, for every module of the package."""
+    src = ROOT / "src"
+    return {
+        ".".join(p.relative_to(src).with_suffix("").parts): p.stem
+        for p in sorted((src / "whosthere").rglob("*.py"))
+        if p.stem != "__init__"
+    }
+
+
+def test_no_two_modules_share_a_name():
+    """A module's name says what it is, wherever it is imported from; only the asyncio
+    client repeats the synchronous one's (`whosthere.aio.presence` is `whosthere.presence`
+    as coroutines)."""
+    by_name: dict[str, list[str]] = {}
+    for module, name in _module_names().items():
+        by_name.setdefault(name, []).append(module)
+    shared = {
+        name: modules
+        for name, modules in by_name.items()
+        if len(modules) > 1 and sorted(modules) != [f"whosthere.aio.{name}", f"whosthere.{name}"]
+    }
+    assert shared == {}
+
+
+def test_no_two_classes_or_type_names_share_a_name():
+    """Classes and type aliases (CamelCase names bound at a module's top level)."""
+    import ast
+
+    src = ROOT / "src"
+    where: dict[str, set[str]] = {}
+    for path in sorted((src / "whosthere").rglob("*.py")):
+        module = ".".join(path.relative_to(src).with_suffix("").parts).removesuffix(".__init__")
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ClassDef):
+                names = [node.name]
+            elif isinstance(node, ast.Assign | ast.AnnAssign):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                names = [t.id for t in targets if isinstance(t, ast.Name)]
+            else:
+                continue
+            for name in names:
+                if re.fullmatch(r"_?[A-Z][a-z0-9]+[A-Za-z0-9]*", name):
+                    where.setdefault(name.lstrip("_"), set()).add(module)
+    shared = {n: m for n, m in where.items() if len(m) > 1 and SHARED_BY_DESIGN.get(n) != m}
+    assert shared == {}

@@ -39,7 +39,7 @@ def worker_main(name: str, seed: int) -> None:
 
 
 @dataclass
-class Worker:
+class DemoWorker:
     name: str
     pid: int
     status: str = "starting"
@@ -56,7 +56,7 @@ class Demo:
     duration: float = 8.0
     out: TextIO = sys.stdout
     seed: int | None = None
-    by_pid: dict[int, Worker] = field(default_factory=dict)
+    by_pid: dict[int, DemoWorker] = field(default_factory=dict)
     t0: float = 0.0
 
     def say(self, what: str, text: str) -> None:
@@ -79,7 +79,7 @@ class Demo:
                 name = f"worker-{i + 1}"
                 proc = node.spawn(worker_main, (name, rng.randrange(2**32)), name=name)
                 assert proc.pid is not None
-                self.by_pid[proc.pid] = Worker(name, proc.pid)
+                self.by_pid[proc.pid] = DemoWorker(name, proc.pid)
             first_kill = min(2.0, self.duration / 3)
             gap = (self.duration - first_kill - 1.0) / max(1, self.kills)
             kill_times = [first_kill + k * gap for k in range(min(self.kills, self.workers))]

@@ -7,8 +7,8 @@ import sys
 
 import psutil
 
-StartTime = int | float | None  # as `start_time` read it (None: the process was gone)
-ProcessKey = tuple[int, StartTime]  # (pid, start_time)
+# (pid, start time as `start_time` read it: None if the process was gone then)
+ProcessKey = tuple[int, int | float | None]
 PID_MAX = 1 << 22  # the largest pid_max Linux allows
 
 # An owner is `serial << OWNER_SHIFT | pid`: serial 0 is the whole OS process (a bare pid is
