@@ -30,10 +30,10 @@ from whosthere.tracker.pool import shard_for
 from whosthere.transport.messages import MetasDiff, MetasResync, MetasState
 from whosthere.transport.sockets import Dealer
 
-Presences = dict[str, list[Any]]  # key -> metas
+MetasByKey = dict[str, list[Any]]  # key -> metas, as `handle_metas` gets a topic's presences
 
 
-def apply_diff(topics: dict[str, Presences], topic: str, diff: dict[str, Any]) -> Presences:
+def apply_diff(topics: dict[str, MetasByKey], topic: str, diff: dict[str, Any]) -> MetasByKey:
     """Apply a diff to the per-topic bookkeeping; returns that topic's presences after it."""
     presences = topics.setdefault(topic, {})
     for key, entry in diff.get("joins", {}).items():
@@ -55,7 +55,7 @@ def apply_diff(topics: dict[str, Presences], topic: str, diff: dict[str, Any]) -
     return presences
 
 
-def diff_between(old: Presences, new: Presences) -> dict[str, Any]:
+def diff_between(old: MetasByKey, new: MetasByKey) -> dict[str, Any]:
     """The diff that turns `old` into `new` (metas compared by value)."""
     joins: dict[str, Any] = {}
     leaves: dict[str, Any] = {}
@@ -80,13 +80,13 @@ class PresenceClientActor(Actor):
         super().__init__(spec)
         self.presence_class = load_class(spec.node.presence)  # the user's Presence subclass
         self.presence: Any = None
-        self.topics: dict[str, Presences] = {}
+        self.topics: dict[str, MetasByKey] = {}
         self.state: Any = None
         self.calls = 0
         self.failures = 0
         self.pool_size = spec.node.pool_size
         self.synced: set[int] = set()  # shards whose whole state came: their diffs count
-        self.incoming: dict[int, dict[str, Presences]] = {}  # shard -> its state's parts so far
+        self.incoming: dict[int, dict[str, MetasByKey]] = {}  # shard -> its state's parts so far
         shards = Topology(spec.node).shards
         self.shards = [Dealer(e, what="shard", unbounded=True) for e in shards]
         # `init` and `handle_metas` may be `async def`: they run on this loop, kept for life
@@ -139,7 +139,7 @@ class PresenceClientActor(Actor):
                 self.topics.pop(topic, None)
             self._call_handle_metas(topic, diff, new)
 
-    def _call_handle_metas(self, topic: str, diff: dict[str, Any], presences: Presences) -> None:
+    def _call_handle_metas(self, topic: str, diff: dict[str, Any], presences: MetasByKey) -> None:
         if not hasattr(self.presence, "handle_metas"):
             return  # only init was defined
         self.calls += 1
