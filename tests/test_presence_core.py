@@ -14,7 +14,7 @@ import pytest
 import whosthere
 from whosthere.errors import NodeUnavailable, RefChanged
 from whosthere.presence_core import BATCH, PresenceCore, fetchers_of
-from whosthere.steps import Call, Gather, Pause, Settle, Step, Steps
+from whosthere.steps import Call, Gather, Pause, Settle, Step, Steps, run
 from whosthere.tracker.pool import shard_for
 from whosthere.transport import codec
 from whosthere.transport.messages import (
@@ -34,23 +34,18 @@ PID = os.getpid()
 
 
 def drive(steps: Steps[Any], node: Callable[[Any], Any]) -> tuple[Any, list[Step]]:
-    """Run `steps` against `node` (a step -> its result, or an exception to raise at the
-    yield); the call's result and every step it took, as the clients' drivers do."""
+    """Run `steps` as the clients do (`steps.run`) against `node`: a step -> its result, or
+    an exception to raise where the call waits. The call's result and every step it took."""
     taken: list[Step] = []
-    value: Any = None
-    error: Exception | None = None
-    while True:
-        try:
-            step = steps.send(value) if error is None else steps.throw(error)
-        except StopIteration as done:
-            return done.value, taken
+
+    def perform(step: Step) -> Any:
         taken.append(step)
-        value, error = None, None
         result = node(step)
         if isinstance(result, Exception):
-            error = result
-        else:
-            value = result
+            raise result
+        return result
+
+    return run(steps, perform), taken
 
 
 async def settled(awaitable: Awaitable[Any]) -> Any:

@@ -24,7 +24,7 @@ from whosthere.names import check_topic
 from whosthere.owners import OwnerIdentity
 from whosthere.presence_core import Entry, Pids, PresenceCore, Presences, TopicCounts, fetchers_of
 from whosthere.pubsub import PubSub, Subscription
-from whosthere.steps import Call, Gather, Pause, Replies, Settle, Steps
+from whosthere.steps import Call, Gather, Pause, Replies, Settle, Step, Steps, run
 from whosthere.topology import shard_name
 from whosthere.transport.messages import GetStatus
 from whosthere.transport.sockets import DEFAULT_TIMEOUT, Connection
@@ -218,28 +218,19 @@ class Presence:
         return self._shards[call.shard].call(call.msg)
 
     def _run(self, steps: Steps[T]) -> T:
-        """Run a call of the core to its end, each step blocking (`steps`)."""
-        value: Any = None
-        error: Exception | None = None
-        while True:
-            try:
-                step = steps.send(value) if error is None else steps.throw(error)
-            except StopIteration as done:
-                result: T = done.value
-                return result
-            value, error = None, None
-            try:
-                match step:
-                    case Call():
-                        value = self._call(step)
-                    case Gather(calls):
-                        value = self._gather(calls)
-                    case Pause(seconds):
-                        time.sleep(seconds)
-                    case Settle(awaitable):
-                        value = settle(awaitable)
-            except Exception as exc:  # raised where the core waits for it
-                error = exc
+        return run(steps, self._perform)
+
+    def _perform(self, step: Step) -> Any:
+        match step:
+            case Call():
+                return self._call(step)
+            case Gather(calls):
+                return self._gather(calls)
+            case Pause(seconds):
+                time.sleep(seconds)
+                return None
+            case Settle(awaitable):
+                return settle(awaitable)
 
     def _gather(self, calls: Sequence[Call]) -> Replies:
         """Every call sent before any reply is read (pipelined, per shard); a reply's

@@ -15,7 +15,7 @@ it (the hot path stays a function call and a send).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Generator
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any, NamedTuple, TypeVar
 
 T = TypeVar("T")
@@ -63,3 +63,42 @@ def settled(value: Any) -> Generator[Step, Any, Any]:
     if inspect.isawaitable(value):
         value = yield Settle(value)
     return value
+
+
+# The two drivers' loops, side by side: the same loop, one blocking and one awaiting. Each
+# client passes how it performs a step (`Presence._perform`, `AsyncPresence._perform`).
+
+
+def run(steps: Steps[T], perform: Callable[[Step], Any]) -> T:
+    """Run a call of the core to its end: `perform` does each step and returns its result;
+    an `Exception` it raises is raised into the call where it waits (which may catch it)."""
+    value: Any = None
+    error: Exception | None = None
+    while True:
+        try:
+            step = steps.send(value) if error is None else steps.throw(error)
+        except StopIteration as done:
+            result: T = done.value
+            return result
+        value, error = None, None
+        try:
+            value = perform(step)
+        except Exception as exc:
+            error = exc
+
+
+async def run_async(steps: Steps[T], perform: Callable[[Step], Awaitable[Any]]) -> T:
+    """`run` on an event loop: `perform` returns an awaitable of each step's result."""
+    value: Any = None
+    error: Exception | None = None
+    while True:
+        try:
+            step = steps.send(value) if error is None else steps.throw(error)
+        except StopIteration as done:
+            result: T = done.value
+            return result
+        value, error = None, None
+        try:
+            value = await perform(step)
+        except Exception as exc:
+            error = exc

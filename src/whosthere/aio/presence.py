@@ -17,6 +17,7 @@ from typing import Any, Self, TypeVar
 
 from whosthere.aio.client import lookup
 from whosthere.aio.dealer import AsyncDealer
+from whosthere.aio.owners import AsyncOwner, Closings
 from whosthere.aio.pubsub import AsyncPubSub, AsyncSubscription
 from whosthere.arguments import Channel, owner_arg, whole_owner
 from whosthere.client import NodeInfo
@@ -31,7 +32,7 @@ from whosthere.presence_core import (
     TopicCounts,
     fetchers_of,
 )
-from whosthere.steps import Call, Gather, Pause, Replies, Settle, Steps
+from whosthere.steps import Call, Gather, Pause, Replies, Settle, Step, Steps, run_async
 from whosthere.topology import shard_name
 from whosthere.transport.messages import GetStatus
 from whosthere.transport.sockets import DEFAULT_TIMEOUT
@@ -60,35 +61,6 @@ async def connect_pubsub(
     return await AsyncPubSub.connect(address, timeout=timeout)
 
 
-class AsyncOwner(OwnerIdentity):
-    """`whosthere.Owner` for asyncio: `await owner.close()`, `async with`."""
-
-    __slots__ = ("_presence",)
-
-    def __init__(self, presence: AsyncPresence) -> None:
-        super().__init__()
-        self._presence = presence
-
-    def close(self) -> asyncio.Future[None]:
-        """Untrack every presence of this owner (one message per shard): `await owner.close()`.
-        Idempotent. It returns a future, not a coroutine, so that a hundred thousand closes
-        gathered at once cost no task each (`asyncio.ensure_future` takes either)."""
-        if self.closed:
-            future = asyncio.get_running_loop().create_future()
-            future.set_result(None)
-            return future
-        return self._presence._untrack_whole(self.id, self)
-
-    async def __aenter__(self) -> AsyncOwner:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-
-Closing = list[tuple[int, AsyncOwner | None, asyncio.Future[None]]]  # (pid, owner, its close)
-
-
 class AsyncPresence:
     """Presence tracking on a node, for one event loop: `await presence.track(...)`.
 
@@ -112,8 +84,7 @@ class AsyncPresence:
         ]
         self._node = self._dealer(info.address, "node")
         self._pubsub: AsyncPubSub | None = None  # made by the first subscribe
-        self._closing: Closing = []  # owners untracked whole in this turn of the loop
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._closings = Closings(self._untrack_owners)  # owners closed in this turn
 
     @classmethod
     async def connect(
@@ -164,7 +135,7 @@ class AsyncPresence:
         once) go together: one `UntrackMany` per shard for all of them."""
         if whole_owner(args):
             owner = args[0] if isinstance(args[0], AsyncOwner) else None
-            await self._untrack_whole(owner_arg(args[0]), owner)
+            await self._closings.close(owner_arg(args[0]), owner)
         else:
             await self._call(self._core.untrack(args))
 
@@ -212,36 +183,6 @@ class AsyncPresence:
         if self._pubsub is not None:
             await self._pubsub.close()
 
-    # -- owners closed together --------------------------------------------------------------
-
-    def _untrack_whole(self, pid: int, owner: AsyncOwner | None) -> asyncio.Future[None]:
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._closing.append((pid, owner, future))
-        if len(self._closing) == 1:  # after the other tasks of this turn
-            loop.call_soon(self._close_together)
-        return future
-
-    def _close_together(self) -> None:
-        batch, self._closing = self._closing, []
-        task = asyncio.get_running_loop().create_task(self._untrack_many(batch))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _untrack_many(self, batch: Closing) -> None:
-        try:
-            await self._run(self._core.untrack_owners([pid for pid, _, _ in batch]))
-        except Exception as exc:  # every close of the batch fails alike
-            for _, _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        for _, owner, future in batch:
-            if owner is not None:
-                owner.closed = True
-            if not future.done():
-                future.set_result(None)
-
     # -- the driver of the core --------------------------------------------------------------
 
     def _shard(self, topic: str) -> AsyncDealer:
@@ -252,32 +193,25 @@ class AsyncPresence:
             raise NodeUnavailable(f"presence of node {self.info.name!r} is closed")
         return shard
 
+    def _untrack_owners(self, owners: Pids) -> Awaitable[None]:
+        return self._run(self._core.untrack_owners(owners))
+
     def _call(self, call: Call) -> Awaitable[Any]:
         return self._shards[self._checked(call.shard)].call(call.msg, batch=call.batchable)
 
-    async def _run(self, steps: Steps[T]) -> T:
-        """Run a call of the core to its end, each step awaited (`steps`)."""
-        value: Any = None
-        error: Exception | None = None
-        while True:
-            try:
-                step = steps.send(value) if error is None else steps.throw(error)
-            except StopIteration as done:
-                result: T = done.value
-                return result
-            value, error = None, None
-            try:
-                match step:
-                    case Call():
-                        value = await self._call(step)
-                    case Gather(calls):
-                        value = await self._gather(calls)
-                    case Pause(seconds):
-                        await asyncio.sleep(seconds)
-                    case Settle(awaitable):
-                        value = await awaitable
-            except Exception as exc:  # raised where the core waits for it
-                error = exc
+    def _run(self, steps: Steps[T]) -> Awaitable[T]:
+        return run_async(steps, self._perform)
+
+    def _perform(self, step: Step) -> Awaitable[Any]:
+        match step:
+            case Call():
+                return self._call(step)
+            case Gather(calls):
+                return self._gather(calls)
+            case Pause(seconds):
+                return asyncio.sleep(seconds)
+            case Settle(awaitable):
+                return awaitable
 
     async def _gather(self, calls: Sequence[Call]) -> Replies:
         """Every call in flight at once; a reply's `WhosthereError` in its place."""
