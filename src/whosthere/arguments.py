@@ -22,7 +22,7 @@ def owner_arg(pid: object) -> int:
     """An owner as the wire names it: an OS pid, or an `Owner`'s id."""
     if isinstance(pid, OwnerIdentity):
         return pid.id
-    if not isinstance(pid, int) or not is_owner(pid):
+    if not is_owner(pid):
         raise TypeError(f"pid must be an OS pid (a positive int) or an Owner, got {pid!r}")
     return pid
 

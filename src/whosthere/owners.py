@@ -26,7 +26,7 @@ class OwnerIdentity:
         serial = next(_serials)
         if serial >= OWNER_SERIALS:
             raise OverflowError(f"a process makes at most {OWNER_SERIALS} owners")
-        self.pid = os.getpid()  # the OS process: its exit takes the owner's presences away
+        self.pid = _Process.pid  # the OS process: its exit takes the owner's presences away
         self.id = owner_of(self.pid, serial)  # what the wire carries
         self.closed = False  # its presences were untracked whole (`close`)
 
@@ -36,16 +36,30 @@ class OwnerIdentity:
 
 
 _serials = itertools.count(1)  # owners made in this process (0 is the process itself)
-_own_start: tuple[int, StartTime] = (0, None)  # (this process's pid, its start time), once read
+
+
+class _Process:
+    """This process's pid and start time, read once (a track should cost neither a syscall
+    nor a read of /proc); a forked child reads its own (`os.register_at_fork`)."""
+
+    pid = os.getpid()
+    start: StartTime = None
+    start_read = False  # `start` is known (None is a start time too: no /proc entry)
+
+    @classmethod
+    def forked(cls) -> None:
+        cls.pid, cls.start, cls.start_read = os.getpid(), None, False
+
+
+os.register_at_fork(after_in_child=_Process.forked)
 
 
 def start_of(owner: int) -> StartTime:
     """The start time of the owner's OS process, as the node links it. This process's own
-    (every `Owner` made here) is read once: a track should not cost a read of /proc."""
-    global _own_start
+    (every `Owner` made here) is read once."""
     pid = os_pid(owner)
-    if pid != os.getpid():
+    if pid != _Process.pid:
         return start_time(pid)
-    if _own_start[0] != pid:  # first use, or a forked child
-        _own_start = (pid, start_time(pid))
-    return _own_start[1]
+    if not _Process.start_read:
+        _Process.start, _Process.start_read = start_time(pid), True
+    return _Process.start

@@ -78,7 +78,8 @@ class PresenceCore:
         pid, topic, (key, meta) = owner_topic_args(args, 2, "track")
         packed = codec.pack_meta(meta, self.meta_limit)
         msg = Track(pid, start_of(pid), topic, key_arg(key), packed)
-        return Call(self.shard_of(topic), msg, True)
+        shard = shard_for(topic, self.pool_size) if self.pool_size > 1 else 0  # the hot path
+        return Call(shard, msg, True)
 
     def untrack(self, args: tuple[Any, ...]) -> Call:
         """`untrack(pid, topic, key)` or `untrack(channel, key)` (see `untrack_owner`)."""

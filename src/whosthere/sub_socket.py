@@ -108,7 +108,7 @@ class SubSocket:
             try:
                 got = sequencer.receive(frames)
             except MalformedFrame as exc:
-                log.warning("dropped malformed message: %s", exc)
+                log.warning("dropped a malformed message or mark: %s", exc)
                 continue
             if isinstance(got, MessagesLost):
                 raise got

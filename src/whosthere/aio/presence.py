@@ -186,18 +186,20 @@ class AsyncPresence:
     # -- the driver of the core --------------------------------------------------------------
 
     def _shard(self, topic: str) -> AsyncDealer:
-        return self._shards[self._checked(self._core.shard_of(topic))]
-
-    def _checked(self, shard: int) -> int:
         if self._node.closed:
-            raise NodeUnavailable(f"presence of node {self.info.name!r} is closed")
-        return shard
+            raise self._closed()
+        return self._shards[self._core.shard_of(topic)]
+
+    def _closed(self) -> NodeUnavailable:
+        return NodeUnavailable(f"presence of node {self.info.name!r} is closed")
 
     def _untrack_owners(self, owners: Pids) -> Awaitable[None]:
         return self._run(self._core.untrack_owners(owners))
 
     def _call(self, call: Call) -> Awaitable[Any]:
-        return self._shards[self._checked(call.shard)].call(call.msg, batch=call.batchable)
+        if self._node.closed:
+            raise self._closed()
+        return self._shards[call.shard].call(call.msg, batch=call.batchable)
 
     def _run(self, steps: Steps[T]) -> Awaitable[T]:
         return run_async(steps, self._perform)
