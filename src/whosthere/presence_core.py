@@ -78,7 +78,7 @@ class PresenceCore:
         pid, topic, (key, meta) = owner_topic_args(args, 2, "track")
         packed = codec.pack_meta(meta, self.meta_limit)
         msg = Track(pid, start_of(pid), topic, key_arg(key), packed)
-        shard = shard_for(topic, self.pool_size) if self.pool_size > 1 else 0  # the hot path
+        shard = shard_for(topic, self.pool_size) if self.pool_size > 1 else 0  # shard_of, inline
         return Call(shard, msg, True)
 
     def untrack(self, args: tuple[Any, ...]) -> Call:
@@ -108,7 +108,7 @@ class PresenceCore:
         clock: Callable[[], float],
     ) -> Steps[str]:
         """Read the meta, apply `fn` (here, in the caller), and write only if the meta is still
-        the one read (`Update.prev_ref`): else again on the newer meta, with a random backoff
+        the one read (`Update.expect_ref`): else again on the newer meta, with a random backoff
         so that racing writers spread out instead of colliding again (no one starves).
         `RefChanged` if other writers keep winning for the whole timeout."""
         pid, topic, key = read
