@@ -18,7 +18,7 @@ import pytest
 import whosthere
 import whosthere.aio
 from whosthere.transport import codec
-from whosthere.transport.messages import Calls, ListTopic, Track
+from whosthere.transport.messages import Calls, GetByKey, ListTopic, Track
 from whosthere.transport.sockets import Dealer
 
 
@@ -98,9 +98,7 @@ def test_a_cancelled_or_timed_out_call_never_hands_its_reply_to_a_later_one():
                 assert entry["metas"][0]["i"] == j, (round_, j, entry)
             for _ in range(20):  # a deadline too short to be met: NodeUnavailable, nothing left
                 with pytest.raises(whosthere.NodeUnavailable):
-                    await presence._shard("keys").call(
-                        whosthere.aio.presence.GetByKey("keys", "k0"), timeout=1e-6
-                    )
+                    await presence._shard("keys").call(GetByKey("keys", "k0"), timeout=1e-6)
                 assert (await presence.get_by_key("keys", "k5"))["metas"][0]["i"] == 5
 
     with whosthere.Node() as node:

@@ -91,13 +91,18 @@ def lookup(address: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> Node
     address = resolve_address(address)
     dealer = Dealer(address, timeout=timeout, what="node")
     try:
-        info = dealer.call(Lookup())
+        reply = dealer.call(Lookup())
     finally:
         dealer.close()
+    return node_info(address, reply)
+
+
+def node_info(address: str, reply: dict[str, Any]) -> NodeInfo:
+    """What the `Lookup` reply of the node at `address` says, its supervisor watched."""
     return NodeInfo(
-        info["name"],
-        info["address"],
-        dict(info["endpoints"]),
-        info["settings"],
-        watch_supervisor(address, info),
+        reply["name"],
+        reply["address"],
+        dict(reply["endpoints"]),
+        reply["settings"],
+        watch_supervisor(address, reply),
     )

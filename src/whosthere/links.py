@@ -1,41 +1,24 @@
-"""Erlang-style links to OS processes, served by the node's supervisor."""
+"""Erlang-style links to OS processes, served by the node's supervisor, blocking.
+
+What is linked and what exits were told is `link_book.LinkBook`, shared with the asyncio
+client; this module sends its messages and waits for the node's pushes.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections import deque
 from collections.abc import Iterator
-from typing import Any, NamedTuple
 
 import zmq
 
 from whosthere.client import resolve_address
 from whosthere.errors import NodeUnavailable
-from whosthere.transport import codec
-from whosthere.transport.messages import Link, ProcessesExited, Unlink
+from whosthere.link_book import LinkBook, ProcessExit, link_items
+from whosthere.owners import StartTime
 from whosthere.transport.sockets import DEFAULT_TIMEOUT, Dealer
-from whosthere.watch import is_pid, start_time
 
-
-class ProcessExit(NamedTuple):
-    """A linked process exited."""
-
-    pid: int
-    start_time: int | float | None  # identity of the process that exited; None: gone at link
-
-
-def link_items(pids: list[int], starts: list[int | float | None] | None) -> list[list[Any]]:
-    """[[pid, start time], ...] for `Link`, start times read now where not given."""
-    starts = starts or [None] * len(pids)
-    items = []
-    for pid, start in zip(pids, starts, strict=True):
-        if not is_pid(pid):  # as `Presence.track`: pid 1 (init) is a process like others
-            raise TypeError(f"pid must be a positive int (an OS pid), got {pid!r}")
-        st = start_time(pid) if start is None else start
-        codec.check_start_time(st, "start")  # NaN never equals itself: never reported
-        items.append([pid, st])
-    return items
+__all__ = ["Links", "ProcessExit", "link_items"]
 
 
 class Links:
@@ -49,40 +32,37 @@ class Links:
     def __init__(self, address: str | None = None, *, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.address = resolve_address(address)
         self._dealer = Dealer(self.address, timeout=timeout, what="node")
-        self._linked: dict[int, int | float | None] = {}  # pid -> start time at link
-        self._exits: deque[ProcessExit] = deque()
+        self._book = LinkBook()
 
-    def link(self, pid: int, start: int | float | None = None) -> None:
+    def link(self, pid: int, start: StartTime = None) -> None:
         """Watch `pid`. Blocks until the node has it (at most the timeout: `NodeUnavailable`).
 
         `start` is the process's start time if the caller knows it (`watch.start_time`).
         """
         self.link_many([pid], [start])
 
-    def link_many(self, pids: list[int], starts: list[int | float | None] | None = None) -> None:
+    def link_many(self, pids: list[int], starts: list[StartTime] | None = None) -> None:
         """Watch several processes in one request."""
-        items = link_items(pids, starts)
-        self._dealer.call(Link(items))
-        self._linked.update(items)  # only once the node has them
+        msg = self._book.link(pids, starts)
+        self._dealer.call(msg)
+        self._book.linked_by(msg)  # only once the node has them
 
     def unlink(self, pid: int) -> None:
         """Stop watching `pid` (no-op if not linked); its exit is then not reported."""
-        if pid in self._linked:
-            self._dealer.call(Unlink([[pid, self._linked.pop(pid)]]))
+        msg = self._book.unlink(pid)
+        if msg is not None:
+            self._dealer.call(msg)
 
     def get(self, timeout: float | None = None) -> ProcessExit | None:
         """The next exit; waits up to `timeout` seconds (None: forever), then returns None."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not self._exits:
+        while not self._book.exits:
             wait = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
             for push in self._dealer.recv_pushes(wait):
-                if isinstance(push, ProcessesExited):
-                    for pid, st in push.exits:
-                        self._linked.pop(pid, None)
-                        self._exits.append(ProcessExit(pid, st))
+                self._book.pushed(push)
             if deadline is not None and time.monotonic() >= deadline:
                 break
-        return self._exits.popleft() if self._exits else None
+        return self._book.next_exit()
 
     def __iter__(self) -> Iterator[ProcessExit]:
         while True:
@@ -91,23 +71,23 @@ class Links:
                 yield exit_
 
     @property
-    def socket(self) -> zmq.Socket:
+    def socket(self) -> zmq.Socket[bytes]:
         """The socket exits arrive on, to poll beside others (then call `get(timeout=0)`)."""
         return self._dealer.socket
 
     @property
     def linked(self) -> set[int]:
         """The pids linked and not yet reported."""
-        return set(self._linked)
+        return set(self._book.linked)
 
     def close(self) -> None:
         """Drop every link and the connection. Idempotent."""
         if self._dealer.socket.closed:
             return
-        if self._linked:
+        msg = self._book.unlink_all()
+        if msg is not None:
             with contextlib.suppress(NodeUnavailable):
-                self._dealer.call(Unlink([[p, st] for p, st in self._linked.items()]), 0.5)
-            self._linked.clear()
+                self._dealer.call(msg, 0.5)
         self._dealer.close()
 
     def __enter__(self) -> Links:

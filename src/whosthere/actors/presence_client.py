@@ -30,7 +30,7 @@ from whosthere.tracker.pool import shard_for
 from whosthere.transport.messages import MetasDiff, MetasResync, MetasState
 from whosthere.transport.sockets import Dealer
 
-MetasByKey = dict[str, list[Any]]  # key -> metas
+MetasByKey = dict[str, list[Any]]  # key -> metas, as `handle_metas` gets a topic's presences
 
 
 def apply_diff(topics: dict[str, MetasByKey], topic: str, diff: dict[str, Any]) -> MetasByKey:

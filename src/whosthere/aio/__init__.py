@@ -17,8 +17,9 @@ thread (another loop) connects its own. Calls from many tasks of that loop run c
 over one socket per shard. Nothing here blocks the loop; every call has a deadline.
 """
 
+from whosthere.aio.client import lookup
 from whosthere.aio.links import AsyncLinks, links
-from whosthere.aio.presence import AsyncOwner, AsyncPresence, connect, connect_pubsub, lookup
+from whosthere.aio.presence import AsyncOwner, AsyncPresence, connect, connect_pubsub
 from whosthere.aio.pubsub import AsyncPubSub, AsyncSubscription
 
 __all__ = [

@@ -1,10 +1,13 @@
-"""`AsyncLinks`: Erlang-style links to OS processes (`whosthere.Links`) for an event loop."""
+"""`AsyncLinks`: Erlang-style links to OS processes (`whosthere.Links`) for an event loop.
+
+What is linked and what exits were told is `link_book.LinkBook`, shared with the blocking
+client; this module sends its messages and waits on the loop for the node's pushes.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,8 +15,8 @@ from whosthere.aio.dealer import AsyncDealer
 from whosthere.aio.waits import wait_event
 from whosthere.client import resolve_address
 from whosthere.errors import NodeUnavailable
-from whosthere.links import ProcessExit, link_items
-from whosthere.transport.messages import Link, ProcessesExited, Unlink
+from whosthere.link_book import LinkBook, ProcessExit
+from whosthere.owners import StartTime
 from whosthere.transport.sockets import DEFAULT_TIMEOUT
 
 
@@ -33,45 +36,40 @@ class AsyncLinks:
         self._dealer = AsyncDealer(
             self.address, timeout=timeout, what="node", on_push=self._on_push
         )
-        self._linked: dict[int, int | float | None] = {}  # pid -> start time at link
-        self._exits: deque[ProcessExit] = deque()
+        self._book = LinkBook()
         self._arrived = asyncio.Event()
 
-    async def link(self, pid: int, start: int | float | None = None) -> None:
+    async def link(self, pid: int, start: StartTime = None) -> None:
         """Watch `pid` (once this returns, the node has it)."""
         await self.link_many([pid], [start])
 
-    async def link_many(
-        self, pids: list[int], starts: list[int | float | None] | None = None
-    ) -> None:
+    async def link_many(self, pids: list[int], starts: list[StartTime] | None = None) -> None:
         """Watch several processes in one request."""
-        items = link_items(pids, starts)
-        await self._dealer.call(Link(items))
-        self._linked.update(items)  # only once the node has them
+        msg = self._book.link(pids, starts)
+        await self._dealer.call(msg)
+        self._book.linked_by(msg)  # only once the node has them
 
     async def unlink(self, pid: int) -> None:
         """Stop watching `pid` (no-op if not linked); its exit is then not reported."""
-        if pid in self._linked:
-            await self._dealer.call(Unlink([[pid, self._linked.pop(pid)]]))
+        msg = self._book.unlink(pid)
+        if msg is not None:
+            await self._dealer.call(msg)
 
     def _on_push(self, push: Any) -> None:
-        if isinstance(push, ProcessesExited):
-            for pid, st in push.exits:
-                self._linked.pop(pid, None)
-                self._exits.append(ProcessExit(pid, st))
+        if self._book.pushed(push):
             self._arrived.set()
 
     async def get(self, timeout: float | None = None) -> ProcessExit | None:
         """The next exit; waits up to `timeout` seconds (None: forever), then returns None.
         `NodeUnavailable` once the connection is closed."""
-        while not self._exits:
+        while not self._book.exits:
             if self._dealer.closed:
                 raise NodeUnavailable("the links' connection to the node is closed")
             self._dealer.start_reading()
             self._arrived.clear()
             if not await wait_event(self._arrived, timeout):
                 return None
-        return self._exits.popleft()
+        return self._book.next_exit()
 
     async def __aiter__(self) -> AsyncIterator[ProcessExit]:
         while True:
@@ -82,16 +80,16 @@ class AsyncLinks:
     @property
     def linked(self) -> set[int]:
         """The pids linked and not yet reported."""
-        return set(self._linked)
+        return set(self._book.linked)
 
     async def close(self) -> None:
         """Drop every link and the connection. Idempotent."""
         if self._dealer.closed:
             return
-        if self._linked:
+        msg = self._book.unlink_all()
+        if msg is not None:
             with contextlib.suppress(NodeUnavailable):
-                await self._dealer.call(Unlink([[p, st] for p, st in self._linked.items()]), 0.5)
-            self._linked.clear()
+                await self._dealer.call(msg, 0.5)
         await self._dealer.aclose()
         self._arrived.set()  # a waiting `get` sees the close
 

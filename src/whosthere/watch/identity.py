@@ -4,6 +4,7 @@ and owners, many per OS process, each an int that names its OS pid."""
 from __future__ import annotations
 
 import sys
+from typing import TypeGuard
 
 import psutil
 
@@ -28,7 +29,7 @@ def os_pid(owner: int) -> int:
     return owner & _PID_BITS
 
 
-def is_owner(value: object) -> bool:
+def is_owner(value: object) -> TypeGuard[int]:
     """Whether `value` can name an owner: an OS pid, or one with a serial."""
     return (
         isinstance(value, int)
