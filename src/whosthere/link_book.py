@@ -11,9 +11,8 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, NamedTuple
 
-from whosthere.owners import StartTime
 from whosthere.transport import codec
-from whosthere.transport.messages import Link, ProcessesExited, Unlink
+from whosthere.transport.messages import Link, ProcessesExited, StartTime, Unlink
 from whosthere.watch import is_pid, start_time
 
 

@@ -15,7 +15,7 @@ import zmq
 from whosthere.client import resolve_address
 from whosthere.errors import NodeUnavailable
 from whosthere.link_book import LinkBook, ProcessExit, link_items
-from whosthere.owners import StartTime
+from whosthere.transport.messages import StartTime
 from whosthere.transport.sockets import DEFAULT_TIMEOUT, Dealer
 
 __all__ = ["Links", "ProcessExit", "link_items"]

@@ -11,10 +11,9 @@ from __future__ import annotations
 import itertools
 import os
 
+from whosthere.transport.messages import StartTime
 from whosthere.watch import os_pid, owner_of, start_time
 from whosthere.watch.identity import OWNER_SERIALS
-
-StartTime = int | float | None  # a process's start time as `watch.start_time` reads it
 
 
 class OwnerIdentity:

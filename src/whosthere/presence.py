@@ -27,7 +27,7 @@ from whosthere.pubsub import PubSub, Subscription
 from whosthere.steps import Call, Gather, Pause, Replies, Settle, Step, Steps, run
 from whosthere.topology import shard_name
 from whosthere.transport.messages import GetStatus
-from whosthere.transport.sockets import DEFAULT_TIMEOUT, Connection
+from whosthere.transport.sockets import DEFAULT_TIMEOUT, DealerPerThread
 
 if TYPE_CHECKING:
     from whosthere.aio import AsyncPresence
@@ -79,7 +79,7 @@ class Presence:
         self.pool_size = self._core.pool_size
         self.meta_limit = self._core.meta_limit
         self._shards = [
-            Connection(
+            DealerPerThread(
                 info.endpoints[shard_name(i)],
                 timeout=timeout,
                 what=f"shard {i}",
@@ -87,7 +87,9 @@ class Presence:
             )
             for i in range(self.pool_size)
         ]
-        self._node = Connection(info.address, timeout=timeout, what="node", guard=info.supervisor)
+        self._node = DealerPerThread(
+            info.address, timeout=timeout, what="node", guard=info.supervisor
+        )
         self._pubsub: PubSub | None = None  # created by the first subscribe
         self._pubsub_lock = threading.Lock()  # threads may subscribe at once: one PubSub
         self._closed = False

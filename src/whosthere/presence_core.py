@@ -19,7 +19,7 @@ from typing import Any
 from whosthere.arguments import key_arg, owner_arg, owner_topic_args, topic_arg
 from whosthere.errors import RefChanged, WhosthereError, from_wire
 from whosthere.names import check_topic
-from whosthere.owners import StartTime, start_of
+from whosthere.owners import start_of
 from whosthere.steps import Call, Gather, Pause, Replies, Steps, settled
 from whosthere.topology import is_fetcher
 from whosthere.tracker.pool import shard_for
@@ -29,6 +29,7 @@ from whosthere.transport.messages import (
     GetMeta,
     ListTopic,
     ListTopics,
+    StartTime,
     Track,
     TrackMany,
     Untrack,
@@ -39,7 +40,9 @@ from whosthere.transport.messages import (
 
 Presences = dict[str, dict[str, Any]]  # {key: {"metas": [meta, ...], ...fetched}}
 Entry = dict[str, Any]  # one key's {"metas": [meta, ...], ...fetched}
-Fetch = Callable[[str, Presences], Any]  # the user's `fetch`: Presences, or an awaitable of them
+UserFetch = Callable[
+    [str, Presences], Any
+]  # the user's `fetch`: Presences, or an awaitable of them
 TopicCounts = list[tuple[str, int]]  # [(topic, presences), ...]
 Pids = list[int]
 
@@ -167,7 +170,7 @@ class PresenceCore:
                     raise result
         return results
 
-    def list(self, topic_or_channel: object, fetch: Fetch | None) -> Steps[Presences]:
+    def list(self, topic_or_channel: object, fetch: UserFetch | None) -> Steps[Presences]:
         """`{key: {"metas": [...], ...}}` for the topic, through `fetch` (None: as listed)."""
         topic = topic_arg(topic_or_channel)
         grouped: Presences = codec.unpack((yield Call(self.shard_of(topic), ListTopic(topic))))
@@ -177,7 +180,7 @@ class PresenceCore:
         return fetched
 
     def get_by_key(
-        self, topic_or_channel: object, key: object, fetch: Fetch | None
+        self, topic_or_channel: object, key: object, fetch: UserFetch | None
     ) -> Steps[Entry | None]:
         """That key's entry through `fetch`, or None if it has no presence."""
         topic = topic_arg(topic_or_channel)

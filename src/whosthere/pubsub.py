@@ -19,7 +19,7 @@ from whosthere.sequencer import SYNC_RETRY, Message
 from whosthere.sub_socket import DEFAULT_SUBSCRIBER_HWM, SubSocket
 from whosthere.topology import PUBSUB
 from whosthere.transport.messages import Broadcast, Sync
-from whosthere.transport.sockets import DEFAULT_TIMEOUT, Connection
+from whosthere.transport.sockets import DEFAULT_TIMEOUT, DealerPerThread
 
 __all__ = ["DEFAULT_SUBSCRIBER_HWM", "Message", "PubSub", "Subscription"]
 
@@ -33,7 +33,7 @@ class PubSub:
     def __init__(self, info: NodeInfo, *, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.info = info
         self.timeout = timeout
-        self._conn = Connection(
+        self._conn = DealerPerThread(
             info.endpoints[PUBSUB], timeout=timeout, what="pubsub actor", guard=info.supervisor
         )
 

@@ -16,7 +16,7 @@ from tests.support.waiting import wait_until
 from whosthere.errors import ActorError, MalformedFrame, NodeUnavailable, NotTracked
 from whosthere.transport import codec
 from whosthere.transport.messages import Failed, Ok, Ping, Subscribe
-from whosthere.transport.sockets import Connection, Dealer, bind, socket, tcp_endpoint
+from whosthere.transport.sockets import Dealer, DealerPerThread, bind, socket, tcp_endpoint
 
 
 def free_tcp_endpoint() -> str:
@@ -143,7 +143,7 @@ def test_sigterm_stops_the_actor_cleanly(echo):
 
 
 def test_nobody_at_the_endpoint_is_node_unavailable():
-    conn = Connection("ipc:///tmp/whosthere-nobody-here.sock", timeout=0.1, what="nobody")
+    conn = DealerPerThread("ipc:///tmp/whosthere-nobody-here.sock", timeout=0.1, what="nobody")
     with pytest.raises(NodeUnavailable, match="^nobody at ipc:///tmp/whosthere-nobody-here.sock"):
         conn.call(Ping())
     conn.close()

@@ -2,7 +2,7 @@
 `state.ex`: each handler checks the request, calls the state, reports what changed. The
 decisions live in pure cores, the sending in small helpers:
 
-- `tracker.owners.Owners`: which OS processes hold presences here; the links and unlinks
+- `tracker.owner_links.OwnerLinks`: which OS processes hold presences here; the links and unlinks
   to make, and whose presences leave when a process exits or its pid is reused;
 - `tracker.changes.Gathering`: a message's changes, one diff per topic;
 - `shard_outbox.Outbox`: diffs to the PubSub actor, one frame per wake-up;
@@ -34,7 +34,7 @@ from whosthere.topology import Topology
 from whosthere.tracker.changes import Changes, Gathering, by_topic, group
 from whosthere.tracker.fetch_queue import DiffPayload
 from whosthere.tracker.list_cache import ListCache
-from whosthere.tracker.owners import Owners, Process, Start, check_owner
+from whosthere.tracker.owner_links import OwnerLinks, Start, check_owner
 from whosthere.tracker.refs import RefMaker
 from whosthere.tracker.replication import Replication
 from whosthere.tracker.state import Element
@@ -61,7 +61,7 @@ from whosthere.transport.messages import (
     Update,
 )
 from whosthere.transport.sockets import Dealer
-from whosthere.watch import is_owner
+from whosthere.watch import ProcessKey, is_owner
 
 FREEZE_EVERY = 10_000  # presences added between two gc.freeze()
 LISTED_MAX_BYTES = 64 * 1024 * 1024  # packed list replies kept (all dropped beyond)
@@ -104,7 +104,7 @@ class ShardActor(Actor):
             spec.node_name, self.name, durable, self.log, record_delta=bool(topology.cluster)
         )
         self.state, self.journal, self.recovered = replica.state, replica.journal, replica.recovered
-        self.owners = Owners(replica.starts, self.state.pids)
+        self.owner_links = OwnerLinks(replica.starts, self.state.pids)
         self.refs = RefMaker(
             f"{spec.node_name}/{self.name}/{self.state.vsn}", random.getrandbits(16)
         )
@@ -142,7 +142,7 @@ class ShardActor(Actor):
         self.links = self.supervisor
         self.add_reader(self.links.socket, self._on_supervisor)
         if self.recovered:  # the owners again; those that died meanwhile come back as exits
-            owners = self.owners.processes()
+            owners = self.owner_links.processes()
             for i in range(0, len(owners), LINK_BATCH):
                 self.links.cast(Link([list(p) for p in owners[i : i + LINK_BATCH]]))
             self.log.warning(
@@ -186,7 +186,7 @@ class ShardActor(Actor):
         self.outbox.end_of_turn(time.monotonic())
         self.heap.grown_to(len(self.state))
         if self.journal is not None:
-            self.journal.maybe_compact(self.state, self.owners.linked)
+            self.journal.maybe_compact(self.state, self.owner_links.linked)
 
     def on_stop(self) -> None:
         self.on_idle()
@@ -226,7 +226,7 @@ class ShardActor(Actor):
             for entry in msg.entries:
                 try:
                     pid, start, topic, key, meta = codec.track_entry(entry)
-                    if changes and self.owners.stale(pid, start) is not None:
+                    if changes and self.owner_links.stale(pid, start) is not None:
                         self.report(changes)  # this batch's joins go out before the leaves
                         changes = {}
                     results.append(self._track(pid, start, topic, key, meta, changes=changes))
@@ -241,12 +241,12 @@ class ShardActor(Actor):
     ) -> str:
         check_owner(pid)
         codec.check_packed_meta(meta, self.meta_limit)
-        stale = self.owners.stale(pid, start)
+        stale = self.owner_links.stale(pid, start)
         if stale is not None:
             self._exited([stale])  # that pid now names another process
         ref = self.refs.make(time.time_ns())
         element = self.state.join(pid, topic, key, codec.meta_with_refs(meta, ref))
-        link = self.owners.joined(pid, start)
+        link = self.owner_links.joined(pid, start)
         if link is not None:
             self.links.cast(Link([list(link)]))
             if self.journal is not None:
@@ -347,12 +347,12 @@ class ShardActor(Actor):
             if isinstance(push, ProcessesExited):
                 self._exited([(pid, start) for pid, start in push.exits], push.seen_at)
 
-    def _exited(self, exits: list[Process], seen_at: float = 0.0) -> None:
+    def _exited(self, exits: list[ProcessKey], seen_at: float = 0.0) -> None:
         """Linked processes exited: their presences leave (one diff per topic), and the
         node's subscribers of `EXITS_TOPIC` hear which (for a page of recent crashes)."""
         gone: list[tuple[int, list[Element]]] = []
         for pid, start in exits:
-            owners = self.owners.exited(pid, start)
+            owners = self.owner_links.exited(pid, start)
             if owners is not None:  # else: unlinked since, or an older process of this pid
                 gone.append((pid, [e for owner in owners for e in self.state.leave_pid(owner)]))
         self.report(by_topic([], [e for _, left in gone for e in left]))
@@ -361,7 +361,7 @@ class ShardActor(Actor):
             self.outbox.add_exit(pid, left, seen_at, left_at)
 
     def _released(self, owner: int) -> None:
-        unlink = self.owners.released(owner, holds_more=self.state.tracks(owner))
+        unlink = self.owner_links.released(owner, holds_more=self.state.tracks(owner))
         if unlink is not None:
             self.links.cast(Unlink([list(unlink)]))
 

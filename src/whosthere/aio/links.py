@@ -16,7 +16,7 @@ from whosthere.aio.waits import wait_event
 from whosthere.client import resolve_address
 from whosthere.errors import NodeUnavailable
 from whosthere.link_book import LinkBook, ProcessExit
-from whosthere.owners import StartTime
+from whosthere.transport.messages import StartTime
 from whosthere.transport.sockets import DEFAULT_TIMEOUT
 
 

@@ -25,11 +25,11 @@ from whosthere.errors import NodeUnavailable, WhosthereError
 from whosthere.owners import OwnerIdentity
 from whosthere.presence_core import (
     Entry,
-    Fetch,
     Pids,
     PresenceCore,
     Presences,
     TopicCounts,
+    UserFetch,
     fetchers_of,
 )
 from whosthere.steps import Call, Gather, Pause, Replies, Settle, Step, Steps, run_async
@@ -78,7 +78,7 @@ class AsyncPresence:
         self.pool_size = self._core.pool_size
         self.meta_limit = self._core.meta_limit
         # the user's class, for its `fetch` (its sync client is never made here)
-        self._fetch: Fetch | None = None if presence is None else object.__new__(presence).fetch
+        self._fetch: UserFetch | None = None if presence is None else object.__new__(presence).fetch
         self._shards = [
             self._dealer(info.endpoints[shard_name(i)], f"shard {i}") for i in range(self.pool_size)
         ]

@@ -4,7 +4,7 @@
 (fire and forget, with a deadline on queueing). Frames with an empty ref that arrive on it are
 pushes from the actor and are queued on `pushes`. A `Dealer` belongs to one thread.
 
-`Connection` gives every thread its own `Dealer` to the same endpoint, so a client object can
+`DealerPerThread` gives every thread its own `Dealer` to the same endpoint, so a client object can
 be shared by the threads of a process.
 """
 
@@ -300,7 +300,7 @@ class _Owned:
             self.dealer.close(flush_timeout=self.dealer.timeout)
 
 
-class Connection:
+class DealerPerThread:
     """Calls and casts to one actor, safe to share between threads (one Dealer per thread).
 
     ZeroMQ sockets are not thread-safe, so each thread's socket is closed only by that

@@ -18,10 +18,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from whosthere.errors import MalformedFrame
-from whosthere.watch import PID_MAX, is_owner, os_pid
+from whosthere.watch import PID_MAX, ProcessKey, is_owner, os_pid
 
 Start = int | float | None  # a process's start time as its linker read it (None: unknown)
-Process = tuple[int, Start]  # an OS pid and its start time: a link
 
 
 def check_owner(owner: int) -> None:
@@ -32,7 +31,7 @@ def check_owner(owner: int) -> None:
         )
 
 
-class Owners:
+class OwnerLinks:
     def __init__(self, linked: dict[int, Start], owners: Iterable[int] = ()) -> None:
         """`linked`: OS pid -> the start time it was linked with (a restarted shard's, from
         its journal); `owners`: the owners that hold presences in the state."""
@@ -41,7 +40,7 @@ class Owners:
         for owner in owners:
             self._in_process.setdefault(os_pid(owner), set()).add(owner)
 
-    def stale(self, owner: int, start: Start) -> Process | None:
+    def stale(self, owner: int, start: Start) -> ProcessKey | None:
         """The process a track by `owner` (read with `start`) shows gone: its pid is linked
         with another start time. Its presences must leave first (`exited`); None if none."""
         process = os_pid(owner)
@@ -50,7 +49,7 @@ class Owners:
         linked = self.linked[process]
         return None if linked == start else (process, linked)
 
-    def joined(self, owner: int, start: Start) -> Process | None:
+    def joined(self, owner: int, start: Start) -> ProcessKey | None:
         """`owner` holds a presence now; the link to make if its process is new here."""
         process = os_pid(owner)
         owners = self._in_process.get(process)
@@ -63,7 +62,7 @@ class Owners:
         return process, start
 
     def exited(self, pid: int, start: Start) -> set[int] | None:
-        """Process `pid` (started at `start`) exited: its owners, whose presences leave.
+        """ProcessKey `pid` (started at `start`) exited: its owners, whose presences leave.
         None if it is not linked here with that start (unlinked since, or an older
         process that had this pid)."""
         if pid not in self.linked or self.linked[pid] != start:
@@ -71,7 +70,7 @@ class Owners:
         del self.linked[pid]
         return self._in_process.pop(pid, set())
 
-    def released(self, owner: int, *, holds_more: bool) -> Process | None:
+    def released(self, owner: int, *, holds_more: bool) -> ProcessKey | None:
         """`owner` left something; if it holds nothing more it is forgotten, and once no
         owner of its process holds anything, the link to undo."""
         if holds_more:
@@ -87,6 +86,6 @@ class Owners:
             return None
         return process, self.linked.pop(process)
 
-    def processes(self) -> list[Process]:
+    def processes(self) -> list[ProcessKey]:
         """Every link, to make again (a restarted shard's owners)."""
         return list(self.linked.items())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from whosthere.errors import MalformedFrame
-from whosthere.tracker.owners import Owners, check_owner
+from whosthere.tracker.owner_links import OwnerLinks, check_owner
 from whosthere.watch.identity import owner_of
 
 P, Q = 100, 200
@@ -13,7 +13,7 @@ TAB1, TAB2 = owner_of(P, 1), owner_of(P, 2)  # two lightweight owners inside pro
 
 
 def test_a_process_is_linked_on_its_first_presence_only():
-    owners = Owners({})
+    owners = OwnerLinks({})
     assert owners.joined(P, 7) == (P, 7)
     assert owners.joined(P, 7) is None
     assert owners.joined(TAB1, 7) is None  # another owner in the same process: one link
@@ -21,7 +21,7 @@ def test_a_process_is_linked_on_its_first_presence_only():
 
 
 def test_a_process_is_unlinked_once_its_last_owner_holds_nothing():
-    owners = Owners({})
+    owners = OwnerLinks({})
     owners.joined(TAB1, 7)
     owners.joined(TAB2, 7)
     assert owners.released(TAB1, holds_more=True) is None
@@ -32,7 +32,7 @@ def test_a_process_is_unlinked_once_its_last_owner_holds_nothing():
 
 
 def test_an_exit_takes_every_owner_of_the_process():
-    owners = Owners({})
+    owners = OwnerLinks({})
     owners.joined(TAB1, 7)
     owners.joined(TAB2, 7)
     owners.joined(Q, 9)
@@ -42,14 +42,14 @@ def test_an_exit_takes_every_owner_of_the_process():
 
 
 def test_the_exit_of_an_older_process_with_the_same_pid_takes_nothing():
-    owners = Owners({})
+    owners = OwnerLinks({})
     owners.joined(P, 8)  # the process now holding pid P started at 8
     assert owners.exited(P, 7) is None  # the one that started at 7 had left before
     assert owners.linked == {P: 8}
 
 
 def test_a_reused_pid_shows_the_linked_process_gone():
-    owners = Owners({})
+    owners = OwnerLinks({})
     owners.joined(P, 7)
     assert owners.stale(P, 7) is None
     assert owners.stale(TAB1, 7) is None
@@ -60,14 +60,14 @@ def test_a_reused_pid_shows_the_linked_process_gone():
 
 
 def test_a_restarted_shard_starts_from_its_journal():
-    owners = Owners({P: 7, Q: 9}, [TAB1, Q])
+    owners = OwnerLinks({P: 7, Q: 9}, [TAB1, Q])
     assert sorted(owners.processes()) == [(P, 7), (Q, 9)]
     assert owners.exited(P, 7) == {TAB1}
     assert owners.released(Q, holds_more=False) == (Q, 9)
 
 
 def test_an_unknown_start_time_is_a_start_time_like_any():
-    owners = Owners({})
+    owners = OwnerLinks({})
     assert owners.joined(P, None) == (P, None)
     assert owners.stale(P, None) is None
     assert owners.stale(P, 5) == (P, None)
