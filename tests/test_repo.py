@@ -85,6 +85,40 @@ def test_ruff_format_is_clean():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+MYPY = shutil.which("mypy", path=str(Path(sys.executable).parent)) or shutil.which("mypy")
+
+
+@pytest.mark.skipif(MYPY is None, reason="mypy not installed")
+def test_mypy_strict_passes():
+    """`mypy --strict` over src/ (settings in pyproject.toml): what users' type checkers see
+    of the public API is what it does."""
+    assert MYPY is not None
+    result = subprocess.run(
+        [MYPY], cwd=ROOT, capture_output=True, text=True, check=False, timeout=600
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.skipif(MYPY is None, reason="mypy not installed")
+def test_a_users_type_checker_knows_each_call_form():
+    """`track`, `untrack` and `update` take (pid, topic, key, ...) or (channel, key, ...):
+    `@overload`s tell a user's type checker, which then flags a wrong form."""
+    assert MYPY is not None
+    forms = ROOT / "tests" / "typing_checks" / "call_forms.py"
+    result = subprocess.run(
+        [MYPY, "--strict", "--no-incremental", str(forms)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    flagged = sorted({int(m) for m in re.findall(r"call_forms\.py:(\d+): error", result.stdout)})
+    lines = forms.read_text().splitlines()
+    wrong = [i for i, line in enumerate(lines, 1) if "# wrong" in line]
+    assert flagged == wrong, result.stdout
+
+
 def test_the_readme_presence_example_runs(tmp_path):
     readme = (ROOT / "README.md").read_text()
     code = re.search(r"```python\n(import os, signal, whosthere.*?)```", readme, re.S)

@@ -3,12 +3,31 @@ and owners, channels, topics and keys."""
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from collections.abc import Awaitable, Callable
+from typing import Any, NamedTuple, Protocol
 
 from whosthere.names import check_topic
 from whosthere.owners import OwnerIdentity
 from whosthere.transport import codec
 from whosthere.watch import is_owner
+
+# What users pass, for their type checkers (the `@overload`s of track, untrack and update)
+PidOrOwner = int | OwnerIdentity  # an OS pid, or an owner made by `presence.owner()`
+PresenceKey = str | int  # an int is sent as its str
+Meta = dict[str, Any]
+MetaChange = Meta | Callable[[Meta], Meta]  # a new meta, or a function of the current one
+AsyncMetaChange = Meta | Callable[[Meta], Meta | Awaitable[Meta]]  # the function may be async
+
+
+class ChannelLike(Protocol):
+    """What `track(channel, key, meta)` takes: a `Channel`, or any object of the user's with
+    `pid` and `topic` (as Phoenix's socket)."""
+
+    @property
+    def pid(self) -> PidOrOwner: ...
+
+    @property
+    def topic(self) -> str: ...
 
 
 class Channel(NamedTuple):

@@ -14,9 +14,18 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar, overload
 
-from whosthere.arguments import Channel, owner_arg, whole_owner
+from whosthere.arguments import (
+    Channel,
+    ChannelLike,
+    Meta,
+    MetaChange,
+    PidOrOwner,
+    PresenceKey,
+    owner_arg,
+    whole_owner,
+)
 from whosthere.client import NodeInfo, lookup
 from whosthere.errors import NodeUnavailable, WhosthereError
 from whosthere.loading import settle
@@ -127,6 +136,10 @@ class Presence:
 
     # -- the API ---------------------------------------------------------------------------
 
+    @overload
+    def track(self, pid: PidOrOwner, topic: str, key: PresenceKey, meta: Meta, /) -> str: ...
+    @overload
+    def track(self, channel: ChannelLike, key: PresenceKey, meta: Meta, /) -> str: ...
     def track(self, *args: Any) -> str:
         """`track(pid, topic, key, meta)` or `track(channel, key, meta)`: the new phx_ref.
 
@@ -154,6 +167,12 @@ class Presence:
         """
         return self._run(self._core.track_many(entries, return_exceptions))
 
+    @overload
+    def untrack(self, pid: PidOrOwner, topic: str, key: PresenceKey, /) -> None: ...
+    @overload
+    def untrack(self, channel: ChannelLike, key: PresenceKey, /) -> None: ...
+    @overload
+    def untrack(self, pid: PidOrOwner, /) -> None: ...
     def untrack(self, *args: Any) -> None:
         """`untrack(pid, topic, key)`, `untrack(channel, key)`, or `untrack(pid)` (everything
         of that pid or owner, in every shard: a bare pid is the process as one owner, not
@@ -163,6 +182,10 @@ class Presence:
         else:
             self._call(self._core.untrack(args))
 
+    @overload
+    def update(self, pid: PidOrOwner, topic: str, key: PresenceKey, meta: MetaChange, /) -> str: ...
+    @overload
+    def update(self, channel: ChannelLike, key: PresenceKey, meta: MetaChange, /) -> str: ...
     def update(self, *args: Any) -> str:
         """`update(pid, topic, key, meta_or_fn)` or `update(channel, key, meta_or_fn)`.
 

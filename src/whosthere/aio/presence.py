@@ -13,13 +13,22 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Iterable, Sequence
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, overload
 
 from whosthere.aio.client import lookup
 from whosthere.aio.dealer import AsyncDealer
 from whosthere.aio.owners import AsyncOwner, Closings
 from whosthere.aio.pubsub import AsyncPubSub, AsyncSubscription
-from whosthere.arguments import Channel, owner_arg, whole_owner
+from whosthere.arguments import (
+    AsyncMetaChange,
+    Channel,
+    ChannelLike,
+    Meta,
+    PidOrOwner,
+    PresenceKey,
+    owner_arg,
+    whole_owner,
+)
 from whosthere.client import NodeInfo
 from whosthere.errors import NodeUnavailable, WhosthereError
 from whosthere.owners import OwnerIdentity
@@ -114,6 +123,10 @@ class AsyncPresence:
         """A new lightweight owner in this OS process (see `whosthere.Owner`)."""
         return AsyncOwner(self)
 
+    @overload
+    async def track(self, pid: PidOrOwner, topic: str, key: PresenceKey, meta: Meta, /) -> str: ...
+    @overload
+    async def track(self, channel: ChannelLike, key: PresenceKey, meta: Meta, /) -> str: ...
     async def track(self, *args: Any) -> str:
         """`track(pid_or_owner, topic, key, meta)` or `track(channel, key, meta)`."""
         ref: str = await self._call(self._core.track(args))
@@ -128,6 +141,12 @@ class AsyncPresence:
         """`Presence.track_many`: batches per shard, all in flight at once."""
         return await self._run(self._core.track_many(entries, return_exceptions))
 
+    @overload
+    async def untrack(self, pid: PidOrOwner, topic: str, key: PresenceKey, /) -> None: ...
+    @overload
+    async def untrack(self, channel: ChannelLike, key: PresenceKey, /) -> None: ...
+    @overload
+    async def untrack(self, pid: PidOrOwner, /) -> None: ...
     async def untrack(self, *args: Any) -> None:
         """`untrack(pid_or_owner, topic, key)`, `untrack(channel, key)`, `untrack(owner)`.
 
@@ -139,6 +158,14 @@ class AsyncPresence:
         else:
             await self._call(self._core.untrack(args))
 
+    @overload
+    async def update(
+        self, pid: PidOrOwner, topic: str, key: PresenceKey, meta: AsyncMetaChange, /
+    ) -> str: ...
+    @overload
+    async def update(
+        self, channel: ChannelLike, key: PresenceKey, meta: AsyncMetaChange, /
+    ) -> str: ...
     async def update(self, *args: Any) -> str:
         """`update(pid_or_owner, topic, key, meta_or_fn)` or `update(channel, key, ...)`: as
         `Presence.update`; a callable may be an `async def`."""
