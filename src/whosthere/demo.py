@@ -35,8 +35,11 @@ def worker_main(name: str, seed: int) -> None:
     while True:
         time.sleep(rng.uniform(0.4, 1.6))
         status = rng.choice([s for s in STATUSES if s != status])
-        new = status  # the update runs the function here and now: no late binding
-        presence.update(os.getpid(), TOPIC, name, lambda m: {**m, "status": new})
+
+        def moved(meta: dict[str, Any], status: str = status) -> dict[str, Any]:
+            return {**meta, "status": status}
+
+        presence.update(os.getpid(), TOPIC, name, moved)
 
 
 @dataclass
