@@ -23,6 +23,7 @@ the caller's turn).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import deque
 
@@ -53,8 +54,14 @@ class Writer:
     def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._queue: deque[Outbox] = deque()  # outboxes with something to write, in order
-        self._task: asyncio.Task[None] | None = None  # the writer; None: nothing to write
+        self._started = 0  # writer tasks started, each known by its number
+        self._writer: int | None = None  # the number of the writer; None: nothing to write
         self._writing: Outbox | None = None  # the outbox the writer is in
+
+    @property
+    def idle(self) -> bool:
+        """No writer runs (a writer kept by a slow client aside)."""
+        return self._writer is None
 
     def put(self, out: Outbox, frame: str | bytes) -> None:
         """Queue `frame` on `out`, after what it holds (dropped once `out` is closing)."""
@@ -102,37 +109,48 @@ class Writer:
     def _enqueue(self, out: Outbox) -> None:
         out.queued = True
         self._queue.append(out)
-        if self._task is None:
-            self._task = self._loop.create_task(self._write())
+        if self._writer is None:
+            self._start()
 
-    async def _write(self) -> None:
+    def _start(self) -> None:
+        # The number is the writer's before its task runs: an eager task factory runs the
+        # task's first step inside `create_task`.
+        self._started += 1
+        number = self._writer = self._started
+        task = self._loop.create_task(self._write(number))
+        task.add_done_callback(functools.partial(self._ended, number))
+
+    async def _write(self, number: int) -> None:
         task = asyncio.current_task()
-        self._loop.call_soon(self._check, task)
+        self._loop.call_soon(self._check, number, task)
         queue = self._queue
         try:
             while queue:
                 out = queue.popleft()
                 self._writing = out
                 await _drain(out)
-                if self._task is not task:
+                if self._writer != number:
                     return  # it waited on that client: another writer has the rest
         finally:
-            if self._task is task:
-                self._task = None
-                self._writing = None
+            self._ended(number)
 
-    def _check(self, task: asyncio.Task[None] | None) -> None:
-        """A loop turn after `task` started: if it is still the writer, it is waiting in a
-        `send` (a client slow to read). It keeps that outbox; a new writer takes the rest."""
-        if task is None or self._task is not task or task.done():
+    def _check(self, number: int, task: asyncio.Task[None] | None) -> None:
+        """A loop turn after writer `number` started: if it is still the writer, it waits in
+        a `send` (a client slow to read). It keeps that outbox; a new writer takes the rest."""
+        if self._writer != number or task is None or task.done():
             return
-        stuck = self._writing
-        if stuck is not None:
-            stuck.stuck = task
-        self._task = None
-        self._writing = None
+        if self._writing is not None:
+            self._writing.stuck = task
+        self._ended(number)
         if self._queue:
-            self._task = self._loop.create_task(self._write())
+            self._start()
+
+    def _ended(self, number: int, task: object = None) -> None:
+        """Writer `number` is the writer no more (also when its task was cancelled before it
+        ran: the next put starts another)."""
+        if self._writer == number:
+            self._writer = None
+            self._writing = None
 
 
 async def _drain(out: Outbox) -> None:
