@@ -76,11 +76,14 @@ class Connection:
         out = self.outbox
         if out.closing:
             return
-        if len(out.frames) < MAX_QUEUED:
-            self.writer.put(out, frame)
+        waiting = out.frames
+        if len(waiting) < MAX_QUEUED:  # `Writer.put`, inline: this runs per socket
+            waiting.append(frame)
+            if not out.queued:
+                self.writer.enqueue(out)
             return
         log.warning("closing a socket %d frames behind (it reads too slowly)", MAX_QUEUED)
-        out.frames.clear()
+        waiting.clear()
         self.close(CLOSE_TRY_AGAIN)  # goes out once it reads again
         # its channels end now: what it held leaves, whether or not it ever reads again
         self.ending = asyncio.get_running_loop().create_task(self._end_channels())

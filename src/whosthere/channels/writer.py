@@ -69,7 +69,7 @@ class Writer:
             return
         out.frames.append(frame)
         if not out.queued:
-            self._enqueue(out)
+            self.enqueue(out)
 
     def close(self, out: Outbox, code: int) -> None:
         """Close `out`'s WebSocket with `code` once its frames are written; nothing is queued
@@ -79,7 +79,7 @@ class Writer:
         out.closing = True
         out.close_code = code
         if not out.queued:
-            self._enqueue(out)
+            self.enqueue(out)
 
     def discard(self, out: Outbox) -> None:
         """The client is gone: what waits is dropped, nothing more is written or queued."""
@@ -106,7 +106,9 @@ class Writer:
 
     # -- the writer task -----------------------------------------------------------------
 
-    def _enqueue(self, out: Outbox) -> None:
+    def enqueue(self, out: Outbox) -> None:
+        """Queue `out`, not queued yet, which has something new to write (`put` does it;
+        a caller that appended to `out.frames` itself calls it)."""
         out.queued = True
         self._queue.append(out)
         if self._writer is None:
@@ -121,6 +123,10 @@ class Writer:
         task.add_done_callback(functools.partial(self._ended, number))
 
     async def _write(self, number: int) -> None:
+        """Write each queued outbox's frames, then its close, until nothing is left (more may
+        come while a `send` waits). A `send` that fails means the client is gone: the rest
+        of its outbox is dropped. (One loop, no coroutine per outbox: this runs per socket
+        of every fan-out.)"""
         task = asyncio.current_task()
         self._loop.call_soon(self._check, number, task)
         queue = self._queue
@@ -128,7 +134,24 @@ class Writer:
             while queue:
                 out = queue.popleft()
                 self._writing = out
-                await _drain(out)
+                send = out.send
+                frames = out.frames
+                try:
+                    while frames and not out.closed:
+                        frame = frames.popleft()
+                        if isinstance(frame, str):
+                            await send({"type": "websocket.send", "text": frame})
+                        else:
+                            await send({"type": "websocket.send", "bytes": frame})
+                    if out.close_code is not None and not out.closed:
+                        out.closed = True
+                        await send({"type": "websocket.close", "code": out.close_code})
+                except Exception as exc:  # the server's own error for a client gone under us
+                    log.debug("websocket send failed: %s", exc)
+                    out.closing = out.closed = True
+                    frames.clear()
+                finally:
+                    _settle(out)
                 if self._writer != number:
                     return  # it waited on that client: another writer has the rest
         finally:
@@ -153,30 +176,12 @@ class Writer:
             self._writing = None
 
 
-async def _drain(out: Outbox) -> None:
-    """Write `out`'s frames, then its close, until nothing is left (more may come while a
-    `send` waits). A `send` that fails means the client is gone: the rest is dropped."""
-    send = out.send
-    frames = out.frames
-    try:
-        while frames and not out.closed:
-            frame = frames.popleft()
-            if isinstance(frame, str):
-                await send({"type": "websocket.send", "text": frame})
-            else:
-                await send({"type": "websocket.send", "bytes": frame})
-        if out.close_code is not None and not out.closed:
-            out.closed = True
-            await send({"type": "websocket.close", "code": out.close_code})
-    except Exception as exc:  # the server's own error for a client gone under us
-        log.debug("websocket send failed: %s", exc)
-        out.closing = out.closed = True
-        frames.clear()
-    finally:
-        out.queued = False
-        out.stuck = None
-        settled = out.settled
-        if settled is not None:
-            out.settled = None
-            if not settled.done():
-                settled.set_result(None)
+def _settle(out: Outbox) -> None:
+    """`out` is written (or given up): it is no longer queued; `flush` may return."""
+    out.queued = False
+    out.stuck = None
+    settled = out.settled
+    if settled is not None:
+        out.settled = None
+        if not settled.done():
+            settled.set_result(None)
