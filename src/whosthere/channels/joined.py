@@ -94,10 +94,13 @@ class Joined:
             self.conn.post(frame)
 
     def on_broadcast(self, event: str, payload: Any, frame: str | bytes) -> None:
+        """A broadcast on the topic (`deliver`, inline: this runs per socket of a fan-out)."""
         if event in self.intercept:
             self.submit(Out(event, payload))
-        else:
-            self.deliver(frame)
+        elif self.held is not None:
+            self.held.append(frame)
+        elif not self.ended:
+            self.conn.post(frame)
 
     def _push(self, msg: frames.Message) -> None:
         self.deliver(frames.encode(msg))

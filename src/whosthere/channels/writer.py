@@ -150,8 +150,14 @@ class Writer:
                     log.debug("websocket send failed: %s", exc)
                     out.closing = out.closed = True
                     frames.clear()
-                finally:
-                    _settle(out)
+                finally:  # written (or given up): no longer queued; `flush` may return
+                    out.queued = False
+                    out.stuck = None
+                    settled = out.settled
+                    if settled is not None:
+                        out.settled = None
+                        if not settled.done():  # a flush that timed out cancelled it
+                            settled.set_result(None)
                 if self._writer != number:
                     return  # it waited on that client: another writer has the rest
         finally:
@@ -174,14 +180,3 @@ class Writer:
         if self._writer == number:
             self._writer = None
             self._writing = None
-
-
-def _settle(out: Outbox) -> None:
-    """`out` is written (or given up): it is no longer queued; `flush` may return."""
-    out.queued = False
-    out.stuck = None
-    settled = out.settled
-    if settled is not None:
-        out.settled = None
-        if not settled.done():
-            settled.set_result(None)
