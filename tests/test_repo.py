@@ -56,6 +56,84 @@ def test_package_ships_py_typed():
     assert (Path(whosthere.__file__).parent / "py.typed").exists()
 
 
+# -- public asyncio only -------------------------------------------------------------------
+
+# A coroutine's or generator's own state: reading it is how one drives a coroutine by hand.
+_FRAME_STATE = {"cr_await", "cr_frame", "cr_running", "gi_frame", "gi_running", "gi_yieldfrom"}
+
+
+def _private_asyncio(source: str) -> list[str]:
+    """Where `source` leans on asyncio's private protocol or steps a coroutine by hand: a
+    private asyncio name (`_asyncio_future_blocking`, `asyncio._x`, `loop._ready`, the
+    `_asyncio` module), `x.send(None)`, `x.throw(...)`, an explicit `__await__()`, a
+    coroutine's frame state. Each as "line: what"."""
+    import ast
+
+    found: list[str] = []
+    for node in ast.walk(ast.parse(source)):
+        line = getattr(node, "lineno", 0)
+        if isinstance(node, ast.Attribute):
+            base = node.value
+            base_name = base.id if isinstance(base, ast.Name) else None
+            if base_name is None and isinstance(base, ast.Call):
+                func = base.func
+                base_name = func.attr if isinstance(func, ast.Attribute) else None
+            loopish = base_name in ("asyncio", "loop", "get_running_loop", "get_event_loop")
+            if node.attr.startswith("_asyncio") or node.attr in _FRAME_STATE | {"__await__"}:
+                found.append(f"{line}: .{node.attr}")
+            elif loopish and node.attr.startswith("_"):
+                found.append(f"{line}: {base_name}.{node.attr}")
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            args = node.args
+            if node.func.attr == "throw" or (
+                node.func.attr == "send"
+                and len(args) == 1
+                and isinstance(args[0], ast.Constant)
+                and args[0].value is None
+            ):
+                found.append(f"{line}: .{node.func.attr}(...)")
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+            ("asyncio", "_asyncio")
+        ):
+            private = [a.name for a in node.names if a.name.startswith("_")]
+            if private or (node.module or "").startswith("_asyncio"):
+                found.append(f"{line}: from {node.module} import {', '.join(private) or '...'}")
+        elif isinstance(node, ast.Import):
+            found += [f"{line}: import {a.name}" for a in node.names if a.name == "_asyncio"]
+    return found
+
+
+def test_the_scan_for_private_asyncio_sees_what_it_looks_for():
+    driven_by_hand = """
+import asyncio
+from asyncio import _get_running_loop
+waiting_on = coro.send(None)
+waiting_on._asyncio_future_blocking = False
+coro.throw(exc)
+step = coro.__await__()
+loop = asyncio.get_running_loop()
+loop._ready.append(handle)
+asyncio.get_running_loop()._selector
+asyncio._enter_task(loop, task)
+if coro.cr_await is None: pass
+"""
+    lines = sorted(int(f.split(":")[0]) for f in _private_asyncio(driven_by_hand))
+    assert lines == [3, 4, 5, 6, 7, 9, 10, 11, 12]
+    public = "sock.send(frame)\nawait send(msg)\nself._ready = 1\nloop.call_soon(f)\n"
+    assert _private_asyncio(public) == []
+
+
+def test_src_uses_only_public_asyncio_and_steps_no_coroutine_by_hand():
+    """A Python release may change asyncio's private protocol silently (issue 21): src/
+    runs on public asyncio only."""
+    found = [
+        f"{path.relative_to(ROOT)}:{where}"
+        for path in sorted((ROOT / "src").rglob("*.py"))
+        for where in _private_asyncio(path.read_text())
+    ]
+    assert found == []
+
+
 RUFF = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
 
 

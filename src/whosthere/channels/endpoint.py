@@ -19,9 +19,12 @@ import whosthere.aio
 from whosthere.aio.presence import AsyncPresence
 from whosthere.aio.pubsub import AsyncPubSub
 from whosthere.channels import frames, handshake
+from whosthere.channels.asgi import Receive, Scope, Send
 from whosthere.channels.channel import Channel, Refuse, Socket
 from whosthere.channels.connection import CLOSE_GOING_AWAY, Connection
 from whosthere.channels.fanout import Fanout
+from whosthere.channels.joined import Joined
+from whosthere.channels.writer import Writer
 
 log = logging.getLogger("whosthere.channels")
 
@@ -31,7 +34,7 @@ CLOSE_BAD_DATA = 1007
 CLOSE_TOO_BIG = 1009
 
 
-async def not_found(scope: dict[str, Any], receive: Any, send: Any) -> None:
+async def not_found(scope: Scope, receive: Receive, send: Send) -> None:
     """404 to an HTTP request; a WebSocket upgrade of no endpoint is turned away (403)."""
     if scope["type"] == "websocket":
         await receive()
@@ -109,8 +112,8 @@ class Endpoint:
 
     def _worker_now(self) -> Worker:
         worker = self._workers.get(asyncio.get_running_loop())
-        if worker is None or worker.presence is None:
-            raise RuntimeError("the endpoint is not started in this event loop")
+        if worker is None:
+            raise NotStarted("the endpoint is not started in this event loop")
         return worker
 
     async def close(self) -> None:
@@ -121,7 +124,7 @@ class Endpoint:
 
     # -- ASGI -----------------------------------------------------------------------------
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "websocket" and scope.get("path", "").endswith("/websocket"):
             await self._websocket(scope, receive, send)
@@ -130,7 +133,7 @@ class Endpoint:
         else:
             await not_found(scope, receive, send)
 
-    async def _lifespan(self, receive: Any, send: Any) -> None:
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
             msg = await receive()
             if msg["type"] == "lifespan.startup":
@@ -144,7 +147,7 @@ class Endpoint:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def _websocket(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         first = await receive()
         if first["type"] != "websocket.connect":
             return
@@ -170,7 +173,7 @@ class Endpoint:
             await conn.disconnected()
 
     async def _upgrade(
-        self, scope: dict[str, Any], headers: dict[str, str], worker: Worker, send: Any
+        self, scope: Scope, headers: dict[str, str], worker: Worker, send: Send
     ) -> Connection:
         if not handshake.origin_allowed(
             headers.get("origin"), headers.get("host"), self.check_origin
@@ -195,7 +198,7 @@ class Endpoint:
             await worker.fanout.add(socket_id, conn)
         return conn
 
-    async def _serve(self, conn: Connection, receive: Any) -> None:
+    async def _serve(self, conn: Connection, receive: Receive) -> None:
         while True:
             msg = await receive()
             kind = msg["type"]
@@ -217,17 +220,41 @@ class Endpoint:
                 return
 
 
+class NotStarted(RuntimeError):
+    """The endpoint's connection to the node is not (yet) made in this event loop."""
+
+
 class Worker:
-    """What one worker process (one event loop) holds for an endpoint."""
+    """What one worker process (one event loop) holds for an endpoint: made in that loop,
+    connected to the node by `started`."""
 
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
-        self.presence: AsyncPresence = None  # type: ignore[assignment]
-        self.pubsub: AsyncPubSub = None  # type: ignore[assignment]
-        self.fanout: Fanout = None  # type: ignore[assignment]
+        self.writer = Writer()  # every connection's frames
         self.connections: set[Connection] = set()
+        self._presence: AsyncPresence | None = None
+        self._pubsub: AsyncPubSub | None = None
+        self._fanout: Fanout | None = None
         self._starting: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
+
+    @property
+    def presence(self) -> AsyncPresence:
+        if self._presence is None:
+            raise NotStarted("the endpoint is not started in this event loop")
+        return self._presence
+
+    @property
+    def pubsub(self) -> AsyncPubSub:
+        if self._pubsub is None:
+            raise NotStarted("the endpoint is not started in this event loop")
+        return self._pubsub
+
+    @property
+    def fanout(self) -> Fanout:
+        if self._fanout is None:
+            raise NotStarted("the endpoint is not started in this event loop")
+        return self._fanout
 
     async def started(self) -> None:
         """Connected to the node (a failed start is tried again by the next caller)."""
@@ -241,18 +268,17 @@ class Worker:
     async def _start(self) -> None:
         endpoint = self.endpoint
         info = await whosthere.aio.lookup(endpoint.address, endpoint.timeout)
-        self.presence = AsyncPresence(info, presence=endpoint.presence, timeout=endpoint.timeout)
-        self.pubsub = AsyncPubSub(info, timeout=endpoint.timeout)
-        self.fanout = Fanout(self.pubsub)
-        self.fanout.on_lost = self._resync
+        self._presence = AsyncPresence(info, presence=endpoint.presence, timeout=endpoint.timeout)
+        self._pubsub = AsyncPubSub(info, timeout=endpoint.timeout)
+        self._fanout = Fanout(self._pubsub)
+        self._fanout.on_lost = self._resync
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
     def _resync(self, topic: str) -> None:
         """After a gap on `topic`, channels that show presences get the state anew."""
         for member in list(self.fanout.members.get(topic, ())):
-            socket = getattr(member, "socket", None)
-            if socket is not None and socket.wants_presence and socket.channel is not None:
-                member.submit(("state",))  # type: ignore[attr-defined]
+            if isinstance(member, Joined):
+                member.resend_state()
 
     async def _sweep(self) -> None:
         timeout = self.endpoint.idle_timeout
@@ -270,9 +296,9 @@ class Worker:
         for conn in list(self.connections):
             conn.close(CLOSE_GOING_AWAY)
         with contextlib.suppress(Exception):
-            if self.fanout is not None:
-                await self.fanout.close()
-            if self.pubsub is not None:
-                await self.pubsub.close()
-            if self.presence is not None:
-                await self.presence.close()
+            if self._fanout is not None:
+                await self._fanout.close()
+            if self._pubsub is not None:
+                await self._pubsub.close()
+            if self._presence is not None:
+                await self._presence.close()

@@ -19,6 +19,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from whosthere.channels import frames
@@ -44,7 +45,7 @@ class Fanout:
         self.notes: dict[str, deque[tuple[str, Any, Member, float]]] = {}
         self.sub: AsyncSubscription | None = None
         self.reader: asyncio.Task[None] | None = None
-        self.on_lost: Any = None  # called with a topic after a gap on it
+        self.on_lost: Callable[[str], None] | None = None  # told a topic after a gap on it
 
     async def add(self, topic: str, member: Member) -> None:
         """`member` gets the topic's messages from when this returns."""
