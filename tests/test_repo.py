@@ -62,6 +62,11 @@ def test_package_ships_py_typed():
 _FRAME_STATE = {"cr_await", "cr_frame", "cr_running", "gi_frame", "gi_running", "gi_yieldfrom"}
 
 
+# Generators, not coroutines: `steps.run` / `run_async` drive the client core's own calls
+# (sans-I/O, each a generator of steps named `steps`) with send and throw, as h11's users do.
+SANS_IO_GENERATORS = {"steps"}
+
+
 def _private_asyncio(source: str) -> list[str]:
     """Where `source` leans on asyncio's private protocol or steps a coroutine by hand: a
     private asyncio name (`_asyncio_future_blocking`, `asyncio._x`, `loop._ready`, the
@@ -85,11 +90,16 @@ def _private_asyncio(source: str) -> list[str]:
                 found.append(f"{line}: {base_name}.{node.attr}")
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
             args = node.args
-            if node.func.attr == "throw" or (
-                node.func.attr == "send"
-                and len(args) == 1
-                and isinstance(args[0], ast.Constant)
-                and args[0].value is None
+            receiver = node.func.value
+            own_steps = isinstance(receiver, ast.Name) and receiver.id in SANS_IO_GENERATORS
+            if not own_steps and (
+                node.func.attr == "throw"
+                or (
+                    node.func.attr == "send"
+                    and len(args) == 1
+                    and isinstance(args[0], ast.Constant)
+                    and args[0].value is None
+                )
             ):
                 found.append(f"{line}: .{node.func.attr}(...)")
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from whosthere.actors.base import Timer
-from whosthere.actors.shard_outbox import MAX_BYTES, Outbox
+from whosthere.actors.shard_outbox import MAX_BYTES, ShardOutbox
 from whosthere.topology import EXITS_TOPIC
 from whosthere.tracker.state import Element
 from whosthere.transport import codec
@@ -37,10 +37,10 @@ class Clock:
                 timer.callback()
 
 
-def make() -> tuple[Outbox, FakePubSub, Clock, list[str]]:
+def make() -> tuple[ShardOutbox, FakePubSub, Clock, list[str]]:
     log: list[str] = []
     pubsub, clock = FakePubSub(log), Clock()
-    outbox = Outbox(pubsub, clock.call_later, lambda: log.append("journal"))  # type: ignore[arg-type]
+    outbox = ShardOutbox(pubsub, clock.call_later, lambda: log.append("journal"))  # type: ignore[arg-type]
     return outbox, pubsub, clock, log
 
 

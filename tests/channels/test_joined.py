@@ -99,8 +99,8 @@ class Room(Channel):
         socket.push(event, {**payload, "seen": True})
 
 
-def msg(ref: str, event: str, payload: Any = None) -> frames.Message:
-    return frames.Message("1", ref, TOPIC, event, {} if payload is None else payload)
+def msg(ref: str, event: str, payload: Any = None) -> frames.Frame:
+    return frames.Frame("1", ref, TOPIC, event, {} if payload is None else payload)
 
 
 async def until(done: Callable[[], bool], turns: int = 50) -> None:

@@ -5,7 +5,7 @@ decisions live in pure cores, the sending in small helpers:
 - `tracker.owner_links.OwnerLinks`: which OS processes hold presences here; the links and unlinks
   to make, and whose presences leave when a process exits or its pid is reused;
 - `tracker.changes.Gathering`: a message's changes, one diff per topic;
-- `shard_outbox.Outbox`: diffs to the PubSub actor, one frame per wake-up;
+- `shard_outbox.ShardOutbox`: diffs to the PubSub actor, one frame per wake-up;
 - `shard_fetching.Fetching`: diffs through the user's `fetch`, in the shard's order;
 - `shard_client_feed.ClientFeed`: the presence client actor's state and diffs;
 - `shard_peers.ShardPeers`: replication with the other nodes (clustered shards only);
@@ -27,7 +27,7 @@ from whosthere.actors.heap import FreezeAsItGrows
 from whosthere.actors.shard_client_feed import ClientFeed
 from whosthere.actors.shard_fetching import Fetching, fetch_stats
 from whosthere.actors.shard_journal import open_replica
-from whosthere.actors.shard_outbox import Outbox
+from whosthere.actors.shard_outbox import ShardOutbox
 from whosthere.actors.shard_peers import ShardPeers
 from whosthere.errors import NotTracked, RefChanged, WhosthereError
 from whosthere.topology import Topology
@@ -110,7 +110,7 @@ class ShardActor(Actor):
         )
         self.gathering: Gathering | None = None  # the message being handled's changes
         self.listed = ListCache(LISTED_MAX_BYTES)  # dropped by every change of its topic
-        self.outbox = Outbox(
+        self.outbox = ShardOutbox(
             Dealer(topology.pubsub, what="pubsub actor", unbounded=True),
             self.call_later,
             self._journal_first,

@@ -23,7 +23,7 @@ EXIT_TOPICS = 20  # topics named in an exit's notice, at most
 MAX_BYTES = 8 * 1024 * 1024  # diffs batched into one frame at most (far below the limit)
 
 
-class Outbox:
+class ShardOutbox:
     def __init__(
         self,
         pubsub: Dealer,

@@ -24,7 +24,7 @@ from whosthere.actors.base import NOREPLY, WORK_SLICE_S, Actor, Request, routes
 from whosthere.errors import MalformedFrame, MessageTooLarge, WhosthereError
 from whosthere.tracker.changes import Changes, by_topic
 from whosthere.tracker.departure import Departure
-from whosthere.tracker.replication import Out, Replication
+from whosthere.tracker.replication import Outgoing, Replication
 from whosthere.tracker.state import JoinsLeaves
 from whosthere.transport import codec, fragments
 from whosthere.transport.messages import (
@@ -208,7 +208,7 @@ class ShardPeers:
         self.actor.call_later(GOODBYE_EVERY_S, lambda: self._say_goodbye(goodbye))
         return NOREPLY
 
-    def _say_goodbye(self, goodbye: Out) -> None:
+    def _say_goodbye(self, goodbye: Outgoing) -> None:
         if self.departing is None:
             return
         if not self.departing.due(time.monotonic()):
@@ -241,7 +241,7 @@ class ShardPeers:
 
     # -- to the peers ----------------------------------------------------------------------
 
-    def _send(self, outs: list[Out]) -> None:
+    def _send(self, outs: list[Outgoing]) -> None:
         if self.departed:
             return
         for to, message in outs:

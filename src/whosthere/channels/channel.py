@@ -118,7 +118,7 @@ class ChannelSocket:
     def push(self, event: str, payload: Any) -> None:
         """Send `event` to this client only (`[join_ref, null, topic, event, payload]`)."""
         self.joined.deliver(
-            frames.encode(frames.Message(self.join_ref, None, self.topic, event, payload))
+            frames.encode(frames.Frame(self.join_ref, None, self.topic, event, payload))
         )
 
 

@@ -88,7 +88,7 @@ class Connection:
         # its channels end now: what it held leaves, whether or not it ever reads again
         self.ending = asyncio.get_running_loop().create_task(self._end_channels())
 
-    def push(self, msg: frames.Message) -> None:
+    def push(self, msg: frames.Frame) -> None:
         self.post(frames.encode(msg))
 
     def close(self, code: int) -> None:
@@ -115,10 +115,10 @@ class Connection:
         else:
             self._unmatched(msg)
 
-    def _unmatched(self, msg: frames.Message) -> None:
+    def _unmatched(self, msg: frames.Frame) -> None:
         self.push(frames.reply(None, msg.ref, msg.topic, "error", {"reason": "unmatched topic"}))
 
-    def _join(self, msg: frames.Message) -> None:
+    def _join(self, msg: frames.Frame) -> None:
         cls = self.endpoint.route(msg.topic)
         if cls is None:
             log.warning("ignoring join of unmatched topic %r", msg.topic)

@@ -23,7 +23,7 @@ class BadFrame(ValueError):
     """A frame that is not the V2 protocol's: the connection that sent it is closed."""
 
 
-class Message(NamedTuple):
+class Frame(NamedTuple):
     """One frame, either way."""
 
     join_ref: str | None
@@ -33,7 +33,7 @@ class Message(NamedTuple):
     payload: Any  # JSON value, or bytes from/for a binary frame
 
 
-def decode(data: str | bytes) -> Message:
+def decode(data: str | bytes) -> Frame:
     """The message of a frame from a client (text: JSON array; bytes: a binary push)."""
     if isinstance(data, bytes):
         return _decode_binary(data)
@@ -49,10 +49,10 @@ def decode(data: str | bytes) -> Message:
             raise BadFrame(f"{name} must be a string or null, not {type(value).__name__}")
     if not isinstance(topic, str) or not isinstance(event, str):
         raise BadFrame("topic and event must be strings")
-    return Message(join_ref, ref, topic, event, payload)
+    return Frame(join_ref, ref, topic, event, payload)
 
 
-def _decode_binary(data: bytes) -> Message:
+def _decode_binary(data: bytes) -> Frame:
     if len(data) < 5 or data[0] != PUSH:
         raise BadFrame("a binary frame from a client is a push: kind 0 and four lengths")
     sizes = data[1:5]
@@ -67,10 +67,10 @@ def _decode_binary(data: bytes) -> Message:
             raise BadFrame("a binary frame's header is not UTF-8") from None
         at += size
     join_ref, ref, topic, event = fields
-    return Message(join_ref or None, ref or None, topic, event, data[at:])
+    return Frame(join_ref or None, ref or None, topic, event, data[at:])
 
 
-def encode(msg: Message) -> str | bytes:
+def encode(msg: Frame) -> str | bytes:
     """A frame to send: text, or binary when the payload is bytes (or a reply's response)."""
     payload = msg.payload
     if isinstance(payload, bytes | bytearray | memoryview):
@@ -90,13 +90,13 @@ def broadcast(topic: str, event: str, payload: Any) -> str | bytes:
     return _dumps([None, None, topic, event, payload])
 
 
-def _push_binary(msg: Message, payload: bytes) -> bytes:
+def _push_binary(msg: Frame, payload: bytes) -> bytes:
     join_ref, topic, event = _fields(msg.join_ref or "", msg.topic, msg.event)
     head = bytes((PUSH, len(join_ref), len(topic), len(event)))
     return head + join_ref + topic + event + payload
 
 
-def _reply_binary(msg: Message, status: str, payload: bytes) -> bytes:
+def _reply_binary(msg: Frame, status: str, payload: bytes) -> bytes:
     join_ref, ref, topic, status_b = _fields(msg.join_ref or "", msg.ref or "", msg.topic, status)
     head = bytes((REPLY, len(join_ref), len(ref), len(topic), len(status_b)))
     return head + join_ref + ref + topic + status_b + payload
@@ -112,6 +112,6 @@ def _fields(*texts: str) -> list[bytes]:
     return out
 
 
-def reply(join_ref: str | None, ref: str | None, topic: str, status: str, response: Any) -> Message:
+def reply(join_ref: str | None, ref: str | None, topic: str, status: str, response: Any) -> Frame:
     """`phx_reply` to the client's push `ref`."""
-    return Message(join_ref, ref, topic, "phx_reply", {"status": status, "response": response})
+    return Frame(join_ref, ref, topic, "phx_reply", {"status": status, "response": response})

@@ -102,10 +102,10 @@ class Joined:
         elif not self.ended:
             self.conn.post(frame)
 
-    def _push(self, msg: frames.Message) -> None:
+    def _push(self, msg: frames.Frame) -> None:
         self.deliver(frames.encode(msg))
 
-    def _push_now(self, msg: frames.Message) -> None:
+    def _push_now(self, msg: frames.Frame) -> None:
         """Not held: the join's own reply and what ends the channel."""
         self.conn.post(frames.encode(msg))
 
@@ -159,13 +159,13 @@ class Joined:
         assert channel is not None and socket is not None, "mail before the join"
         return channel, socket
 
-    def _reply(self, msg: frames.Message, result: Any) -> None:
+    def _reply(self, msg: frames.Frame, result: Any) -> None:
         status, response = (
             (result.status, result.response) if isinstance(result, Reply) else ("ok", result)
         )
         self._push(frames.reply(self.join_ref, msg.ref, self.topic, status, response))
 
-    async def _join(self, msg: frames.Message) -> None:
+    async def _join(self, msg: frames.Frame) -> None:
         worker = self.conn.worker
         owner = worker.presence.owner()
         socket = ChannelSocket(
@@ -200,7 +200,7 @@ class Joined:
         for frame in held:
             self.conn.post(frame)
 
-    async def _refused(self, msg: frames.Message, response: Any) -> None:
+    async def _refused(self, msg: frames.Frame, response: Any) -> None:
         self.held = None
         self._push_now(frames.reply(self.join_ref, msg.ref, self.topic, "error", response))
         self._forget()
@@ -232,12 +232,10 @@ class Joined:
                 log.exception("terminate of %s on %r failed", self.cls.__name__, self.topic)
         await self._release()
         if reason in ("left", "stop", "duplicate_join"):
-            self._push_now(
-                frames.Message(self.join_ref, self.join_ref, self.topic, "phx_close", {})
-            )
+            self._push_now(frames.Frame(self.join_ref, self.join_ref, self.topic, "phx_close", {}))
         elif reason == "crash":
             self._push_now(
-                frames.Message(
+                frames.Frame(
                     self.join_ref,
                     self.join_ref,
                     self.topic,

@@ -21,21 +21,21 @@ EndReason: TypeAlias = Literal["left", "closed", "duplicate_join", "stop", "cras
 class Join:
     """The client's `phx_join` (the first message of every channel)."""
 
-    msg: frames.Message
+    msg: frames.Frame
 
 
 @dataclass(frozen=True, slots=True)
 class In:
     """A frame from the client for `handle_in`."""
 
-    msg: frames.Message
+    msg: frames.Frame
 
 
 @dataclass(frozen=True, slots=True)
 class Leave:
     """The client's `phx_leave`: the ok reply, then the channel ends ("left")."""
 
-    msg: frames.Message
+    msg: frames.Frame
 
 
 @dataclass(frozen=True, slots=True)

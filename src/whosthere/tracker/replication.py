@@ -40,7 +40,7 @@ from whosthere.transport.messages import (
 
 log = logging.getLogger("whosthere.replication")
 
-Out = tuple[str, tuple[Any, ...]]  # (node name or "*", message)
+Outgoing = tuple[str, tuple[Any, ...]]  # (node name or "*", message)
 MERGE_PART = 2_000  # values or dots merged between two turns of the shard's loop
 
 
@@ -126,14 +126,14 @@ class Replication:
 
     def tick(
         self, now: float, read_until: float | None = None, busy: bool = False
-    ) -> tuple[list[Out], JoinsLeaves]:
+    ) -> tuple[list[Outgoing], JoinsLeaves]:
         """Every broadcast_period: heartbeat, transfer sampling, failure detection.
 
         `read_until`: the time up to which the shard has read every message that came
         (default `now`). A peer whose heartbeats wait unread in our own queue is not silent:
         silence is counted up to that time only. `busy`: a merge is under way, so our clocks
         lag behind what has come; transfers are asked for once it ends."""
-        outs: list[Out] = []
+        outs: list[Outgoing] = []
         state = self.state
         if state.delta:
             delta = state.take_delta()
@@ -275,12 +275,12 @@ class Replication:
         yield from self.state.merge_in_parts(delta, MERGE_PART)
         self.generations = deltas.push(self.generations, delta, self.caps, self.state.delta)
 
-    def on_transfer_req(self, msg: TransferReq, now: float | None = None) -> list[Out]:
+    def on_transfer_req(self, msg: TransferReq, now: float | None = None) -> list[Outgoing]:
         return [out for outs in self.transfer_req_parts(msg, now) for out in outs]
 
     def transfer_req_parts(
         self, msg: TransferReq, now: float | None = None, clock: Callable[[], float] | None = None
-    ) -> Iterator[list[Out]]:
+    ) -> Iterator[list[Outgoing]]:
         """The answer to a transfer request: a delta generation, or the whole state built
         `MERGE_PART` elements at a time (nothing to send until the last part). `clock`
         tells the time when it is sent, if not `now` (building it may take seconds)."""
@@ -402,17 +402,17 @@ class Replication:
             ref, at, _ = self.asked[name]
             self.asked[name] = (ref, at, now)
 
-    def on_graceful_permdown(self, msg: GracefulPermdown) -> tuple[list[Out], JoinsLeaves]:
+    def on_graceful_permdown(self, msg: GracefulPermdown) -> tuple[list[Outgoing], JoinsLeaves]:
         """Drop the departing replica and acknowledge (a repeated goodbye too)."""
         name, vsn = wire.decode_replica(msg.replica)
-        ack: list[Out] = [(name, GoodbyeAck(self.me))]
+        ack: list[Outgoing] = [(name, GoodbyeAck(self.me))]
         peer = self.peers.get(name)
         if peer is None or peer.vsn != vsn:
             return ack, ([], [])
         log.info("%s: replica %s left (graceful permdown)", self.me, (name, vsn))
         return ack, ([], self._forget(name))
 
-    def goodbye(self) -> tuple[Out, set[str]]:
+    def goodbye(self) -> tuple[Outgoing, set[str]]:
         """The message that makes peers drop this replica at once, and the peers that
         should acknowledge it (those up now)."""
         return ("*", GracefulPermdown(self.me)), {n for n, p in self.peers.items() if not p.down}
