@@ -202,3 +202,19 @@ def test_an_asyncio_call_in_flight_to_an_actor_that_dies_fails_at_once(echo):
 
     assert asyncio.run(main()) < 2.0  # a smoke check: the timeout is 30 s
     proc.wait()
+
+
+def test_a_call_after_the_actor_restarted_reaches_the_new_one(echo):
+    """A drop heard while the dealer was idle is not taken for the next call's."""
+    proc, dealer, marker = echo
+    assert dealer.call(Echo(1)) == 1
+    proc.kill()
+    proc.wait()
+    tmp = Path(tmp_of(proc))
+    again, _ = start_echo_actor(tmp, dealer.endpoint, stop_marker=str(marker))
+    try:
+        time.sleep(0.1)  # idle past PEER_READ_AFTER_S while the new actor starts
+        assert dealer.call(Echo("again"), timeout=10) == "again"
+    finally:
+        again.kill()
+        again.wait()
