@@ -42,7 +42,7 @@ HEARTBEAT_TOPIC = "phoenix"
 MAX_CHANNELS = 100  # joined topics per connection, as Phoenix's default
 CLOSE_GOING_AWAY = 1001  # idle, or a "disconnect" broadcast: the client reconnects
 CLOSE_TRY_AGAIN = 1013  # too far behind: the client reconnects
-MAX_QUEUED = 10_000  # frames waiting for a client that reads slowly
+MAX_QUEUED = 10_000  # frames a connection holds unwritten: a client that reads slowly
 FLUSH_TIMEOUT_S = 1.0  # a gone client's close (or send) under way gets this long to go out
 
 

@@ -31,6 +31,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("whosthere.channels")
 
 EXCLUDE_FOR_S = 30.0  # a note whose message never came back (lost) is dropped after this
+# Messages dispatched in a row before the reader lets the loop turn. A backlog is read
+# without waiting, and the frames it makes are written only when the reader yields
+# (`writer.Writer`): in slices, a burst of broadcasts never piles up in a client's outbox,
+# whose bound (`connection.MAX_QUEUED`) is for clients that read slowly.
+BURST = 100
 
 
 class Member(Protocol):
@@ -98,7 +103,11 @@ class Fanout:
     async def _read(self) -> None:
         sub = self.sub
         assert sub is not None
+        in_a_row = 0  # messages dispatched since the loop last turned here
         while True:
+            if in_a_row >= BURST:
+                in_a_row = 0
+                await asyncio.sleep(0)  # the writer's turn
             try:
                 msg = await sub.get()
             except MessagesLost as lost:
@@ -114,6 +123,7 @@ class Fanout:
                 return
             if msg is not None:
                 self.dispatch(msg.topic, msg.event, msg.payload)
+                in_a_row += 1
 
     def dispatch(self, topic: str, event: str, payload: Any) -> None:
         members = self.members.get(topic)
