@@ -42,14 +42,12 @@ def apply_diff(topics: dict[str, MetasByKey], topic: str, diff: dict[str, Any]) 
             if meta not in metas:
                 metas.append(meta)
     for key, entry in diff.get("leaves", {}).items():
-        held = presences.get(key)
-        if held is None:
-            continue
-        metas = held
         left = entry.get("metas", [])
-        metas[:] = [m for m in metas if m not in left]
-        if not metas:
-            del presences[key]
+        kept = [m for m in presences.get(key, ()) if m not in left]
+        if kept:
+            presences[key] = kept
+        else:
+            presences.pop(key, None)
     if not presences:
         del topics[topic]
         return {}

@@ -132,6 +132,7 @@ class Dealer:
         self.endpoint = endpoint
         self.guard = guard
         self._poller: zmq.Poller | None = None  # the socket, the peer watch, the guard's fd
+        self._sleepy_guard = False  # a guard without an fd: checked every GUARD_POLL
         self.timeout = timeout  # default deadline of call/cast, seconds
         self.what = what  # names the peer in errors
         # requests checked against the receiver's limits (a client's, not an actor's)
@@ -268,8 +269,9 @@ class Dealer:
             fd = None if self.guard is None else self.guard.fileno()
             if fd is not None:
                 poller.register(fd, zmq.POLLIN)
+            self._sleepy_guard = self.guard is not None and fd is None  # checked, not polled
         guard = self.guard
-        sleepy_guard = guard is not None and guard.fileno() is None  # checked, not polled
+        sleepy_guard = self._sleepy_guard
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
