@@ -31,6 +31,7 @@ import cluster_workload
 import crash_workloads
 import diff_workload
 import durability_workload
+import idle_workload
 import memory_workload
 import presence_workloads
 import redis_baseline
@@ -54,6 +55,7 @@ WORKLOADS: dict[str, Callable[[Sizes], list[Row]]] = {
     "chaos": chaos.bench_chaos,
     "aio": aio_workload.bench_aio,
     "channels": channels_workload.bench_channels,
+    "idle": idle_workload.bench_idle,
 }
 
 

@@ -9,7 +9,6 @@ import time
 from typing import Any
 
 import baselines
-import zmq
 from common import Row, Sizes, median_spread, pct, progress, versus_pidfd
 
 import whosthere
@@ -81,17 +80,10 @@ def _subscriber_proc(address: str, topic: str, count: int, subs: int, events: An
     pubsub = whosthere.PubSub.connect(address)
     subscriptions = [pubsub.subscribe(topic) for _ in range(subs)]
     ready.set()
-    remaining = {i: count for i in range(subs)}
-    poller = zmq.Poller()
-    for s in subscriptions:
-        poller.register(s.socket, zmq.POLLIN)
-    index = {s.socket: i for i, s in enumerate(subscriptions)}
-    while any(remaining.values()):
-        for sock, _ in poller.poll(10_000):
-            i = index[sock]
-            sub = subscriptions[i]
-            while remaining[i] and sub.get(timeout=0) is not None:
-                remaining[i] -= 1
+    for sub in subscriptions:  # each queued by the process's feed as messages come
+        for _ in range(count):
+            if sub.get(timeout=60) is None:
+                raise TimeoutError("a fan-out message did not arrive within 60 s")
     done.set()
     for s in subscriptions:
         s.close()

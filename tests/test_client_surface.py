@@ -37,9 +37,8 @@ ONE_SIDED = {
     ("Presence", "fetch"): "the user's callback, defined on the class users subclass; an "
     "AsyncPresence runs the `fetch` of the class it was made from (`presence=`)",
     ("Presence", "connect_async"): "the user's class makes its asyncio twin",
-    ("Subscription", "socket"): "a SUB socket to poll beside others with zmq.Poller; an "
-    "asyncio program awaits `get` instead",
-    ("Links", "socket"): "as Subscription.socket",
+    ("Links", "socket"): "a socket to poll beside others with zmq.Poller; an asyncio "
+    "program awaits `get` instead",
     ("AsyncSubscription", "open"): "an asyncio subscription subscribes when it is opened "
     "(`async with`): a constructor cannot await; a sync one is open when made",
 }

@@ -77,10 +77,18 @@ class MessagesLost(WhosthereError):
     The subscription stays usable: the next `get` returns the next message that did arrive.
     """
 
-    def __init__(self, topic: str, missed: int | None, reason: str) -> None:
-        self.topic = topic  # the topic the gap is on
+    def __init__(
+        self,
+        topic: str,
+        missed: int | None,
+        reason: str,
+        counts: dict[str, int | None] | None = None,
+    ) -> None:
+        self.topic = topic  # the topic the gap is on ("*": several)
         self.missed = missed  # how many messages were lost, None when unknown
         self.reason = reason
+        # topic -> messages lost on it (None: unknown), for a loss that spans several
+        self.counts: dict[str, int | None] = {topic: missed} if counts is None else counts
         count = "an unknown number of" if missed is None else str(missed)
         super().__init__(f"{count} message(s) lost on topic {topic!r}: {reason}")
 

@@ -1,9 +1,8 @@
 """The PubSub client: broadcast to topics and subscribe to them, from any process, blocking.
 
-A `Subscription` is a SUB socket read through its `Sequencer` (`sub_socket`, `sequencer`:
-sequence numbers, epochs, marks and what a loss looks like, shared with the asyncio client);
-here it only waits, on the socket and on the node's supervisor (a pidfd polled beside it:
-`NodeUnavailable` the moment the node goes).
+A `Subscription` is a member of the process's feed from the node (`feed`, read by the
+thread of `feed_thread`: one SUB socket, its `Sequencer` for numbers, epochs, marks and
+losses); here it only waits for its queue, and the feed tells it when the node goes.
 """
 
 from __future__ import annotations
@@ -11,20 +10,18 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import zmq
-
 from whosthere.client import NodeInfo, lookup
+from whosthere.errors import NodeUnavailable
+from whosthere.feed import FeedMember
+from whosthere.feed_thread import Doorbell, ThreadFeed, attach, detach
 from whosthere.names import check_topic
-from whosthere.sequencer import SYNC_RETRY, Message
-from whosthere.sub_socket import DEFAULT_SUBSCRIBER_HWM, SubSocket
+from whosthere.sequencer import Message
+from whosthere.sub_socket import DEFAULT_SUBSCRIBER_HWM, request
 from whosthere.topology import PUBSUB
-from whosthere.transport.messages import Broadcast, Sync
+from whosthere.transport.messages import Broadcast
 from whosthere.transport.sockets import DEFAULT_TIMEOUT, DealerPerThread
 
 __all__ = ["DEFAULT_SUBSCRIBER_HWM", "Message", "PubSub", "Subscription"]
-
-SYNC_CAST_TIMEOUT = 0.1  # seconds a `Sync` may wait to be queued (else: asked again later)
-IDLE_WAIT = 1.0  # seconds a `get` without a deadline waits before it looks around again
 
 
 class PubSub:
@@ -77,32 +74,25 @@ class PubSub:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _ask_mark(self, sync: Sync) -> None:
-        """Cast a subscription's `Sync`; `NodeUnavailable` if it cannot be queued within
-        `SYNC_CAST_TIMEOUT`."""
-        self._conn.cast(sync, SYNC_CAST_TIMEOUT)
-
 
 class Subscription:
     """Messages on some topics, in publication order: an iterator and a context manager.
 
-    `get` raises `MessagesLost` when messages were lost (the subscriber fell behind the
-    high-water mark `hwm`, or the PubSub actor restarted), within a second of it even if
-    nothing more is published; the subscription stays usable and the next `get` returns the
-    next message that arrived. Its `topic` is "*" when the loss spans several topics (a
-    restart, or a mark naming several). It raises `NodeUnavailable` once the node is gone.
-    Use it from one thread.
+    Every subscription of a process to a node shares one node subscription, read by one
+    thread (`feed_thread`): an idle one costs nothing but its queue, and `get` wakes only
+    when the queue gains something. `get` raises `MessagesLost` where messages were lost
+    (this subscription fell `hwm` messages behind, or the PubSub actor restarted), and the
+    subscription goes on with the next message; its `topic` is "*" when the loss spans
+    several topics. It raises `NodeUnavailable` once the node is gone. Use it from one
+    thread.
     """
 
     def __init__(self, pubsub: PubSub, topics: tuple[str, ...] = (), *, hwm: int) -> None:
         self._pubsub = pubsub
-        self._sub = SubSocket(pubsub.info, hwm, pubsub._ask_mark)
-        self._poller = zmq.Poller()
-        self._poller.register(self._sub.socket, zmq.POLLIN)
-        guard = self._sub.guard
-        guard_fd = None if guard is None else guard.fileno()
-        if guard_fd is not None:
-            self._poller.register(guard_fd, zmq.POLLIN)
+        self._member = FeedMember(hwm)
+        self._bell = Doorbell()
+        self._member.wake = self._bell.ring
+        self._feed: ThreadFeed | None = attach(pubsub.info)
         try:
             self.subscribe(*topics)
         except BaseException:
@@ -110,38 +100,34 @@ class Subscription:
             raise
 
     @property
-    def socket(self) -> zmq.Socket[bytes]:
-        """The SUB socket, to poll beside others (then call `get(timeout=0)`)."""
-        return self._sub.socket
-
-    @property
     def topics(self) -> list[str]:
         """The topics subscribed."""
-        return self._sub.sequencer.topics
+        return list(self._member.topics)
 
     @property
     def missed(self) -> int:
         """Messages known lost, over the subscription's life."""
-        return self._sub.sequencer.missed
+        return self._member.missed
 
     def subscribe(self, *topics: str) -> None:
         """Add `topics` (any number, one round trip); in place when this returns.
 
         Raises `NodeUnavailable` if the PubSub actor does not confirm within the timeout.
         """
-        handshake = self._sub.begin(topics)
+        feed = self._open_feed()
+        handshake = feed.begin(self._member, topics)
         if handshake is None:
             return
         try:
-            reply = self._pubsub._conn.call(handshake.request)
+            reply = self._pubsub._conn.call(request(handshake))
         except BaseException:
-            self._sub.end(handshake, None)
+            feed.end(handshake, None)
             raise
-        self._sub.end(handshake, reply)
+        feed.end(handshake, reply)
 
     def unsubscribe(self, topic: str) -> None:
         """Stop receiving `topic` (messages already queued for it are skipped)."""
-        self._sub.unsubscribe(topic)
+        self._open_feed().leave(self._member, check_topic(topic))
 
     def get(self, timeout: float | None = None) -> Message | None:
         """The next message, waiting up to `timeout` seconds (None: forever); None on timeout.
@@ -149,20 +135,17 @@ class Subscription:
         Raises `MessagesLost` once for each gap, before the message that follows it, and
         `NodeUnavailable` if the node's supervisor has exited or the subscription is closed.
         """
-        sub = self._sub
+        feed = self._open_feed()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            msg = sub.get_nowait()
+            msg = feed.take(self._member)
             if msg is not None:
                 return msg
-            wait = IDLE_WAIT if deadline is None else deadline - time.monotonic()
-            if wait <= 0:
-                return None
-            if sub.sequencer.awaiting_mark:
-                wait = min(wait, SYNC_RETRY)
-            events = dict(self._poller.poll(max(1, int(wait * 1000))))
-            if len(events) > (sub.socket in events) and sub.guard is not None:
-                sub.guard.check()  # the supervisor's pidfd is readable: it exited
+            if deadline is None:
+                self._bell.wait(None)
+                continue
+            if not self._bell.wait(deadline - time.monotonic()):
+                return feed.take(self._member)
 
     def __iter__(self) -> Subscription:
         return self
@@ -176,10 +159,19 @@ class Subscription:
 
     def close(self) -> None:
         """Unsubscribe from everything. Idempotent."""
-        self._sub.close()
+        feed, self._feed = self._feed, None
+        if feed is not None:
+            feed.leave(self._member)
+            detach(feed)
 
     def __enter__(self) -> Subscription:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _open_feed(self) -> ThreadFeed:
+        feed = self._feed
+        if feed is None:
+            raise NodeUnavailable("subscription is closed")
+        return feed

@@ -20,12 +20,17 @@ How a subscription hears of what it lost (the actor's side is in `actors/pubsub.
   while subscribing more topics is reported by the next read.
 Numbers below the one expected were published before the subscription was in place (a
 restarted actor replays its first seconds to those that reconnect): skipped.
+
+A topic whose subscribe is under way is *pending* (`pend`): its messages that arrive before
+the actor's confirmation are kept, and `subscribed` reads them then, against the number
+confirmed. A reader that reads while another caller subscribes (the process's shared feed,
+`feed`) so loses nothing published after the confirmation.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeAlias
 
 from whosthere.errors import MessagesLost
 from whosthere.names import check_topic
@@ -42,6 +47,9 @@ class Message(NamedTuple):
     topic: str
     event: str
     payload: Any
+
+
+Received: TypeAlias = tuple[int, "Message | MessagesLost"]  # (sequence number or -1, item)
 
 
 class Sequencer:
@@ -62,6 +70,8 @@ class Sequencer:
         self._sync_after = max(1, min(SYNC_RUN, hwm // 2))
         self._since_sync = 0  # messages read since the last `Sync`
         self._sync_asked: float | None = None  # when the unanswered `Sync` was asked
+        self._pending: dict[bytes, list[list[bytes]]] = {}  # topic frame -> frames kept
+        self.seq = 0  # the number of the last message `receive` returned or held
 
     @property
     def topics(self) -> list[str]:
@@ -84,6 +94,49 @@ class Sequencer:
             if frame not in self._expect:
                 frames.setdefault(frame, topic)
         return frames
+
+    def pend(self, frames: Iterable[bytes]) -> None:
+        """Keep the messages of `frames` (a subscribe under way) until `subscribed` or
+        `unpend`."""
+        for frame in frames:
+            self._pending.setdefault(frame, [])
+
+    def pending(self, frame: bytes) -> bool:
+        """Whether `frame`'s subscribe is under way (its messages are kept)."""
+        return frame in self._pending
+
+    def unpend(self, frames: Iterable[bytes]) -> None:
+        """The subscribe of `frames` failed: drop what was kept for them."""
+        for frame in frames:
+            self._pending.pop(frame, None)
+
+    def confirm(self, frames: Iterable[bytes], reply: list[Any]) -> list[Received]:
+        """`subscribed`, then what the pending `frames` kept, read against the numbers
+        confirmed (and a restart seen meanwhile, first)."""
+        frames = list(frames)
+        self.subscribed(frames, reply)
+        out: list[Received] = []
+        lost = self.take_restart()
+        if lost is not None:
+            out.append((-1, lost))
+        for frame in frames:
+            for kept in self._pending.pop(frame, ()):
+                out += self.read(kept)
+        return out
+
+    def read(self, frames: list[bytes]) -> list[Received]:
+        """What one frame set means, in order: nothing, a message, a loss, or a loss and
+        the message after it; each message with its number (-1 for a loss)."""
+        if frames[0] in self._pending and len(frames) == 2:
+            self._pending[frames[0]].append(frames)
+            return []
+        got = self.receive(frames)
+        if got is None:
+            return []
+        if isinstance(got, Message):
+            return [(self.seq, got)]
+        held = self.take_held()
+        return [(-1, got)] if held is None else [(-1, got), (self.seq, held)]
 
     def subscribed(self, frames: Iterable[bytes], reply: list[Any]) -> None:
         """The actor confirmed `frames` (`Subscribe`): its reply is [epoch, [seq, ...]], the
@@ -135,6 +188,7 @@ class Sequencer:
         self._since_sync += 1
         topic = codec.topic_of(frames[0]) or ""
         msg = Message(topic, pub.event, pub.payload)
+        self.seq = pub.seq
         if pub.epoch != self._epoch:
             self._epoch_changed(pub.epoch)
             expect[1] = pub.seq + 1
@@ -173,10 +227,18 @@ class Sequencer:
             if expect[0] != epoch:
                 expect[0], expect[1] = epoch, 0
 
+    @property
+    def epoch(self) -> int:
+        """The PubSub actor's epoch as last seen (0: none yet)."""
+        return self._epoch
+
     def _restart_lost(self) -> MessagesLost:
         topics = self.topics
         return MessagesLost(
-            topics[0] if len(topics) == 1 else "*", None, "the PubSub actor restarted"
+            topics[0] if len(topics) == 1 else "*",
+            None,
+            "the PubSub actor restarted",
+            dict.fromkeys(topics),
         )
 
     def _on_mark(self, body: bytes) -> MessagesLost | None:
@@ -204,5 +266,8 @@ class Sequencer:
         total = sum(lost.values())
         self.missed += total
         return MessagesLost(
-            next(iter(lost)) if len(lost) == 1 else "*", total, "the subscriber fell behind"
+            next(iter(lost)) if len(lost) == 1 else "*",
+            total,
+            "the subscriber fell behind",
+            dict(lost),
         )

@@ -1,10 +1,9 @@
-"""`SubSocket`: a subscription's SUB socket and its `Sequencer`, read without waiting.
+"""`SubSocket`: the SUB socket of a process's feed from one node, and its `Feed`.
 
-The part of a subscription that is the same in both clients: the socket's options and
-filters, the halves of a subscribe around its round trip, one read of whatever is queued,
-and the `Sync` cast when the queue drains. How to wait for the socket, and how to make the
-round trip, is each client's own: `pubsub.Subscription` polls, `aio.pubsub.AsyncSubscription`
-waits on the event loop.
+The part of a feed that is the same for both drivers: the socket's options and filters, the
+halves of a member's subscribe around its round trip, reading what is queued, and the `Sync`
+due when the queue drains. When to read, and how to make the round trip, is each driver's
+own: `feed_thread.ThreadFeed` reads in a thread, `aio.feed_loop.LoopFeed` on the loop.
 
 Every topic filter and inbox filter goes through the SUB socket's outgoing queue, which is
 unbounded here (SNDHWM 0): with ZeroMQ's default of 1,000, filters past that were dropped
@@ -14,16 +13,16 @@ silently while nothing read the socket, and a large subscribe then hung until it
 from __future__ import annotations
 
 import logging
-import time
 import uuid
-from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple
+from collections.abc import Iterable
+from typing import Any
 
 import zmq
 
 from whosthere.client import NodeInfo
-from whosthere.errors import MalformedFrame, MessagesLost, NodeUnavailable
-from whosthere.sequencer import Message, Sequencer
+from whosthere.errors import MalformedFrame, NodeUnavailable
+from whosthere.feed import Feed, FeedMember, Handshake
+from whosthere.sequencer import Sequencer
 from whosthere.topology import PUBSUB_PUB
 from whosthere.transport import codec
 from whosthere.transport.messages import MAILBOX_PREFIX, Subscribe, Sync
@@ -31,103 +30,92 @@ from whosthere.transport.sockets import readable, socket
 
 log = logging.getLogger("whosthere.pubsub")
 
-DEFAULT_SUBSCRIBER_HWM = 100_000  # messages queued in a subscriber before the PubSub drops
+DEFAULT_SUBSCRIBER_HWM = 100_000  # messages queued for a subscriber before it loses some
+READ_BATCH = 1_000  # frame sets read before the driver lets others have the lock or the loop
 
 
-class Handshake(NamedTuple):
-    """A subscribe under way: the new topics' filters are set, and a one-off inbox."""
-
-    frames: dict[bytes, str]  # the new topic frames -> their topics
-    token: str  # the one-off inbox, subscribed right after the topics
-
-    @property
-    def request(self) -> Subscribe:
-        """What asks the PubSub actor to confirm the filters."""
-        return Subscribe(list(self.frames.values()), self.token)
+def request(handshake: Handshake) -> Subscribe:
+    """What asks the PubSub actor to confirm a member's topics."""
+    return Subscribe(handshake.topics, handshake.token)
 
 
 class SubSocket:
-    """The SUB socket of one subscription, fed to its `Sequencer`. Not thread-safe.
+    """The SUB socket of one feed, read into its `Feed`. Not thread-safe."""
 
-    `ask` casts a `Sync` to the PubSub actor (it never waits long: `NodeUnavailable` if it
-    cannot, and the mark is asked for again later)."""
-
-    def __init__(self, info: NodeInfo, hwm: int, ask: Callable[[Sync], None]) -> None:
+    def __init__(self, info: NodeInfo, hwm: int = DEFAULT_SUBSCRIBER_HWM) -> None:
         self.guard = info.supervisor  # the node's supervisor, watched (or None)
-        self.sequencer = Sequencer(MAILBOX_PREFIX + uuid.uuid4().hex, hwm)
+        sequencer = Sequencer(MAILBOX_PREFIX + uuid.uuid4().hex, hwm)
+        self.feed = Feed(sequencer)
         self.socket = socket(zmq.SUB)
         self.socket.setsockopt(zmq.RCVHWM, hwm)
         self.socket.setsockopt(zmq.SNDHWM, 0)  # filters are never dropped (module doc)
-        self.socket.setsockopt(zmq.SUBSCRIBE, self.sequencer.mailbox_frame)  # lifelong, marks
+        self.socket.setsockopt(zmq.SUBSCRIBE, sequencer.mailbox_frame)  # lifelong, marks
         self.socket.connect(info.endpoints[PUBSUB_PUB])
-        self._ask = ask
 
-    def begin(self, topics: Iterable[str]) -> Handshake | None:
-        """Set the filters of the topics not subscribed yet, and a one-off inbox; what to
-        ask the actor to confirm (None: nothing new)."""
-        frames = self.sequencer.new_frames(topics)
-        if not frames:
+    @property
+    def awaiting_mark(self) -> bool:
+        """Whether a `Sync` is unanswered (read again within `sequencer.SYNC_RETRY`)."""
+        return self.feed.sequencer.awaiting_mark
+
+    def begin(self, member: FeedMember, topics: Iterable[str]) -> Handshake | None:
+        """`member` takes `topics`: the filters of those new to the feed are set, and a
+        one-off inbox; the handshake to confirm with the actor (None: nothing new)."""
+        if self.socket.closed:
+            raise NodeUnavailable("the subscription reader has stopped")
+        handshake = self.feed.join(member, topics, uuid.uuid4().hex)
+        if handshake is None:
             return None
-        token = uuid.uuid4().hex
-        for frame in frames:
+        for frame in handshake.new:
             self.socket.setsockopt(zmq.SUBSCRIBE, frame)
-        self.socket.setsockopt(zmq.SUBSCRIBE, codec.inbox_frame(token))
-        return Handshake(frames, token)
+        self.socket.setsockopt(zmq.SUBSCRIBE, codec.inbox_frame(handshake.token))
+        return handshake
 
     def end(self, handshake: Handshake, reply: list[Any] | None) -> None:
         """The actor's confirmation ([epoch, [seq, ...]]); None: it failed, filters undone."""
-        self.socket.setsockopt(zmq.UNSUBSCRIBE, codec.inbox_frame(handshake.token))
+        self._unsubscribe([codec.inbox_frame(handshake.token)])
         if reply is None:
-            for frame in handshake.frames:
-                self.socket.setsockopt(zmq.UNSUBSCRIBE, frame)
-            return
-        self.sequencer.subscribed(handshake.frames, reply)
+            self._unsubscribe(self.feed.fail(handshake))
+        else:
+            self.feed.confirm(handshake, reply)
 
-    def unsubscribe(self, topic: str) -> None:
-        """Stop receiving `topic` (messages already queued for it are skipped)."""
-        frame = self.sequencer.unsubscribe(topic)
-        if frame is not None:
-            self.socket.setsockopt(zmq.UNSUBSCRIBE, frame)
+    def leave(self, member: FeedMember, topic: str | None = None) -> None:
+        """`member` stops taking `topic` (None: all of them)."""
+        self._unsubscribe(self.feed.leave(member, topic))
 
-    def get_nowait(self) -> Message | None:
-        """The next message if one is queued, else None (after asking for a mark if due).
-
-        Raises `MessagesLost` once for each gap, before the message that follows it, and
-        `NodeUnavailable` if the node's supervisor has exited or the socket is closed."""
-        sequencer = self.sequencer
-        held = sequencer.take_held()
-        if held is not None:
-            return held
-        if self.socket.closed:
-            raise NodeUnavailable("subscription is closed")
-        lost = sequencer.take_restart()
-        if lost is not None:
-            raise lost
-        while readable(self.socket):
-            frames = self.socket.recv_multipart(zmq.NOBLOCK)
+    def read(self, limit: int = READ_BATCH) -> bool:
+        """Read what is queued, up to `limit` frame sets; whether more may wait."""
+        sock, feed = self.socket, self.feed
+        for _ in range(limit):
+            if not readable(sock):
+                return False
+            frames = sock.recv_multipart(zmq.NOBLOCK)
             try:
-                got = sequencer.receive(frames)
+                feed.receive(frames)
             except MalformedFrame as exc:
                 log.warning("dropped a malformed message or mark: %s", exc)
-                continue
-            if isinstance(got, MessagesLost):
-                raise got
-            if got is not None:
-                return got
-        self._drained()
-        return None
+        return True
+
+    def drained(self, now: float) -> Sync | None:
+        """The queue is read to the end: the `Sync` to cast, if due."""
+        return self.feed.drained(now)
+
+    def check_guard(self) -> bool:
+        """Whether the node's supervisor is still there; once gone, every member hears it."""
+        if self.guard is None or self.feed.gone is not None:
+            return self.feed.gone is None
+        try:
+            self.guard.check()
+        except NodeUnavailable as exc:
+            self.feed.end(exc)
+            return False
+        return True
 
     def close(self) -> None:
         """Close the socket (every filter goes with it). Idempotent."""
         self.socket.close(linger=0)
 
-    def _drained(self) -> None:
-        """The queue is empty: ask for a mark after a long run, or again if one went missing."""
-        if self.guard is not None and self.guard.fileno() is None:
-            self.guard.check()  # no pidfd on this platform: ask the process table
-        sync = self.sequencer.drained(time.monotonic())
-        if sync is not None:
-            try:
-                self._ask(sync)
-            except NodeUnavailable:
-                log.debug("could not ask the PubSub actor for a mark; asking again later")
+    def _unsubscribe(self, frames: list[bytes]) -> None:
+        if self.socket.closed:
+            return
+        for frame in frames:
+            self.socket.setsockopt(zmq.UNSUBSCRIBE, frame)

@@ -140,6 +140,7 @@ class PubSubActor(Actor):
     def stats(self) -> dict[str, Any]:
         return {
             "topics": len(self.subscribed),
+            "subscribers": len(self.mailboxes),  # node subscriptions: one per process feed
             "published": self.published,
             **(
                 {

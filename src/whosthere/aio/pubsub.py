@@ -1,9 +1,8 @@
 """`AsyncPubSub` and `AsyncSubscription`: broadcast and subscribe from an asyncio loop.
 
-A subscription is a SUB socket read through its `Sequencer` (`sub_socket`, `sequencer`:
-sequence numbers, epochs, marks and losses, shared with the synchronous client); here its
-subscribe's round trip goes through the loop's connection, and `get` waits on the loop for
-its socket (or the node's supervisor) to be readable instead of blocking.
+A subscription is a member of the loop's feed from the node (`feed`, read by
+`aio.feed_loop`: one SUB socket, its `Sequencer`); its subscribe's round trip goes through
+the loop's connection, and `get` waits on the loop for its queue to gain something.
 """
 
 from __future__ import annotations
@@ -13,18 +12,20 @@ import contextlib
 import time
 from typing import Any
 
-from whosthere.aio import readers
+from whosthere.aio import feed_loop
 from whosthere.aio.client import lookup
 from whosthere.aio.dealer import AsyncDealer
+from whosthere.aio.feed_loop import LoopFeed
 from whosthere.aio.waits import wait_event
 from whosthere.client import NodeInfo
 from whosthere.errors import NodeUnavailable
+from whosthere.feed import FeedMember
 from whosthere.names import check_topic
-from whosthere.sequencer import SYNC_RETRY, Message
-from whosthere.sub_socket import DEFAULT_SUBSCRIBER_HWM, SubSocket
+from whosthere.sequencer import Message
+from whosthere.sub_socket import DEFAULT_SUBSCRIBER_HWM, request
 from whosthere.topology import PUBSUB
 from whosthere.transport.messages import Broadcast, Ping
-from whosthere.transport.sockets import DEFAULT_TIMEOUT, readable
+from whosthere.transport.sockets import DEFAULT_TIMEOUT
 
 
 class AsyncPubSub:
@@ -88,28 +89,23 @@ class AsyncPubSub:
 
 class AsyncSubscription:
     """Messages on some topics, from an asyncio loop; as `whosthere.Subscription` (the same
-    `MessagesLost` and `NodeUnavailable`). Use it from the loop that opened it."""
+    `MessagesLost` and `NodeUnavailable`). Every subscription of a loop to a node shares one
+    node subscription (`aio.feed_loop`): an idle one costs no timer and no wake-up. Use it
+    from the loop that opened it."""
 
     def __init__(self, pubsub: AsyncPubSub, topics: tuple[str, ...] = (), *, hwm: int) -> None:
         self._pubsub = pubsub
         self._topics = tuple(check_topic(t) for t in topics)
-        self._hwm = hwm
-        self._sub: SubSocket | None = None  # made by `open`, on the loop
-        self._ready = asyncio.Event()  # the socket or the supervisor's pidfd became readable
-        self._fds: list[int] = []
+        self._member = FeedMember(hwm)
+        self._feed: LoopFeed | None = None  # attached by `open`, on the loop
+        self._ready = asyncio.Event()  # the member's queue gained something
+        self._member.wake = self._ready.set
+        self._closed = False
 
     async def open(self) -> AsyncSubscription:
         """Subscribe; in place when it returns (nothing published later is missed)."""
-        if self._sub is None:
-            self._sub = SubSocket(self._pubsub.info, self._hwm, self._pubsub._conn.cast_nowait)
-            loop = asyncio.get_running_loop()
-            fds = [self._sub.socket.fileno()]
-            guard_fd = None if self._sub.guard is None else self._sub.guard.fileno()
-            if guard_fd is not None:
-                fds.append(guard_fd)
-            for fd in fds:
-                readers.add(loop, fd, self._ready.set)
-            self._fds = fds
+        if self._feed is None and not self._closed:
+            self._feed = feed_loop.attach(self._pubsub.info)
         try:
             await self.subscribe(*self._topics)
         except BaseException:
@@ -120,49 +116,45 @@ class AsyncSubscription:
     @property
     def topics(self) -> list[str]:
         """The topics subscribed (none before `open`)."""
-        return self._sub.sequencer.topics if self._sub is not None else []
+        return list(self._member.topics)
 
     @property
     def missed(self) -> int:
         """Messages known lost, over the subscription's life."""
-        return self._sub.sequencer.missed if self._sub is not None else 0
+        return self._member.missed
 
     async def subscribe(self, *topics: str) -> None:
         """Add `topics`, in place when this returns."""
-        sub = self._open_sub()
-        handshake = sub.begin(topics)
+        feed = self._open_feed()
+        handshake = feed.begin(self._member, topics)
         if handshake is None:
             return
         try:
-            reply = await self._pubsub._conn.call(handshake.request)
+            reply = await self._pubsub._conn.call(request(handshake))
         except BaseException:
-            sub.end(handshake, None)
+            feed.end(handshake, None)
             raise
-        sub.end(handshake, reply)
+        feed.end(handshake, reply)
 
     def unsubscribe(self, topic: str) -> None:
         """Stop receiving `topic` (messages already queued for it are skipped)."""
-        self._open_sub().unsubscribe(topic)
+        self._open_feed().leave(self._member, check_topic(topic))
 
     async def get(self, timeout: float | None = None) -> Message | None:
         """The next message, waiting up to `timeout` seconds (None: for ever); None on
         timeout. Raises `MessagesLost` for a gap, `NodeUnavailable` once the node is gone."""
-        sub = self._open_sub()
+        self._open_feed()
+        member, ready = self._member, self._ready
         deadline = None if timeout is None else time.monotonic() + timeout
-        guard = sub.guard
         while True:
-            self._ready.clear()
-            msg = sub.get_nowait()
+            ready.clear()
+            msg = member.take()
             if msg is not None:
                 return msg
-            if guard is not None:
-                guard.check()
-            if readable(sub.socket):
-                continue  # arrived meanwhile (the socket's fd only tells of changes)
-            wait = SYNC_RETRY if deadline is None else min(SYNC_RETRY, deadline - time.monotonic())
-            if wait <= 0:
+            wait = None if deadline is None else deadline - time.monotonic()
+            if wait is not None and wait <= 0:
                 return None
-            await wait_event(self._ready, wait)
+            await wait_event(ready, wait)
 
     def __aiter__(self) -> AsyncSubscription:
         return self
@@ -182,15 +174,15 @@ class AsyncSubscription:
 
     def close(self) -> None:
         """Unsubscribe from everything. Idempotent."""
-        if self._fds:
-            loop = asyncio.get_running_loop()
-            for fd in self._fds:
-                readers.remove(loop, fd, self._ready.set)
-            self._fds = []
-        if self._sub is not None:
-            self._sub.close()
+        self._closed = True
+        feed, self._feed = self._feed, None
+        if feed is not None:
+            feed.leave(self._member)
+            feed_loop.detach(feed)
 
-    def _open_sub(self) -> SubSocket:
-        if self._sub is None:
+    def _open_feed(self) -> LoopFeed:
+        if self._feed is None:
+            if self._closed:
+                raise NodeUnavailable("subscription is closed")
             raise NodeUnavailable("the subscription is not open: `async with` it or `open()`")
-        return self._sub
+        return self._feed
