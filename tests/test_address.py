@@ -165,6 +165,25 @@ def test_two_starts_at_once_at_one_address_have_one_winner(place):
     assert os.listdir(place) == []
 
 
+def test_a_start_that_locks_a_lock_file_just_unlinked_locks_the_new_one(place, monkeypatch):
+    address = _address(place)
+    old = client_door.claim(address)
+    real_flock = client_door.fcntl.flock
+
+    def old_stops_first(fd: int, operation: int) -> None:
+        monkeypatch.setattr(client_door.fcntl, "flock", real_flock)
+        old.release()  # between the new start's open() and its flock(): it locked a ghost
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(client_door.fcntl, "flock", old_stops_first)
+    new = client_door.claim(address)
+    lock = place / "whosthere.sock.lock"
+    assert os.fstat(new.lock_fd).st_ino == os.lstat(lock).st_ino
+    assert client_door._lock(str(lock), create=True) is None  # held: no second winner
+    new.release()
+    assert os.listdir(place) == []
+
+
 def test_a_killed_node_leaves_a_stale_socket_the_next_node_removes(place):
     address = _address(place)
     sock = place / "whosthere.sock"
