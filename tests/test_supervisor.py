@@ -184,5 +184,7 @@ def test_tracker_options_are_checked_with_phoenix_rules():
 
 
 def test_a_malformed_address_is_node_unavailable():
-    with pytest.raises(whosthere.NodeUnavailable, match=r"^cannot connect to node at 'foo'"):
+    with pytest.raises(
+        whosthere.NodeUnavailable, match=r"^'foo' is not an ipc:// address: clients"
+    ):
         whosthere.Presence.connect("foo")

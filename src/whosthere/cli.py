@@ -24,6 +24,7 @@ from whosthere.presence import Presence
 def _serve(args: argparse.Namespace) -> int:
     node = Node(
         name=args.name,
+        address=args.address,
         pool_size=args.pool_size,
         log_level=args.log_level,
         listen=args.listen,
@@ -210,6 +211,11 @@ def parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run a node in the foreground until Ctrl-C")
     serve.add_argument("--name", default=None, help="node name (default: host and suffix)")
+    serve.add_argument(
+        "--address",
+        default=None,
+        help="fixed ipc:///path.sock where clients connect (default: a new one each start)",
+    )
     serve.add_argument("--pool-size", type=int, default=1, help="tracker shards (default 1)")
     serve.add_argument("--log-level", default=None, help="actors' log level (WARNING)")
     serve.add_argument("--listen", default=None, help="tcp://host:port where peers reach it")

@@ -6,6 +6,12 @@ would otherwise wait out its whole timeout, a subscription forever. On Linux a p
 polled beside each reply socket, so calls fail the moment it exits; elsewhere the process
 table is checked every `sockets.GUARD_POLL` seconds. The start time guards against a reused
 pid: a process that has the pid but not the start time is not the supervisor.
+
+The wrong kind of address fails at once, not after the call's timeout: a tcp:// (cluster)
+address or a file that is no socket before dialling (`check_client_address`), and a socket
+that answers `Lookup` with anything but a node's reply (an actor's mailbox answers with an
+error) once it answers (`door_answers`, `node_info`). Both lookups, sync and asyncio, go
+through these. A path where nothing is yet is left to the timeout: a node may be starting.
 """
 
 from __future__ import annotations
@@ -13,15 +19,19 @@ from __future__ import annotations
 import os
 import select
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from whosthere.errors import NodeUnavailable
+from whosthere.errors import NodeUnavailable, WhosthereError
+from whosthere.transport.client_address import IPC, client_address_problem, ipc_path
 from whosthere.transport.messages import Lookup
 from whosthere.transport.sockets import DEFAULT_TIMEOUT, Dealer
 from whosthere.watch import start_time
 
 ADDRESS_ENV = "WHOSTHERE_ADDRESS"
+_LOOKUP_KEYS = {"name", "address", "endpoints", "settings"}  # a node's `Lookup` reply has them
 
 
 @dataclass(frozen=True)
@@ -79,11 +89,46 @@ def watch_supervisor(address: str, reply: dict[str, Any]) -> SupervisorWatch | N
 
 
 def resolve_address(address: str | None) -> str:
-    """`address`, or `$WHOSTHERE_ADDRESS`; `NodeUnavailable` if neither is set."""
+    """`address`, or `$WHOSTHERE_ADDRESS`, checked (`check_client_address`); raises
+    `NodeUnavailable` if neither is set, or if it cannot be a node's client door."""
     address = address or os.environ.get(ADDRESS_ENV)
     if not address:
         raise NodeUnavailable(f"no node address given and ${ADDRESS_ENV} is not set")
+    check_client_address(address)
     return address
+
+
+def check_client_address(address: str) -> None:
+    """`NodeUnavailable` at once if `address` cannot be a node's client door: a tcp://
+    (cluster) address, another scheme, or a path that is not a socket."""
+    mode = None
+    if address.startswith(IPC):
+        try:
+            mode = os.stat(ipc_path(address)).st_mode
+        except OSError:  # nothing there yet (a node may be starting): the call waits
+            mode = None
+    problem = client_address_problem(address, mode)
+    if problem is not None:
+        raise NodeUnavailable(problem)
+
+
+@contextmanager
+def door_answers(address: str) -> Iterator[None]:
+    """Around the `Lookup` call: an error answered (an actor's mailbox answers `Lookup`
+    with one) says `address` is not a node's client door, and fails as `NodeUnavailable`."""
+    try:
+        yield
+    except NodeUnavailable:
+        raise
+    except WhosthereError as exc:
+        raise _not_a_door(address, f"{type(exc).__name__}: {exc}") from exc
+
+
+def _not_a_door(address: str, answer: str) -> NodeUnavailable:
+    return NodeUnavailable(
+        f"{address} is not a node's client door (it answered Lookup with {answer}); clients "
+        f"connect to the node's address (node.address, ${ADDRESS_ENV})"
+    )
 
 
 def lookup(address: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> NodeInfo:
@@ -91,14 +136,18 @@ def lookup(address: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> Node
     address = resolve_address(address)
     dealer = Dealer(address, timeout=timeout, what="node")
     try:
-        reply = dealer.call(Lookup())
+        with door_answers(address):
+            reply = dealer.call(Lookup())
     finally:
         dealer.close()
     return node_info(address, reply)
 
 
 def node_info(address: str, reply: dict[str, Any]) -> NodeInfo:
-    """What the `Lookup` reply of the node at `address` says, its supervisor watched."""
+    """What the `Lookup` reply of the node at `address` says, its supervisor watched;
+    `NodeUnavailable` if it is no node's reply."""
+    if not isinstance(reply, dict) or not reply.keys() >= _LOOKUP_KEYS:
+        raise _not_a_door(address, repr(reply)[:80])
     return NodeInfo(
         reply["name"],
         reply["address"],

@@ -15,6 +15,7 @@ from typing import Any
 
 from whosthere.loading import ClassRef
 from whosthere.tracker.options import TrackerOptions
+from whosthere.transport.client_address import check_node_address
 from whosthere.transport.codec import DEFAULT_META_LIMIT
 from whosthere.transport.endpoints import check_cluster
 
@@ -67,6 +68,7 @@ class NodeConfig:
     log_level: str = "WARNING"
     durable: bool = True  # shards journal their state and come back with it after a crash
     cluster: ClusterConfig | None = None
+    address: str | None = None  # a fixed ipc:// client door (None: one in the runtime dir)
     tracker: TrackerOptions = field(default_factory=TrackerOptions)
     runtime_dir: str = ""  # the node's private directory, once `Node.start()` made it
 
@@ -84,6 +86,8 @@ class NodeConfig:
             raise ValueError("max_restarts must be >= 0 and max_seconds > 0")
         if self.fetchers < 1 or self.fetch_timeout <= 0 or self.meta_limit < 1:
             raise ValueError("fetchers, fetch_timeout and meta_limit must be positive")
+        if self.address is not None:
+            check_node_address(self.address)
 
     @staticmethod
     def default_name() -> str:

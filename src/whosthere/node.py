@@ -27,7 +27,7 @@ from whosthere.presence import Presence
 from whosthere.pubsub import PubSub
 from whosthere.topology import Topology
 from whosthere.tracker.options import TrackerOptions
-from whosthere.transport import runtime_dir
+from whosthere.transport import client_door, runtime_dir
 from whosthere.transport.cookie import COOKIE_ENV
 from whosthere.transport.sockets import DEFAULT_TIMEOUT
 from whosthere.workers import Workers
@@ -79,6 +79,7 @@ class Node:
         durable: bool = NodeConfig.durable,
         cookie: str | None = None,
         advertise: str | None = None,
+        address: str | None = None,
         **tracker_options: Any,
     ) -> None:
         """Configure a node; nothing starts before `start()`.
@@ -89,6 +90,11 @@ class Node:
                 import it: define it at module level.
             pool_size: number of tracker shards (must match on every node of a cluster).
             name: node name (default: host name and a random suffix).
+            address: a fixed `ipc:///abs/path.sock` where clients reach the node (its
+                socket made 0600 at `start()`, with a `.lock` file beside it), so clients
+                started before or after it, and a node restarted, meet there. Its directory
+                must exist. Default: a socket in the node's fresh runtime directory, new at
+                each start. (A tcp:// address is `listen`'s, for peers: refused here.)
             listen: `tcp://host:port` where this node accepts peers (port 0: any free one);
                 without it the node is alone. `peers`: listen addresses of other nodes
                 (each needs only one; the cluster meshes itself).
@@ -133,6 +139,7 @@ class Node:
             log_level=NodeConfig.default_log_level(log_level),
             durable=durable,
             cluster=cluster,
+            address=address,
         )
         self.config = replace(
             config,
@@ -142,6 +149,7 @@ class Node:
         self.call_timeout = call_timeout
         self.runtime_dir: Path | None = None
         self._address: str | None = None
+        self._door: client_door.ClientDoor | None = None  # the fixed address, while claimed
         self._proc: subprocess.Popen[bytes] | None = None
         self._events: EventReader | None = None  # the supervisor's pipe
         self._pubsub: PubSub | None = None
@@ -186,12 +194,22 @@ class Node:
     def start(self) -> Node:
         """Start the supervisor and its actors; returns once every actor is ready.
 
-        Raises `NodeStartError` if an actor dies or is not ready within `start_timeout`.
+        Raises `NodeStartError` if an actor dies or is not ready within `start_timeout`, or
+        if the fixed `address` cannot be served (its directory is missing, a node already
+        serves there, or the path is some other file).
         """
         if self._proc is not None:
             raise RuntimeError("a Node starts once; create a new one")
-        path, lock_fd = runtime_dir.create(self.name)
+        door = client_door.claim(self.config.address) if self.config.address else None
+        try:
+            path, lock_fd = runtime_dir.create(self.name)
+        except BaseException:
+            if door is not None:
+                door.release()
+            raise
         self.runtime_dir = path
+        self._door = door
+        door_fds = (door.listen_fd, door.lock_fd) if door is not None else ()
         events_r, events_w = os.pipe()
         try:
             config = self.config.started(str(path))
@@ -201,6 +219,7 @@ class Node:
                 "parent_pid": os.getpid(),
                 "ready_fd": events_w,
                 "lock_fd": lock_fd,
+                "door": door.to_json() if door is not None else None,
             }
             env = dict(os.environ)
             env.pop(COOKIE_ENV, None)
@@ -208,17 +227,21 @@ class Node:
                 env[COOKIE_ENV] = self.cookie
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "whosthere.supervisor", json.dumps(args)],
-                pass_fds=(events_w, lock_fd),
+                pass_fds=(events_w, lock_fd, *door_fds),
                 start_new_session=True,  # terminal signals go to us; we stop the node
                 env=env,
             )
         except BaseException:
             os.close(events_r)
             runtime_dir.remove(path)
+            if door is not None:
+                door.release()
             raise
         finally:
             os.close(events_w)
             os.close(lock_fd)  # the supervisor holds the directory's lock now
+            if door is not None:
+                door.handed_over()  # and the fixed address's lock and socket
         self._events = EventReader(events_r)
         event = self._events.next(self.config.start_timeout + 5)
         if event is None or not event.get("ready"):
@@ -312,6 +335,8 @@ class Node:
             self._events.close()
         if self.runtime_dir is not None:
             runtime_dir.remove(self.runtime_dir)
+        if self._door is not None:  # the supervisor gave it back, unless it was killed
+            self._door.release_if_free()
 
     def __enter__(self) -> Node:
         return self.start()

@@ -14,6 +14,11 @@ a `ProcessWatcher` and pushes `ProcessesExited` to each linker when one exits, o
 it exits. A linker that has gone away loses its links at the next push.
 
 The Node learns of readiness and of a failure through a pipe (`ready_fd`): one JSON line.
+
+A fixed address (`Node(address=...)`). The Node claims it (`transport.client_door.claim`:
+the lock beside it, and the socket bound, 0600) and hands both fds over; the supervisor's
+mailbox takes the listening socket as a second endpoint (actors keep dialling the one in the
+runtime directory), holds the lock for its life, and gives the door back as it stops.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import zmq
+
 from whosthere.actors.base import Actor, ActorSpec
 from whosthere.actors.boot import setup_logging, signal_wakeup_fd
 from whosthere.config import NodeConfig
@@ -41,6 +48,7 @@ from whosthere.errors import (
 from whosthere.node_events import tell_error, tell_ready
 from whosthere.topology import SUPERVISOR, Topology
 from whosthere.transport import runtime_dir
+from whosthere.transport.client_door import ClientDoor
 from whosthere.transport.messages import (
     ActorReady,
     GetStatus,
@@ -77,7 +85,7 @@ def node_children(topology: Topology, supervisor_pid: int) -> list[ActorSpec]:
             actor=role.actor,
             endpoint=topology.endpoint(role.name),
             runtime_dir=config.runtime_dir,
-            supervisor=topology.address,
+            supervisor=topology.supervisor,
             parent_pid=supervisor_pid,
             node_name=config.name,
             log_level=config.log_level,
@@ -91,8 +99,11 @@ def node_children(topology: Topology, supervisor_pid: int) -> list[ActorSpec]:
 class Supervisor(Actor):
     handles = (ActorReady, Lookup, GetStatus, Link, Unlink, Shutdown)
 
-    def __init__(self, spec: ActorSpec, ready_fd: int, lock_fd: int) -> None:
+    def __init__(
+        self, spec: ActorSpec, ready_fd: int, lock_fd: int, door: ClientDoor | None = None
+    ) -> None:
         super().__init__(spec)
+        self.door = door  # the fixed address's socket and lock, held for life (None: none)
         self.config = spec.node
         self.topology = Topology(self.config)
         self.address = self.topology.address
@@ -110,6 +121,18 @@ class Supervisor(Actor):
         self.started_at = time.time()
 
     # -- lifecycle -------------------------------------------------------------------------
+
+    def bind(self) -> None:
+        """The mailbox in the runtime directory, and the fixed address's socket if any
+        (given to ZeroMQ as is, `ZMQ_USE_FD`: it binds nothing and never unlinks it)."""
+        super().bind()
+        if self.door is not None:
+            self.mailbox.setsockopt(zmq.USE_FD, self.door.listen_fd)
+            try:
+                self.mailbox.bind(self.door.address)
+            finally:
+                self.mailbox.setsockopt(zmq.USE_FD, -1)
+            self.door.listen_fd = -1  # ZeroMQ's now: it closes it with the mailbox
 
     def on_start(self) -> None:
         self.add_reader(self.watcher.fileno(), self._on_exits)
@@ -134,6 +157,8 @@ class Supervisor(Actor):
         runtime_dir.remove(Path(self.spec.runtime_dir))
         with contextlib.suppress(OSError):
             os.close(self.lock_fd)
+        if self.door is not None:
+            self.door.release()
 
     def shutdown(self, reason: str) -> None:
         """Stop every actor (SIGTERM, then SIGKILL after STOP_GRACE_S), then stop."""
@@ -340,7 +365,7 @@ class Supervisor(Actor):
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m whosthere.supervisor ARGS_JSON`: {"config", "parent_pid", "ready_fd",
-    "lock_fd"}, as `Node.start()` passes them."""
+    "lock_fd", "door"}, as `Node.start()` passes them ("door": a `ClientDoor`, or None)."""
     args = json.loads((sys.argv[1:] if argv is None else argv)[0])
     config = NodeConfig.from_json(args["config"])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the Node's process
@@ -348,7 +373,7 @@ def main(argv: list[str] | None = None) -> None:
     spec = ActorSpec(
         name=SUPERVISOR,
         actor="whosthere.supervisor:Supervisor",
-        endpoint=Topology(config).address,
+        endpoint=Topology(config).supervisor,
         runtime_dir=config.runtime_dir,
         supervisor="",
         parent_pid=args["parent_pid"],
@@ -356,7 +381,8 @@ def main(argv: list[str] | None = None) -> None:
         log_level=config.log_level,
         config=config,
     )
-    Supervisor(spec, args["ready_fd"], args["lock_fd"]).run(signal_wakeup_fd())
+    door = ClientDoor.from_json(args["door"]) if args.get("door") else None
+    Supervisor(spec, args["ready_fd"], args["lock_fd"], door).run(signal_wakeup_fd())
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 One place for what the supervisor starts, what actors dial and what clients look up: an
 actor's name ("shard.0") is made and read only here. Every endpoint is an ipc:// socket
-file in the node's private runtime directory.
+file in the node's private runtime directory, but the node's address (its client door)
+when `address=` fixes it (`transport.client_door`).
 """
 
 from __future__ import annotations
@@ -57,7 +58,10 @@ class Topology:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.dir = Path(config.runtime_dir)
-        self.address = self.endpoint(SUPERVISOR)  # the node's address: its supervisor
+        self.supervisor = self.endpoint(SUPERVISOR)  # the supervisor's mailbox, as actors dial it
+        # the node's address, where clients send `Lookup`: the supervisor's mailbox, also
+        # bound at the fixed `address` when there is one
+        self.address = config.address or self.supervisor
         self.pubsub = self.endpoint(PUBSUB)
         self.pubsub_pub = self.endpoint("pubsub-pub")
         self.shards = [self.endpoint(shard_name(i)) for i in range(config.pool_size)]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from whosthere.aio.dealer import AsyncDealer
-from whosthere.client import NodeInfo, node_info, resolve_address
+from whosthere.client import NodeInfo, door_answers, node_info, resolve_address
 from whosthere.transport.messages import Lookup
 from whosthere.transport.sockets import DEFAULT_TIMEOUT
 
@@ -14,7 +14,8 @@ async def lookup(address: str | None = None, timeout: float = DEFAULT_TIMEOUT) -
     address = resolve_address(address)
     dealer = AsyncDealer(address, timeout=timeout, what="node")
     try:
-        reply = await dealer.call(Lookup())
+        with door_answers(address):
+            reply = await dealer.call(Lookup())
     finally:
         await dealer.aclose()
     return node_info(address, reply)
