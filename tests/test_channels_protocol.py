@@ -119,6 +119,59 @@ def test_frames_as_phoenix_sends_them():
             assert closed.value.rcvd.code == 1007
 
 
+JSON_ONLY = " (a Channels meta reaches phoenix.js as JSON)"
+
+
+def test_a_meta_json_cannot_carry_is_refused_at_track_and_update_naming_where():
+    with (
+        whosthere.Node() as node,
+        channels_server(node.address) as (url, _),
+        connect(ws_url(url)) as ws,
+    ):
+        send(ws, "1", "1", "room:json", "phx_join", {"tab": 1})
+        until(ws, lambda f: f[3] == "phx_reply")
+        refusals = {
+            ("track", "bytes"): "meta['avatar'] is bytes, which JSON cannot carry",
+            ("track", "int_key"): "meta['scores'][1] has the key 7 (int); JSON's are strings",
+            ("track", "nan"): "meta['load'] is nan, which JSON cannot carry",
+            ("update", "set"): "meta['tags'] is set, which JSON cannot carry",
+            ("update_fn", "bytes"): "meta['avatar'] is bytes, which JSON cannot carry",
+        }
+        for ref, ((how, meta), reason) in enumerate(refusals.items(), 2):
+            send(ws, "1", str(ref), "room:json", "meta", {"how": how, "meta": meta})
+            reply = until(ws, lambda f, ref=ref: f[1] == str(ref))
+            assert reply[4] == {
+                "status": "error",
+                "response": {"refused": "InvalidMeta", "reason": reason + JSON_ONLY},
+            }
+        assert list(node.presence.list("room:json")) == ["raw"]  # nothing of those went in
+        # a good meta still goes, and every subscriber's client reads it
+        send(ws, "1", "20", "room:json", "meta", {"how": "track", "meta": "good"})
+        reply, diff = reply_and_diff(ws, "20", "raw:second")
+        assert reply[4]["status"] == "ok"
+        [meta] = diff[4]["joins"]["raw:second"]["metas"]
+        assert {k: meta[k] for k in ("tags", "load", "more")} == {
+            "tags": ["a", "b"],
+            "load": 0.5,
+            "more": {"seen": None, "n": [1, True]},
+        }
+        send(ws, "1", "21", "room:json", "meta", {"how": "update_fn", "meta": "good"})
+        reply, diff = reply_and_diff(ws, "21", "raw")
+        assert reply[4]["status"] == "ok"
+        assert diff[4]["joins"]["raw"]["metas"][0]["tab"] == 1  # the function kept the rest
+
+
+def reply_and_diff(ws, ref: str, key: str) -> tuple[list, list]:
+    """The reply to push `ref` and the diff that joins `key`, in whichever order they come."""
+    got: dict[str, list] = {}
+    while len(got) < 2:
+        frame = until(
+            ws, lambda f: f[1] == ref or (f[3] == "presence_diff" and key in f[4]["joins"])
+        )
+        got["reply" if frame[1] == ref else "diff"] = frame
+    return got["reply"], got["diff"]
+
+
 def test_idle_oversized_and_disconnected_sockets_are_closed_and_their_presences_leave():
     with whosthere.Node() as node, channels_server(node.address, app=STRICT) as (url, _):
         with connect(ws_url(url, "vsn=2.0.0&user=idle")) as ws:

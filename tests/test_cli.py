@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import inspect
 import json
 import os
 import signal
@@ -12,7 +15,9 @@ import pytest
 
 import whosthere
 from tests.support.waiting import wait_until
-from whosthere import cli
+from whosthere import cli, serve_flags
+from whosthere.config import NodeConfig
+from whosthere.tracker.options import TrackerOptions
 
 
 def whosthere_cmd(*args: str) -> list[str]:
@@ -162,3 +167,128 @@ def test_other_commands_still_refuse_unknown_options(capsys):
         cli.main(["status", "--bogus"])
     assert exit_.value.code == 2
     assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+# -- serve's flags: one per Node option ------------------------------------------------------
+
+# Node keywords with flags of another shape: `--presence module:Class`, `--peer` (repeated)
+HAND_WRITTEN_FLAGS = {"presence": "--presence", "peers": "--peer"}
+
+
+def _serve_flags() -> dict[str, argparse.Action]:
+    serve = cli.parser()._subparsers._group_actions[0].choices["serve"]
+    return {flag: action for action in serve._actions for flag in action.option_strings}
+
+
+def test_every_node_option_has_a_serve_flag():
+    flags = _serve_flags()
+    params = inspect.signature(whosthere.Node.__init__).parameters
+    names = [n for n, p in params.items() if n != "self" and p.kind is not p.VAR_KEYWORD] + [
+        f.name for f in dataclasses.fields(TrackerOptions)
+    ]
+    assert "max_restarts" in names and "broadcast_period" in names  # the lists were read
+    missing = [
+        name
+        for name in names
+        if HAND_WRITTEN_FLAGS.get(name, "--" + name.replace("_", "-")) not in flags
+    ]
+    assert missing == []
+    assert {"--durable", "--no-durable", "--permdown-on-shutdown"} <= set(flags)
+
+
+def test_serve_flags_show_the_nodes_defaults_and_docstring():
+    flags = _serve_flags()
+    assert flags["--fetchers"].help == (
+        f"fetcher worker processes that run `fetch` on diffs (default: {NodeConfig.fetchers})"
+    )
+    assert flags["--durable"].help.endswith("(default: --durable)")
+    assert "With --no-durable a restarted shard starts empty" in flags["--durable"].help
+    assert flags["--permdown-period"].help == (
+        "seconds of silence before a down peer is forgotten for good "
+        f"(default: {TrackerOptions.permdown_period})"
+    )
+    for flag in ("--max-restarts", "--broadcast-period", "--max-delta-sizes", "--name"):
+        assert flags[flag].default is argparse.SUPPRESS  # not given: the Node's own default
+
+
+def test_serve_passes_only_the_flags_given():
+    args = cli.parser().parse_args(
+        ["serve", "--fetchers", "3", "--no-durable", "--max-delta-sizes", "5,50", "--peer", "x"]
+    )
+    assert serve_flags.given_node_options(args) == {
+        "fetchers": 3,
+        "durable": False,
+        "max_delta_sizes": (5, 50),
+    }
+    assert args.peer == ["x"] and args.presence is None
+
+
+def test_serve_refuses_a_bad_option_value_in_one_line(capsys):
+    assert cli.main(["serve", "--fetchers", "0"]) == 2
+    assert capsys.readouterr().err == (
+        "whosthere serve: fetchers, fetch_timeout and meta_limit must be positive\n"
+    )
+
+
+def test_serve_runs_the_node_with_the_options_given(tmp_path):
+    cmd = whosthere_cmd(
+        "serve",
+        "--name",
+        "flags-node",
+        "--fetchers",
+        "1",
+        "--fetch-timeout",
+        "2.5",
+        "--meta-limit",
+        "1000",
+        "--pubsub-hwm",
+        "500",
+        "--max-restarts",
+        "7",
+        "--no-durable",
+        "--broadcast-period",
+        "0.25",
+        "--max-delta-sizes",
+        "10,20",
+    )
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as serve:
+        try:
+            assert serve.stdout is not None
+            address = serve.stdout.readline().rsplit(" ", 1)[1].strip()
+            out = subprocess.run(
+                whosthere_cmd("status", "--json", address),
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            config = json.loads(out)["config"]
+            assert [a["name"] for a in json.loads(out)["actors"]] == [
+                "pubsub",
+                "shard.0",
+                "fetcher.0",
+            ]
+            assert (config["name"], config["fetchers"], config["fetch_timeout"]) == (
+                "flags-node",
+                1,
+                2.5,
+            )
+            assert (config["meta_limit"], config["pubsub_hwm"], config["max_restarts"]) == (
+                1000,
+                500,
+                7,
+            )
+            assert config["durable"] is False
+            assert config["tracker"]["broadcast_period"] == 0.25
+            assert config["tracker"]["max_delta_sizes"] == [10, 20]
+            # not given: the defaults of NodeConfig and TrackerOptions
+            assert config["start_timeout"] == NodeConfig.start_timeout
+            assert config["tracker"]["permdown_period"] == TrackerOptions.permdown_period
+            presence = whosthere.Presence.connect(address)
+            try:
+                with pytest.raises(whosthere.InvalidMeta, match="over the 1000-byte limit"):
+                    presence.track(os.getpid(), "t", "k", {"blob": "x" * 2000})
+            finally:
+                presence.close()
+        finally:
+            serve.send_signal(signal.SIGINT)
+            assert serve.wait(timeout=10) == 0

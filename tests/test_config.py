@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from whosthere.actors.base import ActorSpec
 from whosthere.config import ClusterConfig, NodeConfig
 from whosthere.errors import ActorError, NotTracked, from_wire
-from whosthere.loading import class_ref, load_class
+from whosthere.loading import class_ref, import_root, load_class
 from whosthere.presence import Presence
 from whosthere.topology import PUBSUB_PUB, Topology, fetcher_name, is_fetcher, is_shard, shard_name
 from whosthere.tracker.options import TrackerOptions
@@ -156,6 +157,44 @@ def test_a_user_class_is_named_for_other_processes_and_loaded_back():
 
     with pytest.raises(TypeError, match="inside a function"):
         class_ref(make())
+
+
+def test_a_class_names_the_directory_its_module_came_from(tmp_path, monkeypatch):
+    """A process without that directory on its path (an actor started elsewhere) finds it."""
+    package = tmp_path / "rooms_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "live.py").write_text(
+        "import whosthere\nclass LivePresence(whosthere.Presence):\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from rooms_pkg.live import LivePresence
+
+    try:
+        ref = class_ref(LivePresence)
+        assert ref == {
+            "module": "rooms_pkg.live",
+            "qualname": "LivePresence",
+            "root": str(tmp_path),
+        }
+        assert import_root("rooms_pkg") == str(tmp_path)  # a package: its __init__.py
+        assert import_root("sys") is None  # built in: no directory to name
+        code = (
+            "import json, sys\nfrom whosthere.loading import load_class\n"
+            "assert sys.argv[2] not in sys.path\n"
+            "print(load_class(json.loads(sys.argv[1])).__qualname__)"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code, json.dumps(ref), str(tmp_path)],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd="/",
+        ).stdout
+        assert out == "LivePresence\n"
+    finally:
+        for name in ("rooms_pkg", "rooms_pkg.live"):
+            sys.modules.pop(name, None)
 
 
 def test_a_class_of_a_script_is_loaded_without_running_the_script(tmp_path):

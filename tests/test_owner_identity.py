@@ -7,14 +7,25 @@ import os
 
 from tests.support.processes import python
 from whosthere.owners import OwnerIdentity
-from whosthere.watch import os_pid
+from whosthere.watch import PID_MAX, describe_owner, os_pid, owner_of
+from whosthere.watch.identity import OWNER_SERIALS
 
 
 def test_an_owner_names_this_process_and_a_serial_of_its_own():
     a, b = OwnerIdentity(), OwnerIdentity()
     assert a.pid == b.pid == os.getpid()
     assert a.id != b.id and os_pid(a.id) == os_pid(b.id) == os.getpid()
-    assert repr(a) == f"<OwnerIdentity {a.id >> 32} of pid {os.getpid()}>"
+    assert repr(a) == f"<OwnerIdentity: owner {a.id >> 32} of pid {os.getpid()}>"
+    a.closed = True
+    assert repr(a) == f"<OwnerIdentity: owner {a.id >> 32} of pid {os.getpid()}, closed>"
+
+
+def test_an_owner_is_described_by_its_serial_and_pid_never_its_packed_id():
+    assert describe_owner(owner_of(1234, 3)) == "owner 3 of pid 1234"
+    assert describe_owner(1234) == "pid 1234"  # a bare pid: the process itself
+    assert describe_owner(owner_of(PID_MAX, OWNER_SERIALS - 1)) == (
+        f"owner {OWNER_SERIALS - 1} of pid {PID_MAX}"
+    )
 
 
 FORKS = """

@@ -88,6 +88,23 @@ def test_duplicate_track_is_refused_other_topic_or_key_is_fine(presence, owner, 
     assert presence.list(topic)["k"]["metas"][0]["n"] == 1
 
 
+def test_an_owners_refusals_say_owner_n_of_pid_p(presence, topic):
+    with presence.owner() as owner:
+        said = rf"owner {owner.id >> 32} of pid {os.getpid()}"
+        presence.track(owner, topic, "k", {})
+        with pytest.raises(
+            whosthere.AlreadyTracked, match=rf"^{said} is already tracked on topic '{topic}'"
+        ):
+            presence.track(owner, topic, "k", {})
+        with pytest.raises(whosthere.NotTracked, match=rf"^{said} is not tracked on topic"):
+            presence.update(owner, topic, "nobody", {})
+        with pytest.raises(whosthere.NotTracked, match=rf"^{said} is not tracked on topic"):
+            presence.update(owner, topic, "nobody", lambda meta: meta)  # read, then write
+        [refused] = presence.track_many([(owner, topic, "k", {})], return_exceptions=True)
+        assert isinstance(refused, whosthere.AlreadyTracked) and str(refused).startswith(said)
+        assert repr(owner) == f"<Owner: {said}>"
+
+
 def test_untracking_what_is_not_tracked_is_a_no_op(presence, topic):
     assert presence.untrack(ME, topic, "nobody") is None
 

@@ -326,7 +326,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("node description", ("whosthere.config", "whosthere.topology", "whosthere.loading")),
     ("actors", ("whosthere.actors",)),
     ("client API", ("whosthere",)),  # the rest: node, supervisor, presence, pubsub, aio...
-    ("web and commands", ("whosthere.channels", "whosthere.cli", "whosthere.__main__")),
+    (
+        "web and commands",
+        ("whosthere.channels", "whosthere.cli", "whosthere.serve_flags", "whosthere.__main__"),
+    ),
 ]
 CLIENT_API = 5
 

@@ -14,24 +14,21 @@ from typing import Any
 
 import whosthere
 from whosthere import demo
-from whosthere.channels.apps import CHANNELS_ENV, load_app
+from whosthere.channels.apps import CHANNELS_ENV, NotServable, load_app, use_app_dir
 from whosthere.client import resolve_address
 from whosthere.errors import MessagesLost, WhosthereError
 from whosthere.node import Node, node_status
 from whosthere.presence import Presence
+from whosthere.serve_flags import add_node_flags, given_node_options
 
 
 def _serve(args: argparse.Namespace) -> int:
-    node = Node(
-        name=args.name,
-        address=args.address,
-        pool_size=args.pool_size,
-        log_level=args.log_level,
-        listen=args.listen,
-        peers=args.peer,
-        cookie=args.cookie,
-        advertise=args.advertise,
-    )
+    use_app_dir(args.app_dir)  # before anything of the user's is imported
+    presence = _presence_class(args.presence) if args.presence else None
+    try:
+        node = Node(presence=presence, peers=args.peer, **given_node_options(args))
+    except (TypeError, ValueError) as exc:  # an option's check: the flag's value, not a bug
+        raise NotServable(str(exc)) from None
     stop = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -71,9 +68,9 @@ def _serve_http(args: argparse.Namespace, address: str) -> None:
     if not host or not port.isdigit():
         raise SystemExit(f"whosthere: --http wants HOST:PORT, got {args.http!r}")
     os.environ["WHOSTHERE_ADDRESS"] = address  # read by every worker process
-    if args.channels:
+    if args.channels:  # with the node's address set, as each worker will have it
         load_app(args.channels)  # fails here, clearly, rather than in each worker
-        os.environ[CHANNELS_ENV] = args.channels
+        os.environ[CHANNELS_ENV] = args.channels  # each worker loads it (`channels.serve`)
     print(f"  the live page: http://{host}:{port}/", flush=True)
     ws = "wsproto" if importlib.util.find_spec("wsproto") else "auto"  # lighter per socket
     uvicorn.run(
@@ -85,6 +82,14 @@ def _serve_http(args: argparse.Namespace, address: str) -> None:
         log_level="warning",
         ws_max_size=10_000_000,
     )
+
+
+def _presence_class(spec: str) -> type[Presence]:
+    """The class `--presence module:Class` names; `NotServable` unless a Presence subclass."""
+    cls = load_app(spec, "--presence")
+    if not (isinstance(cls, type) and issubclass(cls, Presence)):
+        raise NotServable(f"--presence {spec}: {cls!r} is not a whosthere.Presence subclass")
+    return cls
 
 
 def _format_status(status: dict[str, Any]) -> str:
@@ -210,21 +215,20 @@ def parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
 
     serve = sub.add_parser("serve", help="run a node in the foreground until Ctrl-C")
-    serve.add_argument("--name", default=None, help="node name (default: host and suffix)")
     serve.add_argument(
-        "--address",
+        "--presence",
         default=None,
-        help="fixed ipc:///path.sock where clients connect (default: a new one each start)",
+        metavar="MODULE:CLASS",
+        help="the node's whosthere.Presence subclass (its fetch, init, handle_metas)",
     )
-    serve.add_argument("--pool-size", type=int, default=1, help="tracker shards (default 1)")
-    serve.add_argument("--log-level", default=None, help="actors' log level (WARNING)")
-    serve.add_argument("--listen", default=None, help="tcp://host:port where peers reach it")
     serve.add_argument(
         "--peer", action="append", default=[], help="a peer's listen address (repeatable)"
     )
-    serve.add_argument("--cookie", default=None, help="cluster secret ($WHOSTHERE_COOKIE)")
     serve.add_argument(
-        "--advertise", default=None, help="tcp://host:port peers dial, if not --listen's"
+        "--app-dir",
+        default=".",
+        metavar="DIR",
+        help="where --presence and --channels modules are found, first (default: .)",
     )
     serve.add_argument(
         "--http",
@@ -239,6 +243,7 @@ def parser() -> argparse.ArgumentParser:
         help="a whosthere.channels.Endpoint (or any ASGI app) to serve",
     )
     serve.add_argument("--workers", type=int, default=1, help="HTTP worker processes (1)")
+    add_node_flags(serve)
     serve.set_defaults(func=_serve)
 
     status = sub.add_parser("status", help="print a running node's status")
@@ -286,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except WhosthereError as exc:
         print(f"whosthere: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    except NotServable as exc:
+        print(f"whosthere {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -5,6 +5,14 @@ module and qualified name, or, for a class defined in a script run as `__main__`
 script's path (loaded as a module under another name, so its `if __name__ == "__main__"`
 block does not run again). Its callbacks may be `async def`: `settle` awaits what they
 return.
+
+A module's ref also names the directory it was imported from (`root`), which a process
+that lacks it puts first on its `sys.path` before importing, as the process that named
+the class had it (`whosthere serve --app-dir`, uvicorn's rule; a script's own directory; a
+`sys.path.insert` of the user's). The ref says where the class is, so every process that
+loads it, a restarted actor included, finds the same one, and nothing else changes: no
+`PYTHONPATH` set for the node's processes, which would also reach every program they or
+the user's callbacks start.
 """
 
 from __future__ import annotations
@@ -13,10 +21,12 @@ import asyncio
 import importlib
 import importlib.util
 import inspect
+import os
 import sys
 from typing import Any
 
-ClassRef = dict[str, str]  # {"module": ..., "qualname": ..., "path": ... (scripts only)}
+# {"module": ..., "qualname": ..., "path": ... (scripts only), "root": ... (modules)}
+ClassRef = dict[str, str]
 _SCRIPT_MODULE = "__whosthere_main__"
 
 
@@ -37,7 +47,23 @@ def class_ref(cls: type) -> ClassRef:
                 "module so that the node's processes can import it"
             )
         ref["path"] = path
+    else:
+        root = import_root(cls.__module__)
+        if root is not None:
+            ref["root"] = root
     return ref
+
+
+def import_root(module_name: str) -> str | None:
+    """The `sys.path` entry the module `module_name` was imported from (`/x` for `a.b` in
+    `/x/a/b.py` or `/x/a/b/__init__.py`), or None if it was not imported from a directory."""
+    file = getattr(sys.modules.get(module_name), "__file__", None)
+    if not isinstance(file, str):
+        return None
+    path = os.path.abspath(file)
+    for _ in range(module_name.count(".") + (os.path.basename(path) == "__init__.py") + 1):
+        path = os.path.dirname(path)
+    return path if os.path.isdir(path) else None
 
 
 def load_class(ref: ClassRef) -> Any:
@@ -52,6 +78,9 @@ def load_class(ref: ClassRef) -> Any:
             sys.modules[_SCRIPT_MODULE] = module
             spec.loader.exec_module(module)
     else:
+        root = ref.get("root")
+        if root is not None and root not in sys.path:
+            sys.path.insert(0, root)
         module = importlib.import_module(ref["module"])
     obj: Any = module
     for part in ref["qualname"].split("."):

@@ -96,8 +96,9 @@ class Node:
                 must exist. Default: a socket in the node's fresh runtime directory, new at
                 each start. (A tcp:// address is `listen`'s, for peers: refused here.)
             listen: `tcp://host:port` where this node accepts peers (port 0: any free one);
-                without it the node is alone. `peers`: listen addresses of other nodes
-                (each needs only one; the cluster meshes itself).
+                without it the node is alone.
+            peers: listen addresses of other nodes (each needs only one; the cluster
+                meshes itself).
             cookie: the cluster secret (default `$WHOSTHERE_COOKIE`); traffic between nodes
                 is CURVE-authenticated with keys derived from it. Without one, `listen`
                 must be a loopback address.
@@ -117,10 +118,11 @@ class Node:
             log_level: the actors' log level (default `$WHOSTHERE_LOG_LEVEL` or WARNING).
             durable: each shard journals what it acknowledges (in the node's runtime
                 directory) and a crashed shard comes back with it, as the same replica.
-                False: a restarted shard starts empty, as a new replica (faster by a few
-                per cent; see bench/README.md).
+                With `durable=False` a restarted shard starts empty, as a new replica
+                (faster by a few per cent; see bench/README.md).
             tracker_options: the replication periods (`broadcast_period`, `down_period`...),
-                checked now and used once nodes form a cluster.
+                checked now and used once nodes form a cluster; each is described on
+                `whosthere.tracker.options.TrackerOptions`.
         """
         self.cookie = cookie if cookie is not None else os.environ.get(COOKIE_ENV)
         cluster = ClusterConfig.create(listen, peers, self.cookie, advertise)
@@ -423,7 +425,8 @@ class Node:
         return Links(self.address, timeout=self.call_timeout)
 
     def status(self) -> dict[str, Any]:
-        """The node's name, address, supervisor pid, each actor (name, pid, restarts, stats)."""
+        """The node's name, address, supervisor pid, each actor (name, pid, restarts, stats),
+        and its `config` (every option in force)."""
         return node_status(self.address, self.call_timeout)
 
     def spawn(

@@ -12,7 +12,7 @@ import itertools
 import os
 
 from whosthere.transport.messages import StartTime
-from whosthere.watch import os_pid, owner_of, start_time
+from whosthere.watch import describe_owner, os_pid, owner_of, start_time
 from whosthere.watch.identity import OWNER_SERIALS
 
 
@@ -30,8 +30,8 @@ class OwnerIdentity:
         self.closed = False  # its presences were untracked whole (`close`)
 
     def __repr__(self) -> str:
-        state = " closed" if self.closed else ""
-        return f"<{type(self).__name__} {self.id >> 32} of pid {self.pid}{state}>"
+        state = ", closed" if self.closed else ""
+        return f"<{type(self).__name__}: {describe_owner(self.id)}{state}>"
 
 
 _serials = itertools.count(1)  # owners made in this process (0 is the process itself)

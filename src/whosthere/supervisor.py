@@ -217,6 +217,7 @@ class Supervisor(Actor):
             "address": self.address,
             "supervisor": {"pid": os.getpid(), "uptime": round(time.time() - self.started_at, 3)},
             "actors": actors,
+            "config": self.config.to_json(),  # every option in force, defaults included
             "links": {
                 "processes": len(self.links),
                 "linkers": len(self.links.linked),

@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from whosthere.channels import Channel, ChannelSocket, Endpoint, Refuse, Reply, Socket, Stop
+from whosthere.errors import InvalidMeta
 
 
 class UserSocket(Socket):
@@ -51,6 +52,8 @@ class RoomChannel(Channel):
                 socket, socket.assigns["user"], lambda meta: {**meta, "away": True}
             )
             return {}
+        if event == "meta":  # made here: what a client sends is JSON, it cannot be wrong
+            return await self._try_meta(socket, payload["how"], METAS[payload["meta"]])
         if event == "upload":
             return bytes(reversed(payload))  # binary in, binary reply
         if event == "whoami":
@@ -65,6 +68,31 @@ class RoomChannel(Channel):
 
     async def handle_out(self, event: str, payload: Any, socket: ChannelSocket) -> None:
         socket.push(event, {**payload, "intercepted": True})
+
+    async def _try_meta(self, socket: ChannelSocket, how: str, meta: Any) -> Any:
+        """Track a second key with `meta`, or update the joined one to it (`update_fn`: by a
+        function); the error reply names what the channel's presence refused."""
+        user = socket.assigns["user"]
+        try:
+            if how == "track":
+                await self.presence.track(socket, f"{user}:second", meta)
+            elif how == "update":
+                await self.presence.update(socket, user, meta)
+            else:
+                await self.presence.update(socket, user, lambda current: {**current, **meta})
+        except InvalidMeta as exc:
+            return Reply.error({"refused": type(exc).__name__, "reason": str(exc)})
+        return {}
+
+
+# metas that are msgpack but not JSON, and one that is both (`meta` events)
+METAS: dict[str, Any] = {
+    "bytes": {"avatar": b"\x89PNG"},
+    "int_key": {"scores": [{"ok": 1}, {7: "seven"}]},
+    "nan": {"load": float("nan")},
+    "set": {"tags": {"a"}},
+    "good": {"tags": ("a", "b"), "load": 0.5, "more": {"seen": None, "n": [1, True]}},
+}
 
 
 app = Endpoint(socket=UserSocket, channels={"room:*": RoomChannel}, check_origin=False)

@@ -6,6 +6,7 @@ import pytest
 
 from whosthere.errors import AlreadyTracked, NotTracked
 from whosthere.tracker.state import State
+from whosthere.watch import owner_of
 
 A = ("a", 1)
 
@@ -32,6 +33,21 @@ def test_duplicate_track_is_refused_but_other_topic_or_key_is_fine():
     s.join(10, "t2", "k", b"")
     s.join(10, "t", "k2", b"")
     assert len(s) == 3
+
+
+def test_an_owners_refusals_name_its_serial_and_pid_not_its_packed_id():
+    s = State(A)
+    owner = owner_of(10, 3)
+    s.join(owner, "t", "k", b"")
+    with pytest.raises(
+        AlreadyTracked, match=r"^owner 3 of pid 10 is already tracked on topic 't' as 'k'$"
+    ):
+        s.join(owner, "t", "k", b"x")
+    with pytest.raises(NotTracked, match=r"^owner 4 of pid 10 is not tracked on topic 't'"):
+        s.leave_join(owner_of(10, 4), "t", "k", b"")
+    with pytest.raises(NotTracked, match=r"^owner 3 of pid 10 is not tracked on topic 'u'"):
+        s.tracked(owner, "u", "k")
+    assert s.tracked(owner, "t", "k").pid == owner
 
 
 def test_leave_of_unknown_is_none():

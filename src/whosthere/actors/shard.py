@@ -29,7 +29,7 @@ from whosthere.actors.shard_fetching import Fetching, fetch_stats
 from whosthere.actors.shard_journal import open_replica
 from whosthere.actors.shard_outbox import ShardOutbox
 from whosthere.actors.shard_peers import ShardPeers
-from whosthere.errors import NotTracked, RefChanged, WhosthereError
+from whosthere.errors import RefChanged, WhosthereError
 from whosthere.topology import Topology
 from whosthere.tracker.changes import Changes, Gathering, by_topic, group
 from whosthere.tracker.fetch_queue import DiffPayload
@@ -282,9 +282,7 @@ class ShardActor(Actor):
 
     def on_update(self, msg: Update) -> str:
         codec.check_packed_meta(msg.meta, self.meta_limit)
-        current = self.state.get(msg.pid, msg.topic, msg.key)
-        if current is None:
-            raise NotTracked(f"pid {msg.pid} is not tracked on topic {msg.topic!r} as {msg.key!r}")
+        current = self.state.tracked(msg.pid, msg.topic, msg.key)
         old_ref = codec.unpack(current.meta)["phx_ref"]
         if msg.expect_ref is not None and old_ref != msg.expect_ref:
             raise RefChanged(f"phx_ref is {old_ref}, not {msg.expect_ref}")
@@ -295,10 +293,7 @@ class ShardActor(Actor):
         return ref
 
     def on_get_meta(self, msg: GetMeta) -> bytes:
-        current = self.state.get(msg.pid, msg.topic, msg.key)
-        if current is None:
-            raise NotTracked(f"pid {msg.pid} is not tracked on topic {msg.topic!r} as {msg.key!r}")
-        return current.meta
+        return self.state.tracked(msg.pid, msg.topic, msg.key).meta
 
     def on_list_topic(self, msg: ListTopic) -> bytes:
         packed = self.listed.get(msg.topic)

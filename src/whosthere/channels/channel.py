@@ -7,9 +7,12 @@ handler that raises ends that channel only (the client gets `phx_error` and rejo
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from whosthere.channels import frames
+from whosthere.errors import InvalidMeta
 
 if TYPE_CHECKING:
     from whosthere.aio.presence import AsyncOwner, AsyncPresence
@@ -133,9 +136,15 @@ class ChannelPresence:
         return self._endpoint.presence_client()
 
     async def track(self, socket: ChannelSocket, key: str | int, meta: dict[str, Any]) -> str:
-        return await self.client.track(socket.owner, socket.topic, key, meta)
+        """As `AsyncPresence.track`; `InvalidMeta` also if the meta is not JSON (`json_meta`)."""
+        return await self.client.track(socket.owner, socket.topic, key, json_meta(meta))
 
     async def update(self, socket: ChannelSocket, key: str | int, meta: Any) -> str:
+        """As `AsyncPresence.update`; `InvalidMeta` also if the new meta is not JSON."""
+        if callable(meta):
+            meta = _json_change(meta)
+        else:
+            json_meta(meta)
         return await self.client.update(socket.owner, socket.topic, key, meta)
 
     async def untrack(self, socket: ChannelSocket, key: str | int) -> None:
@@ -192,6 +201,26 @@ class Channel:
         `Presence` holds its diffs until one arrives)."""
         socket.wants_presence = True
         socket.push("presence_state", await self.presence.list(socket))
+
+
+def json_meta(meta: Any) -> Any:
+    """`meta`, if phoenix.js can read it: every presence of a channel's topic reaches its
+    clients as JSON (`presence_state`, `presence_diff`), so what JSON cannot carry is refused
+    at `track` with `InvalidMeta` naming where it is, not found out when a push fails."""
+    problem = frames.json_problem(meta)
+    if problem is not None:
+        raise InvalidMeta(f"{problem} (a Channels meta reaches phoenix.js as JSON)")
+    return meta
+
+
+def _json_change(change: Callable[[Any], Any]) -> Callable[[Any], Awaitable[Any]]:
+    """An update's function of the current meta, its result checked by `json_meta`."""
+
+    async def checked(current: Any) -> Any:
+        new = change(current)
+        return json_meta(await new if inspect.isawaitable(new) else new)
+
+    return checked
 
 
 def _topic(socket: ChannelSocket | str) -> str:

@@ -10,6 +10,7 @@ or a broadcast (2).
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, NamedTuple
 
 PUSH, REPLY, BROADCAST = 0, 1, 2  # binary frame kinds
@@ -110,6 +111,39 @@ def _fields(*texts: str) -> list[bytes]:
             raise BadFrame(f"{text[:40]!r}... is over {MAX_FIELD} bytes: no binary frame for it")
         out.append(raw)
     return out
+
+
+_JSON_LEAVES = frozenset((str, int, bool, type(None)))  # as they are, nothing to look into
+
+
+def json_problem(value: Any, where: str = "meta") -> str | None:
+    """Where `value` stops being what a text frame carries, and why (`meta['a'][0] is bytes`);
+    None if all of it is JSON. Stricter than `json.dumps`, which turns a dict's int key into
+    a string (two keys may then collide) and writes NaN, which `JSON.parse` refuses."""
+    kind = type(value)
+    if kind in _JSON_LEAVES:
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{where} is {value!r}, which JSON cannot carry"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"{where} has the key {key!r} ({type(key).__name__}); JSON's are strings"
+            if type(item) not in _JSON_LEAVES:
+                problem = json_problem(item, f"{where}[{key!r}]")
+                if problem is not None:
+                    return problem
+        return None
+    if isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            if type(item) not in _JSON_LEAVES:
+                problem = json_problem(item, f"{where}[{i}]")
+                if problem is not None:
+                    return problem
+        return None
+    if isinstance(value, str | int):  # their subclasses (an enum of str, say) write as they do
+        return None
+    return f"{where} is {kind.__name__}, which JSON cannot carry"
 
 
 def reply(join_ref: str | None, ref: str | None, topic: str, status: str, response: Any) -> Frame:

@@ -13,7 +13,23 @@ from typing import Any
 @dataclass(frozen=True)
 class TrackerOptions:
     """Replication timing and sizes of every shard of a node (and of its peers, ideally).
-    The defaults are Phoenix.Tracker's, in seconds."""
+    The defaults are Phoenix.Tracker's, in seconds.
+
+    Attributes:
+        broadcast_period: seconds between a shard's heartbeats to its peers (each carries
+            the changes made since the last one, and the shard's clock).
+        max_silent_periods: broadcast periods an idle shard stays silent before it sends
+            an empty heartbeat, a sign of life (never longer than half of down_period).
+        down_period: seconds of silence before a peer is down and its presences leave
+            (default: twice max_silent_periods broadcast periods).
+        permdown_period: seconds of silence before a down peer is forgotten for good.
+        clock_sample_periods: broadcast periods between two looks at the peers' clocks for
+            one ahead of this shard, to ask it for a transfer.
+        max_delta_sizes: sizes of the recent deltas kept to answer a transfer with less
+            than the whole state, smallest first.
+        permdown_on_shutdown: a node that stops leaves its peers at once (graceful
+            permdown) rather than after down_period.
+    """
 
     broadcast_period: float = 1.5
     max_silent_periods: int = 10

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from whosthere.errors import AlreadyTracked, NotTracked
+from whosthere.watch.identity import describe_owner
 
 ReplicaRef = tuple[str, int]  # (node name, vsn): a restarted shard is a new replica
 Dot = tuple[ReplicaRef, int]  # (replica, counter): an element's causal identity on the wire
@@ -146,7 +147,9 @@ class State:
     def join(self, pid: Pid, topic: Topic, key: Key, meta: bytes) -> Element:
         """Add an element; `AlreadyTracked` if (topic, pid, key) is tracked here."""
         if self.get(pid, topic, key) is not None:
-            raise AlreadyTracked(f"pid {pid} is already tracked on topic {topic!r} as {key!r}")
+            raise AlreadyTracked(
+                f"{describe_owner(pid)} is already tracked on topic {topic!r} as {key!r}"
+            )
         return self.join_unchecked(pid, topic, key, meta)
 
     def join_unchecked(
@@ -199,9 +202,7 @@ class State:
         The new element takes the old one's place in the indexes, so a reader never sees
         the key missing (phoenix_pubsub#172). Consumes two counters, as upstream.
         """
-        old = self.get(pid, topic, key)
-        if old is None:
-            raise NotTracked(f"pid {pid} is not tracked on topic {topic!r} as {key!r}")
+        old = self.tracked(pid, topic, key)
         self._forget_in_delta(self.replica, old.dot)
         self._bump()
         new = old._replace(meta=meta, dot=self._bump())
@@ -230,6 +231,13 @@ class State:
         return left
 
     # -- reads -----------------------------------------------------------------------------
+
+    def tracked(self, pid: Pid, topic: Topic, key: Key) -> Element:
+        """This replica's own element for (topic, pid, key); `NotTracked` if there is none."""
+        element = self.get(pid, topic, key)
+        if element is None:
+            raise NotTracked(f"{describe_owner(pid)} is not tracked on topic {topic!r} as {key!r}")
+        return element
 
     def get(self, pid: Pid, topic: Topic, key: Key) -> Element | None:
         """This replica's own element for (topic, pid, key)."""

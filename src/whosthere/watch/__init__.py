@@ -9,6 +9,7 @@ without pidfd and for processes beyond the open-file limit. A watched process is
 from whosthere.watch.identity import (
     PID_MAX,
     ProcessKey,
+    describe_owner,
     is_owner,
     is_pid,
     os_pid,
@@ -21,6 +22,7 @@ __all__ = [
     "PID_MAX",
     "ProcessKey",
     "ProcessWatcher",
+    "describe_owner",
     "is_owner",
     "is_pid",
     "os_pid",

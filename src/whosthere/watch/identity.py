@@ -29,6 +29,13 @@ def os_pid(owner: int) -> int:
     return owner & _PID_BITS
 
 
+def describe_owner(owner: int) -> str:
+    """An owner as its user knows it, for messages and reprs: "pid 1234" for an OS process,
+    "owner 3 of pid 1234" for one that `presence.owner()` made; never the packed number."""
+    serial = owner >> OWNER_SHIFT
+    return f"owner {serial} of pid {owner & _PID_BITS}" if serial else f"pid {owner}"
+
+
 def is_owner(value: object) -> TypeGuard[int]:
     """Whether `value` can name an owner: an OS pid, or one with a serial."""
     return (
