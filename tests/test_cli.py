@@ -43,7 +43,7 @@ def test_serve_then_status_then_ctrl_c():
             "fetcher.0",
             "fetcher.1",
         ]
-        assert status["actors"][0]["stats"] == {"topics": 0, "published": 0}
+        assert status["actors"][0]["stats"] == {"topics": 0, "subscribers": 0, "published": 0}
         assert status["presences"] == 0
         env = {**os.environ, "WHOSTHERE_ADDRESS": address}
         text = subprocess.run(
