@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import select
+import threading
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from whosthere.errors import NodeUnavailable, WhosthereError
+from whosthere.transport import forks
 from whosthere.transport.client_address import IPC, client_address_problem, ipc_path
 from whosthere.transport.messages import Lookup
 from whosthere.transport.sockets import DEFAULT_TIMEOUT, Dealer
@@ -48,13 +50,28 @@ class NodeInfo:
 class SupervisorWatch:
     """Whether a node's supervisor still runs, named by (pid, start time); see module doc.
 
-    Shared by the connections of one client; the pidfd closes when the watch is collected.
-    """
+    One per node address in a process, shared by its clients (`watch_supervisor`). At a
+    fixed address (`stable`) a node may serve again after this one: the watch is then
+    re-armed on the new supervisor (`rearm`, by `revival.Revival`), keeping its file
+    descriptor's number, so every poller that holds it watches the new one. Its listeners
+    hear the node go and come back (`listen`)."""
 
-    def __init__(self, pid: int, started: int | float) -> None:
+    def __init__(
+        self, pid: int, started: int | float, address: str = "", stable: bool = False
+    ) -> None:
         self.pid = pid
         self.started = started  # the supervisor's start time, as `watch.start_time` reads it
-        self.exited = False  # seen gone: stays so
+        self.address = address
+        self.stable = stable  # a fixed address: a node may come back there
+        self.exited = False  # seen gone: stays so until re-armed
+        self.generation = 0  # re-armings so far
+        self.endpoints: dict[str, str] = {}  # what the node's `Lookup` named (re-arm checks)
+        self.settings: dict[str, Any] = {}
+        self.changed: str | None = None  # a node came back unlike this one: why, for errors
+        self.listeners: weakref.WeakSet[Any] = weakref.WeakSet()  # node_gone / node_back
+        self.lock = threading.Lock()
+        self.revival: threading.Thread | None = None  # `revival.Revival`, once listened to
+        self._forks = forks.generation
         self._fd: int | None = None
         try:
             self._fd = os.pidfd_open(pid)
@@ -71,21 +88,77 @@ class SupervisorWatch:
 
     def check(self) -> None:
         """Raise `NodeUnavailable` if the supervisor has exited."""
+        if self._forks != forks.generation:  # a forked child: its own revival thread
+            self._forks = forks.generation
+            if self.revival is not None:
+                self.listen(None)
         if not self.exited:
             if self._fd is not None:
                 self.exited = bool(select.select((self._fd,), (), (), 0)[0])  # thread-safe
             else:
                 self.exited = start_time(self.pid) != self.started
         if self.exited:
-            raise NodeUnavailable(f"the node's supervisor (pid {self.pid}) has exited")
+            raise NodeUnavailable(self.why())
+
+    def why(self) -> str:
+        """What a call made while the node is gone is told."""
+        if self.changed is not None:
+            return self.changed
+        text = f"the node's supervisor (pid {self.pid}) has exited"
+        if self.stable:
+            text += f"; waiting for a node to serve {self.address} again"
+        return text
+
+    def rearm(self, pid: int, started: int | float) -> None:
+        """Watch the supervisor of the node that serves the address now, on the same fd."""
+        with self.lock:
+            if self._fd is not None:
+                new = os.pidfd_open(pid)
+                os.dup2(new, self._fd, inheritable=False)
+                os.close(new)
+            self.pid, self.started = pid, started
+            self.generation += 1
+            self.exited = start_time(pid) != started
+
+    def listen(self, listener: Any | None) -> None:
+        """`listener.node_gone()` and `listener.node_back()` are called (from the revival
+        thread) when the node goes and when one serves the address again."""
+        if listener is not None:
+            self.listeners.add(listener)
+        if self.stable:
+            from whosthere.revival import ensure_revival  # noqa: PLC0415 (it imports this)
+
+            ensure_revival(self)
+
+
+_watches: dict[str, SupervisorWatch] = {}  # address -> the watch this process's clients share
+_watches_lock = threading.Lock()
 
 
 def watch_supervisor(address: str, reply: dict[str, Any]) -> SupervisorWatch | None:
-    """A watch on the supervisor named in a `Lookup` reply, if it runs on this host."""
+    """A watch on the supervisor named in a `Lookup` reply, if it runs on this host: the one
+    this process's other clients of that node share, or a new one."""
     pid, started = reply.get("pid"), reply.get("start_time")
-    if not address.startswith("ipc://") or not isinstance(pid, int) or started is None:
+    if not address.startswith(IPC) or not isinstance(pid, int) or started is None:
         return None  # another host (or an older node): calls keep their timeouts
-    return SupervisorWatch(pid, started)
+    settings = reply.get("settings") or {}
+    with _watches_lock:
+        watch = _watches.get(address)
+        if watch is None or (watch.pid, watch.started) != (pid, started):
+            watch = SupervisorWatch(pid, started, address, bool(settings.get("stable")))
+            watch.endpoints = dict(reply.get("endpoints") or {})
+            watch.settings = dict(settings)
+            _watches[address] = watch
+        return watch
+
+
+def _forget_watches_after_fork() -> None:
+    global _watches_lock
+    _watches.clear()
+    _watches_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_watches_after_fork)
 
 
 def resolve_address(address: str | None) -> str:

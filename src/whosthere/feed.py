@@ -16,7 +16,9 @@ What a member sees is what a subscription of its own would see:
   their own counts;
 - a member that does not keep up with its own queue (`hwm` messages) loses the messages
   that do not fit, and reads a `MessagesLost` where they were;
-- the node's end reaches every member once its queue is read.
+- the node's end reaches every member once its queue is read: for ever (`end`), or once
+  when a node may serve its fixed address again (`interrupt`); the new node's first word
+  (a new epoch) is then a `MessagesLost` for every member, and its messages follow.
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ from typing import Any
 
 from whosthere.errors import MessagesLost, NodeUnavailable
 from whosthere.names import check_topic
-from whosthere.sequencer import Message, Sequencer
+from whosthere.sequencer import PUBSUB_RESTARTED, Message, Sequencer
 from whosthere.transport import codec
 from whosthere.transport.messages import Sync
 
 FELL_BEHIND = "the subscriber fell behind"
+NODE_RESTARTED = "a node serves the address again (the node restarted)"
 
 
 class _Overflow:
@@ -79,6 +82,8 @@ class FeedMember:
                 if item.topic in self.topics:
                     return item
                 continue
+            if isinstance(item, NodeUnavailable):
+                raise item  # the node went: once (a node may serve its address again)
             lost = item.lost() if type(item) is _Overflow else item
             self.missed += lost.missed or 0
             raise lost
@@ -138,6 +143,7 @@ class Feed:
         self.members: dict[FeedMember, None] = {}
         self.woken: set[FeedMember] = set()  # members whose queue gained since `take_woken`
         self.gone: NodeUnavailable | None = None
+        self.interrupted = False  # the node went; a restart seen next is the node's
         self._epoch = 0
 
     # -- members coming and going ------------------------------------------------------------
@@ -213,6 +219,8 @@ class Feed:
 
     def receive(self, frames: list[bytes]) -> None:
         """One frame set read from the socket."""
+        if self.gone is not None:
+            return
         for seq, item in self.sequencer.read(frames):
             self._dispatch(seq, item)
         self._epoch_check()
@@ -222,6 +230,14 @@ class Feed:
         self.gone = error
         for member in self.members:
             member.gone = error
+            self.woken.add(member)
+
+    def interrupt(self, error: NodeUnavailable) -> None:
+        """The node went, and one may serve its address again: every member hears `error`
+        once, after what it had queued, and may read on."""
+        self.interrupted = True
+        for member in self.members:
+            member.queue.append((-1, error))
             self.woken.add(member)
 
     def drained(self, now: float) -> Sync | None:
@@ -247,6 +263,9 @@ class Feed:
                         woken.add(member)
             return
         assert isinstance(item, MessagesLost)
+        if self.interrupted and item.reason == PUBSUB_RESTARTED:
+            item = MessagesLost(item.topic, item.missed, NODE_RESTARTED, item.counts)
+            self.interrupted = False
         for member in self.members:
             counts = {t: n for t, n in item.counts.items() if t in member.topics}
             if not counts:

@@ -79,8 +79,23 @@ class ThreadFeed:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._stopping = False
+        self._revived = False  # a node serves the fixed address again: watch its supervisor
         self._thread = threading.Thread(target=self._run, name="whosthere-feed", daemon=True)
         self._thread.start()
+        if info.supervisor is not None and info.supervisor.stable:
+            info.supervisor.listen(self)
+
+    # -- the node going and coming back (called by `revival.Revival`) --------------------------
+
+    def node_gone(self) -> None:
+        """Seen on the pidfd already; a node that came back unlike this one ends the feed."""
+        if self.info.supervisor is not None and self.info.supervisor.changed is not None:
+            self.node_back()
+
+    def node_back(self) -> None:
+        with self.lock:
+            self._revived = True
+        self._poke()
 
     # -- members (any thread) ----------------------------------------------------------------
 
@@ -110,6 +125,8 @@ class ThreadFeed:
 
     def stop(self) -> None:
         """End the thread (it closes the socket); called when the last member left."""
+        if self.info.supervisor is not None:
+            self.info.supervisor.listeners.discard(self)
         with self.lock:
             self._stopping = True
         self._poke()
@@ -132,6 +149,7 @@ class ThreadFeed:
         poller.register(self._wake_r, select.POLLIN)
         guard = self._sub.guard
         guard_fd = None if guard is None else guard.fileno()
+        watching = guard_fd is not None  # the pidfd is in the poll (not while it is readable)
         if guard_fd is not None:
             poller.register(guard_fd, select.POLLIN)
         try:
@@ -144,9 +162,15 @@ class ThreadFeed:
                 with self.lock:
                     if self._stopping:
                         return
-                    if guard is not None and not self._sub.check_guard() and guard_fd is not None:
-                        poller.unregister(guard_fd)
-                        guard = None
+                    if self._revived:
+                        self._revived = False
+                        self._sub.revived()
+                        if guard_fd is not None and not watching:
+                            poller.register(guard_fd, select.POLLIN)
+                            watching = True
+                    if not self._sub.check_guard() and watching and guard_fd is not None:
+                        poller.unregister(guard_fd)  # readable until a node is back
+                        watching = False
                     more = self._sub.read()
                     sync = None if more else self._sub.drained(time.monotonic())
                     woken = self._sub.feed.take_woken()

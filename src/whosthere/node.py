@@ -204,7 +204,7 @@ class Node:
             raise RuntimeError("a Node starts once; create a new one")
         door = client_door.claim(self.config.address) if self.config.address else None
         try:
-            path, lock_fd = runtime_dir.create(self.name)
+            path, lock_fd = runtime_dir.create(self.name, self.config.address)
         except BaseException:
             if door is not None:
                 door.release()

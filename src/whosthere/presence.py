@@ -30,13 +30,14 @@ from whosthere.client import NodeInfo, lookup
 from whosthere.errors import NodeUnavailable, WhosthereError
 from whosthere.loading import settle
 from whosthere.names import check_topic
+from whosthere.own_presences import OwnPresences, report_retrack
 from whosthere.owners import OwnerIdentity
 from whosthere.presence_core import Entry, Pids, PresenceCore, Presences, TopicCounts, fetchers_of
 from whosthere.pubsub import PubSub, Subscription
 from whosthere.steps import Call, Gather, Pause, Replies, Settle, Step, Steps, run
 from whosthere.topology import shard_name
 from whosthere.transport.messages import GetStatus
-from whosthere.transport.sockets import DEFAULT_TIMEOUT, DealerPerThread
+from whosthere.transport.sockets import DEFAULT_TIMEOUT, Dealer, DealerPerThread
 
 if TYPE_CHECKING:
     from whosthere.aio import AsyncPresence
@@ -102,6 +103,9 @@ class Presence:
         self._pubsub: PubSub | None = None  # created by the first subscribe
         self._pubsub_lock = threading.Lock()  # threads may subscribe at once: one PubSub
         self._closed = False
+        self._own = OwnPresences()  # tracked again on a node back at the address
+        if info.supervisor is not None and info.supervisor.stable:
+            info.supervisor.listen(self)
 
     @classmethod
     def connect(cls, address: str | None = None, *, timeout: float = DEFAULT_TIMEOUT) -> Self:
@@ -149,6 +153,7 @@ class Presence:
         """
         call = self._core.track(args)
         ref: str = self._shards[call.shard].call(call.msg)
+        self._own.observe(call.msg, ref)
         return ref
 
     def track_many(
@@ -230,6 +235,8 @@ class Presence:
 
     def close(self) -> None:
         """Release the sockets. Idempotent."""
+        if self.info.supervisor is not None:
+            self.info.supervisor.listeners.discard(self)
         for conn in (*self._shards, self._node):
             conn.close()
         with self._pubsub_lock:  # none created after this
@@ -240,7 +247,9 @@ class Presence:
     # -- the driver of the core --------------------------------------------------------------
 
     def _call(self, call: Call) -> Any:
-        return self._shards[call.shard].call(call.msg)
+        reply = self._shards[call.shard].call(call.msg)
+        self._own.observe(call.msg, reply)
+        return reply
 
     def _run(self, steps: Steps[T]) -> T:
         return run(steps, self._perform)
@@ -257,22 +266,46 @@ class Presence:
             case Settle(awaitable):
                 return settle(awaitable)
 
-    def _gather(self, calls: Sequence[Call]) -> Replies:
+    def _gather(self, calls: Sequence[Call], dealers: Sequence[Dealer] = ()) -> Replies:
         """Every call sent before any reply is read (pipelined, per shard); a reply's
-        `WhosthereError` in its place. The timeout bounds each wait, not the whole."""
+        `WhosthereError` in its place. The timeout bounds each wait, not the whole. `dealers`:
+        one per shard, instead of this thread's."""
         sent = []
         for call in calls:
-            dealer = self._shards[call.shard].dealer()
+            dealer = dealers[call.shard] if dealers else self._shards[call.shard].dealer()
             deadline = time.monotonic() + self.timeout
             sent.append((dealer, call.msg, dealer.request(call.msg, deadline, self.timeout)))
         replies: list[Any] = []
         for dealer, msg, ref in sent:
             deadline = time.monotonic() + self.timeout  # the timeout bounds a lack of progress
             try:
-                replies.append(dealer.result(ref, msg, deadline, self.timeout))
+                reply = dealer.result(ref, msg, deadline, self.timeout)
             except WhosthereError as exc:  # this call failed; read the others
                 replies.append(exc)
+            else:
+                self._own.observe(msg, reply)
+                replies.append(reply)
         return replies
+
+    # -- a node serves the address again (called by `revival.Revival`, in its thread) ---------
+
+    def node_gone(self) -> None:
+        """Calls fail with `NodeUnavailable` meanwhile (the watch says so)."""
+
+    def node_back(self) -> None:
+        """Track this process's presences again on the new node (DESIGN section 12)."""
+        if self._closed or not self._own.held:
+            return
+        calls = self._own.retrack(self.pool_size)
+        dealers = [  # the revival thread's own, closed here (not left to its thread's end)
+            Dealer(conn.endpoint, timeout=self.timeout, what=conn.what, guard=self.info.supervisor)
+            for conn in self._shards
+        ]
+        try:
+            report_retrack(self._gather(calls, dealers), self.info.address)
+        finally:
+            for dealer in dealers:
+                dealer.close()
 
     def _pubsub_client(self) -> PubSub:
         pubsub = self._pubsub

@@ -39,6 +39,7 @@ from whosthere.transport.messages import Mark, Published, Sync
 
 SYNC_RUN = 1_000  # messages read between two `Sync`s at most (fewer with a small hwm)
 SYNC_RETRY = 0.25  # seconds without the asked-for mark before asking again
+PUBSUB_RESTARTED = "the PubSub actor restarted"  # a `MessagesLost`'s reason on a new epoch
 
 
 class Message(NamedTuple):
@@ -237,7 +238,7 @@ class Sequencer:
         return MessagesLost(
             topics[0] if len(topics) == 1 else "*",
             None,
-            "the PubSub actor restarted",
+            PUBSUB_RESTARTED,
             dict.fromkeys(topics),
         )
 

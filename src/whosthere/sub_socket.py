@@ -44,6 +44,7 @@ class SubSocket:
 
     def __init__(self, info: NodeInfo, hwm: int = DEFAULT_SUBSCRIBER_HWM) -> None:
         self.guard = info.supervisor  # the node's supervisor, watched (or None)
+        self.down = False  # the node went; one may serve its fixed address again
         sequencer = Sequencer(MAILBOX_PREFIX + uuid.uuid4().hex, hwm)
         self.feed = Feed(sequencer)
         self.socket = socket(zmq.SUB)
@@ -100,15 +101,26 @@ class SubSocket:
         return self.feed.drained(now)
 
     def check_guard(self) -> bool:
-        """Whether the node's supervisor is still there; once gone, every member hears it."""
-        if self.guard is None or self.feed.gone is not None:
-            return self.feed.gone is None
+        """Whether the node's supervisor is still there. Once gone, every member hears it:
+        for ever, or once at a fixed address (a node may serve it again: `revived`)."""
+        if self.guard is None or self.feed.gone is not None or self.down:
+            return self.feed.gone is None and not self.down
         try:
             self.guard.check()
         except NodeUnavailable as exc:
-            self.feed.end(exc)
+            if self.guard.stable and self.guard.changed is None:
+                self.feed.interrupt(exc)
+                self.down = True
+            else:
+                self.feed.end(exc)
             return False
         return True
+
+    def revived(self) -> None:
+        """A node serves the address again (its guard re-armed): watch it."""
+        if self.guard is not None and self.guard.changed is not None:
+            self.feed.end(NodeUnavailable(self.guard.why()))
+        self.down = False
 
     def close(self) -> None:
         """Close the socket (every filter goes with it). Idempotent."""

@@ -192,7 +192,12 @@ class Supervisor(Actor):
             tell_ready(self.ready_fd)
 
     def on_lookup(self, msg: Lookup) -> dict[str, Any]:
-        settings = {"pool_size": self.config.pool_size, "meta_limit": self.config.meta_limit}
+        settings = {
+            "pool_size": self.config.pool_size,
+            "meta_limit": self.config.meta_limit,
+            # a fixed address: a node may serve it again after this one (clients wait for it)
+            "stable": self.config.address is not None,
+        }
         return {
             "name": self.config.name,
             "address": self.address,

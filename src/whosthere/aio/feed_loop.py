@@ -57,6 +57,32 @@ class LoopFeed:
         if self._guard_fd is not None:
             readers.add(loop, self._guard_fd, self._read)
         self._read_soon()
+        if guard is not None and guard.stable:
+            guard.listen(self)
+
+    # -- the node going and coming back (called by `revival.Revival`, in its thread) ------------
+
+    def node_gone(self) -> None:
+        """Seen on the pidfd already; a node that came back unlike this one ends the feed."""
+        if self._sub.guard is not None and self._sub.guard.changed is not None:
+            self.node_back()
+
+    def node_back(self) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to tell
+            self.loop.call_soon_threadsafe(self._revived)
+
+    def _revived(self) -> None:
+        sub = self._sub
+        if sub.socket.closed:
+            return
+        sub.revived()
+        fd = None if sub.guard is None else sub.guard.fileno()
+        if fd is not None:
+            readers.renew(self.loop, fd)  # whoever watches it on this loop, anew
+            if self._guard_fd is None:
+                readers.add(self.loop, fd, self._read)
+                self._guard_fd = fd
+        self._read_soon()
 
     def begin(self, member: FeedMember, topics: Iterable[str]) -> Handshake | None:
         handshake = self._sub.begin(member, topics)
@@ -74,6 +100,8 @@ class LoopFeed:
 
     def close(self) -> None:
         """Stop reading and close the socket; called when the last member left."""
+        if self.info.supervisor is not None:
+            self.info.supervisor.listeners.discard(self)
         readers.remove(self.loop, self._fd, self._read)
         if self._guard_fd is not None:
             readers.remove(self.loop, self._guard_fd, self._read)

@@ -11,10 +11,12 @@ its own reply (`aio.dealer`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any, Self, TypeVar, overload
 
+from whosthere.aio import readers
 from whosthere.aio.client import lookup
 from whosthere.aio.dealer import AsyncDealer
 from whosthere.aio.owners import AsyncOwner, Closings
@@ -31,6 +33,7 @@ from whosthere.arguments import (
 )
 from whosthere.client import NodeInfo
 from whosthere.errors import NodeUnavailable, WhosthereError
+from whosthere.own_presences import OwnPresences, report_retrack
 from whosthere.owners import OwnerIdentity
 from whosthere.presence_core import (
     Entry,
@@ -94,6 +97,11 @@ class AsyncPresence:
         self._node = self._dealer(info.address, "node")
         self._pubsub: AsyncPubSub | None = None  # made by the first subscribe
         self._closings = Closings(self._untrack_owners)  # owners closed in this turn
+        self._own = OwnPresences()  # tracked again on a node back at the address
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop it serves, once used
+        self._retracking: asyncio.Task[None] | None = None
+        if info.supervisor is not None and info.supervisor.stable:
+            info.supervisor.listen(self)
 
     @classmethod
     async def connect(
@@ -129,7 +137,9 @@ class AsyncPresence:
     async def track(self, channel: ChannelLike, key: PresenceKey, meta: Meta, /) -> str: ...
     async def track(self, *args: Any) -> str:
         """`track(pid_or_owner, topic, key, meta)` or `track(channel, key, meta)`."""
-        ref: str = await self._call(self._core.track(args))
+        call = self._core.track(args)
+        ref: str = await self._call(call)
+        self._own.observe(call.msg, ref)
         return ref
 
     async def track_many(
@@ -156,7 +166,9 @@ class AsyncPresence:
             owner = args[0] if isinstance(args[0], AsyncOwner) else None
             await self._closings.close(owner_arg(args[0]), owner)
         else:
-            await self._call(self._core.untrack(args))
+            call = self._core.untrack(args)
+            await self._call(call)
+            self._own.observe(call.msg, None)
 
     @overload
     async def update(
@@ -172,6 +184,7 @@ class AsyncPresence:
         update = self._core.update(args, time.monotonic)
         if isinstance(update, Call):
             ref: str = await self._call(update)
+            self._own.observe(update.msg, ref)
             return ref
         return await self._run(update)
 
@@ -205,6 +218,8 @@ class AsyncPresence:
 
     async def close(self) -> None:
         """Release the sockets; calls in flight fail with `NodeUnavailable`. Idempotent."""
+        if self.info.supervisor is not None:
+            self.info.supervisor.listeners.discard(self)
         for dealer in (*self._shards, self._node):
             await dealer.aclose()
         if self._pubsub is not None:
@@ -226,7 +241,15 @@ class AsyncPresence:
     def _call(self, call: Call) -> Awaitable[Any]:
         if self._node.closed:
             raise self._closed()
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
         return self._shards[call.shard].call(call.msg, batch=call.batchable)
+
+    async def _observed(self, call: Call) -> Any:
+        """A step's call, its effect on what this process holds noted."""
+        reply = await self._call(call)
+        self._own.observe(call.msg, reply)
+        return reply
 
     def _run(self, steps: Steps[T]) -> Awaitable[T]:
         return run_async(steps, self._perform)
@@ -234,7 +257,7 @@ class AsyncPresence:
     def _perform(self, step: Step) -> Awaitable[Any]:
         match step:
             case Call():
-                return self._call(step)
+                return self._observed(step)
             case Gather(calls):
                 return self._gather(calls)
             case Pause(seconds):
@@ -244,8 +267,33 @@ class AsyncPresence:
 
     async def _gather(self, calls: Sequence[Call]) -> Replies:
         """Every call in flight at once; a reply's `WhosthereError` in its place."""
-        replies = await asyncio.gather(*(self._call(c) for c in calls), return_exceptions=True)
+        replies = await asyncio.gather(*(self._observed(c) for c in calls), return_exceptions=True)
         for reply in replies:
             if isinstance(reply, BaseException) and not isinstance(reply, WhosthereError):
                 raise reply
         return replies
+
+    # -- a node serves the address again (called by `revival.Revival`, in its thread) ---------
+
+    def node_gone(self) -> None:
+        """Calls fail with `NodeUnavailable` meanwhile (the watch says so)."""
+
+    def node_back(self) -> None:
+        """Track this process's presences again on the new node, on this client's loop."""
+        loop = self._loop
+        if loop is None or self._node.closed:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closed
+            loop.call_soon_threadsafe(self._start_retrack)
+
+    def _start_retrack(self) -> None:
+        guard = self.info.supervisor
+        fd = None if guard is None else guard.fileno()
+        if fd is not None and self._loop is not None:
+            readers.renew(self._loop, fd)  # the new pidfd, for every watcher on this loop
+        if self._node.closed or not self._own.held:
+            return
+        self._retracking = asyncio.get_running_loop().create_task(self._retrack())
+
+    async def _retrack(self) -> None:
+        report_retrack(await self._gather(self._own.retrack(self.pool_size)), self.info.address)

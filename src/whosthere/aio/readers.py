@@ -19,8 +19,21 @@ def add(loop: asyncio.AbstractEventLoop, fd: int, callback: Callable[[], None]) 
     callbacks = _watchers.get(key)
     if callbacks is None:
         callbacks = _watchers[key] = set()
+        with contextlib.suppress(Exception):  # a registration epoll lost (see `renew`)
+            loop.remove_reader(fd)
         loop.add_reader(fd, _call_all, callbacks)
     callbacks.add(callback)
+
+
+def renew(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    """The file behind `fd` was replaced (`SupervisorWatch.rearm` dup2s a new pidfd onto the
+    number): register it anew, since epoll forgot the old file when it closed."""
+    callbacks = _watchers.get((id(loop), fd))
+    if callbacks is None:
+        return
+    with contextlib.suppress(Exception):
+        loop.remove_reader(fd)
+    loop.add_reader(fd, _call_all, callbacks)
 
 
 def remove(loop: asyncio.AbstractEventLoop, fd: int, callback: Callable[[], None]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import re
 import shutil
@@ -45,16 +46,30 @@ def base_dir() -> Path:
     return base
 
 
-def create(name: str) -> tuple[Path, int]:
+def create(name: str, address: str | None = None) -> tuple[Path, int]:
     """A new node directory and an open, locked fd on its lock file.
 
     The caller passes the fd to the supervisor (which then holds the lock) and closes its own
     copy; the directory counts as live as long as any copy of that fd is open.
+
+    A node with a fixed `address` (whose lock the caller holds) gets the same directory at
+    every start, named after the address: its actors' endpoints stay where they were, so
+    the sockets of clients that outlived a restart reconnect by themselves (ZeroMQ dials an
+    ipc:// path again until something listens there). What an earlier node left is removed.
     """
     base = base_dir()
     clean_stale(base)
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:24] or "node"
-    path = Path(tempfile.mkdtemp(prefix=f"{safe}-", dir=base))
+    if address is not None:
+        digest = hashlib.sha256(address.encode()).hexdigest()[:16]
+        path = base / f"at-{digest}"
+        if path.exists():
+            if is_live(path):
+                raise OSError(f"runtime directory {path} of {address} is held by a live node")
+            remove(path)
+        path.mkdir(mode=0o700)
+    else:
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:24] or "node"
+        path = Path(tempfile.mkdtemp(prefix=f"{safe}-", dir=base))
     # Lock first, then give the file its name: nobody can see the lock file unlocked.
     fd = os.open(path / f"{LOCK_NAME}.new", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -21,7 +21,7 @@ from typing import Any, Protocol, cast
 import zmq
 
 from whosthere.errors import ActorError, NodeUnavailable, from_wire
-from whosthere.transport import codec
+from whosthere.transport import codec, forks
 from whosthere.transport.messages import Failed, Ok, Ping
 from whosthere.transport.peer_watch import PeerWatch
 
@@ -335,10 +335,16 @@ class DealerPerThread:
         self._dealers: list[tuple[threading.Thread, Dealer]] = []  # to close those of ended threads
         self._lock = threading.Lock()
         self._closed = False
+        self._forks = forks.generation
 
     def dealer(self) -> Dealer:
-        """This thread's Dealer (created on first use). Raises `NodeUnavailable` once the
-        connection is closed, closing this thread's socket first."""
+        """This thread's Dealer (created on first use; in a forked child, anew). Raises
+        `NodeUnavailable` once the connection is closed, closing this thread's socket first."""
+        if self._forks != forks.generation:  # the parent's sockets are not ours: dropped
+            self._local = threading.local()
+            self._dealers = []
+            self._lock = threading.Lock()
+            self._forks = forks.generation
         owned: _Owned | None = getattr(self._local, "owned", None)
         if self._closed:
             if owned is not None:
