@@ -13,6 +13,7 @@ from websockets.sync.client import connect
 
 import whosthere
 from tests.support.js import channels_server
+from tests.support.waiting import wait_until
 
 STRICT = "tests.support.channels_app:strict_app"
 
@@ -241,3 +242,28 @@ def test_a_client_that_reads_too_slowly_is_sent_away_not_buffered_for_ever(ws):
                 time.sleep(0.05)
         finally:
             raw.close()
+
+
+def test_a_node_restart_at_its_address_pushes_presence_state_again(tmp_path):
+    """DESIGN 12: the endpoint's sockets are tracked again on the new node, and each joined
+    channel that shows presences gets a fresh `presence_state` from it."""
+    address = f"ipc://{tmp_path}/node.sock"
+    node = whosthere.Node(address=address).start()
+    try:
+        with channels_server(address) as (url, _), connect(ws_url(url)) as ws:
+            send(ws, "1", "1", "room:r", "phx_join", {"tab": 1})
+            until(ws, lambda f: f[3] == "presence_state")
+            node.stop()
+            node = whosthere.Node(address=address).start()
+            state = until(ws, lambda f: f[3] == "presence_state", timeout=15)
+            assert state[:3] == ["1", None, "room:r"]
+            listed = whosthere.Presence.connect(address)
+            try:
+                entry = wait_until(lambda: listed.list("room:r").get("raw"), timeout=10)
+                assert [m["tab"] for m in entry["metas"]] == [1]
+            finally:
+                listed.close()
+            send(ws, "1", "2", "room:r", "ping", {})  # the channel goes on
+            assert until(ws, lambda f: f[1] == "2")[3] == "phx_reply"
+    finally:
+        node.stop()

@@ -176,3 +176,20 @@ def test_joining_with_nothing_new_needs_no_handshake():
     assert feed.join(a, ["room"], "token") is None
     handshake = feed.join(a, ["room", "hall", "hall"], "token")
     assert isinstance(handshake, Handshake) and handshake.topics == ["hall"]
+
+
+def test_a_node_back_at_its_address_is_one_loss_held_until_clients_can_call_it():
+    feed = new_feed()
+    a = FeedMember(100)
+    join(feed, a, "room", at=3)
+    feed.interrupt(NodeUnavailable("gone"))
+    with pytest.raises(NodeUnavailable):
+        a.take()
+    assert a.take() is None  # read on: nothing yet
+    feed.receive(mark(2, {}))  # the new node's PubSub, before the client re-armed
+    feed.receive(pub("room", 1, "new", epoch=2))
+    assert a.take() is None  # held: a list now would still fail
+    feed.resume()
+    assert drain(a) == [("lost", "room", None), "new"]
+    feed.receive(pub("room", 2, "next", epoch=2))
+    assert drain(a) == ["next"]

@@ -23,6 +23,7 @@ import pytest
 import whosthere
 import whosthere.aio
 from tests.support.waiting import wait_until
+from whosthere.client import lookup
 
 
 @pytest.fixture
@@ -199,3 +200,26 @@ def test_threads_are_not_left_behind_by_clients_that_closed(address: str):
             lambda: not [t for t in threading.enumerate() if t.name == "whosthere-revival"],
             what="the revival thread gone once nobody listens",
         )
+
+
+def test_an_asyncio_client_made_before_fork_connects_anew_in_the_child(address: str):
+    with whosthere.Node(address=address):
+        made = whosthere.aio.AsyncPresence(lookup(address))  # made in the parent, unused
+        r, w = os.pipe()
+        child = os.fork()
+        if child == 0:  # pragma: no cover (the child reports through the pipe)
+            code = 1
+            try:
+
+                async def main() -> bool:
+                    await made.track(os.getpid(), "room", "child", {})
+                    return (await made.list("room")).keys() == {"child"}
+
+                code = 0 if asyncio.run(main()) else 1
+            finally:
+                os.write(w, bytes([code]))
+                os._exit(code)
+        os.close(w)
+        assert os.read(r, 1) == b"\x00"
+        os.close(r)
+        os.waitpid(child, 0)

@@ -144,6 +144,8 @@ class Feed:
         self.woken: set[FeedMember] = set()  # members whose queue gained since `take_woken`
         self.gone: NodeUnavailable | None = None
         self.interrupted = False  # the node went; a restart seen next is the node's
+        self.resumed = True  # a node serves the address again and clients can call it
+        self._waiting: list[tuple[int, Message | MessagesLost]] | None = None  # see `resume`
         self._epoch = 0
 
     # -- members coming and going ------------------------------------------------------------
@@ -235,10 +237,19 @@ class Feed:
     def interrupt(self, error: NodeUnavailable) -> None:
         """The node went, and one may serve its address again: every member hears `error`
         once, after what it had queued, and may read on."""
-        self.interrupted = True
+        self.interrupted, self.resumed = True, False
         for member in self.members:
             member.queue.append((-1, error))
             self.woken.add(member)
+
+    def resume(self) -> None:
+        """Clients can call the node serving the address again: the new node's restart and
+        what followed it go to the members now. Held until then, so that a member that
+        lists on hearing the restart reaches the new node."""
+        self.resumed = True
+        waiting, self._waiting = self._waiting, None
+        for seq, item in waiting or ():
+            self._dispatch(seq, item)
 
     def drained(self, now: float) -> Sync | None:
         """The socket is read to the end: the `Sync` to cast, if one is due (`Sequencer`)."""
@@ -253,6 +264,9 @@ class Feed:
     # -- inside ------------------------------------------------------------------------------
 
     def _dispatch(self, seq: int, item: Message | MessagesLost) -> None:
+        if self._waiting is not None:
+            self._waiting.append((seq, item))
+            return
         if seq >= 0:
             assert isinstance(item, Message)
             members = self.by_topic.get(item.topic)
@@ -266,6 +280,9 @@ class Feed:
         if self.interrupted and item.reason == PUBSUB_RESTARTED:
             item = MessagesLost(item.topic, item.missed, NODE_RESTARTED, item.counts)
             self.interrupted = False
+            if not self.resumed:
+                self._waiting = [(seq, item)]
+                return
         for member in self.members:
             counts = {t: n for t, n in item.counts.items() if t in member.topics}
             if not counts:

@@ -68,6 +68,8 @@ class Doorbell:
 class ThreadFeed:
     """One process's node subscription to one node, shared by its `Subscription`s."""
 
+    tell_last = True  # told of a node back after the clients that track again (`revival`)
+
     def __init__(self, info: NodeInfo) -> None:
         self.info = info
         self.pid = os.getpid()

@@ -128,7 +128,10 @@ class Revival(threading.Thread):
                 return reply
 
     def _tell(self, what: str) -> None:
-        for listener in list(self.watch.listeners):
+        """Each listener's `what`; the feeds last: a subscription that hears of the new node
+        and lists finds the presences this process tracked again."""
+        listeners = sorted(self.watch.listeners, key=lambda x: getattr(x, "tell_last", False))
+        for listener in listeners:
             try:
                 getattr(listener, what)()
             except Exception:  # one client's failure must not stop the others' news

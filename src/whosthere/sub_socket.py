@@ -121,6 +121,7 @@ class SubSocket:
         if self.guard is not None and self.guard.changed is not None:
             self.feed.end(NodeUnavailable(self.guard.why()))
         self.down = False
+        self.feed.resume()
 
     def close(self) -> None:
         """Close the socket (every filter goes with it). Idempotent."""

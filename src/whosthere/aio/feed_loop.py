@@ -41,6 +41,8 @@ log = logging.getLogger("whosthere.pubsub")
 class LoopFeed:
     """One loop's node subscription to one node, shared by its `AsyncSubscription`s."""
 
+    tell_last = True  # told of a node back after the clients that track again (`revival`)
+
     def __init__(self, info: NodeInfo, loop: asyncio.AbstractEventLoop) -> None:
         self.info = info
         self.loop = loop

@@ -46,6 +46,7 @@ from whosthere.presence_core import (
 )
 from whosthere.steps import Call, Gather, Pause, Replies, Settle, Step, Steps, run_async
 from whosthere.topology import shard_name
+from whosthere.transport import forks
 from whosthere.transport.messages import GetStatus
 from whosthere.transport.sockets import DEFAULT_TIMEOUT
 
@@ -100,6 +101,7 @@ class AsyncPresence:
         self._own = OwnPresences()  # tracked again on a node back at the address
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop it serves, once used
         self._retracking: asyncio.Task[None] | None = None
+        self._forks = forks.generation
         if info.supervisor is not None and info.supervisor.stable:
             info.supervisor.listen(self)
 
@@ -239,11 +241,26 @@ class AsyncPresence:
         return self._run(self._core.untrack_owners(owners))
 
     def _call(self, call: Call) -> Awaitable[Any]:
+        if self._forks != forks.generation:
+            self._after_fork()
         if self._node.closed:
             raise self._closed()
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
         return self._shards[call.shard].call(call.msg, batch=call.batchable)
+
+    def _after_fork(self) -> None:
+        """A client made before a fork, used in the child: sockets of its own (the parent's
+        are left untouched), on the child's loop."""
+        self._forks = forks.generation
+        self._shards = [
+            self._dealer(self.info.endpoints[shard_name(i)], f"shard {i}")
+            for i in range(self.pool_size)
+        ]
+        self._node = self._dealer(self.info.address, "node")
+        self._pubsub = None
+        self._closings = Closings(self._untrack_owners)
+        self._loop = None
 
     async def _observed(self, call: Call) -> Any:
         """A step's call, its effect on what this process holds noted."""

@@ -111,12 +111,17 @@ class Fanout:
             try:
                 msg = await sub.get()
             except MessagesLost as lost:
-                self.notes.pop(lost.topic, None)
                 log.warning("channels: %s", lost)
-                if self.on_lost is not None:
-                    self.on_lost(lost.topic)
+                for topic in lost.counts:  # every topic it touched ("*" spans several)
+                    self.notes.pop(topic, None)
+                    if self.on_lost is not None:
+                        self.on_lost(topic)
                 continue
             except NodeUnavailable as exc:
+                guard = self.pubsub.info.supervisor
+                if guard is not None and guard.stable and guard.changed is None:
+                    log.warning("channels: %s", exc)  # a node may serve its address again:
+                    continue  # then `MessagesLost`, and every channel's presence_state again
                 log.error("channels: the node's PubSub is gone: %s", exc)
                 return
             except asyncio.CancelledError:
