@@ -167,25 +167,35 @@ async def _until(predicate: Any, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.01)
 
 
+def in_child(check: Any) -> bool:
+    """Whether `check()` returns True in a forked child of this process."""
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child reports through the pipe)
+        code = 1
+        try:
+            code = 0 if check() else 1
+        finally:
+            os.write(w, bytes([code]))
+            os._exit(code)
+    os.close(w)
+    try:
+        return os.read(r, 1) == b"\x00"
+    finally:
+        os.close(r)
+        os.waitpid(child, 0)
+
+
 def test_a_client_made_before_fork_connects_anew_in_the_child(address: str):
     with whosthere.Node(address=address):
         presence = whosthere.Presence.connect(address)
         presence.track(os.getpid(), "room", "parent", {})
-        r, w = os.pipe()
-        child = os.fork()
-        if child == 0:  # pragma: no cover (the child reports through the pipe)
-            code = 1
-            try:
-                presence.track(os.getpid(), "room", "child", {})
-                if presence.list("room").keys() == {"parent", "child"}:
-                    code = 0
-            finally:
-                os.write(w, bytes([code]))
-                os._exit(code)
-        os.close(w)
-        assert os.read(r, 1) == b"\x00"
-        os.close(r)
-        os.waitpid(child, 0)
+
+        def child() -> bool:
+            presence.track(os.getpid(), "room", "child", {})
+            return presence.list("room").keys() == {"parent", "child"}
+
+        assert in_child(child)
         wait_until(lambda: presence.list("room").keys() == {"parent"}, what="the child's leave")
         presence.close()
 
@@ -205,21 +215,10 @@ def test_threads_are_not_left_behind_by_clients_that_closed(address: str):
 def test_an_asyncio_client_made_before_fork_connects_anew_in_the_child(address: str):
     with whosthere.Node(address=address):
         made = whosthere.aio.AsyncPresence(lookup(address))  # made in the parent, unused
-        r, w = os.pipe()
-        child = os.fork()
-        if child == 0:  # pragma: no cover (the child reports through the pipe)
-            code = 1
-            try:
 
-                async def main() -> bool:
-                    await made.track(os.getpid(), "room", "child", {})
-                    return (await made.list("room")).keys() == {"child"}
+        async def main() -> bool:
+            await made.track(os.getpid(), "room", "child", {})
+            return (await made.list("room")).keys() == {"child"}
 
-                code = 0 if asyncio.run(main()) else 1
-            finally:
-                os.write(w, bytes([code]))
-                os._exit(code)
-        os.close(w)
-        assert os.read(r, 1) == b"\x00"
-        os.close(r)
-        os.waitpid(child, 0)
+        assert in_child(lambda: asyncio.run(main()))
+        asyncio.run(made.close())

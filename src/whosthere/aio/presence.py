@@ -253,6 +253,9 @@ class AsyncPresence:
         """A client made before a fork, used in the child: sockets of its own (the parent's
         are left untouched), on the child's loop."""
         self._forks = forks.generation
+        for dealer in (*self._shards, self._node):  # pyzmq closes nothing in a forked child:
+            with contextlib.suppress(Exception):  # this only marks them closed
+                dealer.close()
         self._shards = [
             self._dealer(self.info.endpoints[shard_name(i)], f"shard {i}")
             for i in range(self.pool_size)

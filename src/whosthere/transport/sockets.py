@@ -341,6 +341,9 @@ class DealerPerThread:
         """This thread's Dealer (created on first use; in a forked child, anew). Raises
         `NodeUnavailable` once the connection is closed, closing this thread's socket first."""
         if self._forks != forks.generation:  # the parent's sockets are not ours: dropped
+            for _, dealer in self._dealers:  # pyzmq closes nothing in a forked child: this
+                with contextlib.suppress(Exception):  # only marks them closed (no warning)
+                    dealer.close()
             self._local = threading.local()
             self._dealers = []
             self._lock = threading.Lock()
