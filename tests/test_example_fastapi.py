@@ -1,5 +1,6 @@
-"""examples/fastapi: a FastAPI app under `uvicorn --workers 2` beside one node keeps "who is
-there" true through closed sockets, a SIGKILLed worker and a node restart (DESIGN 12).
+"""examples/fastapi: a FastAPI app under `uvicorn --workers 2` (and gunicorn `--preload`)
+beside one node keeps "who is there" true through closed sockets, a SIGKILLed worker and a
+node restart (DESIGN 12).
 
 Real processes: the node (at a fixed address), uvicorn and its two workers, and real
 WebSocket clients. After each step, the node's list must equal the sockets still open.
@@ -59,14 +60,35 @@ def listed(presence: whosthere.Presence) -> dict[str, Any]:
     return presence.list("room:lobby")
 
 
-def test_the_fastapi_example_keeps_who_is_there_true(address: str):
+SERVERS = {
+    "uvicorn": ["uvicorn", "app:app", "--workers", "2", "--port"],
+    # the app imported once in the master, then the workers forked (the lifespan, where
+    # each worker connects, runs in each of them)
+    "gunicorn --preload": [
+        "gunicorn",
+        "app:app",
+        "--preload",
+        "-w",
+        "2",
+        "-k",
+        "uvicorn.workers.UvicornWorker",
+        "--bind",
+    ],
+}
+
+
+@pytest.mark.parametrize("server", list(SERVERS))
+def test_the_fastapi_example_keeps_who_is_there_true(address: str, server: str):
+    if server.startswith("gunicorn"):
+        pytest.importorskip("gunicorn")
     node = whosthere.Node(address=address).start()
     port = free_port()
     env = {**os.environ, "WHOSTHERE_ADDRESS": address}
-    cmd = [sys.executable, "-m", "uvicorn", "app:app", "--workers", "2", "--port", str(port)]
+    where = str(port) if server == "uvicorn" else f"127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", *SERVERS[server], where]
     try:
-        with process_group(cmd, cwd=APP_DIR, env=env) as server:
-            wait_for_port(port, server, timeout=30)
+        with process_group(cmd, cwd=APP_DIR, env=env) as proc:
+            wait_for_port(port, proc, timeout=30)
             asyncio.run(_drive(node, address, port))
     finally:
         node.stop()

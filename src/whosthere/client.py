@@ -131,7 +131,8 @@ class SupervisorWatch:
             ensure_revival(self)
 
 
-_watches: dict[str, SupervisorWatch] = {}  # address -> the watch this process's clients share
+# address -> the watch this process's clients share, while any client holds it
+_watches: weakref.WeakValueDictionary[str, SupervisorWatch] = weakref.WeakValueDictionary()
 _watches_lock = threading.Lock()
 
 

@@ -134,7 +134,9 @@ class ThreadFeed:
         self._poke()
         if threading.current_thread() is not self._thread:
             self._thread.join(5.0)
-        for fd in (self._wake_r, self._wake_w):
+        with self.lock:  # a late poke must not write to a number reused since
+            fds, self._wake_r, self._wake_w = (self._wake_r, self._wake_w), -1, -1
+        for fd in fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
 
@@ -142,7 +144,8 @@ class ThreadFeed:
 
     def _poke(self) -> None:
         with contextlib.suppress(OSError):  # full (it is woken anyway) or closed
-            os.write(self._wake_w, b"x")
+            if self._wake_w >= 0:
+                os.write(self._wake_w, b"x")
 
     def _run(self) -> None:
         dealer: Dealer | None = None
