@@ -193,3 +193,11 @@ def test_a_node_back_at_its_address_is_one_loss_held_until_clients_can_call_it()
     assert drain(a) == [("lost", "room", None), "new"]
     feed.receive(pub("room", 2, "next", epoch=2))
     assert drain(a) == ["next"]
+
+
+def test_a_bad_topic_among_good_ones_joins_none_of_them():
+    feed = new_feed()
+    a = FeedMember(100)
+    with pytest.raises(TypeError):
+        feed.join(a, ["room", 5], "token")  # type: ignore[list-item]
+    assert a.topics == {} and feed.by_topic == {}

@@ -155,7 +155,7 @@ class Feed:
         all. The handshake's `new` topics need their socket filters set by the driver."""
         asked: list[str] = []
         new: dict[bytes, str] = {}
-        for topic in map(check_topic, topics):
+        for topic in [check_topic(t) for t in topics]:  # every one checked before any joins
             if topic in member.topics or topic in asked:
                 continue
             frame = codec.topic_frame(topic)
