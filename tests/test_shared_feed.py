@@ -80,6 +80,7 @@ def test_idle_sync_readers_sleep_and_all_hear_the_nodes_end():
             r.join(5)
         assert len(outcomes) == 50
         assert all(isinstance(o, whosthere.NodeUnavailable) for o in outcomes)
+        assert subs[0].get(timeout=0.1) is None  # once; then it can be read on (DESIGN 12)
         for sub in subs:
             sub.close()
     finally:

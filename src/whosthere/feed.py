@@ -16,9 +16,10 @@ What a member sees is what a subscription of its own would see:
   their own counts;
 - a member that does not keep up with its own queue (`hwm` messages) loses the messages
   that do not fit, and reads a `MessagesLost` where they were;
-- the node's end reaches every member once its queue is read: for ever (`end`), or once
-  when a node may serve its fixed address again (`interrupt`); the new node's first word
-  (a new epoch) is then a `MessagesLost` for every member, and its messages follow.
+- the node's end reaches every member once, after its queue (`interrupt`); at a fixed
+  address a node may serve again, and its first word (a new epoch) is then a
+  `MessagesLost` for every member, and its messages follow. A node that came back unlike
+  the old one ends the feed for good (`end`): every read raises.
 """
 
 from __future__ import annotations

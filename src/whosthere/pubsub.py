@@ -83,7 +83,9 @@ class Subscription:
     when the queue gains something. `get` raises `MessagesLost` where messages were lost
     (this subscription fell `hwm` messages behind, or the PubSub actor restarted), and the
     subscription goes on with the next message; its `topic` is "*" when the loss spans
-    several topics. It raises `NodeUnavailable` once the node is gone. Use it from one
+    several topics. It raises `NodeUnavailable` once when the node goes, and can be read on:
+    at a fixed address, a node serving it again is a `MessagesLost`, then its messages
+    (DESIGN section 12). Use it from one
     thread.
     """
 
@@ -133,7 +135,8 @@ class Subscription:
         """The next message, waiting up to `timeout` seconds (None: forever); None on timeout.
 
         Raises `MessagesLost` once for each gap, before the message that follows it, and
-        `NodeUnavailable` if the node's supervisor has exited or the subscription is closed.
+        `NodeUnavailable` once when the node's supervisor has exited, and whenever the
+        subscription is closed.
         """
         feed = self._open_feed()
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -101,18 +101,16 @@ class SubSocket:
         return self.feed.drained(now)
 
     def check_guard(self) -> bool:
-        """Whether the node's supervisor is still there. Once gone, every member hears it:
-        for ever, or once at a fixed address (a node may serve it again: `revived`)."""
+        """Whether the node's supervisor is still there. Once gone, every member hears it
+        once and may read on (DESIGN section 12): at a fixed address a node may serve it
+        again (`revived`); elsewhere nothing comes any more."""
         if self.guard is None or self.feed.gone is not None or self.down:
             return self.feed.gone is None and not self.down
         try:
             self.guard.check()
         except NodeUnavailable as exc:
-            if self.guard.stable and self.guard.changed is None:
-                self.feed.interrupt(exc)
-                self.down = True
-            else:
-                self.feed.end(exc)
+            self.feed.interrupt(exc)
+            self.down = True
             return False
         return True
 

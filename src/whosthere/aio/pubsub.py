@@ -142,7 +142,8 @@ class AsyncSubscription:
 
     async def get(self, timeout: float | None = None) -> Message | None:
         """The next message, waiting up to `timeout` seconds (None: for ever); None on
-        timeout. Raises `MessagesLost` for a gap, `NodeUnavailable` once the node is gone."""
+        timeout. Raises `MessagesLost` for a gap, `NodeUnavailable` once when the node goes
+        (then it can be read on, as `whosthere.Subscription.get`)."""
         self._open_feed()
         member, ready = self._member, self._ready
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -123,7 +123,7 @@ class Fanout:
                     log.warning("channels: %s", exc)  # a node may serve its address again:
                     continue  # then `MessagesLost`, and every channel's presence_state again
                 log.error("channels: the node's PubSub is gone: %s", exc)
-                return
+                return  # nothing will come any more
             except asyncio.CancelledError:
                 return
             if msg is not None:
