@@ -12,6 +12,7 @@ import asyncio
 import os
 import shutil
 import signal
+import subprocess
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ import pytest
 import whosthere
 import whosthere.aio
 from tests.support.waiting import wait_until
+from whosthere.admin import node_status
 from whosthere.client import lookup
 
 
@@ -222,3 +224,61 @@ def test_an_asyncio_client_made_before_fork_connects_anew_in_the_child(address: 
 
         assert in_child(lambda: asyncio.run(main()))
         asyncio.run(made.close())
+
+
+def test_links_are_made_again_on_a_node_back_at_the_address(address: str):
+    sleepers = [subprocess.Popen(["sleep", "60"]) for _ in range(3)]
+    node = whosthere.Node(address=address).start()
+    try:
+        links = whosthere.Links(address)
+        links.link_many([p.pid for p in sleepers])
+        node.stop()
+        sleepers[0].kill()  # dies while no node watches it
+        sleepers[0].wait()
+        node = whosthere.Node(address=address).start()
+        got = links.get(timeout=10)  # reported once the links are made again
+        assert got is not None and got.pid == sleepers[0].pid
+        sleepers[1].kill()  # and the new node watches the others
+        sleepers[1].wait()
+        got = links.get(timeout=10)
+        assert got is not None and got.pid == sleepers[1].pid
+        assert links.linked == {sleepers[2].pid}
+        links.close()
+    finally:
+        node.stop()
+        for p in sleepers:
+            p.kill()
+            p.wait()
+
+
+def test_asyncio_links_are_made_again_on_a_node_back_at_the_address(address: str):
+    sleeper = subprocess.Popen(["sleep", "60"])
+
+    async def main() -> None:
+        node = whosthere.Node(address=address).start()
+        try:
+            async with whosthere.aio.links(address) as links:
+                await links.link(sleeper.pid)
+                await asyncio.to_thread(node.stop)
+                node = await asyncio.to_thread(whosthere.Node(address=address).start)
+                await _until(lambda: _linked_on(address, sleeper.pid), 10)
+                sleeper.kill()
+                got = await links.get(timeout=10)
+                assert got is not None and got.pid == sleeper.pid
+        finally:
+            await asyncio.to_thread(node.stop)
+
+    try:
+        asyncio.run(main())
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def _linked_on(address: str, pid: int) -> bool:
+    """Whether the node at `address` watches processes for a linker (the relink landed)."""
+    try:
+        status = node_status(address, timeout=1)
+    except whosthere.NodeUnavailable:
+        return False
+    return bool(status["links"]["processes"] >= 1)

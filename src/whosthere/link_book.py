@@ -58,6 +58,13 @@ class LinkBook:
             return None
         return Unlink([[pid, self.linked.pop(pid)]])
 
+    def relink(self) -> Link | None:
+        """The `Link` of every pid linked (for a node that replaced the one they were
+        linked on: a pid gone meanwhile is reported at once), or None if none is."""
+        if not self.linked:
+            return None
+        return Link([[pid, start] for pid, start in self.linked.items()])
+
     def unlink_all(self) -> Unlink | None:
         """The `Unlink` of every pid linked, all forgotten here (None if none is)."""
         if not self.linked:

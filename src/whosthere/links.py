@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import zmq
 
-from whosthere.client import resolve_address
+from whosthere.client import SupervisorWatch, lookup, resolve_address
 from whosthere.errors import NodeUnavailable
 from whosthere.link_book import LinkBook, ProcessExit, link_items
 from whosthere.transport.messages import StartTime
@@ -33,6 +33,37 @@ class Links:
         self.address = resolve_address(address)
         self._dealer = Dealer(self.address, timeout=timeout, what="node")
         self._book = LinkBook()
+        self._looked = False  # the node's supervisor watch, looked up at the first link
+        self._watch: SupervisorWatch | None = None
+        self._generation = 0  # the watch's re-armings the links were made for
+
+    # -- a node serving the address again (DESIGN section 12) ---------------------------------
+
+    def node_gone(self) -> None:
+        """Told by the revival thread; nothing to do until a node is back."""
+
+    def node_back(self) -> None:
+        """Told by the revival thread; the links are made again by this client's own
+        thread, at its next call or within a second of `get` (`_relink`)."""
+
+    def _watch_node(self) -> None:
+        if not self._looked:
+            self._looked = True
+            self._watch = lookup(self.address, self._dealer.timeout).supervisor
+            if self._watch is not None:
+                self._generation = self._watch.generation
+                if self._watch.stable:
+                    self._watch.listen(self)
+
+    def _relink(self) -> None:
+        """A node serves the address again: link on it everything linked here."""
+        watch = self._watch
+        if watch is None or watch.generation == self._generation or watch.exited:
+            return
+        self._generation = watch.generation
+        msg = self._book.relink()
+        if msg is not None:
+            self._dealer.call(msg)
 
     def link(self, pid: int, start: StartTime = None) -> None:
         """Watch `pid`. Blocks until the node has it (at most the timeout: `NodeUnavailable`).
@@ -43,6 +74,8 @@ class Links:
 
     def link_many(self, pids: list[int], starts: list[StartTime] | None = None) -> None:
         """Watch several processes in one request."""
+        self._watch_node()
+        self._relink()
         msg = self._book.link(pids, starts)
         self._dealer.call(msg)
         self._book.linked_by(msg)  # only once the node has them
@@ -57,6 +90,7 @@ class Links:
         """The next exit; waits up to `timeout` seconds (None: forever), then returns None."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._book.exits:
+            self._relink()
             wait = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
             for push in self._dealer.recv_pushes(wait):
                 self._book.pushed(push)
@@ -82,6 +116,8 @@ class Links:
 
     def close(self) -> None:
         """Drop every link and the connection. Idempotent."""
+        if self._watch is not None:
+            self._watch.listeners.discard(self)
         if self._dealer.socket.closed:
             return
         msg = self._book.unlink_all()

@@ -11,9 +11,10 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+from whosthere.aio.client import lookup
 from whosthere.aio.dealer import AsyncDealer
 from whosthere.aio.waits import wait_event
-from whosthere.client import resolve_address
+from whosthere.client import SupervisorWatch, resolve_address
 from whosthere.errors import NodeUnavailable
 from whosthere.link_book import LinkBook, ProcessExit
 from whosthere.transport.messages import StartTime
@@ -38,6 +39,45 @@ class AsyncLinks:
         )
         self._book = LinkBook()
         self._arrived = asyncio.Event()
+        self._timeout = timeout
+        self._looked = False  # the node's supervisor watch, looked up at the first link
+        self._watch: SupervisorWatch | None = None
+        self._generation = 0  # the watch's re-armings the links were made for
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._relinking: asyncio.Task[None] | None = None
+
+    # -- a node serving the address again (DESIGN section 12) ---------------------------------
+
+    def node_gone(self) -> None:
+        """Told by the revival thread; nothing to do until a node is back."""
+
+    def node_back(self) -> None:
+        """Told by the revival thread: link everything again, on this client's loop."""
+        if self._loop is not None and not self._dealer.closed:
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                self._loop.call_soon_threadsafe(self._start_relink)
+
+    def _start_relink(self) -> None:
+        self._relinking = asyncio.get_running_loop().create_task(self._relink())
+
+    async def _watch_node(self) -> None:
+        if not self._looked:
+            self._looked = True
+            self._loop = asyncio.get_running_loop()
+            self._watch = (await lookup(self.address, self._timeout)).supervisor
+            if self._watch is not None:
+                self._generation = self._watch.generation
+                if self._watch.stable:
+                    self._watch.listen(self)
+
+    async def _relink(self) -> None:
+        watch = self._watch
+        if watch is None or watch.generation == self._generation or watch.exited:
+            return
+        self._generation = watch.generation
+        msg = self._book.relink()
+        if msg is not None and not self._dealer.closed:
+            await self._dealer.call(msg)
 
     async def link(self, pid: int, start: StartTime = None) -> None:
         """Watch `pid` (once this returns, the node has it)."""
@@ -45,6 +85,8 @@ class AsyncLinks:
 
     async def link_many(self, pids: list[int], starts: list[StartTime] | None = None) -> None:
         """Watch several processes in one request."""
+        await self._watch_node()
+        await self._relink()
         msg = self._book.link(pids, starts)
         await self._dealer.call(msg)
         self._book.linked_by(msg)  # only once the node has them
@@ -84,6 +126,8 @@ class AsyncLinks:
 
     async def close(self) -> None:
         """Drop every link and the connection. Idempotent."""
+        if self._watch is not None:
+            self._watch.listeners.discard(self)
         if self._dealer.closed:
             return
         msg = self._book.unlink_all()
