@@ -26,6 +26,7 @@ import whosthere.aio
 from tests.support.waiting import wait_until
 from whosthere.admin import node_status
 from whosthere.client import lookup
+from whosthere.revival import probe_period
 
 
 @pytest.fixture
@@ -282,3 +283,9 @@ def _linked_on(address: str, pid: int) -> bool:
     except whosthere.NodeUnavailable:
         return False
     return bool(status["links"]["processes"] >= 1)
+
+
+def test_a_node_gone_for_good_is_tried_less_and_less_often():
+    assert probe_period(0.0) == probe_period(4.9) == 0.1
+    assert probe_period(5.0) == probe_period(59.0) == 0.25
+    assert probe_period(60.0) == probe_period(3600.0) == 1.0

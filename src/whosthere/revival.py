@@ -5,7 +5,7 @@ actors' endpoints from one start to the next (`runtime_dir.create`), so the clie
 ZeroMQ sockets reconnect by themselves; what they cannot know by themselves is that a new
 node is there: their `Watched` names the old supervisor. One thread per watch (per
 process and address) waits on the supervisor's pidfd, asleep, for the node's end; it tells
-the watch's listeners, then tries the address every `PROBE_PERIOD` until a node answers
+the watch's listeners, then tries the address (`PROBE_PERIODS`) until a node answers
 `Lookup`. Then it re-arms the watch on the new supervisor and tells the listeners again:
 the presence clients track their own presences again, the feeds watch the new pidfd.
 
@@ -32,7 +32,9 @@ from whosthere.watch import start_time
 
 log = logging.getLogger("whosthere.client")
 
-PROBE_PERIOD = 0.1  # seconds between two tries of the address while the node is gone
+# seconds between two tries of the address while the node is gone, by how long it has been
+# gone: a restart is back within seconds; a node gone for good costs a try a second
+PROBE_PERIODS = ((5.0, 0.1), (60.0, 0.25), (float("inf"), 1.0))
 LOOKUP_TIMEOUT = 2.0  # seconds a node that accepted the connection has to answer `Lookup`
 SAME = ("pool_size", "meta_limit")  # settings a client's routing depends on
 
@@ -106,8 +108,9 @@ class Revival(threading.Thread):
     def _wait_for_a_node(self) -> dict[str, Any] | None:
         """The `Lookup` reply of a new node at the address; None once no client listens."""
         path = ipc_path(self.watch.address)
+        gone_at = time.monotonic()
         while True:
-            time.sleep(PROBE_PERIOD)
+            time.sleep(probe_period(time.monotonic() - gone_at))
             if not self.watch.listeners:
                 with self.watch.lock:
                     self.watch.revival = None
@@ -136,6 +139,11 @@ class Revival(threading.Thread):
                 getattr(listener, what)()
             except Exception:  # one client's failure must not stop the others' news
                 log.exception("whosthere: %s of %r failed", what, listener)
+
+
+def probe_period(gone_for: float) -> float:
+    """Seconds until the next try of the address, the node gone for `gone_for` seconds."""
+    return next(period for until, period in PROBE_PERIODS if gone_for < until)
 
 
 def _listening(path: str) -> bool:
