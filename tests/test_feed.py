@@ -201,3 +201,62 @@ def test_a_bad_topic_among_good_ones_joins_none_of_them():
     with pytest.raises(TypeError):
         feed.join(a, ["room", 5], "token")  # type: ignore[list-item]
     assert a.topics == {} and feed.by_topic == {}
+
+
+def test_a_restart_seen_first_on_a_message_delivers_that_message():
+    feed = new_feed()
+    a = FeedMember(100)
+    join(feed, a, "room", at=500)
+    feed.receive(pub("room", 1, "first", epoch=2))  # the new actor's replay, before its mark
+    feed.receive(pub("room", 2, "second", epoch=2))
+    assert drain(a) == [("lost", "room", None), "first", "second"]
+
+
+def test_concurrent_subscribes_to_a_new_topic_each_get_their_own_start():
+    feed = new_feed()
+    a, b = FeedMember(100), FeedMember(100)
+    first = feed.join(a, ["room"], "t1")  # sets the filter
+    second = feed.join(b, ["room"], "t2")
+    assert first is not None and second is not None
+    for n in (11, 12, 13):  # kept while the topic is pending
+        feed.receive(pub("room", n, n))
+    feed.confirm(second, [1, [12]])  # b's reply comes first: the topic is still a's to confirm
+    feed.confirm(first, [1, [10]])
+    assert drain(a) == [11, 12, 13]
+    assert drain(b) == [13]
+
+
+def test_a_reply_from_an_actor_already_replaced_does_not_turn_the_epoch_back():
+    feed = new_feed()
+    a, b = FeedMember(100), FeedMember(100)
+    join(feed, a, "room", epoch=1)
+    late = feed.join(b, ["hall"], "t")
+    assert late is not None
+    feed.receive(mark(2, {}))  # the new actor
+    feed.confirm(late, [1, [40]])  # answered by the old one
+    feed.receive(pub("hall", 1, "h", epoch=2))
+    feed.receive(pub("room", 1, "r", epoch=2))
+    assert drain(a) == [("lost", "room", None), "r"]
+    assert drain(b) == ["h"]
+
+
+def test_the_nodes_end_forgets_the_mark_asked_for():
+    feed = new_feed()
+    a = FeedMember(100)
+    join(feed, a, "room")
+    for n in range(1, 1001):
+        feed.receive(pub("room", n, n))
+    assert feed.drained(0.0) is not None  # a Sync after a long run
+    assert feed.sequencer.awaiting_mark
+    feed.interrupt(NodeUnavailable("gone"))
+    assert not feed.sequencer.awaiting_mark  # no timer for a mark that cannot come
+
+
+def test_closing_a_member_wakes_its_reader_with_an_error():
+    woken: list[bool] = []
+    a = FeedMember(100)
+    a.wake = lambda: woken.append(True)
+    a.close()
+    assert woken == [True]
+    with pytest.raises(NodeUnavailable, match="closed"):
+        a.take()

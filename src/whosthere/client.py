@@ -93,8 +93,10 @@ class SupervisorWatch:
             if self.revival is not None:
                 self.listen(None)
         if not self.exited:
-            if self._fd is not None:
-                self.exited = bool(select.select((self._fd,), (), (), 0)[0])  # thread-safe
+            if self._fd is not None:  # poll, not select(): the fd may be numbered past 1024
+                poller = select.poll()
+                poller.register(self._fd, select.POLLIN)
+                self.exited = bool(poller.poll(0))
             else:
                 self.exited = start_time(self.pid) != self.started
         if self.exited:
@@ -120,11 +122,17 @@ class SupervisorWatch:
             self.generation += 1
             self.exited = start_time(pid) != started
 
+    def unlisten(self, listener: Any) -> None:
+        """`listener` is closed: it hears nothing more."""
+        with self.lock:
+            self.listeners.discard(listener)
+
     def listen(self, listener: Any | None) -> None:
         """`listener.node_gone()` and `listener.node_back()` are called (from the revival
         thread) when the node goes and when one serves the address again."""
         if listener is not None:
-            self.listeners.add(listener)
+            with self.lock:
+                self.listeners.add(listener)
         if self.stable:
             from whosthere.revival import ensure_revival  # noqa: PLC0415 (it imports this)
 

@@ -92,6 +92,12 @@ class FeedMember:
             raise self.gone
         return None
 
+    def close(self) -> None:
+        """Its subscription is closed: a reader raises `NodeUnavailable`, woken now."""
+        self.queue.clear()
+        self.gone = NodeUnavailable("subscription is closed")
+        self.wake()
+
     def put(self, seq: int, msg: Message) -> bool:
         """Queue `msg` (number `seq`) unless it came before this member's subscribe; whether
         the queue took something."""
@@ -147,6 +153,7 @@ class Feed:
         self.interrupted = False  # the node went; a restart seen next is the node's
         self.resumed = True  # a node serves the address again and clients can call it
         self._waiting: list[tuple[int, Message | MessagesLost]] | None = None  # see `resume`
+        self._orphans: set[bytes] = set()  # pending frames whose handshake failed
         self._epoch = 0
 
     # -- members coming and going ------------------------------------------------------------
@@ -167,9 +174,9 @@ class Feed:
                 members = self.by_topic[topic] = {}
                 new[frame] = topic
             members[member] = None
+        self.members[member] = None  # hears the node's end, even with no topic yet
         if not asked:
             return None
-        self.members[member] = None
         self.sequencer.pend(new)
         return Handshake(member, asked, new, token)
 
@@ -177,7 +184,12 @@ class Feed:
         """The actor's answer to `handshake` ([epoch, [number, ...]] for its topics)."""
         epoch, seqs = reply
         by_topic = dict(zip(handshake.topics, seqs, strict=True))
-        frames = [f for f in map(codec.topic_frame, handshake.topics) if self.sequencer.pending(f)]
+        frames = [  # the topics this handshake set the filters of, or one whose setter failed
+            f
+            for f in map(codec.topic_frame, handshake.topics)
+            if self.sequencer.pending(f) and (f in handshake.new or f in self._orphans)
+        ]
+        self._orphans.difference_update(frames)
         topics = [codec.topic_of(f) or "" for f in frames]
         for seq, item in self.sequencer.confirm(frames, [epoch, [by_topic[t] for t in topics]]):
             self._dispatch(seq, item)
@@ -188,10 +200,12 @@ class Feed:
 
     def fail(self, handshake: Handshake) -> list[bytes]:
         """`handshake` failed: the member leaves its topics; the frames to take off the
-        socket."""
+        socket. A topic whose filter it set and that others are subscribing to is then
+        confirmed by the next of their replies."""
         frames: list[bytes] = []
         for topic in handshake.topics:
             frames += self.leave(handshake.member, topic)
+        self._orphans.update(f for f in handshake.new if self.sequencer.pending(f))
         return frames
 
     def leave(self, member: FeedMember, topic: str | None = None) -> list[bytes]:
@@ -231,6 +245,8 @@ class Feed:
     def end(self, error: NodeUnavailable) -> None:
         """The node is gone: every member hears it once it has read its queue."""
         self.gone = error
+        self.sequencer.forget_sync()
+        self._waiting = None
         for member in self.members:
             member.gone = error
             self.woken.add(member)
@@ -239,6 +255,7 @@ class Feed:
         """The node went, and one may serve its address again: every member hears `error`
         once, after what it had queued, and may read on."""
         self.interrupted, self.resumed = True, False
+        self.sequencer.forget_sync()  # the mark asked for will never come
         for member in self.members:
             member.queue.append((-1, error))
             self.woken.add(member)
@@ -278,6 +295,8 @@ class Feed:
                         woken.add(member)
             return
         assert isinstance(item, MessagesLost)
+        if item.reason == PUBSUB_RESTARTED:  # numbers start again: before what follows
+            self._restart_numbers()
         if self.interrupted and item.reason == PUBSUB_RESTARTED:
             item = MessagesLost(item.topic, item.missed, NODE_RESTARTED, item.counts)
             self.interrupted = False
@@ -296,10 +315,13 @@ class Feed:
 
     def _epoch_check(self) -> None:
         """After a restart, numbers start again: every member takes a topic from 0."""
-        epoch = self.sequencer.epoch
-        if epoch != self._epoch:
+        if self.sequencer.epoch != self._epoch:
             if self._epoch:
-                for member in self.members:
-                    for topic in member.topics:
-                        member.topics[topic] = 0
-            self._epoch = epoch
+                self._restart_numbers()
+            self._epoch = self.sequencer.epoch
+
+    def _restart_numbers(self) -> None:
+        for member in self.members:
+            for topic in member.topics:
+                member.topics[topic] = 0
+        self._epoch = self.sequencer.epoch

@@ -80,6 +80,7 @@ class ThreadFeed:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
+        self._poke_lock = threading.Lock()
         self._stopping = False
         self._revived = False  # a node serves the fixed address again: watch its supervisor
         self._thread = threading.Thread(target=self._run, name="whosthere-feed", daemon=True)
@@ -120,21 +121,29 @@ class ThreadFeed:
             self._sub.leave(member, topic)
         self._poke()
 
+    @property
+    def serving(self) -> bool:
+        """Whether a new subscription may join it (its thread runs, its node is not one
+        that came back unlike the old)."""
+        return self._thread.is_alive() and not self._stopping and self._sub.feed.gone is None
+
     def take(self, member: FeedMember) -> Message | None:
         """`member.take()` under the lock (raises its losses and the node's end)."""
+        if self.pid != os.getpid():  # before the lock: a fork may have copied it held
+            raise NodeUnavailable("a subscription made before fork() is the parent's")
         with self.lock:
             return member.take()
 
     def stop(self) -> None:
         """End the thread (it closes the socket); called when the last member left."""
         if self.info.supervisor is not None:
-            self.info.supervisor.listeners.discard(self)
+            self.info.supervisor.unlisten(self)
         with self.lock:
             self._stopping = True
         self._poke()
         if threading.current_thread() is not self._thread:
             self._thread.join(5.0)
-        with self.lock:  # a late poke must not write to a number reused since
+        with self._poke_lock:  # a late poke must not write to a number reused since
             fds, self._wake_r, self._wake_w = (self._wake_r, self._wake_w), -1, -1
         for fd in fds:
             with contextlib.suppress(OSError):
@@ -143,7 +152,7 @@ class ThreadFeed:
     # -- the thread --------------------------------------------------------------------------
 
     def _poke(self) -> None:
-        with contextlib.suppress(OSError):  # full (it is woken anyway) or closed
+        with self._poke_lock, contextlib.suppress(OSError):  # full: it is woken anyway
             if self._wake_w >= 0:
                 os.write(self._wake_w, b"x")
 
@@ -219,7 +228,7 @@ def attach(info: NodeInfo) -> ThreadFeed:
     key = info.endpoints[PUBSUB_PUB]
     with _lock:
         feed = _feeds.get(key)
-        if feed is None or feed.pid != os.getpid():
+        if feed is None or feed.pid != os.getpid() or not feed.serving:
             feed = _feeds[key] = ThreadFeed(info)
         feed.users += 1
         return feed

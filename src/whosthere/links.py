@@ -48,8 +48,8 @@ class Links:
 
     def _watch_node(self) -> None:
         if not self._looked:
-            self._looked = True
             self._watch = lookup(self.address, self._dealer.timeout).supervisor
+            self._looked = True  # only once the lookup worked
             if self._watch is not None:
                 self._generation = self._watch.generation
                 if self._watch.stable:
@@ -60,10 +60,10 @@ class Links:
         watch = self._watch
         if watch is None or watch.generation == self._generation or watch.exited:
             return
-        self._generation = watch.generation
         msg = self._book.relink()
         if msg is not None:
-            self._dealer.call(msg)
+            self._dealer.call(msg)  # if it fails, tried again at the next call
+        self._generation = watch.generation
 
     def link(self, pid: int, start: StartTime = None) -> None:
         """Watch `pid`. Blocks until the node has it (at most the timeout: `NodeUnavailable`).
@@ -117,7 +117,7 @@ class Links:
     def close(self) -> None:
         """Drop every link and the connection. Idempotent."""
         if self._watch is not None:
-            self._watch.listeners.discard(self)
+            self._watch.unlisten(self)
         if self._dealer.socket.closed:
             return
         msg = self._book.unlink_all()

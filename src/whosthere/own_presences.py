@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import weakref
 from typing import Any
 
-from whosthere.errors import WhosthereError
+from whosthere.errors import NodeUnavailable, WhosthereError
 from whosthere.owners import start_of
 from whosthere.steps import Call
 from whosthere.tracker.pool import shard_for
@@ -34,18 +35,30 @@ class OwnPresences:
     def __init__(self) -> None:
         self.pid = os.getpid()
         self.held: dict[int, dict[tuple[str, str], bytes]] = {}
+        self.lock = threading.Lock()  # user threads note; the revival thread reads it all
         _books.add(self)
 
     def forked(self) -> None:
         """In a forked child: the parent's presences are not this process's."""
         self.pid = os.getpid()
         self.held = {}
+        self.lock = threading.Lock()  # a fork may have copied it held
 
     def __len__(self) -> int:
         return sum(len(presences) for presences in self.held.values())
 
     def observe(self, msg: tuple[Any, ...], reply: Any) -> None:
         """`msg` was answered with `reply` (not an error): note what it changed."""
+        with self.lock:
+            self._observe(msg, reply)
+
+    def failed(self, msg: tuple[Any, ...], error: BaseException) -> None:
+        """`msg` failed with `error`. An untrack the node could not take (it is gone, with
+        its presences) still holds: what it untracked is not tracked again on a new node."""
+        if isinstance(error, NodeUnavailable) and type(msg) in (Untrack, UntrackPid, UntrackMany):
+            self.observe(msg, None)
+
+    def _observe(self, msg: tuple[Any, ...], reply: Any) -> None:
         kind = type(msg)
         if kind is Track:
             if os_pid(msg[0]) == self.pid:
@@ -69,7 +82,9 @@ class OwnPresences:
     def retrack(self, pool_size: int) -> list[Call]:
         """The `TrackMany` calls that track every held presence again, per shard."""
         per_shard: dict[int, list[list[Any]]] = {}
-        for owner, presences in self.held.items():
+        with self.lock:
+            held = [(owner, dict(presences)) for owner, presences in self.held.items()]
+        for owner, presences in held:
             start = start_of(owner)
             for (topic, key), meta in presences.items():
                 shard = shard_for(topic, pool_size) if pool_size > 1 else 0

@@ -236,7 +236,7 @@ class Presence:
     def close(self) -> None:
         """Release the sockets. Idempotent."""
         if self.info.supervisor is not None:
-            self.info.supervisor.listeners.discard(self)
+            self.info.supervisor.unlisten(self)
         for conn in (*self._shards, self._node):
             conn.close()
         with self._pubsub_lock:  # none created after this
@@ -247,7 +247,11 @@ class Presence:
     # -- the driver of the core --------------------------------------------------------------
 
     def _call(self, call: Call) -> Any:
-        reply = self._shards[call.shard].call(call.msg)
+        try:
+            reply = self._shards[call.shard].call(call.msg)
+        except WhosthereError as exc:
+            self._own.failed(call.msg, exc)
+            raise
         self._own.observe(call.msg, reply)
         return reply
 
@@ -281,6 +285,7 @@ class Presence:
             try:
                 reply = dealer.result(ref, msg, deadline, self.timeout)
             except WhosthereError as exc:  # this call failed; read the others
+                self._own.failed(msg, exc)
                 replies.append(exc)
             else:
                 self._own.observe(msg, reply)

@@ -166,6 +166,7 @@ class Subscription:
         if feed is not None:
             feed.leave(self._member)
             detach(feed)
+            self._member.close()  # a reader waiting in another thread raises, at once
 
     def __enter__(self) -> Subscription:
         return self

@@ -81,16 +81,22 @@ class Revival(threading.Thread):
             self._wait_for_the_end()
             watch.exited = True
             self._tell("node_gone")
-            reply = self._wait_for_a_node()
-            if reply is None:
-                return
-            problem = _unlike(watch, reply)
-            if problem is not None:
-                watch.changed = problem
-                log.error("whosthere: %s", problem)
-                self._tell("node_gone")
-                return
-            watch.rearm(reply["pid"], reply["start_time"])
+            while True:  # until a node is back and watched (it may die before it is)
+                reply = self._wait_for_a_node()
+                if reply is None:
+                    return
+                problem = _unlike(watch, reply)
+                if problem is not None:
+                    watch.changed = problem
+                    log.error("whosthere: %s", problem)
+                    self._tell("node_gone")
+                    return
+                try:
+                    watch.rearm(reply["pid"], reply["start_time"])
+                except OSError as exc:  # gone again already, or out of descriptors
+                    log.warning("whosthere: cannot watch the node at %s: %s", watch.address, exc)
+                    continue
+                break
             log.info("whosthere: a node serves %s again (pid %s)", watch.address, watch.pid)
             self._tell("node_back")
 
@@ -99,7 +105,9 @@ class Revival(threading.Thread):
         while True:
             fd = watch.fileno()
             if fd is not None:
-                select.select((fd,), (), ())
+                poller = select.poll()  # not select(): a pidfd may be numbered past 1024
+                poller.register(fd, select.POLLIN)
+                poller.poll()
             else:
                 time.sleep(GUARD_POLL)
             if start_time(watch.pid) != watch.started:
@@ -117,7 +125,11 @@ class Revival(threading.Thread):
                 return None
             if not _listening(path):
                 continue
-            dealer = Dealer(self.watch.address, timeout=LOOKUP_TIMEOUT, what="node")
+            try:
+                dealer = Dealer(self.watch.address, timeout=LOOKUP_TIMEOUT, what="node")
+            except Exception as exc:  # out of descriptors, say: try again later
+                log.warning("whosthere: cannot reach %s: %s", self.watch.address, exc)
+                continue
             try:
                 reply = dealer.call(Lookup())
             except WhosthereError:
@@ -133,7 +145,9 @@ class Revival(threading.Thread):
     def _tell(self, what: str) -> None:
         """Each listener's `what`; the feeds last: a subscription that hears of the new node
         and lists finds the presences this process tracked again."""
-        listeners = sorted(self.watch.listeners, key=lambda x: getattr(x, "tell_last", False))
+        with self.watch.lock:  # clients come and go meanwhile
+            listeners = list(self.watch.listeners)
+        listeners.sort(key=lambda x: getattr(x, "tell_last", False))
         for listener in listeners:
             try:
                 getattr(listener, what)()

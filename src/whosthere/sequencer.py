@@ -144,6 +144,10 @@ class Sequencer:
         number each topic has reached. A new epoch means it restarted meanwhile: the topics
         already subscribed hear of it on the next read."""
         epoch, seqs = reply
+        if epoch in self._old_epochs:  # answered by an actor already replaced: any number
+            for frame in frames:
+                self._expect[frame] = [self._epoch, 0]
+            return
         if self._epoch and epoch != self._epoch:
             self._epoch_changed(epoch)
             self._restarted = bool(self._expect)
@@ -204,6 +208,11 @@ class Sequencer:
             self._held = msg
             return MessagesLost(topic, pub.seq - seq, "the subscriber fell behind")
         return msg
+
+    def forget_sync(self) -> None:
+        """The actor that was asked for a mark is gone: stop waiting for it."""
+        self._sync_asked = None
+        self._since_sync = 0
 
     def drained(self, now: float) -> Sync | None:
         """The socket's queue is empty (at `now`, monotonic seconds): the `Sync` to cast after

@@ -97,8 +97,8 @@ class SubSocket:
         return True
 
     def drained(self, now: float) -> Sync | None:
-        """The queue is read to the end: the `Sync` to cast, if due."""
-        return self.feed.drained(now)
+        """The queue is read to the end: the `Sync` to cast, if due (none to a gone node)."""
+        return None if self.down or self.feed.gone is not None else self.feed.drained(now)
 
     def check_guard(self) -> bool:
         """Whether the node's supervisor is still there. Once gone, every member hears it

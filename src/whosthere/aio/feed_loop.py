@@ -86,6 +86,11 @@ class LoopFeed:
                 self._guard_fd = fd
         self._read_soon()
 
+    @property
+    def ended(self) -> bool:
+        """Whether it serves no more (closed, or its node came back unlike the old)."""
+        return self._sub.socket.closed or self._sub.feed.gone is not None
+
     def begin(self, member: FeedMember, topics: Iterable[str]) -> Handshake | None:
         handshake = self._sub.begin(member, topics)
         self._read_soon()  # a socket operation may have taken the descriptor's signal
@@ -103,7 +108,7 @@ class LoopFeed:
     def close(self) -> None:
         """Stop reading and close the socket; called when the last member left."""
         if self.info.supervisor is not None:
-            self.info.supervisor.listeners.discard(self)
+            self.info.supervisor.unlisten(self)
         readers.remove(self.loop, self._fd, self._read)
         if self._guard_fd is not None:
             readers.remove(self.loop, self._guard_fd, self._read)
@@ -171,7 +176,7 @@ def attach(info: NodeInfo) -> LoopFeed:
     feeds = _feeds.setdefault(loop, {})
     key = info.endpoints[PUBSUB_PUB]
     feed = feeds.get(key)
-    if feed is None or feed.pid != os.getpid():
+    if feed is None or feed.pid != os.getpid() or feed.ended:
         feed = feeds[key] = LoopFeed(info, loop)
     feed.users += 1
     return feed

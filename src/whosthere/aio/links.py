@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,6 +20,8 @@ from whosthere.errors import NodeUnavailable
 from whosthere.link_book import LinkBook, ProcessExit
 from whosthere.transport.messages import StartTime
 from whosthere.transport.sockets import DEFAULT_TIMEOUT
+
+log = logging.getLogger("whosthere.client")
 
 
 def links(address: str | None = None, *, timeout: float = DEFAULT_TIMEOUT) -> AsyncLinks:
@@ -58,13 +61,19 @@ class AsyncLinks:
                 self._loop.call_soon_threadsafe(self._start_relink)
 
     def _start_relink(self) -> None:
-        self._relinking = asyncio.get_running_loop().create_task(self._relink())
+        self._relinking = asyncio.get_running_loop().create_task(self._relink_now())
+
+    async def _relink_now(self) -> None:
+        try:
+            await self._relink()
+        except NodeUnavailable as exc:  # tried again at the next call
+            log.warning("whosthere: linking again on the new node failed: %s", exc)
 
     async def _watch_node(self) -> None:
         if not self._looked:
-            self._looked = True
             self._loop = asyncio.get_running_loop()
             self._watch = (await lookup(self.address, self._timeout)).supervisor
+            self._looked = True  # only once the lookup worked
             if self._watch is not None:
                 self._generation = self._watch.generation
                 if self._watch.stable:
@@ -74,10 +83,10 @@ class AsyncLinks:
         watch = self._watch
         if watch is None or watch.generation == self._generation or watch.exited:
             return
-        self._generation = watch.generation
         msg = self._book.relink()
         if msg is not None and not self._dealer.closed:
-            await self._dealer.call(msg)
+            await self._dealer.call(msg)  # if it fails, tried again at the next call
+        self._generation = watch.generation
 
     async def link(self, pid: int, start: StartTime = None) -> None:
         """Watch `pid` (once this returns, the node has it)."""
@@ -127,7 +136,7 @@ class AsyncLinks:
     async def close(self) -> None:
         """Drop every link and the connection. Idempotent."""
         if self._watch is not None:
-            self._watch.listeners.discard(self)
+            self._watch.unlisten(self)
         if self._dealer.closed:
             return
         msg = self._book.unlink_all()

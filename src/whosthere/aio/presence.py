@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any, Self, TypeVar, overload
@@ -53,6 +54,8 @@ from whosthere.transport.sockets import DEFAULT_TIMEOUT
 __all__ = ["AsyncOwner", "AsyncPresence", "connect", "connect_pubsub", "lookup"]
 
 T = TypeVar("T")
+
+log = logging.getLogger("whosthere.client")
 
 
 async def connect(
@@ -168,9 +171,7 @@ class AsyncPresence:
             owner = args[0] if isinstance(args[0], AsyncOwner) else None
             await self._closings.close(owner_arg(args[0]), owner)
         else:
-            call = self._core.untrack(args)
-            await self._call(call)
-            self._own.observe(call.msg, None)
+            await self._observed(self._core.untrack(args))
 
     @overload
     async def update(
@@ -221,7 +222,7 @@ class AsyncPresence:
     async def close(self) -> None:
         """Release the sockets; calls in flight fail with `NodeUnavailable`. Idempotent."""
         if self.info.supervisor is not None:
-            self.info.supervisor.listeners.discard(self)
+            self.info.supervisor.unlisten(self)
         for dealer in (*self._shards, self._node):
             await dealer.aclose()
         if self._pubsub is not None:
@@ -267,7 +268,11 @@ class AsyncPresence:
 
     async def _observed(self, call: Call) -> Any:
         """A step's call, its effect on what this process holds noted."""
-        reply = await self._call(call)
+        try:
+            reply = await self._call(call)
+        except WhosthereError as exc:
+            self._own.failed(call.msg, exc)
+            raise
         self._own.observe(call.msg, reply)
         return reply
 
@@ -316,4 +321,7 @@ class AsyncPresence:
         self._retracking = asyncio.get_running_loop().create_task(self._retrack())
 
     async def _retrack(self) -> None:
-        report_retrack(await self._gather(self._own.retrack(self.pool_size)), self.info.address)
+        try:
+            report_retrack(await self._gather(self._own.retrack(self.pool_size)), self.info.address)
+        except Exception:  # a task nobody awaits: never silently
+            log.exception("whosthere: tracking again on %s failed", self.info.address)

@@ -180,6 +180,7 @@ class AsyncSubscription:
         if feed is not None:
             feed.leave(self._member)
             feed_loop.detach(feed)
+            self._member.close()  # a reader waiting in another task raises, at once
 
     def _open_feed(self) -> LoopFeed:
         if self._feed is None:
