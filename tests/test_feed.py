@@ -260,3 +260,17 @@ def test_closing_a_member_wakes_its_reader_with_an_error():
     assert woken == [True]
     with pytest.raises(NodeUnavailable, match="closed"):
         a.take()
+
+
+def test_a_gap_before_a_members_subscribe_is_not_its_loss():
+    feed = new_feed()
+    a, b = FeedMember(100), FeedMember(100)
+    join(feed, a, "room", at=0)
+    join(feed, b, "room", at=3)  # b takes 4 on
+    feed.receive(pub("room", 1, 1))
+    feed.receive(pub("room", 5, 5))  # 2, 3 and 4 lost
+    assert drain(a) == [1, ("lost", "room", 3), 5]
+    assert drain(b) == [("lost", "room", 1), 5]  # only 4 was b's
+    join(feed, b, "hall", at=9)
+    feed.receive(mark(1, {"hall": 8}))  # nothing of b's: b takes 10 on
+    assert drain(b) == []

@@ -83,12 +83,15 @@ class MessagesLost(WhosthereError):
         missed: int | None,
         reason: str,
         counts: dict[str, int | None] | None = None,
+        last: dict[str, int] | None = None,
     ) -> None:
         self.topic = topic  # the topic the gap is on ("*": several)
         self.missed = missed  # how many messages were lost, None when unknown
         self.reason = reason
         # topic -> messages lost on it (None: unknown), for a loss that spans several
         self.counts: dict[str, int | None] = {topic: missed} if counts is None else counts
+        # topic -> the number of the last message lost on it, where the numbers are known
+        self.last: dict[str, int] = {} if last is None else last
         count = "an unknown number of" if missed is None else str(missed)
         super().__init__(f"{count} message(s) lost on topic {topic!r}: {reason}")
 

@@ -304,7 +304,7 @@ class Feed:
                 self._waiting = [(seq, item)]
                 return
         for member in self.members:
-            counts = {t: n for t, n in item.counts.items() if t in member.topics}
+            counts = _owed(item, member.topics)
             if not counts:
                 continue
             known = [n for n in counts.values() if n is not None]
@@ -325,3 +325,20 @@ class Feed:
             for topic in member.topics:
                 member.topics[topic] = 0
         self._epoch = self.sequencer.epoch
+
+
+def _owed(lost: MessagesLost, topics: dict[str, int]) -> dict[str, int | None]:
+    """What of `lost` a member taking `topics` (each from its first number) missed: a gap
+    wholly before a member's subscribe is not its loss, and one it straddles counts from
+    there."""
+    owed: dict[str, int | None] = {}
+    for topic, count in lost.counts.items():
+        start = topics.get(topic)
+        if start is None:
+            continue
+        last = lost.last.get(topic)
+        if count is None or last is None or not start:
+            owed[topic] = count
+        elif start <= last:
+            owed[topic] = last - max(last - count + 1, start) + 1
+    return owed

@@ -206,7 +206,13 @@ class Sequencer:
         if pub.seq > seq and seq:
             self.missed += pub.seq - seq
             self._held = msg
-            return MessagesLost(topic, pub.seq - seq, "the subscriber fell behind")
+            return MessagesLost(
+                topic,
+                pub.seq - seq,
+                "the subscriber fell behind",
+                {topic: pub.seq - seq},
+                {topic: pub.seq - 1},
+            )
         return msg
 
     def forget_sync(self) -> None:
@@ -264,12 +270,14 @@ class Sequencer:
         if mark.seqs:
             self._sync_asked = None
         lost: dict[str, int] = {}
+        lasts: dict[str, int] = {}
         for topic, last in mark.seqs.items():
             expect = self._expect.get(codec.topic_frame(topic))
             if expect is None or expect[0] != mark.epoch:
                 continue
             if expect[1] and last >= expect[1]:
                 lost[topic] = last - expect[1] + 1
+                lasts[topic] = last
             expect[1] = max(expect[1], last + 1)
         if not lost:
             return None
@@ -280,4 +288,5 @@ class Sequencer:
             total,
             "the subscriber fell behind",
             dict(lost),
+            lasts,
         )
