@@ -74,16 +74,31 @@ class LoopFeed:
             self.loop.call_soon_threadsafe(self._revived)
 
     def _revived(self) -> None:
+        """Watch the new node; and once this loop's clients have tracked their presences
+        again (`retracks`), let the members hear of it: a member that lists then finds
+        them."""
+        sub = self._sub
+        if sub.socket.closed:
+            return
+        fd = None if sub.guard is None else sub.guard.fileno()
+        if fd is not None:
+            readers.renew(self.loop, fd)  # whoever watches it on this loop, anew
+        pending = [t for t in retracks.get(self.loop, ()) if not t.done()]
+        if pending:
+            waited = asyncio.gather(*pending, return_exceptions=True)
+            waited.add_done_callback(lambda _: self._resume())
+        else:
+            self._resume()
+
+    def _resume(self) -> None:
         sub = self._sub
         if sub.socket.closed:
             return
         sub.revived()
         fd = None if sub.guard is None else sub.guard.fileno()
-        if fd is not None:
-            readers.renew(self.loop, fd)  # whoever watches it on this loop, anew
-            if self._guard_fd is None:
-                readers.add(self.loop, fd, self._read)
-                self._guard_fd = fd
+        if fd is not None and self._guard_fd is None:
+            readers.add(self.loop, fd, self._read)
+            self._guard_fd = fd
         self._read_soon()
 
     @property
@@ -168,6 +183,11 @@ class LoopFeed:
 _feeds: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, LoopFeed]] = (
     weakref.WeakKeyDictionary()
 )
+# each loop's clients tracking their presences again on a node back at the address
+# (`AsyncPresence`): the feeds tell their members of the new node once these are done
+retracks: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, weakref.WeakSet[asyncio.Task[None]]
+] = weakref.WeakKeyDictionary()
 
 
 def attach(info: NodeInfo) -> LoopFeed:

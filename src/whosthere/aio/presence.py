@@ -14,10 +14,11 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any, Self, TypeVar, overload
 
-from whosthere.aio import readers
+from whosthere.aio import feed_loop, readers
 from whosthere.aio.client import lookup
 from whosthere.aio.dealer import AsyncDealer
 from whosthere.aio.owners import AsyncOwner, Closings
@@ -318,7 +319,9 @@ class AsyncPresence:
             readers.renew(self._loop, fd)  # the new pidfd, for every watcher on this loop
         if self._node.closed or not self._own.held:
             return
-        self._retracking = asyncio.get_running_loop().create_task(self._retrack())
+        loop = asyncio.get_running_loop()
+        self._retracking = loop.create_task(self._retrack())
+        feed_loop.retracks.setdefault(loop, weakref.WeakSet()).add(self._retracking)
 
     async def _retrack(self) -> None:
         try:
