@@ -224,6 +224,7 @@ class Feed:
                 frame = codec.topic_frame(name)
                 if self.sequencer.pending(frame):
                     self.sequencer.unpend([frame])
+                    self._orphans.discard(frame)
                     frames.append(frame)
                 elif self.sequencer.unsubscribe(name) is not None:
                     frames.append(frame)
