@@ -36,6 +36,7 @@ import memory_workload
 import presence_workloads
 import redis_baseline
 import runtime_workloads
+import simulate_cluster
 from common import FULL, QUICK, Row, Sizes
 
 WORKLOADS: dict[str, Callable[[Sizes], list[Row]]] = {
@@ -56,6 +57,7 @@ WORKLOADS: dict[str, Callable[[Sizes], list[Row]]] = {
     "aio": aio_workload.bench_aio,
     "channels": channels_workload.bench_channels,
     "idle": idle_workload.bench_idle,
+    "simulate": simulate_cluster.bench_simulate,
 }
 
 

@@ -1,0 +1,286 @@
+"""The cluster at N nodes, simulated: the pure cores of N replicas in one process.
+
+A real cluster of 100 nodes does not fit a 2-core machine; its replication does. Each
+simulated node is what a shard is made of (`tracker.state.State` and
+`tracker.replication.Replication`), and the network between them is a queue of encoded
+messages (`transport.codec`, so sizes and decoding costs are the real ones) delivered after a
+latency, maybe lost, maybe cut by a partition. Time is simulated: a tick every
+`broadcast_period` for each node (staggered, as real shards start at different moments), and
+the CPU each node spends on its ticks and on the messages it handles is measured for real.
+
+What it reports for N nodes, each tracking `per_node` presences at once at the start (a
+burst): the broadcast periods until every node lists every presence; messages and bytes per
+node per period while the burst spreads and once the cluster is idle; the CPU a heartbeat
+costs, sent and received; and "down" events (flaps: a peer wrongly taken for dead).
+
+    python bench/simulate_cluster.py 8 32 100          # nodes
+    python bench/run.py --only simulate                # the bench's sizes, as a table
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import itertools
+import random
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import Row, Sizes, progress
+
+from whosthere.tracker.options import TrackerOptions
+from whosthere.tracker.replication import Replication
+from whosthere.tracker.state import State
+from whosthere.transport import codec
+from whosthere.transport.messages import Heartbeat, TransferAck, TransferReq
+
+META = codec.pack_meta({"status": "online", "device": "desktop", "name": "user-0000"}, 65536)
+
+
+@dataclass
+class Network:
+    """Messages in flight: delivered after `latency` (+ up to `jitter`) seconds, each lost
+    with probability `loss`; `cut` pairs of nodes hear nothing of each other."""
+
+    latency: float = 0.0005
+    jitter: float = 0.0005
+    loss: float = 0.0
+    cut: set[frozenset[str]] = field(default_factory=set)
+    queue: list[tuple[float, int, str, str, bytes]] = field(default_factory=list)
+    order: itertools.count[int] = field(default_factory=itertools.count)
+    rng: random.Random = field(default_factory=lambda: random.Random(7))
+
+    def send(self, now: float, src: str, dst: str, body: bytes) -> bool:
+        if frozenset((src, dst)) in self.cut or self.rng.random() < self.loss:
+            return False
+        at = now + self.latency + self.rng.random() * self.jitter
+        heapq.heappush(self.queue, (at, next(self.order), src, dst, body))
+        return True
+
+
+class SimNode:
+    """One node's shard: its State and Replication, and what it sent and spent."""
+
+    def __init__(self, name: str, options: TrackerOptions) -> None:
+        self.name = name
+        self.state = State((name, 1))
+        self.replication = Replication(self.state, options)
+        self.sent_messages = 0
+        self.sent_bytes = 0
+        self.cpu = 0.0  # seconds of this process's time on its ticks and messages
+        self.heartbeats_in = 0
+        self.heartbeat_cpu_in = 0.0
+
+    def track(self, count: int, topics: int) -> None:
+        for i in range(count):
+            self.state.join(1_000 + i % 1_000, f"t:{i % topics}", f"{self.name}:{i}", META)
+
+    def listed(self, topics: int) -> int:
+        return sum(len(self.state.list(f"t:{t}")) for t in range(topics))
+
+
+class Simulation:
+    """N simulated nodes meshed over one `Network`, run in simulated time."""
+
+    def __init__(self, nodes: int, options: TrackerOptions, network: Network | None = None):
+        self.options = options
+        self.network = network or Network()
+        self.nodes = {f"n{i}": SimNode(f"n{i}", options) for i in range(nodes)}
+        self.now = 0.0
+        period = options.broadcast_period
+        # each node ticks on its own phase, as shards started at different moments do
+        self.ticks = [(period * i / nodes, name) for i, name in enumerate(self.nodes)]
+        heapq.heapify(self.ticks)
+
+    def run_until(self, until: float) -> None:
+        """Ticks and deliveries in time order up to simulated time `until`."""
+        net = self.network
+        while True:
+            next_tick = self.ticks[0][0] if self.ticks else float("inf")
+            next_msg = net.queue[0][0] if net.queue else float("inf")
+            at = min(next_tick, next_msg)
+            if at > until:
+                self.now = until
+                return
+            self.now = at
+            if next_tick <= next_msg:
+                _, name = heapq.heappop(self.ticks)
+                self._tick(self.nodes[name])
+                heapq.heappush(self.ticks, (at + self.options.broadcast_period, name))
+            else:
+                _, _, src, dst, body = heapq.heappop(net.queue)
+                self._deliver(self.nodes[dst], src, body)
+
+    def _tick(self, node: SimNode) -> None:
+        t = time.process_time()
+        outs, _ = node.replication.tick(self.now)
+        self._send(node, outs)
+        node.cpu += time.process_time() - t
+
+    def _deliver(self, node: SimNode, src: str, body: bytes) -> None:
+        t = time.process_time()
+        msg = codec.decode(body)
+        rep = node.replication
+        rep.heard(src, self.now)
+        if isinstance(msg, Heartbeat):
+            rep.on_heartbeat(msg, self.now)
+            node.heartbeats_in += 1
+            node.heartbeat_cpu_in += time.process_time() - t
+        elif isinstance(msg, TransferReq):
+            self._send(node, rep.on_transfer_req(msg, self.now))
+        elif isinstance(msg, TransferAck):
+            rep.on_transfer_ack(msg, self.now)
+        node.cpu += time.process_time() - t
+
+    def _send(self, node: SimNode, outs: Iterable[tuple[str, Any]]) -> None:
+        for to, msg in outs:
+            body = codec.encode(msg)
+            targets = [n for n in self.nodes if n != node.name] if to == "*" else [to]
+            for dst in targets:
+                node.sent_messages += 1
+                node.sent_bytes += len(body)
+                self.network.send(self.now, node.name, dst, body)
+
+    def counters(self) -> tuple[int, int, float]:
+        """(messages sent, bytes sent, CPU seconds) over every node so far."""
+        nodes = self.nodes.values()
+        return (
+            sum(n.sent_messages for n in nodes),
+            sum(n.sent_bytes for n in nodes),
+            sum(n.cpu for n in nodes),
+        )
+
+    def downs(self) -> int:
+        return sum(n.replication.events["down"] for n in self.nodes.values())
+
+
+@dataclass
+class Outcome:
+    nodes: int
+    per_node: int
+    converged_periods: float | None  # broadcast periods from the burst until all list all
+    burst_msgs_per_node_period: float
+    burst_kb_per_node_period: float
+    idle_msgs_per_node_period: float
+    idle_bytes_per_node_period: float
+    idle_cpu_per_node_period_us: float
+    heartbeat_in_us: float  # CPU to handle one peer's heartbeat, over the whole run
+    downs: int
+
+
+def simulate(
+    nodes: int,
+    per_node: int,
+    *,
+    topics: int = 100,
+    options: TrackerOptions | None = None,
+    network: Network | None = None,
+    max_periods: int = 200,
+    idle_periods: int = 20,
+) -> Outcome:
+    """Start `nodes` nodes, let them find each other, burst `per_node` tracks on each, and
+    measure the spread and then the idle cluster (see the module doc)."""
+    options = options or TrackerOptions(broadcast_period=0.2, down_period=2.0)
+    sim = Simulation(nodes, options, network)
+    period = options.broadcast_period
+    sim.run_until(3 * period)  # everyone has heard of everyone
+    for node in sim.nodes.values():
+        node.track(per_node, topics)
+    start = sim.now
+    m0, b0, _ = sim.counters()
+    want = nodes * per_node
+    converged: float | None = None
+    for step in range(1, max_periods + 1):
+        sim.run_until(start + step * period)
+        if all(n.listed(topics) == want for n in sim.nodes.values()):
+            converged = step
+            break
+    spread = (converged or max_periods) * nodes
+    m1, b1, _ = sim.counters()
+    sim.run_until(sim.now + 2 * period)  # the last heartbeats of the burst go out
+    m2, b2, c2 = sim.counters()
+    sim.run_until(sim.now + idle_periods * period)
+    m3, b3, c3 = sim.counters()
+    idle = idle_periods * nodes
+    hb_in = sum(n.heartbeats_in for n in sim.nodes.values())
+    hb_cpu = sum(n.heartbeat_cpu_in for n in sim.nodes.values())
+    return Outcome(
+        nodes=nodes,
+        per_node=per_node,
+        converged_periods=converged,
+        burst_msgs_per_node_period=(m1 - m0) / spread,
+        burst_kb_per_node_period=(b1 - b0) / spread / 1024,
+        idle_msgs_per_node_period=(m3 - m2) / idle,
+        idle_bytes_per_node_period=(b3 - b2) / idle,
+        idle_cpu_per_node_period_us=(c3 - c2) / idle * 1e6,
+        heartbeat_in_us=hb_cpu / hb_in * 1e6 if hb_in else 0.0,
+        downs=sim.downs(),
+    )
+
+
+def bench_simulate(sizes: Sizes) -> list[Row]:
+    """The bench's table: N simulated nodes, 1,000 presences each (quick: fewer nodes)."""
+    rows: list[Row] = []
+    counts = (8, 32) if sizes.reps <= 2 else (8, 32, 100)
+    for n in counts:
+        progress(f"simulating {n} nodes x 1,000 presences")
+        out = simulate(n, 1_000)
+        label = f"{n} nodes x 1,000"
+        periods = out.converged_periods
+        rows += [
+            Row(
+                "simulate",
+                f"{label}: converged after the burst",
+                float(periods or 0),
+                "periods",
+                "" if periods else "NOT converged",
+            ),
+            Row(
+                "simulate",
+                "  burst: messages / node / period",
+                out.burst_msgs_per_node_period,
+                "msg",
+            ),
+            Row("simulate", "  burst: KB / node / period", out.burst_kb_per_node_period, "KB"),
+            Row(
+                "simulate", "  idle: messages / node / period", out.idle_msgs_per_node_period, "msg"
+            ),
+            Row("simulate", "  idle: bytes / node / period", out.idle_bytes_per_node_period, "B"),
+            Row("simulate", "  idle: CPU / node / period", out.idle_cpu_per_node_period_us, "us"),
+            Row("simulate", "  a peer's heartbeat handled, mean", out.heartbeat_in_us, "us"),
+            Row("simulate", "  down events (flaps)", float(out.downs), "events"),
+        ]
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("nodes", nargs="*", type=int, default=[8, 32])
+    p.add_argument("--per-node", type=int, default=1_000)
+    p.add_argument("--loss", type=float, default=0.0, help="message loss probability")
+    args = p.parse_args(argv)
+    print(
+        f"{'nodes':>5} {'converged':>9} {'burst msg':>9} {'burst KB':>8} {'idle msg':>8} "
+        f"{'idle B':>8} {'idle CPU us':>11} {'hb in us':>8} {'downs':>5}"
+    )
+    for n in args.nodes:
+        out = simulate(n, args.per_node, network=Network(loss=args.loss))
+        conv = "never" if out.converged_periods is None else f"{out.converged_periods:.0f}"
+        print(
+            f"{n:>5} {conv:>9} {out.burst_msgs_per_node_period:>9.1f} "
+            f"{out.burst_kb_per_node_period:>8.1f} {out.idle_msgs_per_node_period:>8.1f} "
+            f"{out.idle_bytes_per_node_period:>8.0f} {out.idle_cpu_per_node_period_us:>11.0f} "
+            f"{out.heartbeat_in_us:>8.1f} {out.downs:>5}",
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
