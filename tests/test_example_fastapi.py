@@ -26,6 +26,7 @@ import websockets
 
 import whosthere
 from tests.support.js import free_port, process_group, wait_for_port
+from tests.support.waiting import wait_until_async
 
 APP_DIR = Path(__file__).resolve().parent.parent / "examples" / "fastapi"
 SOCKETS = 16
@@ -105,9 +106,13 @@ async def _drive(node: whosthere.Node, address: str, port: int) -> None:
                 client = Client(f"u{i}", ws)
                 client.reader = asyncio.create_task(client.read())
                 clients.append(client)
-            await _until(lambda: all(c.got for c in clients), "every socket's presence_state")
+            await wait_until_async(
+                lambda: all(c.got for c in clients), what="every socket's presence_state"
+            )
             assert all(c.got[0]["event"] == "presence_state" for c in clients)
-            await _until(lambda: len(listed(presence)) == len(clients), "every socket tracked")
+            await wait_until_async(
+                lambda: len(listed(presence)) == len(clients), what="every socket tracked"
+            )
             for key, entry in listed(presence).items():
                 next(c for c in clients if c.user == key).worker = entry["metas"][0]["worker"]
         assert len({c.worker for c in clients}) == 2, "both workers serve sockets"
@@ -116,34 +121,42 @@ async def _drive(node: whosthere.Node, address: str, port: int) -> None:
         for client in clients[:4]:
             await client.ws.close()
         open_ = clients[4:]
-        await _until(lambda: set(listed(presence)) == {c.user for c in open_}, "closed ones left")
+        await wait_until_async(
+            lambda: set(listed(presence)) == {c.user for c in open_}, what="closed ones left"
+        )
 
         # a worker is SIGKILLed: its sockets' presences leave with it
         victim = open_[0].worker
         os.kill(victim, signal.SIGKILL)
         alive = [c for c in open_ if c.worker != victim]
-        await _until(lambda: set(listed(presence)) == {c.user for c in alive}, "the dead's left")
+        await wait_until_async(
+            lambda: set(listed(presence)) == {c.user for c in alive}, what="the dead's left"
+        )
 
         # the node restarts at its address: the live worker tracks its sockets again
         seen = {id(c): len(c.got) for c in alive}
         await asyncio.to_thread(node.stop)
         node2 = await asyncio.to_thread(whosthere.Node(address=address).start)
         try:
-            await _until(
-                lambda: _list_or_none(presence) == {c.user for c in alive}, "tracked again", 20
+            await wait_until_async(
+                lambda: _list_or_none(presence) == {c.user for c in alive},
+                timeout=20,
+                what="tracked again",
             )
-            await _until(
+            await wait_until_async(
                 lambda: all(
                     any(m["event"] == "presence_state" for m in c.got[seen[id(c)] :]) for c in alive
                 ),
-                "a fresh presence_state on every live socket",
+                what="a fresh presence_state on every live socket",
             )
             url = f"http://127.0.0.1:{port}/rooms/lobby"
             served = await asyncio.to_thread(_get_json, url)
             assert set(served) == {c.user for c in alive}  # the app's own list agrees
             for client in alive:
                 await client.ws.close()
-            await _until(lambda: listed(presence) == {}, "every socket closed, none left")
+            await wait_until_async(
+                lambda: listed(presence) == {}, what="every socket closed, none left"
+            )
         finally:
             await asyncio.to_thread(node2.stop)
     finally:
@@ -169,15 +182,3 @@ def _get_json(url: str) -> Any:
         except OSError:
             continue
     raise AssertionError(f"{url} did not answer")
-
-
-async def _until(predicate: Any, what: str, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        ok = await asyncio.to_thread(predicate)
-        if ok:
-            return
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)

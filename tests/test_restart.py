@@ -23,7 +23,7 @@ import pytest
 
 import whosthere
 import whosthere.aio
-from tests.support.waiting import wait_until
+from tests.support.waiting import wait_until, wait_until_async
 from whosthere.admin import node_status
 from whosthere.client import lookup
 from whosthere.revival import probe_period
@@ -129,15 +129,15 @@ def test_an_asyncio_client_outlives_a_node_restart(address: str):
                 await asyncio.sleep(0.1)
                 got.clear()
                 await asyncio.to_thread(node.stop)
-                await _until(lambda: "NodeUnavailable" in got)
+                await wait_until_async(lambda: "NodeUnavailable" in got)
                 with pytest.raises(whosthere.NodeUnavailable):
                     await presence.list("room")
                 node = await asyncio.to_thread(whosthere.Node(address=address).start)
-                await _until(lambda: "MessagesLost" in got)
+                await wait_until_async(lambda: "MessagesLost" in got)
                 listed = await presence.list("room")  # heard once this loop tracked again
                 assert listed["alice"]["metas"][0]["n"] == 1
                 await presence.track(tab, "room", "bob", {})
-                await _until(
+                await wait_until_async(
                     lambda: any(not isinstance(g, str) and "bob" in g.payload["joins"] for g in got)
                 )
                 assert got.count("NodeUnavailable") == 1 and got.count("MessagesLost") == 1
@@ -148,15 +148,6 @@ def test_an_asyncio_client_outlives_a_node_restart(address: str):
             await asyncio.to_thread(node.stop)
 
     asyncio.run(main())
-
-
-async def _until(predicate: Any, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise TimeoutError("condition not met")
-        await asyncio.sleep(0.01)
 
 
 def in_child(check: Any) -> bool:
@@ -251,7 +242,7 @@ def test_asyncio_links_are_made_again_on_a_node_back_at_the_address(address: str
                 await links.link(sleeper.pid)
                 await asyncio.to_thread(node.stop)
                 node = await asyncio.to_thread(whosthere.Node(address=address).start)
-                await _until(lambda: _linked_on(address, sleeper.pid), 10)
+                await wait_until_async(lambda: _linked_on(address, sleeper.pid), 10)
                 sleeper.kill()
                 got = await links.get(timeout=10)
                 assert got is not None and got.pid == sleeper.pid
