@@ -22,9 +22,11 @@ from __future__ import annotations
 import argparse
 import heapq
 import itertools
+import os
 import random
 import sys
 import time
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import cluster_burst
 from common import Row, Sizes, progress
 
 from whosthere.tracker.options import TrackerOptions
@@ -40,7 +43,7 @@ from whosthere.tracker.state import State
 from whosthere.transport import codec
 from whosthere.transport.messages import Heartbeat, TransferAck, TransferReq
 
-META = codec.pack_meta({"status": "online", "device": "desktop", "name": "user-0000"}, 65536)
+META = codec.pack_meta(cluster_burst.META, 65536)  # what the real growth runs track
 
 
 @dataclass
@@ -65,12 +68,18 @@ class Network:
 
 
 class SimNode:
-    """One node's shard: its State and Replication, and what it sent and spent."""
+    """One node's shard: its State and Replication, its queue of work, what it sent and spent.
+
+    A node does one thing at a time, as a shard's loop does: a message that comes while it is
+    busy waits in `inbox` (the work's CPU, measured, is charged to simulated time, so a
+    burst keeps a node busy and its messages wait)."""
 
     def __init__(self, name: str, options: TrackerOptions) -> None:
         self.name = name
         self.state = State((name, 1))
         self.replication = Replication(self.state, options)
+        self.inbox: deque[tuple[str, bytes]] = deque()  # (sender, frame) waiting their turn
+        self.busy_until = 0.0
         self.sent_messages = 0
         self.sent_bytes = 0
         self.cpu = 0.0  # seconds of this process's time on its ticks and messages
@@ -86,44 +95,101 @@ class SimNode:
 
 
 class Simulation:
-    """N simulated nodes meshed over one `Network`, run in simulated time."""
+    """N simulated nodes meshed over one `Network`, run in simulated time.
 
-    def __init__(self, nodes: int, options: TrackerOptions, network: Network | None = None):
+    `cores`: how many cores the nodes share (None: a core each, as on N hosts). With fewer
+    cores than nodes, each node's CPU is charged `nodes / cores` times over: the fair share
+    of a machine whose nodes are all busy at once, as in a burst (how the real growth runs,
+    8 nodes on this 2-core host, spend theirs)."""
+
+    def __init__(
+        self,
+        nodes: int,
+        options: TrackerOptions,
+        network: Network | None = None,
+        cores: int | None = None,
+    ):
         self.options = options
         self.network = network or Network()
         self.nodes = {f"n{i}": SimNode(f"n{i}", options) for i in range(nodes)}
+        self.slowdown = max(1.0, nodes / cores) if cores else 1.0
         self.now = 0.0
+        self.order = itertools.count()
         period = options.broadcast_period
-        # each node ticks on its own phase, as shards started at different moments do
-        self.ticks = [(period * i / nodes, name) for i, name in enumerate(self.nodes)]
-        heapq.heapify(self.ticks)
+        # (when, order, node name): the moments a node ticks or may take its next work; each
+        # node ticks on its own phase, as shards started at different moments do
+        self.due = [
+            (period * i / nodes, next(self.order), name) for i, name in enumerate(self.nodes)
+        ]
+        self.tick_at = {name: at for at, _, name in self.due}
+        heapq.heapify(self.due)
 
     def run_until(self, until: float) -> None:
-        """Ticks and deliveries in time order up to simulated time `until`."""
+        """Ticks, deliveries and work in time order up to simulated time `until`."""
         net = self.network
         while True:
-            next_tick = self.ticks[0][0] if self.ticks else float("inf")
+            next_due = self.due[0][0] if self.due else float("inf")
             next_msg = net.queue[0][0] if net.queue else float("inf")
-            at = min(next_tick, next_msg)
+            at = min(next_due, next_msg)
             if at > until:
                 self.now = until
                 return
             self.now = at
-            if next_tick <= next_msg:
-                _, name = heapq.heappop(self.ticks)
-                self._tick(self.nodes[name])
-                heapq.heappush(self.ticks, (at + self.options.broadcast_period, name))
-            else:
+            if next_msg < next_due:
                 _, _, src, dst, body = heapq.heappop(net.queue)
-                self._deliver(self.nodes[dst], src, body)
+                self._arrive(self.nodes[dst], (src, body))
+                continue
+            _, _, name = heapq.heappop(self.due)
+            node = self.nodes[name]
+            if self.tick_at[name] <= at:
+                self.tick_at[name] = at + self.options.broadcast_period
+                heapq.heappush(self.due, (self.tick_at[name], next(self.order), name))
+                self._tick(node)
+            else:
+                self._work(node)
 
     def _tick(self, node: SimNode) -> None:
+        """A tick goes at its time even when the node is busy, as a real shard's does: long
+        merges run in slices with its loop's other duties between them. Its CPU is added to
+        the node's work."""
         t = time.process_time()
-        outs, _ = node.replication.tick(self.now)
-        self._send(node, outs)
-        node.cpu += time.process_time() - t
+        busy = node.busy_until > self.now  # a merge under way: no transfer asked meanwhile
+        outs, _ = node.replication.tick(self.now, busy=busy)
+        cost = (time.process_time() - t) * self.slowdown
+        node.cpu += cost
+        node.busy_until = max(node.busy_until, self.now) + cost
+        self._send(node, outs, self.now + cost)
 
-    def _deliver(self, node: SimNode, src: str, body: bytes) -> None:
+    def _arrive(self, node: SimNode, item: tuple[str, bytes]) -> None:
+        """A message comes: a sign of life of its sender at once (as a busy shard counts a
+        message waiting in its queue), handled in its turn."""
+        node.replication.heard(item[0], self.now)
+        node.inbox.append(item)
+        if len(node.inbox) > 1:
+            return  # its turn is already due
+        if node.busy_until <= self.now:
+            self._work(node)
+        else:
+            heapq.heappush(self.due, (node.busy_until, next(self.order), node.name))
+
+    def _work(self, node: SimNode) -> None:
+        """The node takes the next thing in its inbox once it is not busy."""
+        if not node.inbox:
+            return
+        if node.busy_until > self.now:  # a tick's work came in between: later
+            heapq.heappush(self.due, (node.busy_until, next(self.order), node.name))
+            return
+        src, body = node.inbox.popleft()
+        t = time.process_time()
+        outs = self._handle(node, src, body)
+        cost = (time.process_time() - t) * self.slowdown
+        node.cpu += cost
+        node.busy_until = self.now + cost
+        self._send(node, outs, node.busy_until)
+        if node.inbox:
+            heapq.heappush(self.due, (node.busy_until, next(self.order), node.name))
+
+    def _handle(self, node: SimNode, src: str, body: bytes) -> list[tuple[str, Any]]:
         t = time.process_time()
         msg = codec.decode(body)
         rep = node.replication
@@ -133,19 +199,19 @@ class Simulation:
             node.heartbeats_in += 1
             node.heartbeat_cpu_in += time.process_time() - t
         elif isinstance(msg, TransferReq):
-            self._send(node, rep.on_transfer_req(msg, self.now))
+            return rep.on_transfer_req(msg, self.now)
         elif isinstance(msg, TransferAck):
             rep.on_transfer_ack(msg, self.now)
-        node.cpu += time.process_time() - t
+        return []
 
-    def _send(self, node: SimNode, outs: Iterable[tuple[str, Any]]) -> None:
+    def _send(self, node: SimNode, outs: Iterable[tuple[str, Any]], at: float) -> None:
         for to, msg in outs:
             body = codec.encode(msg)
             targets = [n for n in self.nodes if n != node.name] if to == "*" else [to]
             for dst in targets:
                 node.sent_messages += 1
                 node.sent_bytes += len(body)
-                self.network.send(self.now, node.name, dst, body)
+                self.network.send(at, node.name, dst, body)
 
     def counters(self) -> tuple[int, int, float]:
         """(messages sent, bytes sent, CPU seconds) over every node so far."""
@@ -183,23 +249,27 @@ def simulate(
     network: Network | None = None,
     max_periods: int = 200,
     idle_periods: int = 20,
+    cores: int | None = None,
 ) -> Outcome:
     """Start `nodes` nodes, let them find each other, burst `per_node` tracks on each, and
     measure the spread and then the idle cluster (see the module doc)."""
     options = options or TrackerOptions(broadcast_period=0.2, down_period=2.0)
-    sim = Simulation(nodes, options, network)
+    sim = Simulation(nodes, options, network, cores)
     period = options.broadcast_period
     sim.run_until(3 * period)  # everyone has heard of everyone
-    for node in sim.nodes.values():
-        node.track(per_node, topics)
     start = sim.now
+    for node in sim.nodes.values():  # the burst's own tracks keep each node busy first
+        t = time.process_time()
+        node.track(per_node, topics)
+        node.busy_until = start + (time.process_time() - t) * sim.slowdown
     m0, b0, _ = sim.counters()
     want = nodes * per_node
     converged: float | None = None
-    for step in range(1, max_periods + 1):
-        sim.run_until(start + step * period)
+    step = period / 4  # convergence is looked for every quarter period
+    for i in range(1, 4 * max_periods + 1):
+        sim.run_until(start + i * step)
         if all(n.listed(topics) == want for n in sim.nodes.values()):
-            converged = step
+            converged = i / 4
             break
     spread = (converged or max_periods) * nodes
     m1, b1, _ = sim.counters()
@@ -225,7 +295,9 @@ def simulate(
 
 
 def bench_simulate(sizes: Sizes) -> list[Row]:
-    """The bench's table: N simulated nodes, 1,000 presences each (quick: fewer nodes)."""
+    """The bench's table: N simulated nodes, 1,000 presences each (quick: fewer nodes), a
+    core each as on N hosts; then the check: real bursts on this host beside the same
+    bursts simulated on as many cores as it has."""
     rows: list[Row] = []
     counts = (8, 32) if sizes.reps <= 2 else (8, 32, 100)
     for n in counts:
@@ -256,6 +328,36 @@ def bench_simulate(sizes: Sizes) -> list[Row]:
             Row("simulate", "  a peer's heartbeat handled, mean", out.heartbeat_in_us, "us"),
             Row("simulate", "  down events (flaps)", float(out.downs), "events"),
         ]
+    return rows + _checked_against_real(sizes)
+
+
+def _checked_against_real(sizes: Sizes) -> list[Row]:
+    """A real burst (`cluster_burst`: nodes on this host, a subscriber of every topic on
+    each) and the same burst simulated with the nodes sharing this host's cores: the
+    simulation's time to converge over the real one's."""
+    cores = os.cpu_count() or 1
+    shapes = ((4, 2_500), (8, 1_250)) if sizes.reps <= 2 else ((4, 2_500), (8, 1_250), (8, 12_500))
+    rows = []
+    period = cluster_burst.BURST_PERIODS["broadcast_period"]
+    for nodes, per_node in shapes:
+        progress(f"a real burst of {nodes} nodes x {per_node:,} beside its simulation")
+        with cluster_burst.Cluster(nodes, prefix=f"sim{nodes}-") as cluster:
+            real = cluster.burst(per_node)
+        options = TrackerOptions(**cluster_burst.BURST_PERIODS)
+        sim = simulate(nodes, per_node, options=options, cores=cores)
+        if real.converged_s is None or sim.converged_periods is None:
+            raise RuntimeError(f"no convergence: real {real.summary()}, simulated {sim}")
+        rows.append(
+            Row(
+                "simulate",
+                f"check: {nodes} nodes x {per_node:,} on {cores} cores, simulated",
+                sim.converged_periods * period * 1e3,
+                "ms",
+                f"real down {real.events.get('down', 0)}, simulated down {sim.downs}",
+                f"real {real.converged_s * 1e3:,.0f} ms",
+                sim.converged_periods * period / real.converged_s,
+            )
+        )
     return rows
 
 
@@ -264,14 +366,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("nodes", nargs="*", type=int, default=[8, 32])
     p.add_argument("--per-node", type=int, default=1_000)
     p.add_argument("--loss", type=float, default=0.0, help="message loss probability")
+    p.add_argument("--cores", type=int, help="cores the nodes share (default: one each)")
     args = p.parse_args(argv)
     print(
         f"{'nodes':>5} {'converged':>9} {'burst msg':>9} {'burst KB':>8} {'idle msg':>8} "
         f"{'idle B':>8} {'idle CPU us':>11} {'hb in us':>8} {'downs':>5}"
     )
     for n in args.nodes:
-        out = simulate(n, args.per_node, network=Network(loss=args.loss))
-        conv = "never" if out.converged_periods is None else f"{out.converged_periods:.0f}"
+        out = simulate(n, args.per_node, network=Network(loss=args.loss), cores=args.cores)
+        conv = "never" if out.converged_periods is None else f"{out.converged_periods:.2f}"
         print(
             f"{n:>5} {conv:>9} {out.burst_msgs_per_node_period:>9.1f} "
             f"{out.burst_kb_per_node_period:>8.1f} {out.idle_msgs_per_node_period:>8.1f} "

@@ -37,3 +37,25 @@ def test_a_cut_node_goes_down_and_comes_back_when_healed():
     sim.network.cut = set()
     sim.run_until(6.0)
     assert all(node.listed(2) == 10 for node in sim.nodes.values())
+
+
+def test_a_busy_node_handles_messages_in_turn_while_its_ticks_go_on_time():
+    options = TrackerOptions(broadcast_period=0.2, down_period=1.0)
+    sim = Simulation(2, options)
+    sim.run_until(1.0)
+    busy = sim.nodes["n1"]
+    busy.busy_until = sim.now + 3.0  # a long merge, three down_periods
+    sim.nodes["n0"].track(10, 2)
+    sim.run_until(sim.now + 2.5)
+    assert busy.inbox and busy.listed(2) == 0  # n0's heartbeat waits its turn
+    assert sim.downs() == 0  # n1's heartbeats went out, n0's counted as they came
+    sim.run_until(sim.now + 1.0)
+    assert busy.listed(2) == 10 and not busy.inbox
+
+
+def test_nodes_sharing_cores_take_longer_than_a_core_each():
+    alone = simulate(4, 2_000, topics=10)
+    shared = simulate(4, 2_000, topics=10, cores=1)
+    assert alone.converged_periods is not None and shared.converged_periods is not None
+    assert shared.converged_periods >= alone.converged_periods
+    assert shared.downs == 0

@@ -166,6 +166,23 @@ def test_pieces_of_other_messages_do_not_keep_a_lost_request_waiting_for_ever():
     assert asked[:2] == [1.5, 81.5]  # asked again after 10 transfer timeouts (8 s each)
 
 
+def test_a_lost_answer_is_asked_again_without_waiting_for_the_peers_next_heartbeat():
+    """b showed it is ahead, a asked, and the answer was lost; b's heartbeats since were
+    lost too (a heard only other messages of b's): a asks again once the wait is over."""
+    a, b = replica("a"), replica("b")
+    b.state.join(1, "t", "bob", b"\x80")
+    b.state.take_delta()  # lost
+    a.on_heartbeat(heartbeat(b), 0.0)
+    a.on_heartbeat(heartbeat(b), 0.5)
+    asked = []
+    for t in range(1, 14):
+        a.heard("b", t - 0.5)  # b is up, its clock unchanged
+        asked += [t for _, m in a.tick(float(t))[0] if isinstance(m, TransferReq)]
+    # sampled at 2, 4, 6...: ahead at 2 and still at 4, asked; no answer within the 8 s
+    # transfer timeout, asked again at the first sample after it
+    assert asked == [4, 12]
+
+
 def test_any_message_of_an_up_peer_keeps_it_up_not_only_heartbeats():
     a, b = replica("a"), replica("b")
     a.on_heartbeat(heartbeat(b, sent_at=0.0), 0.0)

@@ -161,7 +161,9 @@ class Replication:
                 for name, clock in self.suspects.items()
                 if any(mine.get(r, n) < n for r, n in clock.items())
             }
-            self.suspects = ahead
+            # a peer still ahead stays suspect without a new heartbeat: a lost answer is
+            # asked again once its wait is over, not only after the peer's next heartbeat
+            self.suspects = {**{n: self.suspects[n] for n in behind}, **ahead}
             returning = {n for n, p in self.peers.items() if p.returning_since is not None}
             for name in sorted(behind | returning):
                 if name not in self.peers:
