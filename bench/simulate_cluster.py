@@ -20,6 +20,7 @@ costs, sent and received; and "down" events (flaps: a peer wrongly taken for dea
 from __future__ import annotations
 
 import argparse
+import gc
 import heapq
 import itertools
 import os
@@ -35,6 +36,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import cluster_burst
+import redis_fanout
+import resp
 from common import Row, Sizes, progress
 
 from whosthere.tracker.options import TrackerOptions
@@ -125,7 +128,20 @@ class Simulation:
         heapq.heapify(self.due)
 
     def run_until(self, until: float) -> None:
-        """Ticks, deliveries and work in time order up to simulated time `until`."""
+        """Ticks, deliveries and work in time order up to simulated time `until`.
+
+        The garbage collector is off meanwhile: its full scans walk every simulated node's
+        state, and their time would be charged to whichever node ran into one (a real shard
+        keeps its state out of the collector's scans: `actors.heap.FreezeAsItGrows`)."""
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            self._run_until(until)
+        finally:
+            if was_enabled:
+                gc.enable()
+
+    def _run_until(self, until: float) -> None:
         net = self.network
         while True:
             next_due = self.due[0][0] if self.due else float("inf")
@@ -237,7 +253,18 @@ class Outcome:
     idle_bytes_per_node_period: float
     idle_cpu_per_node_period_us: float
     heartbeat_in_us: float  # CPU to handle one peer's heartbeat, over the whole run
+    idle_heartbeat_in_us: float  # the same, for the idle cluster's heartbeats only
     downs: int
+    period: float  # the broadcast period, seconds
+
+    def redis_rates(self, burst: bool) -> tuple[float, float, float]:
+        """(publishes/s, deliveries/s, KB/s delivered) one redis-server would carry for this
+        cluster's replication over the Redis engine: a delivery per mesh message, a
+        publish per heartbeat (all but a few of them, transfers, are broadcasts)."""
+        msgs = self.burst_msgs_per_node_period if burst else self.idle_msgs_per_node_period
+        kb = self.burst_kb_per_node_period if burst else self.idle_bytes_per_node_period / 1024
+        deliveries = self.nodes * msgs / self.period
+        return deliveries / max(1, self.nodes - 1), deliveries, self.nodes * kb / self.period
 
 
 def simulate(
@@ -258,10 +285,12 @@ def simulate(
     period = options.broadcast_period
     sim.run_until(3 * period)  # everyone has heard of everyone
     start = sim.now
+    gc.disable()  # as in `run_until`
     for node in sim.nodes.values():  # the burst's own tracks keep each node busy first
         t = time.process_time()
         node.track(per_node, topics)
         node.busy_until = start + (time.process_time() - t) * sim.slowdown
+    gc.enable()
     m0, b0, _ = sim.counters()
     want = nodes * per_node
     converged: float | None = None
@@ -275,8 +304,10 @@ def simulate(
     m1, b1, _ = sim.counters()
     sim.run_until(sim.now + 2 * period)  # the last heartbeats of the burst go out
     m2, b2, c2 = sim.counters()
+    h2, hc2 = _heartbeats_in(sim)
     sim.run_until(sim.now + idle_periods * period)
     m3, b3, c3 = sim.counters()
+    h3, hc3 = _heartbeats_in(sim)
     idle = idle_periods * nodes
     hb_in = sum(n.heartbeats_in for n in sim.nodes.values())
     hb_cpu = sum(n.heartbeat_cpu_in for n in sim.nodes.values())
@@ -290,8 +321,16 @@ def simulate(
         idle_bytes_per_node_period=(b3 - b2) / idle,
         idle_cpu_per_node_period_us=(c3 - c2) / idle * 1e6,
         heartbeat_in_us=hb_cpu / hb_in * 1e6 if hb_in else 0.0,
+        idle_heartbeat_in_us=(hc3 - hc2) / (h3 - h2) * 1e6 if h3 > h2 else 0.0,
         downs=sim.downs(),
+        period=period,
     )
+
+
+def _heartbeats_in(sim: Simulation) -> tuple[int, float]:
+    """(heartbeats handled, their CPU seconds) over every node so far."""
+    nodes = sim.nodes.values()
+    return sum(n.heartbeats_in for n in nodes), sum(n.heartbeat_cpu_in for n in nodes)
 
 
 def bench_simulate(sizes: Sizes) -> list[Row]:
@@ -300,6 +339,19 @@ def bench_simulate(sizes: Sizes) -> list[Row]:
     bursts simulated on as many cores as it has."""
     rows: list[Row] = []
     counts = (8, 32) if sizes.reps <= 2 else (8, 32, 100)
+    cost = None
+    if resp.available():
+        progress("redis-server's CPU per PUBLISH, per delivery, per KB")
+        cost = redis_fanout.measure()
+        rows.append(
+            Row(
+                "simulate",
+                "redis-server CPU per delivery (per PUBLISH, per KB)",
+                cost.per_delivery_us,
+                "us",
+                f"{cost.per_publish_us:.2f}, {cost.per_kb_us:.2f}",
+            )
+        )
     for n in counts:
         progress(f"simulating {n} nodes x 1,000 presences")
         out = simulate(n, 1_000)
@@ -326,8 +378,21 @@ def bench_simulate(sizes: Sizes) -> list[Row]:
             Row("simulate", "  idle: bytes / node / period", out.idle_bytes_per_node_period, "B"),
             Row("simulate", "  idle: CPU / node / period", out.idle_cpu_per_node_period_us, "us"),
             Row("simulate", "  a peer's heartbeat handled, mean", out.heartbeat_in_us, "us"),
+            Row("simulate", "  a peer's idle heartbeat handled", out.idle_heartbeat_in_us, "us"),
             Row("simulate", "  down events (flaps)", float(out.downs), "events"),
         ]
+        if cost is not None:
+            for phase, burst in (("idle", False), ("burst", True)):
+                publishes, deliveries, kb = out.redis_rates(burst)
+                rows.append(
+                    Row(
+                        "simulate",
+                        f"  over Redis, {phase}: one redis-server's CPU",
+                        cost.cpu_share(publishes, deliveries, kb) * 100,
+                        "% core",
+                        f"{deliveries:,.0f} deliveries/s, {kb:,.0f} KB/s",
+                    )
+                )
     return rows + _checked_against_real(sizes)
 
 
