@@ -186,11 +186,15 @@ class ClusterActor(Actor):
             sock = self.outgoing.pop(address)
             self.remove_reader(sock)
             sock.close(linger=0)
-        hello = codec.encode(
-            PeerHello(self.me, self.pool_size, self.listen_endpoint, self.book.passed_on(now))
-        )
+        known = self.book.passed_on(now)
+        hellos: dict[bool, bytes] = {}  # with the addresses or without: each encoded once
         for address in self.outgoing:
-            self._reply(("out", address), hello)
+            route = ("out", address)
+            told = self.book.gossip(route, known, now)
+            if bool(told) not in hellos:
+                hello = PeerHello(self.me, self.pool_size, self.listen_endpoint, told)
+                hellos[bool(told)] = codec.encode(hello)
+            self._reply(route, hellos[bool(told)])
         self.call_later(HELLO_EVERY_S, self._hello_all)
 
     # -- from shards -----------------------------------------------------------------------
@@ -291,7 +295,8 @@ class ClusterActor(Actor):
             return
         for address in self.book.hello(msg.name, route, msg.listen, msg.peers, now):
             self._connect(address, now)
-        self._reply(route, codec.encode(PeerWelcome(self.me, self.book.passed_on(now))))
+        told = self.book.gossip(route, self.book.passed_on(now), now)
+        self._reply(route, codec.encode(PeerWelcome(self.me, told)))
 
     def _reply(self, route: Route, body: bytes) -> None:
         """Send on a route without ever waiting: a frame that cannot go now is dropped

@@ -25,6 +25,9 @@ from typing import Any
 
 HELLO_EVERY_S = 1.0  # every peer greets each of its connections this often...
 _QUIET_S = 3 * HELLO_EVERY_S  # ...so this long without a word, a peer may be replaced
+# a connection is told the addresses we know when they changed, and this often anyway: the
+# whole list in every hello made the gossip grow as n^2 per node (100 nodes: 40 MB/s in all)
+GOSSIP_EVERY_S = 30.0
 _MAX_DORMANT = 64  # forgotten addresses still dialled (a long split may heal through them)
 _MAX_LEARNED = 256  # addresses learned from peers dialled at once (a cluster's size, and more)
 _MAX_CONFLICTS = 256  # conflicts remembered (each is logged once while remembered)
@@ -54,6 +57,7 @@ class PeerBook:
         # two live names on one address -> when it was logged (logged again after forget_after)
         self.conflicts: dict[tuple[str, str], float] = {}
         self.capped = False  # the cap on learned addresses was hit and logged, not lifted since
+        self.told: dict[Route, tuple[list[str], float]] = {}  # route -> addresses told, when
 
     def listening(self, address: str) -> list[str]:
         """Our own address is never dialled nor passed on, even when given as a seed.
@@ -197,6 +201,15 @@ class PeerBook:
         }
         return sorted((self.seeds | live) - {self.listen})
 
+    def gossip(self, route: Route, addresses: list[str], now: float) -> list[str]:
+        """What to tell on `route` of the `addresses` we pass on: all of them if they changed
+        since it was last told, or GOSSIP_EVERY_S after; else nothing (the peer has them)."""
+        told = self.told.get(route)
+        if told is not None and told[0] == addresses and now - told[1] < GOSSIP_EVERY_S:
+            return []
+        self.told[route] = (addresses, now)
+        return addresses
+
     def forget_silent(self, now: float) -> list[str]:
         """Forget what has been silent for forget_after: names, incoming routes, refusals.
         A silent address goes dormant (still dialled, with back-off, so that a long split
@@ -235,6 +248,9 @@ class PeerBook:
         for pair, at in list(self.conflicts.items()):
             if now - at > self.forget_after:
                 del self.conflicts[pair]
+        for route, (_, at) in list(self.told.items()):
+            if now - at > GOSSIP_EVERY_S:
+                del self.told[route]  # told again in full next time anyway
         return to_close
 
     def _last_heard(self, address: str) -> float:
@@ -243,6 +259,7 @@ class PeerBook:
     def _forget_name(self, name: str) -> None:
         for route in [r for r, n in self.speaks_for.items() if n == name]:
             del self.speaks_for[route]
+            self.told.pop(route, None)  # whoever answers there next is told afresh
         self.routes.pop(name, None)
         self.address_of.pop(name, None)
         self.heard.pop(name, None)
