@@ -42,6 +42,8 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"  export WHOSTHERE_ADDRESS={node.address}", flush=True)
         if node.listen:
             print(f"  peers join with --peer {node.cluster_address}", flush=True)
+        elif node.engine:
+            print(f"  meets its peers through {node.engine}", flush=True)
         print("  (Ctrl-C stops it)", flush=True)
         if args.http:
             _serve_http(args, node.address)
@@ -113,7 +115,8 @@ def _format_status(status: dict[str, Any]) -> str:
     if "cluster" in status:
         where, bound = status["cluster"]["listen"], status["cluster"].get("bound", "")
         also = f" (bound {bound})" if bound and bound != where else ""
-        lines += ["", f"cluster    listening at {where}{also}"]
+        how = "through" if "engine" in status["cluster"] else "listening at"
+        lines += ["", f"cluster    {how} {where}{also}"]
         for name, peer in sorted(status["peers"].items()):
             clock = ", ".join(f"{r}={n}" for r, n in peer["clock"].items())
             lines.append(

@@ -18,6 +18,7 @@ from whosthere.tracker.options import TrackerOptions
 from whosthere.transport.client_address import check_node_address
 from whosthere.transport.codec import DEFAULT_META_LIMIT
 from whosthere.transport.endpoints import check_cluster
+from whosthere.transport.engine_url import check_engine, redacted
 
 LOG_LEVEL_ENV = "WHOSTHERE_LOG_LEVEL"
 _INTS = ("fetchers", "max_restarts", "pubsub_hwm", "meta_limit")
@@ -26,11 +27,14 @@ _FLOATS = ("fetch_timeout", "max_seconds", "start_timeout")
 
 @dataclass(frozen=True)
 class ClusterConfig:
-    """Where this node meets its peers (checked by `transport.endpoints.check_cluster`)."""
+    """Where this node meets its peers: the mesh (`listen`, checked by
+    `transport.endpoints.check_cluster`) or a Redis server (`engine`, its URL without the
+    password: the whole URL travels by environment, `transport.engine_url`)."""
 
-    listen: str  # tcp://host:port (port 0: any free one)
+    listen: str  # tcp://host:port (port 0: any free one); "" with an engine
     advertise: str | None = None  # what peers dial, when it is not `listen`
     peers: tuple[str, ...] = ()  # other nodes' listen addresses (one is enough)
+    engine: str | None = None  # redis://host:port/db (password redacted)
 
     @classmethod
     def create(
@@ -39,8 +43,16 @@ class ClusterConfig:
         peers: tuple[str, ...] | list[str] | str,
         cookie: str | None,
         advertise: str | None,
+        engine: str | None = None,
     ) -> ClusterConfig | None:
-        """The cluster wiring, checked; None for a node alone (no `listen`)."""
+        """The cluster wiring, checked; None for a node alone (no `listen`, no `engine`)."""
+        if engine is not None:
+            if listen or peers or advertise:
+                raise ValueError(
+                    "engine= and listen=/peers=/advertise= are exclusive: over a Redis engine "
+                    "nodes reach only Redis and find each other there"
+                )
+            return cls("", engine=redacted(check_engine(engine)))
         listen, checked = check_cluster(listen, peers, cookie, advertise)
         return cls(listen, advertise, checked) if listen else None
 
@@ -98,6 +110,13 @@ class NodeConfig:
         """`level`, else `$WHOSTHERE_LOG_LEVEL`, else the field's default."""
         return (level or os.environ.get(LOG_LEVEL_ENV) or cls.log_level).upper()
 
+    @property
+    def boot_timeout(self) -> float:
+        """How long the supervisor waits for every actor: `start_timeout`, and with a Redis
+        engine the down_period a node waits for its name's lease to lapse."""
+        engine = self.cluster is not None and self.cluster.engine
+        return self.start_timeout + (self.tracker.down if engine else 0.0)
+
     def started(self, runtime_dir: str) -> NodeConfig:
         """This configuration, for a node started in `runtime_dir`."""
         return replace(self, runtime_dir=runtime_dir)
@@ -116,5 +135,7 @@ class NodeConfig:
         values["tracker"] = TrackerOptions.from_json(raw["tracker"])
         if raw.get("cluster") is not None:
             c = raw["cluster"]
-            values["cluster"] = ClusterConfig(c["listen"], c["advertise"], tuple(c["peers"]))
+            values["cluster"] = ClusterConfig(
+                c["listen"], c["advertise"], tuple(c["peers"]), c.get("engine")
+            )
         return cls(**values)

@@ -13,6 +13,7 @@ __all__ = [
     "InvalidMeta",
     "MalformedFrame",
     "MessagesLost",
+    "NodeNameTaken",
     "NodeStartError",
     "NodeUnavailable",
     "NotTracked",
@@ -61,6 +62,11 @@ class ActorError(WhosthereError):
 class NodeStartError(WhosthereError):
     """The node could not start an actor: one died or was not ready during boot, or a
     crashed actor could not be started again."""
+
+
+class NodeNameTaken(NodeStartError):
+    """The node's name is held by another live node on the same Redis engine (node names on
+    one Redis must be unique); the node waited `down_period` for it to lapse, then refused."""
 
 
 class RestartIntensityExceeded(WhosthereError):

@@ -29,6 +29,7 @@ from whosthere.topology import Topology
 from whosthere.tracker.options import TrackerOptions
 from whosthere.transport import client_door, runtime_dir
 from whosthere.transport.cookie import COOKIE_ENV
+from whosthere.transport.engine_url import ENGINE_ENV
 from whosthere.transport.sockets import DEFAULT_TIMEOUT
 from whosthere.workers import Workers
 
@@ -80,6 +81,7 @@ class Node:
         cookie: str | None = None,
         advertise: str | None = None,
         address: str | None = None,
+        engine: str | None = None,
         **tracker_options: Any,
     ) -> None:
         """Configure a node; nothing starts before `start()`.
@@ -105,6 +107,10 @@ class Node:
             advertise: the `tcp://host:port` peers are told to dial, when it is not `listen`
                 (a wildcard such as `tcp://0.0.0.0:7000`, or an address behind NAT); port 0:
                 the port bound.
+            engine: a Redis server carrying everything between nodes instead of the mesh:
+                `redis://[:password@]host:port/db` (`rediss://` for TLS, `unix:///path.sock`;
+                `pip install 'whosthere[redis]'`). Nodes reach only Redis and find each
+                other there; names on one Redis must be unique. Exclusive with `listen`.
             max_restarts, max_seconds: restart intensity, as OTP's: more than `max_restarts`
                 actor restarts within `max_seconds` stops the node.
             start_timeout: seconds `start()` waits for every actor to be ready.
@@ -125,7 +131,8 @@ class Node:
                 `whosthere.tracker.options.TrackerOptions`.
         """
         self.cookie = cookie if cookie is not None else os.environ.get(COOKIE_ENV)
-        cluster = ClusterConfig.create(listen, peers, self.cookie, advertise)
+        cluster = ClusterConfig.create(listen, peers, self.cookie, advertise, engine)
+        self._engine_url = engine  # with its password: to the supervisor by environment
         self.presence_class: type[Presence] = presence or Presence
         config = NodeConfig(  # the node's own options are checked first, then the tracker's
             name=name or NodeConfig.default_name(),
@@ -175,6 +182,16 @@ class Node:
         return self.config.cluster.listen if self.config.cluster else None
 
     @property
+    def engine(self) -> str | None:
+        """The Redis engine's URL, its password hidden (None: the mesh, or alone)."""
+        return self.config.cluster.engine if self.config.cluster else None
+
+    @property
+    def clustered(self) -> bool:
+        """Whether the node meets peers (over the mesh or a Redis engine)."""
+        return self.config.cluster is not None
+
+    @property
     def peers(self) -> tuple[str, ...]:
         return self.config.cluster.peers if self.config.cluster else ()
 
@@ -198,7 +215,8 @@ class Node:
 
         Raises `NodeStartError` if an actor dies or is not ready within `start_timeout`, or
         if the fixed `address` cannot be served (its directory is missing, a node already
-        serves there, or the path is some other file).
+        serves there, or the path is some other file); `NodeNameTaken` (a `NodeStartError`)
+        if another live node holds this name on the Redis engine for down_period.
         """
         if self._proc is not None:
             raise RuntimeError("a Node starts once; create a new one")
@@ -225,8 +243,11 @@ class Node:
             }
             env = dict(os.environ)
             env.pop(COOKIE_ENV, None)
+            env.pop(ENGINE_ENV, None)
             if self.cookie:  # by environment (readable by this user only), not by argv
                 env[COOKIE_ENV] = self.cookie
+            if self._engine_url:  # its password too
+                env[ENGINE_ENV] = self._engine_url
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "whosthere.supervisor", json.dumps(args)],
                 pass_fds=(events_w, lock_fd, *door_fds),
@@ -245,12 +266,14 @@ class Node:
             if door is not None:
                 door.handed_over()  # and the fixed address's lock and socket
         self._events = EventReader(events_r)
-        event = self._events.next(self.config.start_timeout + 5)
+        event = self._events.next(self.config.boot_timeout + 5)
         if event is None or not event.get("ready"):
             reason = (event or {}).get("message") or "the supervisor exited during start"
             with contextlib.suppress(Exception):  # logged by stop(); why start failed is the news
                 self.stop()
-            raise NodeStartError(f"node {self.name!r} did not start: {reason}")
+            error = self._events.error  # a named reason (e.g. NodeNameTaken) keeps its class
+            kind = type(error) if isinstance(error, NodeStartError) else NodeStartError
+            raise kind(f"node {self.name!r} did not start: {reason}")
         return self
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
@@ -287,7 +310,7 @@ class Node:
             raise errors[0]
 
     def _depart_on_stop(self, timeout: float) -> None:
-        if self.listen and self.config.tracker.permdown_on_shutdown and self.alive:
+        if self.clustered and self.config.tracker.permdown_on_shutdown and self.alive:
             depart(self.address, min(1.5, timeout / 2))
 
     def _close_pubsub(self, timeout: float) -> None:
@@ -304,8 +327,9 @@ class Node:
 
     @property
     def cluster_address(self) -> str | None:
-        """Where peers reach this node (`listen` with its port resolved), or None alone."""
-        if not self.listen:
+        """Where peers reach this node (`listen` with its port resolved; a Redis engine's
+        URL, its password hidden), or None alone."""
+        if not self.clustered:
             return None
         listen: str = self.status()["cluster"]["listen"]
         return listen
@@ -314,7 +338,7 @@ class Node:
         """Leave the cluster for good: peers drop this node's presences at once (instead of
         after down_period), then the node stops."""
         try:
-            if self.listen and self.alive:
+            if self.clustered and self.alive:
                 depart(self.address, self.call_timeout)
         finally:
             self.stop()

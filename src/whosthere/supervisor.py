@@ -44,12 +44,14 @@ from whosthere.errors import (
     NodeStartError,
     RestartIntensityExceeded,
     WhosthereError,
+    from_wire,
 )
 from whosthere.node_events import tell_error, tell_ready
 from whosthere.topology import SUPERVISOR, Topology
 from whosthere.transport import runtime_dir
 from whosthere.transport.client_door import ClientDoor
 from whosthere.transport.messages import (
+    ActorFailed,
     ActorReady,
     GetStatus,
     Link,
@@ -97,7 +99,7 @@ def node_children(topology: Topology, supervisor_pid: int) -> list[ActorSpec]:
 
 
 class Supervisor(Actor):
-    handles = (ActorReady, Lookup, GetStatus, Link, Unlink, Shutdown)
+    handles = (ActorReady, ActorFailed, Lookup, GetStatus, Link, Unlink, Shutdown)
 
     def __init__(
         self, spec: ActorSpec, ready_fd: int, lock_fd: int, door: ClientDoor | None = None
@@ -139,7 +141,7 @@ class Supervisor(Actor):
         self.watcher.watch(self.parent_key)
         for child in self.children.values():
             self._spawn(child)
-        self.call_later(self.config.start_timeout, self._boot_deadline)
+        self.call_later(self.config.boot_timeout, self._boot_deadline)
 
     def on_terminate(self) -> None:
         self.shutdown("SIGTERM")
@@ -190,6 +192,14 @@ class Supervisor(Actor):
         if not self.booted and all(c.ready for c in self.children.values()):
             self.booted = True
             tell_ready(self.ready_fd)
+
+    def on_actor_failed(self, msg: ActorFailed) -> None:
+        """An actor cannot serve, for a reason the user must hear: the node stops with it."""
+        child = self.children.get(msg.name)
+        if child is None or child.proc is None or child.proc.pid != msg.pid:
+            self.log.warning("supervisor: failure from unknown actor %s[%d]", msg.name, msg.pid)
+            return
+        self.fail(from_wire(msg.kind, msg.message))
 
     def on_lookup(self, msg: Lookup) -> dict[str, Any]:
         settings = {

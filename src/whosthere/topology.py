@@ -73,9 +73,12 @@ class Topology:
         return ipc_endpoint(self.dir, name)
 
     def roles(self) -> list[Role]:
-        """The actors in start order. The cluster actor is first up, last down: a departing
-        shard's goodbye still goes out."""
-        roles = [Role(CLUSTER, "whosthere.actors.cluster:ClusterActor")] if self.cluster else []
+        """The actors in start order. The cluster actor (the mesh's, or the Redis engine's)
+        is first up, last down: a departing shard's goodbye still goes out."""
+        cluster = self.config.cluster
+        engine = cluster is not None and cluster.engine
+        actor = "redis_engine:RedisEngineActor" if engine else "cluster:ClusterActor"
+        roles = [Role(CLUSTER, f"whosthere.actors.{actor}")] if self.cluster else []
         roles.append(Role(PUBSUB, "whosthere.actors.pubsub_actor:PubSubActor"))
         roles += [
             Role(shard_name(i), "whosthere.actors.shard:ShardActor", i)

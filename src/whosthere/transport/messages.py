@@ -78,6 +78,16 @@ class ActorReady(NamedTuple):
     pid: int  # its OS pid
 
 
+class ActorFailed(NamedTuple):
+    """An actor cannot serve, for a reason the user must hear (e.g. its node's name is taken
+    on the Redis engine): the supervisor stops the node with this error."""
+
+    name: str
+    pid: int
+    kind: str  # a WhosthereError subclass's name
+    message: str
+
+
 class Lookup(NamedTuple):
     """What a client needs to talk to the node: its name and the actors' endpoints."""
 
@@ -364,6 +374,16 @@ class DropPeers(NamedTuple):
     """Test hook to the cluster actor: lose all traffic with these peer nodes (a netsplit)."""
 
     names: list[str]
+
+
+class EngineFrame(NamedTuple):
+    """Every frame a node publishes on the Redis engine: a `PeerHello`, `PeerRefused` or
+    `PeerCast` (or a `Fragment` of one) from `sender`, signed with the cookie's key when the
+    cluster has one (`mac`: HMAC-SHA256 of sender and body; empty without a cookie)."""
+
+    sender: str
+    body: bytes
+    mac: bytes
 
 
 PUBSUB_INDEX = -1  # `ClusterCast`/`PeerCast` index of the PubSub actor (shards: 0..N-1)
