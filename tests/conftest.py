@@ -75,3 +75,27 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if leftover:
         print(f"\nwhosthere tests: killed leftover processes {leftover}")
         session.exitstatus = 1
+
+
+@pytest.fixture
+def redis_server() -> Iterator[object]:
+    """A private redis-server on a unix socket (skips, saying so, where there is none)."""
+    from tests.support.redis_server import RedisServer, available
+
+    if not available():
+        pytest.skip("redis-server or redis-py not installed (apt-get install redis-server)")
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(params=["mesh", "redis"])
+def engine(request: pytest.FixtureRequest) -> str | None:
+    """Run a cluster test over both engines: None (the ZeroMQ mesh) or a Redis URL."""
+    if request.param == "mesh":
+        return None
+    server = request.getfixturevalue("redis_server")
+    url: str = server.url
+    return url

@@ -31,20 +31,29 @@ _NO_DIFF = whosthere.Message("", "", {"joins": {}, "leaves": {}})
 
 
 @contextlib.contextmanager
-def cluster(n: int, *, pool_size: int = 1, **options) -> Iterator[list[whosthere.Node]]:
-    """n nodes; each knows only the first one's address (the cluster meshes itself)."""
+def cluster(
+    n: int, *, pool_size: int = 1, engine: str | None = None, **options
+) -> Iterator[list[whosthere.Node]]:
+    """n nodes; each knows only the first one's address (the cluster meshes itself), or,
+    with `engine` (a Redis URL), only the Redis server."""
     opts = {**FAST, **options}
     nodes: list[whosthere.Node] = []
     try:
-        first = whosthere.Node(name="n0", pool_size=pool_size, listen=LISTEN, **opts).start()
-        nodes.append(first)
-        seed = first.cluster_address
-        for i in range(1, n):
-            nodes.append(
-                whosthere.Node(
-                    name=f"n{i}", pool_size=pool_size, listen=LISTEN, peers=[seed], **opts
-                ).start()
-            )
+        if engine is not None:
+            for i in range(n):
+                nodes.append(
+                    whosthere.Node(name=f"n{i}", pool_size=pool_size, engine=engine, **opts).start()
+                )
+        else:
+            first = whosthere.Node(name="n0", pool_size=pool_size, listen=LISTEN, **opts).start()
+            nodes.append(first)
+            seed = first.cluster_address
+            for i in range(1, n):
+                nodes.append(
+                    whosthere.Node(
+                        name=f"n{i}", pool_size=pool_size, listen=LISTEN, peers=[seed], **opts
+                    ).start()
+                )
         for node in nodes:  # every node sees every other as up
             wait_until(lambda node=node: len(up_peers(node)) == n - 1, timeout=10)
         yield nodes
@@ -97,18 +106,19 @@ def heal(nodes: list[whosthere.Node]) -> None:
 
 
 def restart(nodes: list[whosthere.Node], i: int, **options) -> whosthere.Node:
-    """Stop node i and start a new incarnation on its address (a new replica, new vsn)."""
+    """Stop node i and start a new incarnation on its address, or on its Redis engine
+    under its name (a new replica, new vsn)."""
+    engine = nodes[i].engine  # the URL without a password: the tests' servers have none
     address = nodes[i].cluster_address
     seed = nodes[(i + 1) % len(nodes)].cluster_address
     nodes[i].stop()
-    nodes[i] = whosthere.Node(
-        name=f"n{i}", listen=address, peers=[seed], **{**FAST, **options}
-    ).start()
+    where = {"engine": engine} if engine else {"listen": address, "peers": [seed]}
+    nodes[i] = whosthere.Node(name=f"n{i}", **where, **{**FAST, **options}).start()
     return nodes[i]
 
 
-def test_joins_updates_and_leaves_replicate(owner):
-    with cluster(3) as nodes, nodes[1].presence.subscribe("room") as sub:
+def test_joins_updates_and_leaves_replicate(owner, engine):
+    with cluster(3, engine=engine) as nodes, nodes[1].presence.subscribe("room") as sub:
         a = nodes[0]
         a.presence.track(owner.pid, "room", "alice", {"v": 1})
         converged(nodes, {"room": {"alice": [1]}})
@@ -119,15 +129,15 @@ def test_joins_updates_and_leaves_replicate(owner):
         converged(nodes, {"room": {}})
 
 
-def test_three_nodes_hold_the_same_presences(owner):
-    with cluster(3, pool_size=2) as nodes:
+def test_three_nodes_hold_the_same_presences(owner, engine):
+    with cluster(3, pool_size=2, engine=engine) as nodes:
         for i, node in enumerate(nodes):
             node.presence.track_many([(owner.pid, f"t{t}", f"u{i}", {"v": i}) for t in range(10)])
         converged(nodes, {f"t{t}": {f"u{i}": [i] for i in range(3)} for t in range(10)})
 
 
-def test_a_worker_killed_on_one_node_leaves_everywhere(owner):
-    with cluster(3) as nodes:
+def test_a_worker_killed_on_one_node_leaves_everywhere(owner, engine):
+    with cluster(3, engine=engine) as nodes:
         a, b, c = nodes
         worker = sleeper()
         try:
@@ -146,10 +156,10 @@ def test_a_worker_killed_on_one_node_leaves_everywhere(owner):
             worker.wait()
 
 
-def test_a_node_killed_with_sigkill_leaves_after_down_period(owner):
+def test_a_node_killed_with_sigkill_leaves_after_down_period(owner, engine):
     """Node c's whole process tree is killed: after down_period its presences leave a and b;
     after permdown_period they forget it (replica and address: no longer dialled)."""
-    with cluster(3) as nodes:
+    with cluster(3, engine=engine) as nodes:
         a, b, c = nodes
         for i, node in enumerate(nodes):
             node.presence.track(owner.pid, "room", f"u{i}", {"v": i})
@@ -188,7 +198,7 @@ def test_a_node_restarted_under_another_name_replaces_the_old_name(owner):
     ],
     ids=["shorter-than-down", "between-down-and-permdown", "longer-than-permdown"],
 )
-def test_netsplits_heal(owner, seconds, periods):
+def test_netsplits_heal(owner, seconds, periods, engine):
     """Node a is cut off from b and c, changes its presences, and the split heals.
 
     A split longer than down_period shows a's presences leave, and on the heal rejoin as
@@ -196,7 +206,7 @@ def test_netsplits_heal(owner, seconds, periods):
     again for a moment (b shows a once it has caught up)."""
     import time
 
-    with cluster(3, **periods) as nodes, nodes[1].presence.subscribe("room") as sub:
+    with cluster(3, **periods, engine=engine) as nodes, nodes[1].presence.subscribe("room") as sub:
         a, b, c = nodes
         events: dict[str, list[str]] = {}
 
@@ -233,9 +243,9 @@ def test_netsplits_heal(owner, seconds, periods):
         }
 
 
-def test_a_partial_partition_converges_once_healed(owner):
+def test_a_partial_partition_converges_once_healed(owner, engine):
     """a and c cannot reach each other, both reach b: b sees all, a and c each other's not."""
-    with cluster(3) as nodes:
+    with cluster(3, engine=engine) as nodes:
         a, b, c = nodes
         split(a, "n2")
         split(c, "n0")
@@ -249,10 +259,10 @@ def test_a_partial_partition_converges_once_healed(owner):
         converged(nodes, {"room": {"alice": [1], "carol": [3]}})
 
 
-def test_a_rolling_restart_keeps_every_other_presence(owner):
+def test_a_rolling_restart_keeps_every_other_presence(owner, engine):
     """Each node in turn restarts (a new replica) and tracks its presence again; the others'
     presences never leave anywhere, and all three end with the same view."""
-    with cluster(3, down_period=5.0, permdown_period=20.0) as nodes:
+    with cluster(3, down_period=5.0, permdown_period=20.0, engine=engine) as nodes:
         for i, node in enumerate(nodes):
             node.presence.track(owner.pid, "room", f"u{i}", {"v": 0})
         converged(nodes, {"room": {f"u{i}": [0] for i in range(3)}})
@@ -282,8 +292,8 @@ def test_a_rolling_restart_keeps_every_other_presence(owner):
         }
 
 
-def test_graceful_permdown_drops_presences_at_once(owner):
-    with cluster(3, down_period=5.0, permdown_period=20.0) as nodes:
+def test_graceful_permdown_drops_presences_at_once(owner, engine):
+    with cluster(3, down_period=5.0, permdown_period=20.0, engine=engine) as nodes:
         a, b, c = nodes
         a.presence.track(owner.pid, "room", "alice", {"v": 1})
         b.presence.track(owner.pid, "room", "bob", {"v": 2})
@@ -293,12 +303,12 @@ def test_graceful_permdown_drops_presences_at_once(owner):
         assert sorted(b.status()["peers"]) == ["n2"] and sorted(c.status()["peers"]) == ["n1"]
 
 
-def test_a_lost_goodbye_is_repeated_until_acknowledged(owner):
+def test_a_lost_goodbye_is_repeated_until_acknowledged(owner, engine):
     """b hears nothing from a while a says goodbye; the goodbye is repeated, and once the
     split heals (well before down_period) b drops a's presences."""
     import threading
 
-    with cluster(3, down_period=5.0, permdown_period=20.0) as nodes:
+    with cluster(3, down_period=5.0, permdown_period=20.0, engine=engine) as nodes:
         a, b, c = nodes
         a.presence.track(owner.pid, "room", "alice", {"v": 1})
         converged(nodes, {"room": {"alice": [1]}})
@@ -321,9 +331,9 @@ def test_a_lost_goodbye_is_repeated_until_acknowledged(owner):
         assert list(b.status()["peers"]) == ["n2"]
 
 
-def test_permdown_on_shutdown_drops_presences_when_a_node_stops(owner):
+def test_permdown_on_shutdown_drops_presences_when_a_node_stops(owner, engine):
     opts = {"down_period": 5.0, "permdown_period": 20.0, "permdown_on_shutdown": True}
-    with cluster(3, **opts) as nodes:
+    with cluster(3, **opts, engine=engine) as nodes:
         a, b, c = nodes
         a.presence.track(owner.pid, "room", "alice", {"v": 1})
         c.presence.track(owner.pid, "room", "carol", {"v": 3})
@@ -333,9 +343,9 @@ def test_permdown_on_shutdown_drops_presences_when_a_node_stops(owner):
         assert sorted(b.status()["peers"]) == ["n2"] and sorted(c.status()["peers"]) == ["n1"]
 
 
-def test_a_restarted_node_is_a_new_replica(owner):
+def test_a_restarted_node_is_a_new_replica(owner, engine):
     """The new incarnation's first heartbeat replaces the old one, long before down_period."""
-    with cluster(3, down_period=10.0, permdown_period=30.0) as nodes:
+    with cluster(3, down_period=10.0, permdown_period=30.0, engine=engine) as nodes:
         nodes[0].presence.track(owner.pid, "room", "old", {"v": 1})
         nodes[2].presence.track(owner.pid, "room", "carol", {"v": 3})
         converged(nodes, {"room": {"carol": [3], "old": [1]}})
@@ -344,17 +354,15 @@ def test_a_restarted_node_is_a_new_replica(owner):
         converged(nodes, {"room": {"carol": [3], "new": [2]}})
 
 
-def test_pool_size_mismatch_is_refused_on_both_sides():
-    with (
-        whosthere.Node(name="p1", pool_size=1, listen=LISTEN, **FAST) as a,
-        whosthere.Node(
-            name="p2", pool_size=2, listen=LISTEN, peers=[a.cluster_address], **FAST
-        ) as b,
-    ):
-        wait_until(lambda: "p2" in a.status()["cluster"]["refused"])
-        wait_until(lambda: "p1" in b.status()["cluster"]["refused"])
-        assert "pool_size mismatch" in a.status()["cluster"]["refused"]["p2"]
-        assert b.status()["peers"] == {} and a.status()["peers"] == {}
+def test_pool_size_mismatch_is_refused_on_both_sides(engine):
+    first = {"engine": engine} if engine else {"listen": LISTEN}
+    with whosthere.Node(name="p1", pool_size=1, **first, **FAST) as a:
+        second = {"engine": engine} if engine else {"listen": LISTEN, "peers": [a.cluster_address]}
+        with whosthere.Node(name="p2", pool_size=2, **second, **FAST) as b:
+            wait_until(lambda: "p2" in a.status()["cluster"]["refused"])
+            wait_until(lambda: "p1" in b.status()["cluster"]["refused"])
+            assert "pool_size mismatch" in a.status()["cluster"]["refused"]["p2"]
+            assert b.status()["peers"] == {} and a.status()["peers"] == {}
 
 
 def test_a_peer_without_the_cookie_is_refused(owner):

@@ -30,8 +30,8 @@ def nothing_more(sub, seconds: float = 0.5) -> None:
     assert msg is None, f"unexpected {msg}"
 
 
-def test_a_broadcast_reaches_every_nodes_subscribers_once_in_order():
-    with cluster(3) as nodes:
+def test_a_broadcast_reaches_every_nodes_subscribers_once_in_order(engine):
+    with cluster(3, engine=engine) as nodes:
         subs = [node.pubsub.subscribe("chat", "other") for node in nodes]
         try:
             for i in range(300):
@@ -55,8 +55,8 @@ def test_a_broadcast_reaches_every_nodes_subscribers_once_in_order():
                 sub.close()
 
 
-def test_what_is_sent_across_a_netsplit_is_lost_not_late_and_told():
-    with cluster(3) as nodes:
+def test_what_is_sent_across_a_netsplit_is_lost_not_late_and_told(engine):
+    with cluster(3, engine=engine) as nodes:
         a, _, c = nodes
         subs = [node.pubsub.subscribe("chat") for node in nodes]
         try:

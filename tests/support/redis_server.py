@@ -1,0 +1,72 @@
+"""A private `redis-server` for a test: on a unix socket in its own tmp dir, no persistence,
+killed and restarted at will on the same socket, stopped and cleaned up afterwards."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import tempfile
+from pathlib import Path
+
+from tests.support.waiting import wait_until
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+def available() -> bool:
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        return False
+    return Path(REDIS_SERVER).exists()
+
+
+class RedisServer:
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="wr-", dir="/tmp"))  # short: a socket path
+        self.socket = self.dir / "redis.sock"
+        self.url = f"unix://{self.socket}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RedisServer:
+        self.socket.unlink(missing_ok=True)
+        self.proc = subprocess.Popen(
+            [REDIS_SERVER, "--port", "0", "--unixsocket", str(self.socket)]
+            + ["--unixsocketperm", "700", "--save", "", "--appendonly", "no"]
+            + ["--dir", str(self.dir), "--logfile", str(self.dir / "redis.log")],
+            stdin=subprocess.DEVNULL,
+        )
+        wait_until(self.answers, timeout=10, what="redis-server answering")
+        return self
+
+    def answers(self) -> bool:
+        import redis
+
+        try:
+            return bool(redis.Redis(unix_socket_path=str(self.socket)).ping())
+        except (redis.RedisError, OSError):
+            return False
+
+    def client(self):  # noqa: ANN201 - redis is imported only where it is installed
+        import redis
+
+        return redis.Redis(unix_socket_path=str(self.socket))
+
+    def kill(self) -> None:
+        """SIGKILL: the server vanishes without a word."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+        shutil.rmtree(self.dir, ignore_errors=True)
