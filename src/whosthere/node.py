@@ -179,7 +179,7 @@ class Node:
     @property
     def listen(self) -> str | None:
         """The `listen` address given (None: the node is alone)."""
-        return self.config.cluster.listen if self.config.cluster else None
+        return self.config.cluster.listen or None if self.config.cluster else None
 
     @property
     def engine(self) -> str | None:

@@ -32,9 +32,11 @@ class RedisServer:
     def start(self) -> RedisServer:
         self.socket.unlink(missing_ok=True)
         self.proc = subprocess.Popen(
-            [REDIS_SERVER, "--port", "0", "--unixsocket", str(self.socket)]
-            + ["--unixsocketperm", "700", "--save", "", "--appendonly", "no"]
-            + ["--dir", str(self.dir), "--logfile", str(self.dir / "redis.log")],
+            [
+                *(REDIS_SERVER, "--port", "0", "--unixsocket", str(self.socket)),
+                *("--unixsocketperm", "700", "--save", "", "--appendonly", "no"),
+                *("--dir", str(self.dir), "--logfile", str(self.dir / "redis.log")),
+            ],
             stdin=subprocess.DEVNULL,
         )
         wait_until(self.answers, timeout=10, what="redis-server answering")
@@ -48,7 +50,7 @@ class RedisServer:
         except (redis.RedisError, OSError):
             return False
 
-    def client(self):  # noqa: ANN201 - redis is imported only where it is installed
+    def client(self):  # redis is imported only where it is installed
         import redis
 
         return redis.Redis(unix_socket_path=str(self.socket))
