@@ -123,16 +123,19 @@ class Round:
 
 
 class Cluster:
-    """`count` nodes on loopback, seeded with the first, each with one owner process and a
-    watcher on every topic. Use as a context manager: everything is stopped at the end."""
+    """`count` nodes on loopback, seeded with the first (or, with `engine`, meeting through
+    that Redis server), each with one owner process and a watcher on every topic. Use as a
+    context manager: everything is stopped at the end."""
 
     def __init__(
         self,
         count: int,
         periods: dict[str, float] | None = None,
         prefix: str = "burst",
+        engine: str | None = None,
         **options: Any,
     ) -> None:
+        self.engine = engine
         self.periods = dict(BURST_PERIODS if periods is None else periods)
         self.topics = [f"room:{t}" for t in range(TOPICS)]
         self.nodes: list[Any] = []
@@ -148,13 +151,13 @@ class Cluster:
 
     def _start(self, count: int, prefix: str, options: dict[str, Any]) -> None:
         options = {"pool_size": 1, **options}
-        first = whosthere.Node(name=f"{prefix}0", listen=LISTEN, **self.periods, **options)
+        where: dict[str, Any] = {"engine": self.engine} if self.engine else {"listen": LISTEN}
+        first = whosthere.Node(name=f"{prefix}0", **where, **self.periods, **options)
         self.nodes.append(first.start())
+        if not self.engine:
+            where["peers"] = [first.cluster_address]
         for i in range(1, count):
-            seed = [first.cluster_address]
-            node = whosthere.Node(
-                name=f"{prefix}{i}", listen=LISTEN, peers=seed, **self.periods, **options
-            )
+            node = whosthere.Node(name=f"{prefix}{i}", **where, **self.periods, **options)
             self.nodes.append(node.start())
         deadline = time.monotonic() + 30 + 5 * count
         while not self.all_up():

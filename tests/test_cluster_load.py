@@ -21,8 +21,8 @@ sys.modules["cluster_burst"] = cluster_burst
 _spec.loader.exec_module(cluster_burst)
 
 
-def test_bursts_on_three_nodes_converge_with_no_down_and_no_spurious_leave():
-    with cluster_burst.Cluster(3, prefix="load") as cluster:
+def test_bursts_on_three_nodes_converge_with_no_down_and_no_spurious_leave(engine):
+    with cluster_burst.Cluster(3, prefix="load", engine=engine) as cluster:
         for per_node, turnover in ((8_000, False), (4_000, False), (6_000, True)):
             # the second on top of the first; the third by new owners while the old ones
             # are SIGKILLed: 12,000 presences of each node leave, and those only

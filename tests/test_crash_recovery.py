@@ -129,11 +129,11 @@ def shard_stats(node: whosthere.Node) -> dict:
     return next(a["stats"] for a in node.status()["actors"] if a["name"] == "shard.0")
 
 
-def test_peers_see_nothing_when_a_clustered_shard_restarts(owners):
+def test_peers_see_nothing_when_a_clustered_shard_restarts(owners, engine):
     from tests.test_cluster import cluster, converged
 
     # down_period: longer than a restart takes on a loaded machine (the default is 30 s)
-    with cluster(3, down_period=5.0, permdown_period=20.0) as nodes:
+    with cluster(3, down_period=5.0, permdown_period=20.0, engine=engine) as nodes:
         a, b, c = nodes
         a.presence.track_many([(p.pid, "room", f"a{i}", {"v": i}) for i, p in enumerate(owners)])
         b.presence.track(owners[0].pid, "room", "b0", {"v": 100})
