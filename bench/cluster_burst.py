@@ -191,6 +191,15 @@ class Cluster:
         want = len(self.live) - 1
         return all(_peers_up(self.nodes[i]) == want for i in self.live)
 
+    def engine_traffic(self) -> tuple[int, int]:
+        """(frames, bytes) the live nodes published through the Redis engine so far."""
+        frames = size = 0
+        for i in self.live:
+            engine = self.nodes[i].status()["cluster"].get("engine", {})
+            frames += engine.get("published", 0)
+            size += engine.get("published_bytes", 0)
+        return frames, size
+
     def events(self) -> dict[str, int]:
         """Every live shard's replication events, summed."""
         total: dict[str, int] = {}
@@ -350,13 +359,46 @@ def main() -> None:
     parser.add_argument("--down", type=float, default=BURST_PERIODS["down_period"])
     parser.add_argument("--idle", type=float, default=5.0, help="seconds of idle CPU measured")
     parser.add_argument("--log-level", default=None)
+    parser.add_argument(
+        "--engine",
+        choices=("mesh", "redis", "both"),
+        default="mesh",
+        help="between nodes: the ZeroMQ mesh, a private redis-server, or each in turn",
+    )
     args = parser.parse_args()
     periods = {**BURST_PERIODS, "broadcast_period": args.broadcast, "down_period": args.down}
     failed = 0
-    with Cluster(args.nodes, periods, log_level=args.log_level) as cluster:
+    for engine in ("mesh", "redis") if args.engine == "both" else (args.engine,):
+        print(f"-- over {engine}", flush=True)
+        failed += _over(engine, args, periods)
+    print("OK" if not failed else f"FAILED ({failed} round(s))")
+    raise SystemExit(1 if failed else 0)
+
+
+def _over(engine: str, args: argparse.Namespace, periods: dict[str, float]) -> int:
+    if engine != "redis":
+        return _rounds(args, periods, None)
+    import resp  # bench/ is on the path when run as a script
+
+    with resp.redis_server() as path:
+        return _rounds(args, periods, "unix://" + path)
+
+
+def _rounds(args: argparse.Namespace, periods: dict[str, float], url: str | None) -> int:
+    failed = 0
+    with Cluster(args.nodes, periods, engine=url, log_level=args.log_level) as cluster:
         for n in range(args.rounds):
+            before = cluster.engine_traffic()
             result = cluster.burst(args.per_node, turnover=args.turnover and n > 0)
             print(result.summary(), flush=True)
+            if url and result.converged_s:
+                after = cluster.engine_traffic()
+                frames, size = after[0] - before[0], after[1] - before[1]
+                print(
+                    f"  through redis-server: {frames:,} PUBLISH ({size / 2**20:.1f} MB) "
+                    f"while converging, {frames / result.converged_s:,.0f}/s",
+                    flush=True,
+                )
             failed += not result.ok
         if args.idle:
             cpu = cluster.idle_cpu(args.idle)
@@ -365,8 +407,7 @@ def main() -> None:
                 f"idle CPU per node {min(cpu):.1f}-{max(cpu):.1f} % of a core; shard RSS "
                 f"{min(mb):.0f}-{max(mb):.0f} MB per node"
             )
-    print("OK" if not failed else f"FAILED ({failed} of {args.rounds} rounds)")
-    raise SystemExit(1 if failed else 0)
+    return failed
 
 
 if __name__ == "__main__":
