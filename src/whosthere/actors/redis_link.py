@@ -37,6 +37,8 @@ _SILENT_S = 3.0  # a subscribed connection heard nothing (not even its ping's po
 _PING_AFTER_S = 1.0
 _BACKOFF_S = (0.1, 2.0)  # first and longest wait before trying the server again
 _BURST_BYTES = 8 * 1024 * 1024  # published at once before pacing starts
+_FLUSH_S = 0.5  # what is queued when the node stops may take this long to go out
+_TICK_S = 0.2  # the threads look at `stopping` this often
 _ids = itertools.count()
 
 # the lease: ours if free or ours already (renewed), else untouched; 1 if we hold it now
@@ -108,8 +110,12 @@ class RedisLink:
         return True
 
     def close(self, release_lease: bool) -> None:
-        """Stop both threads; give the name's lease back if asked (a node stopping: its
+        """Stop both threads, once what is queued went out (a departing shard's goodbye; at
+        most `_FLUSH_S`); give the name's lease back if asked (a node stopping: its
         successor under that name need not wait)."""
+        deadline = time.monotonic() + _FLUSH_S
+        while self.outbox.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.005)
         self.stopping.set()
         for thread in self.threads:
             thread.join(timeout=2.5)
@@ -162,7 +168,7 @@ class RedisLink:
             self._tell(sock, b"link", b"up", b"")
             heard = pinged = time.monotonic()
             while not self.stopping.is_set():
-                message = pubsub.get_message(timeout=0.2)
+                message = pubsub.get_message(timeout=_TICK_S)
                 now = time.monotonic()
                 if message is None:
                     if now - heard > _SILENT_S:
@@ -191,9 +197,11 @@ class RedisLink:
                     state.renew_at = now + self.renew_s
                     self._renew(conn, sock, state)
                 try:
-                    channel, data = self.outbox.get(timeout=max(0.0, state.renew_at - now))
+                    wait = min(_TICK_S, max(0.0, state.renew_at - now))
+                    channel, data = self.outbox.get(timeout=wait)
                 except queue.Empty:
                     continue
+                self.outbox.task_done()  # taken: sent, or dropped below
                 if state.down and time.monotonic() < state.retry_at:
                     self.dropped_down += 1  # the server is away: lost, not late
                     continue
