@@ -15,6 +15,7 @@ presences left every other node, beside down_period.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import statistics
@@ -22,6 +23,7 @@ import time
 from collections.abc import Callable
 
 import cluster_burst
+import resp
 from common import META, Row, Sizes, median_spread, progress, reap, sleepers
 
 import whosthere
@@ -165,7 +167,7 @@ def bench_cluster(sizes: Sizes) -> list[Row]:
             large / small,
         )
     )
-    return rows + bench_cluster_growth(sizes)
+    return rows + bench_cluster_growth(sizes) + bench_cluster_engines(sizes)
 
 
 def bench_cluster_growth(sizes: Sizes) -> list[Row]:
@@ -224,6 +226,60 @@ def bench_cluster_growth(sizes: Sizes) -> list[Row]:
             ),
         ]
     return rows
+
+
+def bench_cluster_engines(sizes: Sizes) -> list[Row]:
+    """The same burst (4 nodes, 25,000 each at once) over the mesh and over a private
+    redis-server, one after the other: convergence, downs, and what went through Redis."""
+    per_node = 25_000 if sizes.owners >= 1_000 else 2_500
+    name = f"4 nodes x {per_node:,}"
+    progress(f"{name}, over the mesh")
+    with cluster_burst.Cluster(4, prefix="mesh") as cluster:
+        mesh = cluster.burst(per_node)
+    if mesh.converged_s is None:
+        raise RuntimeError(f"no convergence over the mesh: {mesh.summary()}")
+    rows = [
+        Row(
+            "cluster",
+            f"{name} over the mesh: converged",
+            mesh.converged_s,
+            "s",
+            f"down {mesh.events.get('down', 0)}, leaves {mesh.leaves}",
+        )
+    ]
+    if resp.available() is None or importlib.util.find_spec("redis") is None:
+        skipped = "over Redis: redis-server or whosthere[redis] not installed: skipped"
+        return [*rows, Row("cluster", skipped, 0, "")]
+    progress(f"{name}, over Redis")
+    with (
+        resp.redis_server() as path,
+        cluster_burst.Cluster(4, prefix="redis", engine=f"unix://{path}") as cluster,
+    ):
+        before = cluster.engine_traffic()
+        redis = cluster.burst(per_node)
+        after = cluster.engine_traffic()
+    if redis.converged_s is None:
+        raise RuntimeError(f"no convergence over Redis: {redis.summary()}")
+    publishes, size = after[0] - before[0], after[1] - before[1]
+    return [
+        *rows,
+        Row(
+            "cluster",
+            f"{name} over Redis: converged",
+            redis.converged_s,
+            "s",
+            f"down {redis.events.get('down', 0)}, leaves {redis.leaves}",
+            "the mesh",
+            redis.converged_s / mesh.converged_s,
+        ),
+        Row(
+            "cluster",
+            f"{name} over Redis: PUBLISH while converging",
+            publishes / redis.converged_s,
+            "/s",
+            f"{publishes:,} of {size / 2**20:.1f} MB in all",
+        ),
+    ]
 
 
 def _local_bytes(total: int) -> float:
