@@ -9,6 +9,7 @@ import signal
 import threading
 import time
 
+import psutil
 import pytest
 
 import whosthere
@@ -36,6 +37,29 @@ def test_engine_and_listen_are_exclusive_and_the_url_is_checked():
     node = whosthere.Node(engine="redis://:hunter2@127.0.0.1:6379/1")
     assert "hunter2" not in repr(node.config) and node.engine == "redis://:***@127.0.0.1:6379/1"
     assert node.clustered and node.listen is None
+
+
+def test_auth_from_the_url_and_the_password_on_no_command_line(owner):
+    from tests.support.redis_server import RedisServer, available
+
+    if not available():
+        pytest.skip("redis-server or redis-py not installed (apt-get install redis-server)")
+    server = RedisServer(password="s3cret-pw").start()
+    try:
+        with cluster(2, engine=server.url) as (a, b):
+            a.presence.track(owner.pid, "room", "alice", {"v": 1})
+            converged([a, b], {"room": {"alice": [1]}})
+            assert "s3cret-pw" not in str(a.status())
+            assert a.engine is not None and a.engine.startswith("unix://:***@")
+            tree = [*psutil.Process(a.pid).children(recursive=True), psutil.Process(a.pid)]
+            assert not any("s3cret-pw" in " ".join(p.cmdline()) for p in tree)
+        wrong = server.url.replace("s3cret-pw", "wrong")
+        with whosthere.Node(name="w", engine=wrong, **FAST) as lone:  # a netsplit: serves
+            assert lone.status()["cluster"]["engine"]["lease"] == "alone"
+            lone.presence.track(owner.pid, "room", "w", {"v": 0})
+            assert listed(lone, "room") == {"w": [0]}
+    finally:
+        server.close()
 
 
 def test_a_second_node_under_a_taken_name_is_refused(redis_server, owner):

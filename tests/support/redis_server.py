@@ -23,10 +23,12 @@ def available() -> bool:
 
 
 class RedisServer:
-    def __init__(self) -> None:
+    def __init__(self, password: str | None = None) -> None:
+        self.password = password
         self.dir = Path(tempfile.mkdtemp(prefix="wr-", dir="/tmp"))  # short: a socket path
         self.socket = self.dir / "redis.sock"
-        self.url = f"unix://{self.socket}"
+        auth = f":{password}@" if password else ""
+        self.url = f"unix://{auth}{self.socket}"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> RedisServer:
@@ -36,6 +38,7 @@ class RedisServer:
                 *(REDIS_SERVER, "--port", "0", "--unixsocket", str(self.socket)),
                 *("--unixsocketperm", "700", "--save", "", "--appendonly", "no"),
                 *("--dir", str(self.dir), "--logfile", str(self.dir / "redis.log")),
+                *(("--requirepass", self.password) if self.password else ()),
             ],
             stdin=subprocess.DEVNULL,
         )
@@ -46,14 +49,14 @@ class RedisServer:
         import redis
 
         try:
-            return bool(redis.Redis(unix_socket_path=str(self.socket)).ping())
+            return bool(self.client().ping())
         except (redis.RedisError, OSError):
             return False
 
     def client(self):  # redis is imported only where it is installed
         import redis
 
-        return redis.Redis(unix_socket_path=str(self.socket))
+        return redis.Redis(unix_socket_path=str(self.socket), password=self.password)
 
     def kill(self) -> None:
         """SIGKILL: the server vanishes without a word."""
