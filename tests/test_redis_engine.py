@@ -15,7 +15,7 @@ import pytest
 import whosthere
 from tests.support.waiting import wait_until
 from tests.test_cluster import FAST, cluster, converged, listed, up_peers
-from whosthere.errors import NodeNameTaken, NodeStartError
+from whosthere import NodeNameTaken, NodeStartError
 from whosthere.transport import codec, engine_url
 from whosthere.transport.messages import (
     PUBSUB_INDEX,

@@ -26,6 +26,7 @@ def test_public_names_are_pinned():
         "Message",
         "MessagesLost",
         "Node",
+        "NodeNameTaken",
         "NodeStartError",
         "NodeUnavailable",
         "NotTracked",
@@ -39,7 +40,8 @@ def test_public_names_are_pinned():
     ]
     for name in whosthere.__all__:
         assert getattr(whosthere, name).__module__.startswith("whosthere.")
-    errors = [n for n in whosthere.__all__ if n.endswith(("Error", "Tracked", "Unavailable"))]
+    kinds = ("Error", "Tracked", "Unavailable", "Taken")
+    errors = [n for n in whosthere.__all__ if n.endswith(kinds)]
     assert all(issubclass(getattr(whosthere, n), whosthere.WhosthereError) for n in errors)
 
 

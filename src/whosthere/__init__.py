@@ -8,6 +8,7 @@ from whosthere.errors import AlreadyTracked as AlreadyTracked
 from whosthere.errors import InvalidMeta as InvalidMeta
 from whosthere.errors import MalformedFrame as MalformedFrame
 from whosthere.errors import MessagesLost as MessagesLost
+from whosthere.errors import NodeNameTaken as NodeNameTaken
 from whosthere.errors import NodeStartError as NodeStartError
 from whosthere.errors import NodeUnavailable as NodeUnavailable
 from whosthere.errors import NotTracked as NotTracked
@@ -65,6 +66,7 @@ __all__ = [
     "Message",
     "MessagesLost",
     "Node",
+    "NodeNameTaken",
     "NodeStartError",
     "NodeUnavailable",
     "NotTracked",
