@@ -62,6 +62,24 @@ def test_auth_from_the_url_and_the_password_on_no_command_line(owner):
         server.close()
 
 
+def test_tls_from_a_rediss_url_with_a_cookie(owner):
+    import shutil
+
+    from tests.support.redis_server import RedisServer, available
+
+    if not available() or shutil.which("openssl") is None:
+        pytest.skip("redis-server, redis-py or openssl not installed")
+    server = RedisServer(tls=True).start()
+    try:
+        with cluster(2, engine=server.url, cookie="secret") as (a, b):
+            a.presence.track(owner.pid, "room", "alice", {"v": 1})
+            b.presence.track(owner.pid, "room", "bob", {"v": 2})
+            converged([a, b], {"room": {"alice": [1], "bob": [2]}})
+            assert a.engine is not None and a.engine.startswith("rediss://127.0.0.1:")
+    finally:
+        server.close()
+
+
 def test_a_second_node_under_a_taken_name_is_refused(redis_server, owner):
     with whosthere.Node(name="dup", engine=redis_server.url, **FAST) as first:
         first.presence.track(owner.pid, "room", "k", {"v": 1})
