@@ -395,17 +395,22 @@ def test_listening_beyond_loopback_needs_a_cookie(monkeypatch):
         whosthere.Node(peers=["tcp://127.0.0.1:7000"])
 
 
-def test_a_whole_state_transfer_over_the_frame_limit_arrives_in_pieces(owner):
-    """70 MB of presences (frames over 64 MiB are refused unread) reach a newcomer."""
+def test_a_whole_state_transfer_over_the_frame_limit_arrives_in_pieces(owner, engine):
+    """70 MB of presences (frames over 64 MiB are refused unread) reach a newcomer; over
+    Redis in pieces of 1 MiB, paced under its pub/sub client output-buffer limits."""
     pad = "x" * 10_000
-    with whosthere.Node(name="big", listen=LISTEN, **FAST) as a:
+    first = {"engine": engine} if engine else {"listen": LISTEN}
+    with whosthere.Node(name="big", **first, **FAST) as a:
         a.presence.track_many(
             [(owner.pid, f"t{i % 10}", f"k{i}", {"pad": pad}) for i in range(7000)]
         )
-        with whosthere.Node(name="new", listen=LISTEN, peers=[a.cluster_address], **FAST) as b:
+        second = {"engine": engine} if engine else {"listen": LISTEN, "peers": [a.cluster_address]}
+        with whosthere.Node(name="new", **second, **FAST) as b:
             wait_until(lambda: len(b.presence.list("t3")) == 700, timeout=30)
             assert sum(len(b.presence.list(f"t{t}")) for t in range(10)) == 7000
             assert b.status()["actors"]
+            if engine:
+                assert a.status()["cluster"]["engine"]["published"] > 70  # in pieces
 
 
 def test_a_node_listening_on_every_interface_advertises_a_dialable_address(owner):
