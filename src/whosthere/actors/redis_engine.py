@@ -284,10 +284,14 @@ class RedisEngineActor(Actor):
     def on_peer_hello(self, sender: str, msg: PeerHello) -> None:
         if not self.lease.joined:
             return
+        new = sender not in self.peers.heard
         reason = self.peers.hello(sender, msg.pool_size, time.monotonic())
         if reason is not None:
             body = codec.encode(PeerRefused(self.me, reason))
             self._publish(engine_url.node_channel(self.db, sender), body)
+        elif new and sender in self.peers.heard:
+            # greet a newcomer at once, on its channel: it need not wait for our next hello
+            self._publish(engine_url.node_channel(self.db, sender), self.hello)
 
     def on_peer_refused(self, sender: str, msg: PeerRefused) -> None:
         if self.peers.refuse(sender, msg.reason, time.monotonic()):
