@@ -39,6 +39,13 @@ def test_engine_and_listen_are_exclusive_and_the_url_is_checked():
     assert node.clustered and node.listen is None
 
 
+def test_the_url_may_come_from_the_environment_and_listen_wins(monkeypatch):
+    monkeypatch.setenv("WHOSTHERE_ENGINE_URL", "redis://:pw@10.0.0.5:6379/2")
+    assert whosthere.Node().engine == "redis://:***@10.0.0.5:6379/2"
+    node = whosthere.Node(listen="tcp://127.0.0.1:0")  # the mesh asked for: no engine
+    assert node.engine is None and node.listen == "tcp://127.0.0.1:0"
+
+
 def test_auth_from_the_url_and_the_password_on_no_command_line(owner):
     from tests.support.redis_server import RedisServer, available
 

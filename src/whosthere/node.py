@@ -111,6 +111,8 @@ class Node:
                 `redis://[:password@]host:port/db` (`rediss://` for TLS, `unix:///path.sock`;
                 `pip install 'whosthere[redis]'`). Nodes reach only Redis and find each
                 other there; names on one Redis must be unique. Exclusive with `listen`.
+                Default: `$WHOSTHERE_ENGINE_URL` when no `listen` is given (a password is
+                better there than on a command line, which every user of the host reads).
             max_restarts, max_seconds: restart intensity, as OTP's: more than `max_restarts`
                 actor restarts within `max_seconds` stops the node.
             start_timeout: seconds `start()` waits for every actor to be ready.
@@ -131,6 +133,8 @@ class Node:
                 `whosthere.tracker.options.TrackerOptions`.
         """
         self.cookie = cookie if cookie is not None else os.environ.get(COOKIE_ENV)
+        if engine is None and listen is None:
+            engine = os.environ.get(ENGINE_ENV) or None
         cluster = ClusterConfig.create(listen, peers, self.cookie, advertise, engine)
         self._engine_url = engine  # with its password: to the supervisor by environment
         self.presence_class: type[Presence] = presence or Presence
