@@ -113,6 +113,10 @@ class Network:
     def endpoint(self, i: int) -> str:
         return f"tcp://{self.ip(i)}:{PORT}"
 
+    def hub_address(self, ip: str) -> None:
+        """Give the hub's bridge an address on the nodes' subnet (for a server run there)."""
+        _ip("-n", self.hub, "addr", "add", f"{ip}/24", "dev", "br0")
+
     def cut(self, i: int) -> None:
         """A netsplit: node i's cable is pulled (its port on the hub set down)."""
         _ip("-n", self.hub, "link", "set", f"v{i}", "down")
