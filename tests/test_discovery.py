@@ -97,6 +97,15 @@ def start(
         node.wait_ready(deadline)
 
 
+def kill(node: NetnsNode) -> None:
+    """SIGKILL on the node's whole tree (no goodbye), then its runner's pipes closed."""
+    node.kill()
+    for pipe in (node.proc.stdin, node.proc.stdout):
+        if pipe is not None:
+            with contextlib.suppress(BrokenPipeError):
+                pipe.close()
+
+
 def up_peers(node: NetnsNode) -> list[str]:
     return sorted(p for p, r in node.status().get("peers", {}).items() if r["status"] == "up")
 
@@ -160,7 +169,7 @@ def test_a_records_form_the_cluster_and_follow_dns(tmp_path):
         assert all(gone in cluster_stats(nodes[i])["dialling"] for i in (0, 1, 3))
 
         # killed: down, then permdown, then its address is no longer dialled
-        nodes.pop(2).kill()
+        kill(nodes.pop(2))
         killed_at = time.monotonic()
         others = [nodes[i] for i in (0, 1, 3)]
         for node in others:
@@ -289,6 +298,17 @@ def test_serve_finds_its_peer_by_dns_from_the_flag_and_the_environment():
         said = status["cluster"]["discovery"][f"dns:localhost:{ports[0]}"]
         assert f"tcp://127.0.0.1:{ports[0]}" in said["addresses"]
         assert status["config"]["cluster"]["discovery_period"] == 0.2
+        shown = subprocess.run(
+            [sys.executable, "-m", "whosthere", "status", addresses[1]],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        line = f"  dns:localhost:{ports[0]}: "  # what DNS said, in `whosthere status`
+        assert any(
+            text.startswith(line) and f"tcp://127.0.0.1:{ports[0]}" in text and "resolved" in text
+            for text in shown.splitlines()
+        ), shown
     finally:
         for proc in procs:
             proc.terminate()

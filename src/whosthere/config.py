@@ -36,12 +36,7 @@ class ClusterConfig:
     discovery_period: float = 5.0  # seconds between two resolutions of the DNS names
 
     def __post_init__(self) -> None:
-        period = self.discovery_period
-        if not isinstance(period, int | float) or isinstance(period, bool):
-            raise TypeError(f"discovery_period must be a number, got {period!r}")
-        if not 0 < period < float("inf"):
-            raise ValueError(f"discovery_period must be positive, got {period!r}")
-        object.__setattr__(self, "discovery_period", float(period))
+        object.__setattr__(self, "discovery_period", _period(self.discovery_period))
 
     @classmethod
     def create(
@@ -57,7 +52,17 @@ class ClusterConfig:
         if listen and not peers:
             peers = tuple(p.strip() for p in os.environ.get(PEERS_ENV, "").split(",") if p.strip())
         listen, checked = check_cluster(listen, peers, cookie, advertise)
-        return cls(listen, advertise, checked, discovery_period) if listen else None
+        period = _period(discovery_period)  # checked even for a node alone
+        return cls(listen, advertise, checked, period) if listen else None
+
+
+def _period(period: object) -> float:
+    """`discovery_period`, checked: a positive, finite number of seconds."""
+    if not isinstance(period, int | float) or isinstance(period, bool):
+        raise TypeError(f"discovery_period must be a number, got {period!r}")
+    if not 0 < period < float("inf"):
+        raise ValueError(f"discovery_period must be positive, got {period!r}")
+    return float(period)
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,8 @@ def test_dns_peers_and_the_discovery_period_reach_the_actors_whole():
 def test_the_discovery_period_is_checked(period, error):
     with pytest.raises(error, match="discovery_period"):
         Node(listen=LISTEN, discovery_period=period)
+    with pytest.raises(error, match="discovery_period"):
+        Node(discovery_period=period)  # alone: checked all the same
 
 
 def test_peers_come_from_the_environment_when_none_are_given(monkeypatch):

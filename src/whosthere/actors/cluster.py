@@ -86,7 +86,7 @@ class ClusterActor(Actor):
         self.outgoing: dict[str, zmq.Socket[Any]] = {}  # peer listen address -> our DEALER
         # seeds are never forgotten; others are after as long as the shards keep a silent
         # peer, but long enough for many missed hellos
-        names = [n for p in cluster.peers if (n := dns_name(p)) is not None]
+        names = list(dict.fromkeys(n for p in cluster.peers if (n := dns_name(p)) is not None))
         seeds = {p for p in cluster.peers if p and dns_name(p) is None}
         forget_after = max(config.tracker.permdown_period, 10 * HELLO_EVERY_S)
         self.book = PeerBook(self.me, seeds, forget_after, self.log, discovering=bool(names))

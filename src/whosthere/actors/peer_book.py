@@ -198,9 +198,10 @@ class PeerBook:
     def _within_cap(self, name: str, new: list[str]) -> list[str]:
         """The addresses `name` told us of that we may dial: seeds, and learned ones up to
         _MAX_LEARNED dialled at once. Hitting the cap is logged once until it is lifted."""
-        dialling = sum(1 for a in self.dialled_at if a not in self.seeds | self.discovered)
-        seeds = [a for a in new if a in self.seeds | self.discovered]
-        learned = [a for a in new if a not in self.seeds | self.discovered]
+        users = self.seeds | self.discovered  # given by the user, or by DNS: not capped
+        dialling = sum(1 for a in self.dialled_at if a not in users)
+        seeds = [a for a in new if a in users]
+        learned = [a for a in new if a not in users]
         room = max(0, _MAX_LEARNED - dialling)
         if len(learned) > room:
             if not self.capped:
