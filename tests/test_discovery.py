@@ -83,14 +83,20 @@ def network_with_dns(
 
 
 def start(
-    network: Network, nodes: dict[int, NetnsNode], which: list[int], peers: list[str]
+    network: Network,
+    nodes: dict[int, NetnsNode],
+    which: list[int],
+    peers: list[str],
+    logs: Path | None = None,
 ) -> None:
-    """Nodes `which` started side by side, each given only `peers`."""
+    """Nodes `which` started side by side, each given only `peers` (their logs in
+    `logs`/n<i>.log, if given)."""
     cookie = "discovery-" + network.hub  # the same for every node of the network
     started = []
     for i in which:
         options = {**FAST, "listen": network.endpoint(i), "peers": peers}
-        nodes[i] = NetnsNode(f"n{i}", network.namespaces[i], options, cookie)
+        log = None if logs is None else logs / f"n{i}.log"
+        nodes[i] = NetnsNode(f"n{i}", network.namespaces[i], options, cookie, log)
         started.append(nodes[i])
     deadline = time.monotonic() + START_TIMEOUT
     for node in started:
@@ -207,7 +213,7 @@ def test_srv_records_an_unresolvable_name_and_gossip(tmp_path):
     hosts = {f"n{i}.{dnsmasq.DOMAIN}": [f"10.213.0.{i + 1}"] for i in range(3)}
     srv = [(SERVICE, f"n{i}.{dnsmasq.DOMAIN}", PORT) for i in (0, 1)]
     with network_with_dns(3, tmp_path, hosts, srv) as (network, server, nodes):
-        start(network, nodes, [0, 1], [BY_SRV, BY_LATE])
+        start(network, nodes, [0, 1], [BY_SRV, BY_LATE], logs=tmp_path)
         all_up([nodes[0], nodes[1]])
         for i in (0, 1):
             assert named(nodes[i], BY_SRV)["addresses"] == [
@@ -239,6 +245,10 @@ def test_srv_records_an_unresolvable_name_and_gossip(tmp_path):
                 what=f"n{i} to resolve {LATE}",
             )
             assert named(nodes[i], BY_LATE)["error"] is None
+        # logged once when it failed and once when it came back, not every period
+        log = (tmp_path / "n0.log").read_text()
+        assert log.count(f"{BY_LATE} does not resolve") == 1, log
+        assert log.count(f"{BY_LATE} resolves again") == 1, log
 
         # SRV records change: n2 named too
         server.set_srv([*srv, (SERVICE, f"n2.{dnsmasq.DOMAIN}", PORT)])
