@@ -78,6 +78,8 @@ def resolve(name: DnsName) -> list[str]:
     failures: list[str] = []
     for record in answer:
         target = record.target.to_text().rstrip(".")
+        if not target:
+            continue  # "." : the service is decidedly not available there (RFC 2782)
         try:
             found.update(_addresses(target, record.port))
         except ResolutionFailed as exc:
