@@ -21,6 +21,7 @@ from whosthere.transport.endpoints import check_cluster
 from whosthere.transport.engine_url import check_engine, redacted
 
 LOG_LEVEL_ENV = "WHOSTHERE_LOG_LEVEL"
+PEERS_ENV = "WHOSTHERE_PEERS"  # comma-separated peers, for a node given `listen` and no peers
 _INTS = ("fetchers", "max_restarts", "pubsub_hwm", "meta_limit")
 _FLOATS = ("fetch_timeout", "max_seconds", "start_timeout")
 
@@ -33,8 +34,13 @@ class ClusterConfig:
 
     listen: str  # tcp://host:port (port 0: any free one); "" with an engine
     advertise: str | None = None  # what peers dial, when it is not `listen`
-    peers: tuple[str, ...] = ()  # other nodes' listen addresses (one is enough)
+    # other nodes' listen addresses (one is enough), or dns:NAME:PORT / srv:NAME
+    peers: tuple[str, ...] = ()
+    discovery_period: float = 5.0  # seconds between two resolutions of the DNS names
     engine: str | None = None  # redis://host:port/db (password redacted)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "discovery_period", _period(self.discovery_period))
 
     @classmethod
     def create(
@@ -43,9 +49,14 @@ class ClusterConfig:
         peers: tuple[str, ...] | list[str] | str,
         cookie: str | None,
         advertise: str | None,
+        discovery_period: float = 5.0,
+        *,
         engine: str | None = None,
     ) -> ClusterConfig | None:
-        """The cluster wiring, checked; None for a node alone (no `listen`, no `engine`)."""
+        """The cluster wiring, checked; None for a node alone (no `listen`, no `engine`).
+        With `listen` and no peers, the peers are `$WHOSTHERE_PEERS`'s (comma-separated),
+        if set."""
+        period = _period(discovery_period)  # checked even for a node alone
         if engine is not None:
             if listen or peers or advertise:
                 raise ValueError(
@@ -53,8 +64,19 @@ class ClusterConfig:
                     "nodes reach only Redis and find each other there"
                 )
             return cls("", engine=redacted(check_engine(engine)))
+        if listen and not peers:
+            peers = tuple(p.strip() for p in os.environ.get(PEERS_ENV, "").split(",") if p.strip())
         listen, checked = check_cluster(listen, peers, cookie, advertise)
-        return cls(listen, advertise, checked) if listen else None
+        return cls(listen, advertise, checked, period) if listen else None
+
+
+def _period(period: object) -> float:
+    """`discovery_period`, checked: a positive, finite number of seconds."""
+    if not isinstance(period, int | float) or isinstance(period, bool):
+        raise TypeError(f"discovery_period must be a number, got {period!r}")
+    if not 0 < period < float("inf"):
+        raise ValueError(f"discovery_period must be positive, got {period!r}")
+    return float(period)
 
 
 @dataclass(frozen=True)
@@ -136,6 +158,10 @@ class NodeConfig:
         if raw.get("cluster") is not None:
             c = raw["cluster"]
             values["cluster"] = ClusterConfig(
-                c["listen"], c["advertise"], tuple(c["peers"]), c.get("engine")
+                c["listen"],
+                c["advertise"],
+                tuple(c["peers"]),
+                c["discovery_period"],
+                c.get("engine"),
             )
         return cls(**values)

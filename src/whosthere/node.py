@@ -80,6 +80,7 @@ class Node:
         durable: bool = NodeConfig.durable,
         cookie: str | None = None,
         advertise: str | None = None,
+        discovery_period: float = ClusterConfig.discovery_period,
         address: str | None = None,
         engine: str | None = None,
         **tracker_options: Any,
@@ -99,14 +100,23 @@ class Node:
                 each start. (A tcp:// address is `listen`'s, for peers: refused here.)
             listen: `tcp://host:port` where this node accepts peers (port 0: any free one);
                 without it the node is alone.
-            peers: listen addresses of other nodes (each needs only one; the cluster
-                meshes itself).
+            peers: where other nodes are found (a node needs only one; the cluster meshes
+                itself): their listen addresses `tcp://HOST:PORT`; `dns:NAME:PORT`, every A
+                and AAAA record of NAME dialled at PORT (a Kubernetes headless service);
+                `srv:NAME`, each SRV record's host at its port. Names are resolved every
+                `discovery_period` through the system's resolver (`/etc/hosts`,
+                `/etc/resolv.conf`); a name that does not resolve is logged and tried
+                again; the node's own address is skipped; an address that leaves DNS is no
+                longer dialled once silent for the permdown period. With `listen` and no
+                peers: `$WHOSTHERE_PEERS`, comma-separated, if set.
             cookie: the cluster secret (default `$WHOSTHERE_COOKIE`); traffic between nodes
                 is CURVE-authenticated with keys derived from it. Without one, `listen`
                 must be a loopback address.
             advertise: the `tcp://host:port` peers are told to dial, when it is not `listen`
                 (a wildcard such as `tcp://0.0.0.0:7000`, or an address behind NAT); port 0:
                 the port bound.
+            discovery_period: seconds between two resolutions of the `dns:` and `srv:`
+                names among `peers`.
             engine: a Redis server carrying everything between nodes instead of the mesh:
                 `redis://[:password@]host:port/db` (`rediss://` for TLS, `unix:///path.sock`;
                 `pip install 'whosthere[redis]'`). Nodes reach only Redis and find each
@@ -135,7 +145,9 @@ class Node:
         self.cookie = cookie if cookie is not None else os.environ.get(COOKIE_ENV)
         if engine is None and listen is None:
             engine = os.environ.get(ENGINE_ENV) or None
-        cluster = ClusterConfig.create(listen, peers, self.cookie, advertise, engine)
+        cluster = ClusterConfig.create(
+            listen, peers, self.cookie, advertise, discovery_period, engine=engine
+        )
         self._engine_url = engine  # with its password: to the supervisor by environment
         self.presence_class: type[Presence] = presence or Presence
         config = NodeConfig(  # the node's own options are checked first, then the tracker's
