@@ -209,6 +209,8 @@ def test_serve_flags_show_the_nodes_defaults_and_docstring():
     )
     for flag in ("--max-restarts", "--broadcast-period", "--max-delta-sizes", "--name"):
         assert flags[flag].default is argparse.SUPPRESS  # not given: the Node's own default
+    assert flags["--permdown-on-shutdown"].default is True  # serve's, unlike the Node's
+    assert flags["--permdown-on-shutdown"].help.endswith("(default: --permdown-on-shutdown)")
 
 
 def test_serve_passes_only_the_flags_given():
@@ -219,7 +221,10 @@ def test_serve_passes_only_the_flags_given():
         "fetchers": 3,
         "durable": False,
         "max_delta_sizes": (5, 50),
+        "permdown_on_shutdown": True,  # serve's own default (SERVE_DEFAULTS)
     }
+    stays = cli.parser().parse_args(["serve", "--no-permdown-on-shutdown"])
+    assert serve_flags.given_node_options(stays) == {"permdown_on_shutdown": False}
     assert args.peer == ["x"] and args.presence is None
 
 

@@ -287,7 +287,7 @@ class Node:
             raise errors[0]
 
     def _depart_on_stop(self, timeout: float) -> None:
-        if self.listen and self.config.tracker.permdown_on_shutdown and self.alive:
+        if self.clustered and self.config.tracker.permdown_on_shutdown and self.alive:
             depart(self.address, min(1.5, timeout / 2))
 
     def _close_pubsub(self, timeout: float) -> None:
@@ -303,6 +303,12 @@ class Node:
             self._presence.close()
 
     @property
+    def clustered(self) -> bool:
+        """Whether this node has peers to replicate with, and so to leave: the one test of
+        it (a graceful permdown is for a clustered node only)."""
+        return self.config.cluster is not None
+
+    @property
     def cluster_address(self) -> str | None:
         """Where peers reach this node (`listen` with its port resolved), or None alone."""
         if not self.listen:
@@ -314,7 +320,7 @@ class Node:
         """Leave the cluster for good: peers drop this node's presences at once (instead of
         after down_period), then the node stops."""
         try:
-            if self.listen and self.alive:
+            if self.clustered and self.alive:
                 depart(self.address, self.call_timeout)
         finally:
             self.stop()
