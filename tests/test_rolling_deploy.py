@@ -12,6 +12,7 @@ Periods as tests/test_cluster.py's: broadcast 50 ms, down 0.5 s, permdown 2 s.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import time
 from collections import Counter
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+import whosthere
 from tests.support.served import (
     DOWN_PERIOD,
     PERMDOWN_PERIOD,
@@ -29,6 +31,7 @@ from tests.support.served import (
     owner,
 )
 from tests.support.waiting import wait_until
+from whosthere.cli import HTTP_GRACE_S
 from whosthere.node import node_status
 
 TOPIC = "room"
@@ -135,6 +138,34 @@ def test_a_rolling_deploy_leaves_no_zombies(stop: str, tmp_path: Path) -> None:
     for srv in servers:
         alarms = [line for line in srv.lines if " WARNING " in line or " ERROR " in line]
         assert alarms == [], f"{srv.name}: {alarms}"
+
+
+@pytest.mark.parametrize(
+    ("signum", "http"),
+    [(signal.SIGINT, []), (signal.SIGTERM, ["--http", "127.0.0.1:0", "--workers", "2"])],
+    ids=["sigint", "sigterm-http"],
+)
+def test_serve_says_goodbye_on_a_signal(signum: int, http: list[str], tmp_path: Path) -> None:
+    """Ctrl-C and SIGTERM alike (with uvicorn's workers in the foreground too): the node's
+    presences leave its peer at once, long before down_period, and serve exits 0 soon."""
+    slow = {"broadcast_period": 0.05, "down_period": 30.0, "permdown_period": 60.0}
+    flags = (*(f"--{k.replace('_', '-')}={v}" for k, v in slow.items()), "--fetchers=1", *http)
+    servers: list[Served] = []
+    owners: list[subprocess.Popen[str]] = []
+    with (
+        whosthere.Node(name="peer", listen=NEW_PORT, **slow) as peer,
+        cleanup(servers, owners),
+    ):
+        address = f"ipc://{tmp_path}/served.sock"
+        assert peer.cluster_address is not None
+        served = Served.start("served", address, NEW_PORT, [peer.cluster_address], flags=flags)
+        servers.append(served)
+        owners.append(owner(address, TOPIC, "k"))
+        wait_until(lambda: "k" in peer.presence.list(TOPIC), timeout=10)
+        took = served.terminate(timeout=20, signum=signum)
+        assert took < 5 + (HTTP_GRACE_S if http else 0), f"serve took {took:.1f} s to stop"
+        assert peer.presence.list(TOPIC) == {}  # at once: its goodbye, not down_period
+        assert peer.status()["peers"] == {}  # forgotten, not down
 
 
 def all_up(nodes: list[Served]) -> None:

@@ -96,10 +96,11 @@ class Served:
     def supervisor_pid(self) -> int:
         return int(node_status(self.address)["supervisor"]["pid"])
 
-    def terminate(self, timeout: float = 10.0) -> float:
-        """SIGTERM, as an orchestrator stops a pod; returns how long it took to exit."""
+    def terminate(self, timeout: float = 10.0, signum: int = signal.SIGTERM) -> float:
+        """SIGTERM, as an orchestrator stops a pod (or `signum`: SIGINT is a Ctrl-C);
+        returns how long it took to exit."""
         begun = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
+        self.proc.send_signal(signum)
         code = self.proc.wait(timeout)
         assert code == 0, f"serve {self.name} exited {code}: {''.join(self.lines)}"
         return time.monotonic() - begun
