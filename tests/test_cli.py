@@ -297,3 +297,71 @@ def test_serve_runs_the_node_with_the_options_given(tmp_path):
         finally:
             serve.send_signal(signal.SIGINT)
             assert serve.wait(timeout=10) == 0
+
+
+# A value unlike the default for every option `serve` passes to the Node, and where the
+# node's config shows it (None: the serve process's own, not the node's: call_timeout is
+# its clients' timeout, and the cookie must never show).
+_EVERY_FLAG = {
+    "pool_size": ("2", ("pool_size",), 2),
+    "name": ("knobs", ("name",), "knobs"),
+    "listen": ("tcp://127.0.0.1:0", ("cluster", "listen"), "tcp://127.0.0.1:0"),
+    "max_restarts": ("7", ("max_restarts",), 7),
+    "max_seconds": ("9.5", ("max_seconds",), 9.5),
+    "start_timeout": ("20", ("start_timeout",), 20.0),
+    "call_timeout": ("7.5", None, None),
+    "pubsub_hwm": ("500", ("pubsub_hwm",), 500),
+    "max_pidfds": ("100", ("max_pidfds",), 100),
+    "fetchers": ("1", ("fetchers",), 1),
+    "fetch_timeout": ("2.5", ("fetch_timeout",), 2.5),
+    "meta_limit": ("1000", ("meta_limit",), 1000),
+    "log_level": ("INFO", ("log_level",), "INFO"),
+    "durable": (False, ("durable",), False),
+    "cookie": ("s3cret-knobs", None, None),
+    "advertise": ("tcp://127.0.0.1:0", ("cluster", "advertise"), "tcp://127.0.0.1:0"),
+    "address": ("ipc://{tmp}/knobs.sock", ("address",), "ipc://{tmp}/knobs.sock"),
+    "broadcast_period": ("0.25", ("tracker", "broadcast_period"), 0.25),
+    "max_silent_periods": ("3", ("tracker", "max_silent_periods"), 3),
+    "down_period": ("4", ("tracker", "down_period"), 4.0),
+    "permdown_period": ("9", ("tracker", "permdown_period"), 9.0),
+    "clock_sample_periods": ("3", ("tracker", "clock_sample_periods"), 3),
+    "max_delta_sizes": ("10,20", ("tracker", "max_delta_sizes"), [10, 20]),
+    "permdown_on_shutdown": (False, ("tracker", "permdown_on_shutdown"), False),
+}
+
+
+def test_every_serve_flag_reaches_the_node(tmp_path):
+    """Each option, given on the command line, is the one the running node has."""
+    flags = serve_flags.node_flags()
+    assert sorted(_EVERY_FLAG) == sorted(f.name for f in flags)  # a new option: add it here
+    cmd = whosthere_cmd("serve", "--peer", "tcp://127.0.0.1:1")
+    for flag in flags:
+        value = _EVERY_FLAG[flag.name][0]
+        if isinstance(value, bool):
+            cmd.append(flag.flag if value else f"--no-{flag.flag[2:]}")
+        else:
+            cmd += [flag.flag, value.format(tmp=tmp_path)]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as serve:
+        try:
+            assert serve.stdout is not None
+            address = serve.stdout.readline().rsplit(" ", 1)[1].strip()
+            assert address == f"ipc://{tmp_path}/knobs.sock"
+            out = subprocess.run(
+                whosthere_cmd("status", "--json", address),
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            assert "s3cret-knobs" not in out
+            config = json.loads(out)["config"]
+            assert config["cluster"]["peers"] == ["tcp://127.0.0.1:1"]
+            for name, (_, where, want) in _EVERY_FLAG.items():
+                if where is None:
+                    continue
+                got = config
+                for part in where:
+                    got = got[part]
+                assert got == (want.format(tmp=tmp_path) if isinstance(want, str) else want), name
+        finally:
+            serve.send_signal(signal.SIGTERM)
+            assert serve.wait(timeout=10) == 0
