@@ -160,7 +160,7 @@ class ShardPeers:
         if self.departed:  # leaving together: let it go too
             self._cast(sender, GoodbyeAck(self.replication.me))
             return
-        outs, diff = self.replication.on_graceful_permdown(msg)
+        outs, diff = self.replication.on_graceful_permdown(msg, time.monotonic())
         self._send(outs)
         self.report(by_topic(*diff))
 
