@@ -14,10 +14,14 @@ import sys
 import pytest
 
 import whosthere
+from tests.support.served import Served, cleanup, owner
 from tests.support.waiting import wait_until
 from whosthere import cli, serve_flags
+from whosthere.cli import HTTP_GRACE_S
 from whosthere.config import NodeConfig
 from whosthere.tracker.options import TrackerOptions
+
+LISTEN = "tcp://127.0.0.1:0"
 
 
 def whosthere_cmd(*args: str) -> list[str]:
@@ -365,3 +369,33 @@ def test_every_serve_flag_reaches_the_node(tmp_path):
         finally:
             serve.send_signal(signal.SIGTERM)
             assert serve.wait(timeout=10) == 0
+
+
+@pytest.mark.parametrize(
+    ("signum", "http"),
+    [(signal.SIGINT, []), (signal.SIGTERM, ["--http", "127.0.0.1:0", "--workers", "2"])],
+    ids=["sigint", "sigterm-http"],
+)
+def test_serve_says_goodbye_on_a_signal(signum, http, tmp_path):
+    """Ctrl-C and SIGTERM alike (with uvicorn's workers in the foreground too): the node's
+    presences leave its peer at once, long before down_period, and serve exits 0 soon."""
+    slow = {"broadcast_period": 0.05, "down_period": 30.0, "permdown_period": 60.0}
+    flags = (*(f"--{k.replace('_', '-')}={v}" for k, v in slow.items()), "--fetchers=1", *http)
+    servers: list[Served] = []
+    owners: list[subprocess.Popen[str]] = []
+    with (
+        whosthere.Node(name="peer", listen=LISTEN, **slow) as peer,
+        cleanup(servers, owners),
+    ):
+        address = f"ipc://{tmp_path}/served.sock"
+        assert peer.cluster_address is not None
+        served = Served.start(
+            "served", address, "tcp://127.0.0.1:0", [peer.cluster_address], flags=flags
+        )
+        servers.append(served)
+        owners.append(owner(address, "room", "k"))
+        wait_until(lambda: "k" in peer.presence.list("room"), timeout=10)
+        took = served.terminate(timeout=20, signum=signum)
+        assert took < 5 + (HTTP_GRACE_S if http else 0), f"serve took {took:.1f} s to stop"
+        assert peer.presence.list("room") == {}  # at once: its goodbye, not down_period
+        assert peer.status()["peers"] == {}  # forgotten, not down

@@ -12,15 +12,14 @@ Periods as tests/test_cluster.py's: broadcast 50 ms, down 0.5 s, permdown 2 s.
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-import whosthere
 from tests.support.served import (
     DOWN_PERIOD,
     PERMDOWN_PERIOD,
@@ -28,10 +27,9 @@ from tests.support.served import (
     Served,
     cleanup,
     listed_refs,
-    owner,
 )
+from tests.support.served import owners as start_owners
 from tests.support.waiting import wait_until
-from whosthere.cli import HTTP_GRACE_S
 from whosthere.node import node_status
 
 TOPIC = "room"
@@ -87,33 +85,43 @@ def once_each(recorder: Recorder) -> None:
         assert twice == [], f"{recorder.name}: {side} twice: {twice}"
 
 
-@pytest.mark.parametrize("stop", ["sigterm", "sigkill"])
+@pytest.mark.parametrize("stop", ["sigterm", "sigkill", "surge"])
 def test_a_rolling_deploy_leaves_no_zombies(stop: str, tmp_path: Path) -> None:
     """SIGTERM: the old node's presences leave every survivor before its `serve` exits, by
     its goodbye (no survivor sees it down), once each. SIGKILL: they leave after
     down_period, once each. Either way the re-tracked presences join once each, nothing
     else changes, and after permdown_period and more no node lists anything of a stopped
-    node."""
+    node. Surge (Kubernetes' default order): the new node joins first, beside the old one,
+    which is then stopped with SIGTERM; its owners die with it and new ones track on the
+    new node (web clients reconnecting): the same, on the new node too."""
     servers: list[Served] = []
     owners: list[subprocess.Popen[str]] = []
     recorders: list[Recorder] = []
     with cleanup(servers, owners):
         addresses = [f"ipc://{tmp_path}/slot{i}.sock" for i in range(SLOTS)]
-        nodes: list[Served] = []
-        for i in range(SLOTS):
-            seeds = [n.cluster for n in nodes]
-            nodes.append(Served.start(f"n{i}", addresses[i], NEW_PORT, seeds))
-            servers.append(nodes[-1])
+        nodes = [Served.start("n0", addresses[0], NEW_PORT, [])]
+        servers += nodes
+        with ThreadPoolExecutor() as pool:  # the others together, the first their seed
+            seed = [nodes[0].cluster]
+            starting = [
+                pool.submit(Served.start, f"n{i}", addresses[i], NEW_PORT, seed)
+                for i in range(1, SLOTS)
+            ]
+            for future in starting:
+                nodes.append(future.result())
+                servers.append(nodes[-1])
         all_up(nodes)
-        for i in range(SLOTS):
-            owners += [owner(addresses[i], TOPIC, key) for key in keys_of(i)]
+        owners += start_owners([(addresses[i], k) for i in range(SLOTS) for k in keys_of(i)], TOPIC)
         current = converged(nodes, "every owner listed everywhere")
         recorders += [Recorder(n, TOPIC) for n in nodes]
         gone_refs: set[str] = set()
         try:
             for i in range(SLOTS):
                 old_refs = {current[k][0] for k in keys_of(i)}
-                current = replace(nodes, recorders, i, stop, current)
+                if stop == "surge":
+                    current = surge(nodes, recorders, owners, i, current, tmp_path)
+                else:
+                    current = replace(nodes, recorders, i, stop, current)
                 servers.append(nodes[i])
                 gone_refs |= old_refs
             all_up(nodes)
@@ -138,34 +146,6 @@ def test_a_rolling_deploy_leaves_no_zombies(stop: str, tmp_path: Path) -> None:
     for srv in servers:
         alarms = [line for line in srv.lines if " WARNING " in line or " ERROR " in line]
         assert alarms == [], f"{srv.name}: {alarms}"
-
-
-@pytest.mark.parametrize(
-    ("signum", "http"),
-    [(signal.SIGINT, []), (signal.SIGTERM, ["--http", "127.0.0.1:0", "--workers", "2"])],
-    ids=["sigint", "sigterm-http"],
-)
-def test_serve_says_goodbye_on_a_signal(signum: int, http: list[str], tmp_path: Path) -> None:
-    """Ctrl-C and SIGTERM alike (with uvicorn's workers in the foreground too): the node's
-    presences leave its peer at once, long before down_period, and serve exits 0 soon."""
-    slow = {"broadcast_period": 0.05, "down_period": 30.0, "permdown_period": 60.0}
-    flags = (*(f"--{k.replace('_', '-')}={v}" for k, v in slow.items()), "--fetchers=1", *http)
-    servers: list[Served] = []
-    owners: list[subprocess.Popen[str]] = []
-    with (
-        whosthere.Node(name="peer", listen=NEW_PORT, **slow) as peer,
-        cleanup(servers, owners),
-    ):
-        address = f"ipc://{tmp_path}/served.sock"
-        assert peer.cluster_address is not None
-        served = Served.start("served", address, NEW_PORT, [peer.cluster_address], flags=flags)
-        servers.append(served)
-        owners.append(owner(address, TOPIC, "k"))
-        wait_until(lambda: "k" in peer.presence.list(TOPIC), timeout=10)
-        took = served.terminate(timeout=20, signum=signum)
-        assert took < 5 + (HTTP_GRACE_S if http else 0), f"serve took {took:.1f} s to stop"
-        assert peer.presence.list(TOPIC) == {}  # at once: its goodbye, not down_period
-        assert peer.status()["peers"] == {}  # forgotten, not down
 
 
 def all_up(nodes: list[Served]) -> None:
@@ -209,14 +189,62 @@ def replace(
     assert seen == dict.fromkeys(downs, 0 if stop == "sigterm" else 1)
     if stop == "sigkill":
         assert time.monotonic() - killed_at > DOWN_PERIOD * 0.8
-    for rec, mark in zip(survivors, marks, strict=True):  # the diffs of the round
+    saw_once(survivors, marks, old_refs, new_refs)  # the diffs of the round
+    return current
+
+
+def surge(
+    nodes: list[Served],
+    recorders: list[Recorder],
+    owners: list[subprocess.Popen[str]],
+    i: int,
+    current: dict[str, list[str]],
+    tmp_path: Path,
+) -> dict[str, list[str]]:
+    """Start node i's replacement beside it (every node its seeds, as DNS would list
+    them), then SIGTERM node i and kill its owners; new owners track on the replacement.
+    Checks what the survivors and the replacement saw. Returns what every node lists."""
+    survivors = [r for k, r in enumerate(recorders) if k != i]
+    old_refs = {current[k][0] for k in keys_of(i)}
+    new = Served.start(
+        f"n{i}-new", f"ipc://{tmp_path}/slot{i}-new.sock", NEW_PORT, [n.cluster for n in nodes]
+    )
+    newcomer = Recorder(new, TOPIC)
+    everyone = [*nodes, new]
+    for node in everyone:
+        wait_until(lambda node=node: len(up_peers(node)) == SLOTS, timeout=15)
+    assert converged(everyone, f"n{i}-new holds every presence") == current
+    watchers = [*survivors, newcomer]
+    marks = [len(r.diffs) for r in watchers]
+    downs = {n.name: down_events(n) for k, n in enumerate(everyone) if k != i}
+    recorders[i].close()
+    nodes[i].terminate()
+    for node in everyone[:i] + everyone[i + 1 :]:  # gone already, said goodbye to
+        assert not old_refs & _all_refs(node), node.name
+    mine = [o for o in owners if o.args[-1] in keys_of(i)]  # its pod's workers die with it
+    for proc in mine:
+        proc.kill()
+    nodes[i], recorders[i] = new, newcomer
+    owners += start_owners([(new.address, key) for key in keys_of(i)], TOPIC)
+    current = converged(nodes, f"slot {i}'s keys tracked on n{i}-new")
+    new_refs = {current[k][0] for k in keys_of(i)}
+    assert {n.name: down_events(n) for n in nodes} == downs  # nobody saw a node down
+    saw_once(watchers, marks, old_refs, new_refs)
+    return current
+
+
+def saw_once(
+    recorders: list[Recorder], marks: list[int], old_refs: set[str], new_refs: set[str]
+) -> None:
+    """Since its mark, each recorder saw every old ref leave once, every new one join once,
+    and nothing else."""
+    for rec, mark in zip(recorders, marks, strict=True):
         wait_until(
             lambda rec=rec, mark=mark: _changed(rec, mark) == (old_refs, new_refs),
             timeout=5,
             what=f"{rec.name}: old refs leave, new ones join",
         )
         assert _counts(rec, mark) == (Counter(old_refs), Counter(new_refs)), rec.name
-    return current
 
 
 def _all_refs(node: Served) -> set[str]:

@@ -132,16 +132,28 @@ def owner(
     address: str, topic: str, key: str, *, env: dict[str, str] | None = None
 ) -> subprocess.Popen[str]:
     """A process that tracks itself as `key` on `topic` through the node at `address`."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _OWNER, address, topic, key],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert line == "tracked\n", f"owner {key} did not track: {line!r}"
+    (proc,) = owners([(address, key)], topic, env=env)
     return proc
+
+
+def owners(
+    where: list[tuple[str, str]], topic: str, *, env: dict[str, str] | None = None
+) -> list[subprocess.Popen[str]]:
+    """An owner per (address, key), started together; returns once each has tracked."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _OWNER, address, topic, key],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for address, key in where
+    ]
+    for proc, (_, key) in zip(procs, where, strict=True):
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line == "tracked\n", f"owner {key} did not track: {line!r}"
+    return procs
 
 
 class Recorder:
