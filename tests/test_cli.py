@@ -373,8 +373,12 @@ def test_every_serve_flag_reaches_the_node(tmp_path):
 
 @pytest.mark.parametrize(
     ("signum", "http"),
-    [(signal.SIGINT, []), (signal.SIGTERM, ["--http", "127.0.0.1:0", "--workers", "2"])],
-    ids=["sigint", "sigterm-http"],
+    [
+        (signal.SIGINT, []),
+        (signal.SIGINT, ["--http", "127.0.0.1:0"]),  # uvicorn in serve's own process
+        (signal.SIGTERM, ["--http", "127.0.0.1:0", "--workers", "2"]),  # and its workers
+    ],
+    ids=["sigint", "sigint-http", "sigterm-http-workers"],
 )
 def test_serve_says_goodbye_on_a_signal(signum, http, tmp_path):
     """Ctrl-C and SIGTERM alike (with uvicorn's workers in the foreground too): the node's
