@@ -19,7 +19,10 @@ from tests.support.waiting import wait_until
 from whosthere import cli, serve_flags
 from whosthere.cli import HTTP_GRACE_S
 from whosthere.config import NodeConfig
+from whosthere.node import DEPART_TIMEOUT, STOP_TIMEOUT
 from whosthere.tracker.options import TrackerOptions
+from whosthere.transport.messages import DropPeers
+from whosthere.transport.sockets import Dealer
 
 LISTEN = "tcp://127.0.0.1:0"
 
@@ -403,3 +406,35 @@ def test_serve_says_goodbye_on_a_signal(signum, http, tmp_path):
         assert took < 5 + (HTTP_GRACE_S if http else 0), f"serve took {took:.1f} s to stop"
         assert peer.presence.list("room") == {}  # at once: its goodbye, not down_period
         assert peer.status()["peers"] == {}  # forgotten, not down
+
+
+def test_serve_stops_in_time_when_its_goodbye_is_not_acknowledged(tmp_path):
+    """The peer hears nothing from it any more (a netsplit): serve gives up on the goodbye
+    after its window, says which peer drops it after down_period, and stops."""
+    slow = {"broadcast_period": 0.05, "down_period": 30.0, "permdown_period": 60.0}
+    flags = (*(f"--{k.replace('_', '-')}={v}" for k, v in slow.items()), "--fetchers=1")
+    servers: list[Served] = []
+    owners: list[subprocess.Popen[str]] = []
+    with (
+        whosthere.Node(name="peer", listen=LISTEN, **slow) as peer,
+        cleanup(servers, owners),
+    ):
+        assert peer.cluster_address is not None
+        address = f"ipc://{tmp_path}/served.sock"
+        served = Served.start("served", address, LISTEN, [peer.cluster_address], flags=flags)
+        servers.append(served)
+        owners.append(owner(address, "room", "k"))
+        wait_until(lambda: "k" in peer.presence.list("room"), timeout=10)
+        dealer = Dealer(peer.presence.info.endpoints["cluster"])
+        try:
+            dealer.call(DropPeers(["served"]))
+        finally:
+            dealer.close()
+        took = served.terminate(timeout=20)
+        assert took < DEPART_TIMEOUT + STOP_TIMEOUT + 1, f"serve took {took:.1f} s to stop"
+        assert served.reader is not None
+        served.reader.join(5)
+        log = "".join(served.lines)
+        assert "shard.0: no goodbye acknowledgement from peer" in log
+        assert "graceful permdown of shard 0: no acknowledgement from peer" in log
+        assert "k" in peer.presence.list("room")  # until down_period: it never heard

@@ -33,8 +33,9 @@ def _serve(args: argparse.Namespace) -> int:
     says goodbye so its presences leave every peer at once. SIGINT is a developer's Ctrl-C
     and SIGTERM an orchestrator's stop (Kubernetes, systemd, docker): either way the node is
     gone for good, and a node that does not come back should not linger on its peers for
-    down_period. Bounded: the node stops within `node.STOP_TIMEOUT` (the goodbye included),
-    after the HTTP workers' `--http-grace`."""
+    down_period. Bounded: the HTTP workers close their connections within `--http-grace`
+    (then the app's lifespan shutdown), the goodbye takes `node.DEPART_TIMEOUT` at most,
+    then the node stops within `node.STOP_TIMEOUT`."""
     use_app_dir(args.app_dir)  # before anything of the user's is imported
     presence = _presence_class(args.presence) if args.presence else None
     try:
