@@ -119,10 +119,9 @@ def test_a_rolling_deploy_leaves_no_zombies(stop: str, tmp_path: Path) -> None:
             for i in range(SLOTS):
                 old_refs = {current[k][0] for k in keys_of(i)}
                 if stop == "surge":
-                    current = surge(nodes, recorders, owners, i, current, tmp_path)
+                    current = surge(servers, nodes, recorders, owners, i, current, tmp_path)
                 else:
-                    current = replace(nodes, recorders, i, stop, current)
-                servers.append(nodes[i])
+                    current = replace(servers, nodes, recorders, i, stop, current)
                 gone_refs |= old_refs
             all_up(nodes)
 
@@ -154,6 +153,7 @@ def all_up(nodes: list[Served]) -> None:
 
 
 def replace(
+    servers: list[Served],
     nodes: list[Served],
     recorders: list[Recorder],
     i: int,
@@ -164,6 +164,7 @@ def replace(
     (the survivors its seeds), wait until its owners are tracked again; check what every
     survivor saw meanwhile. Returns what every node lists then."""
     survivors = [r for k, r in enumerate(recorders) if k != i]
+    settle(recorders)
     marks = [len(r.diffs) for r in survivors]
     old_refs = {current[k][0] for k in keys_of(i)}
     downs = {k: down_events(n) for k, n in enumerate(nodes) if k != i}
@@ -180,6 +181,7 @@ def replace(
     listen = nodes[i].cluster if i % 2 == 0 else NEW_PORT
     seeds = [n.cluster for k, n in enumerate(nodes) if k != i]  # or a dns: name
     nodes[i] = Served.start(f"n{i}-new", nodes[i].address, listen, seeds)
+    servers.append(nodes[i])
     recorders[i] = Recorder(nodes[i], TOPIC)
     current = converged(nodes, f"slot {i}'s owners tracked again")
     new_refs = {current[k][0] for k in keys_of(i)}
@@ -194,6 +196,7 @@ def replace(
 
 
 def surge(
+    servers: list[Served],
     nodes: list[Served],
     recorders: list[Recorder],
     owners: list[subprocess.Popen[str]],
@@ -209,12 +212,14 @@ def surge(
     new = Served.start(
         f"n{i}-new", f"ipc://{tmp_path}/slot{i}-new.sock", NEW_PORT, [n.cluster for n in nodes]
     )
+    servers.append(new)
     newcomer = Recorder(new, TOPIC)
     everyone = [*nodes, new]
     for node in everyone:
         wait_until(lambda node=node: len(up_peers(node)) == SLOTS, timeout=15)
     assert converged(everyone, f"n{i}-new holds every presence") == current
     watchers = [*survivors, newcomer]
+    settle(watchers)
     marks = [len(r.diffs) for r in watchers]
     downs = {n.name: down_events(n) for k, n in enumerate(everyone) if k != i}
     recorders[i].close()
@@ -233,18 +238,27 @@ def surge(
     return current
 
 
+def settle(recorders: list[Recorder]) -> None:
+    """Until the diffs of what every node lists have reached every recorder."""
+    wait_until(lambda: all(r.quiet(0.3) for r in recorders), timeout=10, what="diffs settled")
+
+
 def saw_once(
     recorders: list[Recorder], marks: list[int], old_refs: set[str], new_refs: set[str]
 ) -> None:
     """Since its mark, each recorder saw every old ref leave once, every new one join once,
     and nothing else."""
     for rec, mark in zip(recorders, marks, strict=True):
-        wait_until(
-            lambda rec=rec, mark=mark: _changed(rec, mark) == (old_refs, new_refs),
-            timeout=5,
-            what=f"{rec.name}: old refs leave, new ones join",
-        )
-        assert _counts(rec, mark) == (Counter(old_refs), Counter(new_refs)), rec.name
+        try:
+            wait_until(
+                lambda rec=rec, mark=mark: _changed(rec, mark) == (old_refs, new_refs),
+                timeout=5,
+                what=f"{rec.name}: old refs {old_refs} leave, new ones {new_refs} join",
+            )
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; saw {_changed(rec, mark)}") from None
+        left, joined = _counts(rec, mark)
+        assert (left, joined) == (Counter(old_refs), Counter(new_refs)), (rec.name, rec.diffs)
 
 
 def _all_refs(node: Served) -> set[str]:

@@ -164,6 +164,7 @@ class Recorder:
         self.presence = whosthere.Presence.connect(served.address)
         self.sub = self.presence.subscribe(topic)
         self.diffs: list[dict[str, Any]] = []
+        self.last_at = time.monotonic()  # when the last diff came (or it subscribed)
         self.lost = 0
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._record, daemon=True)
@@ -180,6 +181,12 @@ class Recorder:
                 return  # its node went away
             if msg is not None and msg.event == "presence_diff":
                 self.diffs.append(msg.payload)
+                self.last_at = time.monotonic()
+
+    def quiet(self, seconds: float) -> bool:
+        """No diff for `seconds`: what `list` showed has reached it too (a diff may come a
+        moment after `list` shows its change)."""
+        return time.monotonic() - self.last_at > seconds
 
     def refs(self, side: str) -> list[str]:
         """Every phx_ref in the diffs' `side` ("joins" or "leaves"), as often as it came."""
