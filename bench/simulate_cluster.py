@@ -23,6 +23,7 @@ import argparse
 import gc
 import heapq
 import itertools
+import logging
 import os
 import random
 import sys
@@ -40,11 +41,18 @@ import redis_fanout
 import resp
 from common import Row, Sizes, progress
 
+from whosthere.actors.peer_book import PeerBook
 from whosthere.tracker.options import TrackerOptions
 from whosthere.tracker.replication import Replication
 from whosthere.tracker.state import State
 from whosthere.transport import codec
-from whosthere.transport.messages import Heartbeat, TransferAck, TransferReq
+from whosthere.transport.messages import (
+    Heartbeat,
+    PeerHello,
+    PeerWelcome,
+    TransferAck,
+    TransferReq,
+)
 
 META = codec.pack_meta(cluster_burst.META, 65536)  # what the real growth runs track
 
@@ -393,7 +401,47 @@ def bench_simulate(sizes: Sizes) -> list[Row]:
                         f"{deliveries:,.0f} deliveries/s, {kb:,.0f} KB/s",
                     )
                 )
-    return rows + _checked_against_real(sizes)
+    return rows + _gossip(counts) + _checked_against_real(sizes)
+
+
+def _gossip(counts: Iterable[int]) -> list[Row]:
+    """The cluster actor's hellos, which the simulation leaves out: every node greets each of
+    its 2(n-1) connections every second and is answered. Timed here on the real `PeerBook`
+    and codec, with the addresses told in every hello (before) and only when they changed
+    (now: an empty list in between)."""
+    rows = []
+    for n in counts:
+        addresses = [f"tcp://10.1.{i // 250}.{i % 250}:7100" for i in range(n)]
+        costs = {}
+        for told in ("every hello", "when changed"):
+            book = PeerBook("n0", set(), 1200.0, logging.getLogger("bench.gossip"))
+            book.listening(addresses[0])
+            for i in range(1, n):
+                book.dialled(addresses[i], 1000.0)
+                book.learn(f"n{i}", ("out", addresses[i]), [], 1000.0)
+            peers = addresses if told == "every hello" else []
+            hello = codec.encode(PeerHello("n5", 1, addresses[5], peers))
+            reps, t = 2_000, time.perf_counter()
+            for _ in range(reps):
+                msg = codec.decode(hello)
+                book.hello(msg.name, ("in", b"n5"), msg.listen, msg.peers, 1000.0)
+                codec.encode(PeerWelcome("n0", peers))
+            per_s = 2 * 2 * (n - 1)  # hellos and welcomes, in and out, a second
+            costs[told] = ((time.perf_counter() - t) / reps * per_s / 2, len(hello) * per_s / 2)
+        (cpu_then, bytes_then), (cpu_now, bytes_now) = costs.values()
+        rows += [
+            Row(
+                "simulate",
+                f"{n} nodes: hellos' CPU per node",
+                cpu_now * 100,
+                "% core",
+                f"{bytes_now * n / 1e6:,.2f} MB/s in all",
+                f"addresses in every hello: {cpu_then * 100:.2f} %, "
+                f"{bytes_then * n / 1e6:,.1f} MB/s",
+                cpu_now / cpu_then,
+            )
+        ]
+    return rows
 
 
 def _checked_against_real(sizes: Sizes) -> list[Row]:

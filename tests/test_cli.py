@@ -326,6 +326,7 @@ _EVERY_FLAG = {
     "durable": (False, ("durable",), False),
     "cookie": ("s3cret-knobs", None, None),
     "advertise": ("tcp://127.0.0.1:0", ("cluster", "advertise"), "tcp://127.0.0.1:0"),
+    "discovery_period": ("7.5", ("cluster", "discovery_period"), 7.5),
     "address": ("ipc://{tmp}/knobs.sock", ("address",), "ipc://{tmp}/knobs.sock"),
     "broadcast_period": ("0.25", ("tracker", "broadcast_period"), 0.25),
     "max_silent_periods": ("3", ("tracker", "max_silent_periods"), 3),

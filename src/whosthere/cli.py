@@ -143,7 +143,19 @@ def _format_status(status: dict[str, Any]) -> str:
             )
         for name, why in sorted(status["cluster"]["refused"].items()):
             lines.append(f"  refused {name}: {why}")
+        for name, found in sorted(status["cluster"].get("discovery", {}).items()):
+            lines.append(f"  {name}: {_discovered(found)}")
     return "\n".join(lines)
+
+
+def _discovered(found: dict[str, Any]) -> str:
+    """What DNS said of a name, in a line of `whosthere status`."""
+    said = ", ".join(found["addresses"]) or "no address yet"
+    if found["resolved_age"] is not None:
+        said += f" (resolved {found['resolved_age']:.1f} s ago)"
+    if found["error"] is not None:
+        said += f"; failing (tried {found['failed_age']:.1f} s ago): {found['error']}"
+    return said
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -243,7 +255,12 @@ def parser() -> argparse.ArgumentParser:
         help="the node's whosthere.Presence subclass (its fetch, init, handle_metas)",
     )
     serve.add_argument(
-        "--peer", action="append", default=[], help="a peer's listen address (repeatable)"
+        "--peer",
+        action="append",
+        default=[],
+        help="a peer's listen address tcp://HOST:PORT, or dns:NAME:PORT (every A/AAAA record "
+        "of NAME), or srv:NAME (its SRV records); repeatable; default $WHOSTHERE_PEERS "
+        "(comma-separated)",
     )
     serve.add_argument(
         "--app-dir",

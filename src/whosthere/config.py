@@ -20,6 +20,7 @@ from whosthere.transport.codec import DEFAULT_META_LIMIT
 from whosthere.transport.endpoints import check_cluster
 
 LOG_LEVEL_ENV = "WHOSTHERE_LOG_LEVEL"
+PEERS_ENV = "WHOSTHERE_PEERS"  # comma-separated peers, for a node given `listen` and no peers
 _INTS = ("fetchers", "max_restarts", "pubsub_hwm", "meta_limit")
 _FLOATS = ("fetch_timeout", "max_seconds", "start_timeout")
 
@@ -30,7 +31,12 @@ class ClusterConfig:
 
     listen: str  # tcp://host:port (port 0: any free one)
     advertise: str | None = None  # what peers dial, when it is not `listen`
-    peers: tuple[str, ...] = ()  # other nodes' listen addresses (one is enough)
+    # other nodes' listen addresses (one is enough), or dns:NAME:PORT / srv:NAME
+    peers: tuple[str, ...] = ()
+    discovery_period: float = 5.0  # seconds between two resolutions of the DNS names
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "discovery_period", _period(self.discovery_period))
 
     @classmethod
     def create(
@@ -39,10 +45,24 @@ class ClusterConfig:
         peers: tuple[str, ...] | list[str] | str,
         cookie: str | None,
         advertise: str | None,
+        discovery_period: float = 5.0,
     ) -> ClusterConfig | None:
-        """The cluster wiring, checked; None for a node alone (no `listen`)."""
+        """The cluster wiring, checked; None for a node alone (no `listen`). With `listen`
+        and no peers, the peers are `$WHOSTHERE_PEERS`'s (comma-separated), if set."""
+        if listen and not peers:
+            peers = tuple(p.strip() for p in os.environ.get(PEERS_ENV, "").split(",") if p.strip())
         listen, checked = check_cluster(listen, peers, cookie, advertise)
-        return cls(listen, advertise, checked) if listen else None
+        period = _period(discovery_period)  # checked even for a node alone
+        return cls(listen, advertise, checked, period) if listen else None
+
+
+def _period(period: object) -> float:
+    """`discovery_period`, checked: a positive, finite number of seconds."""
+    if not isinstance(period, int | float) or isinstance(period, bool):
+        raise TypeError(f"discovery_period must be a number, got {period!r}")
+    if not 0 < period < float("inf"):
+        raise ValueError(f"discovery_period must be positive, got {period!r}")
+    return float(period)
 
 
 @dataclass(frozen=True)
@@ -116,5 +136,7 @@ class NodeConfig:
         values["tracker"] = TrackerOptions.from_json(raw["tracker"])
         if raw.get("cluster") is not None:
             c = raw["cluster"]
-            values["cluster"] = ClusterConfig(c["listen"], c["advertise"], tuple(c["peers"]))
+            values["cluster"] = ClusterConfig(
+                c["listen"], c["advertise"], tuple(c["peers"]), c["discovery_period"]
+            )
         return cls(**values)

@@ -83,6 +83,7 @@ class Node:
         durable: bool = NodeConfig.durable,
         cookie: str | None = None,
         advertise: str | None = None,
+        discovery_period: float = ClusterConfig.discovery_period,
         address: str | None = None,
         **tracker_options: Any,
     ) -> None:
@@ -101,14 +102,23 @@ class Node:
                 each start. (A tcp:// address is `listen`'s, for peers: refused here.)
             listen: `tcp://host:port` where this node accepts peers (port 0: any free one);
                 without it the node is alone.
-            peers: listen addresses of other nodes (each needs only one; the cluster
-                meshes itself).
+            peers: where other nodes are found (a node needs only one; the cluster meshes
+                itself): their listen addresses `tcp://HOST:PORT`; `dns:NAME:PORT`, every A
+                and AAAA record of NAME dialled at PORT (a Kubernetes headless service);
+                `srv:NAME`, each SRV record's host at its port. Names are resolved every
+                `discovery_period` through the system's resolver (`/etc/hosts`,
+                `/etc/resolv.conf`); a name that does not resolve is logged and tried
+                again; the node's own address is skipped; an address that leaves DNS is no
+                longer dialled once silent for the permdown period. With `listen` and no
+                peers: `$WHOSTHERE_PEERS`, comma-separated, if set.
             cookie: the cluster secret (default `$WHOSTHERE_COOKIE`); traffic between nodes
                 is CURVE-authenticated with keys derived from it. Without one, `listen`
                 must be a loopback address.
             advertise: the `tcp://host:port` peers are told to dial, when it is not `listen`
                 (a wildcard such as `tcp://0.0.0.0:7000`, or an address behind NAT); port 0:
                 the port bound.
+            discovery_period: seconds between two resolutions of the `dns:` and `srv:`
+                names among `peers`.
             max_restarts, max_seconds: restart intensity, as OTP's: more than `max_restarts`
                 actor restarts within `max_seconds` stops the node.
             start_timeout: seconds `start()` waits for every actor to be ready.
@@ -129,7 +139,7 @@ class Node:
                 `whosthere.tracker.options.TrackerOptions`.
         """
         self.cookie = cookie if cookie is not None else os.environ.get(COOKIE_ENV)
-        cluster = ClusterConfig.create(listen, peers, self.cookie, advertise)
+        cluster = ClusterConfig.create(listen, peers, self.cookie, advertise, discovery_period)
         self.presence_class: type[Presence] = presence or Presence
         config = NodeConfig(  # the node's own options are checked first, then the tracker's
             name=name or NodeConfig.default_name(),

@@ -11,6 +11,7 @@ from whosthere.actors.peer_book import (
     _MAX_DORMANT,
     _MAX_LEARNED,
     _QUIET_S,
+    GOSSIP_EVERY_S,
     PeerBook,
 )
 
@@ -292,3 +293,19 @@ def test_conflicts_are_bounded():
     assert len(b.suspects) == _MAX_CONFLICTS
     assert ("a0", "z0") not in b.conflicts  # the oldest went first
     assert (f"a{_MAX_CONFLICTS + 9}", f"z{_MAX_CONFLICTS + 9}") in b.conflicts
+
+
+def test_a_connection_is_told_the_addresses_when_they_change_and_now_and_then():
+    b = book()
+    route, other = ("out", A), ("in", b"x")
+    assert b.gossip(route, [A, B], T) == [A, B]
+    assert b.gossip(route, [A, B], T + 1) == []  # it has them
+    assert b.gossip(other, [A, B], T + 1) == [A, B]  # another connection: told in full
+    assert b.gossip(route, [A, B, C], T + 2) == [A, B, C]  # changed
+    assert b.gossip(route, [A, B, C], T + 3) == []
+    assert b.gossip(route, [A, B, C], T + 2 + GOSSIP_EVERY_S) == [A, B, C]  # anyway, now and then
+    answer(b, "a", A, T + 40)
+    b.learn("b", route, [], T + 41)  # another name answers there: told afresh
+    assert b.gossip(route, [A, B, C], T + 41) == [A, B, C]
+    b.forget_silent(T + 41 + GOSSIP_EVERY_S + 1)
+    assert b.told == {}  # nothing kept beyond what it is for

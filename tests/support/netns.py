@@ -28,6 +28,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -113,6 +114,10 @@ class Network:
     def endpoint(self, i: int) -> str:
         return f"tcp://{self.ip(i)}:{PORT}"
 
+    def hub_address(self, ip: str) -> None:
+        """Give the hub's bridge an address on the nodes' subnet (for a server run there)."""
+        _ip("-n", self.hub, "addr", "add", f"{ip}/24", "dev", "br0")
+
     def cut(self, i: int) -> None:
         """A netsplit: node i's cable is pulled (its port on the hub set down)."""
         _ip("-n", self.hub, "link", "set", f"v{i}", "down")
@@ -140,7 +145,15 @@ class Network:
 class NetnsNode:
     """A node running in its own namespace; the test reaches it over ipc."""
 
-    def __init__(self, name: str, namespace: str, options: dict[str, Any], cookie: str) -> None:
+    def __init__(
+        self,
+        name: str,
+        namespace: str,
+        options: dict[str, Any],
+        cookie: str,
+        log: Path | None = None,
+    ) -> None:
+        """`log`: a file for the node's log (its processes' stderr); default: the test's."""
         self.name = name
         self.namespace = namespace
         runner = [
@@ -149,12 +162,18 @@ class NetnsNode:
             "tests.support.netns_node",
             json.dumps({"name": name, **options}),
         ]
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", namespace, *runner],  # it execs: proc.pid is the runner's
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env={**os.environ, COOKIE_ENV: cookie},
-        )
+        stderr = log.open("ab") if log is not None else None  # the child keeps its copy
+        try:
+            self.proc = subprocess.Popen(
+                ["ip", "netns", "exec", namespace, *runner],  # it execs: proc.pid is the runner's
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                env={**os.environ, COOKIE_ENV: cookie},
+            )
+        finally:
+            if stderr is not None:
+                stderr.close()
         self.address = self.runtime_dir = ""
         self.supervisor = 0
         self._presence: whosthere.Presence | None = None

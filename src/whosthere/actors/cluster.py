@@ -16,6 +16,11 @@ A peer that is not up yet or goes away never blocks anything: sends never wait (
 reconnects by itself; what cannot be sent now is dropped, and replication repairs the loss
 with transfers). Hellos are repeated every second until answered.
 
+Peers given as DNS names (`dns:NAME:PORT`, `srv:NAME`) are resolved every
+`discovery_period` by `DnsWatch`'s threads, never on this loop; what each name said is
+`DiscoveryBook`'s (shown in `stats()`, so `whosthere status` tells what DNS said and when),
+and the addresses are dialled as seeds are while DNS names them.
+
 This actor owns the sockets; which connection reaches which peer, what is passed on and what
 is forgotten (after `forget_after`, the permdown period, at least 10 s) is `PeerBook`'s.
 """
@@ -27,15 +32,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import zmq
 
 from whosthere.actors.base import Actor, ActorSpec, routes
+from whosthere.actors.discovery_book import DiscoveryBook
+from whosthere.actors.dns_watch import DnsWatch
 from whosthere.actors.peer_book import HELLO_EVERY_S, PeerBook, Route
 from whosthere.errors import MalformedFrame
 from whosthere.topology import Topology
 from whosthere.transport import codec
 from whosthere.transport.cookie import COOKIE_ENV, curve_keys
-from whosthere.transport.endpoints import advertised, valid_endpoint
+from whosthere.transport.dns_names import dns_name
+from whosthere.transport.endpoints import advertised, own_endpoints, valid_endpoint
 from whosthere.transport.messages import (
     PUBSUB_INDEX,
     ClusterCast,
@@ -79,9 +88,12 @@ class ClusterActor(Actor):
         self.outgoing: dict[str, zmq.Socket[Any]] = {}  # peer listen address -> our DEALER
         # seeds are never forgotten; others are after as long as the shards keep a silent
         # peer, but long enough for many missed hellos
-        seeds = {p for p in cluster.peers if p}
+        names = list(dict.fromkeys(n for p in cluster.peers if (n := dns_name(p)) is not None))
+        seeds = {p for p in cluster.peers if p and dns_name(p) is None}
         forget_after = max(config.tracker.permdown_period, 10 * HELLO_EVERY_S)
-        self.book = PeerBook(self.me, seeds, forget_after, self.log)
+        self.book = PeerBook(self.me, seeds, forget_after, self.log, discovering=bool(names))
+        self.discovery = DiscoveryBook(self.me, names, self.log)
+        self.dns = DnsWatch(names, cluster.discovery_period) if names else None
         self.dropping: set[str] = set()  # test hook: peers whose traffic is dropped
         self.sent = self.received = self.dropped = 0
         self.from_peers = routes(self, (PeerCast, PeerHello, PeerWelcome, PeerRefused))
@@ -98,9 +110,28 @@ class ClusterActor(Actor):
         self.listen_endpoint = advertised(self.bound, self.advertise)
         self.add_reader(self.listener, self._on_listener)
         now = time.monotonic()
-        for address in self.book.listening(self.listen_endpoint):
+        local = [a.address for addrs in psutil.net_if_addrs().values() for a in addrs]
+        own = own_endpoints(self.listen_endpoint, self.bound, local)
+        for address in self.book.listening(self.listen_endpoint, own):
             self._connect(address, now)
+        if self.dns is not None:
+            self.add_reader(self.dns.fd, self._on_resolved)
+            self.dns.start()
         self.call_later(0, self._hello_all)
+
+    def _on_resolved(self) -> None:
+        """Names resolved (in `DnsWatch`'s threads): dial what DNS names that is new."""
+        assert self.dns is not None
+        changed = False
+        for name, result, at in self.dns.drain():
+            if isinstance(result, str):
+                self.discovery.failed(name, result, at)
+            else:
+                changed |= self.discovery.resolved(name, result, at)
+        if changed:
+            now = time.monotonic()
+            for address in self.book.discover(self.discovery.addresses()):
+                self._connect(address, now)
 
     def _bind_listener(self) -> str:
         """Bind where the previous incarnation was bound, if any: with port 0 a restart would
@@ -131,6 +162,8 @@ class ClusterActor(Actor):
         return bound
 
     def on_stop(self) -> None:
+        if self.dns is not None:
+            self.dns.stop()
         for sock in self.outgoing.values():
             sock.close(linger=500)  # a departing shard's goodbye may still be queued
         for dealer in (*self.shards, self.pubsub):
@@ -151,6 +184,8 @@ class ClusterActor(Actor):
                 for name in sorted(book.routes)
             },
             "refused": dict(book.refused),
+            "dialling": sorted(self.outgoing),
+            **({"discovery": self.discovery.stats(now)} if self.dns is not None else {}),
             "sent": self.sent,
             "received": self.received,
             "dropped": self.dropped,
@@ -188,10 +223,16 @@ class ClusterActor(Actor):
             sock = self.outgoing.pop(address)
             self.remove_reader(sock)
             sock.close(linger=0)
-        known = with_version(self.book.passed_on(now))
-        hello = codec.encode(PeerHello(self.me, self.pool_size, self.listen_endpoint, known))
+        known = self.book.passed_on(now)
+        hellos: dict[bool, bytes] = {}  # with the addresses or without: each encoded once
         for address in self.outgoing:
-            self._reply(("out", address), hello)
+            route = ("out", address)
+            told = self.book.gossip(route, known, now)
+            if bool(told) not in hellos:
+                said = with_version(told)  # every hello says our version
+                hello = PeerHello(self.me, self.pool_size, self.listen_endpoint, said)
+                hellos[bool(told)] = codec.encode(hello)
+            self._reply(route, hellos[bool(told)])
         self.call_later(HELLO_EVERY_S, self._hello_all)
 
     # -- from shards -----------------------------------------------------------------------
@@ -301,8 +342,8 @@ class ClusterActor(Actor):
             return
         for address in self.book.hello(msg.name, route, msg.listen, peers, now):
             self._connect(address, now)
-        welcome = PeerWelcome(self.me, with_version(self.book.passed_on(now)))
-        self._reply(route, codec.encode(welcome))
+        told = self.book.gossip(route, self.book.passed_on(now), now)
+        self._reply(route, codec.encode(PeerWelcome(self.me, with_version(told))))
 
     def _reply(self, route: Route, body: bytes) -> None:
         """Send on a route without ever waiting: a frame that cannot go now is dropped

@@ -19,6 +19,13 @@ while both names are known, for `forget_after` at most, and only the newest `_MA
 It is a conflict only once both names have gone on talking for `_QUIET_S`: a node replaced
 under a new name on the same address (a rolling deploy on the same host) greets us while
 the old name's last words are still recent, and then the old one falls silent.
+
+Peers found by DNS (`discover`): the addresses DNS names now are dialled, never counted
+against the cap, and kept however long they are silent, as seeds are (the name is the
+user's; its addresses come and go). With discovery, DNS is how a long split heals, so an
+address silent for `forget_after` (its replica permdown) that neither DNS nor a live peer
+names any more is closed rather than kept dormant. Our own addresses (`own`: the one we
+advertise, and every local one when we listen on a wildcard) are never dialled.
 """
 
 from __future__ import annotations
@@ -28,6 +35,9 @@ from typing import Any
 
 HELLO_EVERY_S = 1.0  # every peer greets each of its connections this often...
 _QUIET_S = 3 * HELLO_EVERY_S  # ...so this long without a word, a peer may be replaced
+# a connection is told the addresses we know when they changed, and this often anyway: the
+# whole list in every hello made the gossip grow as n^2 per node (100 nodes: 40 MB/s in all)
+GOSSIP_EVERY_S = 30.0
 _MAX_DORMANT = 64  # forgotten addresses still dialled (a long split may heal through them)
 _MAX_LEARNED = 256  # addresses learned from peers dialled at once (a cluster's size, and more)
 _MAX_CONFLICTS = 256  # conflicts remembered (each is logged once while remembered)
@@ -36,10 +46,20 @@ Route = tuple[str, Any]  # ("out", peer listen address) or ("in", listener ident
 
 
 class PeerBook:
-    def __init__(self, me: str, seeds: set[str], forget_after: float, log: logging.Logger) -> None:
+    def __init__(
+        self,
+        me: str,
+        seeds: set[str],
+        forget_after: float,
+        log: logging.Logger,
+        discovering: bool = False,
+    ) -> None:
         self.me = me
         self.listen = ""  # our own address, once bound
+        self.own: set[str] = set()  # every address that reaches us (the listen one too)
         self.seeds = set(seeds)  # never forgotten
+        self.discovering = discovering  # peers are found by DNS names too
+        self.discovered: set[str] = set()  # the addresses DNS names now
         self.forget_after = forget_after
         self.log = log
         self.dialled_at: dict[str, float] = {}  # peer listen address we dial -> when first
@@ -59,13 +79,22 @@ class PeerBook:
         # two names heard on one address, not known to be a conflict yet -> when first seen
         self.suspects: dict[tuple[str, str], float] = {}
         self.capped = False  # the cap on learned addresses was hit and logged, not lifted since
+        self.told: dict[Route, tuple[list[str], float]] = {}  # route -> addresses told, when
+        self.named: dict[Route, set[str]] = {}  # route -> the addresses its peer last told us
 
-    def listening(self, address: str) -> list[str]:
-        """Our own address is never dialled nor passed on, even when given as a seed.
-        Returns the seeds to dial."""
+    def listening(self, address: str, own: set[str] | None = None) -> list[str]:
+        """Our own address (and every other in `own` that reaches us) is never dialled nor
+        passed on, even when given as a seed. Returns the seeds to dial."""
         self.listen = address
-        self.seeds.discard(address)
+        self.own = {address, *(own or ())}
+        self.seeds -= self.own
         return sorted(self.seeds)
+
+    def discover(self, addresses: set[str]) -> list[str]:
+        """DNS names `addresses` now (those it named before and no longer does are left to
+        `forget_silent`). Returns those not dialled yet, to dial."""
+        self.discovered = addresses - self.own
+        return sorted(a for a in self.discovered if a not in self.dialled_at)
 
     def dialled(self, address: str, now: float) -> None:
         """The actor dials `address` from now on: its silence is counted from now."""
@@ -168,11 +197,14 @@ class PeerBook:
         if route[0] == "out":
             self.address_of[name] = route[1]
         self.heard[name] = now
+        told = {a for a in addresses if isinstance(a, str) and a != listen}  # from the wire
+        if told:  # an empty list in a hello: nothing changed since last time
+            self.named[route] = told
         new = list(
             dict.fromkeys(
                 a
-                for a in addresses  # from the wire: unchecked
-                if isinstance(a, str) and a != self.listen and a not in self.dialled_at
+                for a in addresses
+                if isinstance(a, str) and a not in self.own and a not in self.dialled_at
             )
         )
         return self._within_cap(name, new)
@@ -180,9 +212,10 @@ class PeerBook:
     def _within_cap(self, name: str, new: list[str]) -> list[str]:
         """The addresses `name` told us of that we may dial: seeds, and learned ones up to
         _MAX_LEARNED dialled at once. Hitting the cap is logged once until it is lifted."""
-        dialling = sum(1 for a in self.dialled_at if a not in self.seeds)
-        seeds = [a for a in new if a in self.seeds]
-        learned = [a for a in new if a not in self.seeds]
+        users = self.seeds | self.discovered  # given by the user, or by DNS: not capped
+        dialling = sum(1 for a in self.dialled_at if a not in users)
+        seeds = [a for a in new if a in users]
+        learned = [a for a in new if a not in users]
         room = max(0, _MAX_LEARNED - dialling)
         if len(learned) > room:
             if not self.capped:
@@ -209,32 +242,53 @@ class PeerBook:
             for a, t in self.answered.items()
             if now - t < self.forget_after / 2 and a not in self.dormant
         }
-        return sorted((self.seeds | live) - {self.listen})
+        return sorted((self.seeds | live) - self.own)
+
+    def gossip(self, route: Route, addresses: list[str], now: float) -> list[str]:
+        """What to tell on `route` of the `addresses` we pass on: all of them if they changed
+        since it was last told, or GOSSIP_EVERY_S after; else nothing (the peer has them)."""
+        told = self.told.get(route)
+        if told is not None and told[0] == addresses and now - told[1] < GOSSIP_EVERY_S:
+            return []
+        self.told[route] = (addresses, now)
+        return addresses
 
     def forget_silent(self, now: float) -> list[str]:
         """Forget what has been silent for forget_after: names, incoming routes, refusals.
         A silent address goes dormant (still dialled, with back-off, so that a long split
-        can heal, but no longer passed on). Returns the oldest beyond _MAX_DORMANT, to close."""
+        can heal, but no longer passed on). Returns the addresses to close: with discovery,
+        the dormant ones neither DNS nor a live peer names; the oldest beyond _MAX_DORMANT."""
+        for route in [r for r in self.named if r not in self.speaks_for]:
+            del self.named[route]  # its peer is gone: what it named counts no more
+        to_close: list[str] = []
         for address in list(self.dialled_at):
-            if address in self.seeds or address in self.dormant:
+            if address in self.seeds or address in self.discovered:
                 continue
             silent = now - self._last_heard(address)
-            if silent > self.forget_after:
-                self.log.info(
-                    "%s: peer address %s silent %.0f s: dormant", self.me, address, silent
-                )
+            if silent <= self.forget_after:
+                continue
+            if address not in self.dormant:
                 self.dormant.add(address)
                 self.speaks_for.pop(("out", address), None)
+                self.named.pop(("out", address), None)
                 for name in [n for n, r in self.routes.items() if r == ("out", address)]:
                     self._forget_name(name)
-        to_close: list[str] = []
-        if len(self.dormant) > _MAX_DORMANT:
-            by_age = sorted(self.dormant, key=self._last_heard)
-            to_close = by_age[: len(self.dormant) - _MAX_DORMANT]
+                if not self.discovering:
+                    self.log.info(
+                        "%s: peer address %s silent %.0f s: dormant", self.me, address, silent
+                    )
+            if self.discovering and not self._named_by_live_peer(address):
+                self.log.info(
+                    "%s: peer address %s silent %.0f s and named by neither DNS nor a peer: "
+                    "no longer dialled",
+                    self.me,
+                    address,
+                    silent,
+                )
+                to_close.append(address)
         for address in to_close:
-            self.dormant.discard(address)
-            self.answered.pop(address, None)
-            del self.dialled_at[address]
+            self._drop_address(address)
+        to_close.extend(self._beyond_dormant_cap())
         for route, at in list(self.route_heard.items()):
             if now - at > self.forget_after:
                 del self.route_heard[route]
@@ -252,7 +306,28 @@ class PeerBook:
         for pair, at in list(self.suspects.items()):
             if now - at > self.forget_after:
                 del self.suspects[pair]
+        for route, (_, at) in list(self.told.items()):
+            if now - at > GOSSIP_EVERY_S:
+                del self.told[route]  # told again in full next time anyway
         return to_close
+
+    def _named_by_live_peer(self, address: str) -> bool:
+        """Whether a peer we still hear told us of `address` (when it last told us any)."""
+        return any(address in t for r, t in self.named.items() if r in self.speaks_for)
+
+    def _beyond_dormant_cap(self) -> list[str]:
+        """The oldest dormant addresses beyond _MAX_DORMANT, forgotten: to close."""
+        by_age = sorted(self.dormant, key=self._last_heard)
+        to_close = by_age[: max(0, len(self.dormant) - _MAX_DORMANT)]
+        for address in to_close:
+            self._drop_address(address)
+        return to_close
+
+    def _drop_address(self, address: str) -> None:
+        """No longer dialled (the actor closes its connection): learned afresh if named."""
+        self.dormant.discard(address)
+        self.answered.pop(address, None)
+        del self.dialled_at[address]
 
     def _last_heard(self, address: str) -> float:
         return self.answered.get(address, self.dialled_at[address])
@@ -260,6 +335,7 @@ class PeerBook:
     def _forget_name(self, name: str) -> None:
         for route in [r for r, n in self.speaks_for.items() if n == name]:
             del self.speaks_for[route]
+            self.told.pop(route, None)  # whoever answers there next is told afresh
         self.routes.pop(name, None)
         self.address_of.pop(name, None)
         self.heard.pop(name, None)

@@ -7,10 +7,13 @@ parsed (`tcp://127.evil.example` is a host name, not loopback).
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import re
 import socket as socket_module
 from typing import Any
+
+from whosthere.transport.dns_names import dns_name, tcp_endpoint
 
 _ENDPOINT = re.compile(
     r"tcp://(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9](?:[A-Za-z0-9.\-]*[A-Za-z0-9])?)|(\*))"
@@ -85,7 +88,8 @@ def check_cluster(
     cookie: str | None,
     advertise: str | None = None,
 ) -> tuple[str | None, tuple[str, ...]]:
-    """Cluster wiring as given, checked: tcp endpoints, and loopback only without a cookie."""
+    """Cluster wiring as given, checked: tcp endpoints (peers may also be `dns:NAME:PORT` or
+    `srv:NAME`, see `transport.dns_names`), and loopback only without a cookie."""
     if isinstance(peers, str):
         peers = (peers,)
     peers = tuple(peers)
@@ -93,11 +97,14 @@ def check_cluster(
         raise ValueError("advertise= needs listen=")
     mine = [advertise or listen] if listen else []
     for endpoint in (*mine, *peers):
+        if endpoint not in mine and isinstance(endpoint, str) and dns_name(endpoint):
+            continue  # a name peers are found under, checked by dns_name
         if not valid_endpoint(endpoint, any_port=endpoint in mine):
             raise ValueError(
                 f"cluster endpoints are tcp://host:port with a host peers can dial "
                 f"(not a wildcard such as 0.0.0.0: to listen on every interface, give "
-                f"advertise= the address peers dial), got {endpoint!r}"
+                f"advertise= the address peers dial; peers may also be dns:NAME:PORT or "
+                f"srv:NAME), got {endpoint!r}"
             )
     wild = advertise is not None and valid_endpoint(listen, wildcard=True, any_port=True)
     if listen and not (wild or valid_endpoint(listen, any_port=True)):
@@ -110,3 +117,19 @@ def check_cluster(
             "give cookie= (or $WHOSTHERE_COOKIE) to listen on other interfaces"
         )
     return listen, peers
+
+
+def own_endpoints(listen: str, bound: str, local_ips: list[str]) -> set[str]:
+    """The endpoints that reach this node: the one it tells peers, the one bound and, bound to
+    a wildcard, every local address at the bound port (DNS may name any of them)."""
+    own = {listen, bound}
+    match = _ENDPOINT.fullmatch(bound)
+    if match is None:
+        return own
+    v6, name, star, port = match.groups()
+    ip = _host_ip(v6, name) if not star else None
+    if star or (ip and ip.is_unspecified):
+        for local in local_ips:
+            with contextlib.suppress(ValueError):  # not an IP address (a MAC address)
+                own.add(tcp_endpoint(str(ipaddress.ip_address(local)), int(port)))
+    return own
