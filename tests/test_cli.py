@@ -31,6 +31,11 @@ def whosthere_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "whosthere", *args]
 
 
+def whosthere_out(*args: str) -> str:
+    """What `whosthere ARGS` prints (it must succeed)."""
+    return subprocess.run(whosthere_cmd(*args), capture_output=True, text=True, check=True).stdout
+
+
 def test_serve_then_status_then_ctrl_c():
     with subprocess.Popen(
         whosthere_cmd("serve", "--name", "cli-node"), stdout=subprocess.PIPE, text=True
@@ -267,12 +272,7 @@ def test_serve_runs_the_node_with_the_options_given(tmp_path):
         try:
             assert serve.stdout is not None
             address = serve.stdout.readline().rsplit(" ", 1)[1].strip()
-            out = subprocess.run(
-                whosthere_cmd("status", "--json", address),
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
+            out = whosthere_out("status", "--json", address)
             config = json.loads(out)["config"]
             assert [a["name"] for a in json.loads(out)["actors"]] == [
                 "pubsub",
@@ -354,12 +354,7 @@ def test_every_serve_flag_reaches_the_node(tmp_path):
             assert serve.stdout is not None
             address = serve.stdout.readline().rsplit(" ", 1)[1].strip()
             assert address == f"ipc://{tmp_path}/knobs.sock"
-            out = subprocess.run(
-                whosthere_cmd("status", "--json", address),
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
+            out = whosthere_out("status", "--json", address)
             assert "s3cret-knobs" not in out
             config = json.loads(out)["config"]
             assert config["cluster"]["peers"] == ["tcp://127.0.0.1:1"]
