@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
 import signal
 import sys
@@ -21,8 +22,20 @@ from whosthere.node import Node, node_status
 from whosthere.presence import Presence
 from whosthere.serve_flags import add_node_flags, given_node_options
 
+HTTP_GRACE_S = 10.0  # default seconds the HTTP workers get to close their connections
+
 
 def _serve(args: argparse.Namespace) -> int:
+    """Run a node (and the HTTP server, with --http) until SIGTERM or SIGINT.
+
+    Both signals stop it the same way: the HTTP server first (its connections closed, their
+    presences leaving), then the node, which with `permdown_on_shutdown` (serve's default)
+    says goodbye so its presences leave every peer at once. SIGINT is a developer's Ctrl-C
+    and SIGTERM an orchestrator's stop (Kubernetes, systemd, docker): either way the node is
+    gone for good, and a node that does not come back should not linger on its peers for
+    down_period. Bounded: the HTTP workers close their connections within `--http-grace`
+    (then the app's lifespan shutdown), the goodbye takes `node.DEPART_TIMEOUT` at most,
+    then the node stops within `node.STOP_TIMEOUT`."""
     use_app_dir(args.app_dir)  # before anything of the user's is imported
     presence = _presence_class(args.presence) if args.presence else None
     try:
@@ -35,8 +48,11 @@ def _serve(args: argparse.Namespace) -> int:
         nonlocal stop
         stop = True
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    def stop_on_signals() -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, on_signal)
+
+    stop_on_signals()
     with node:
         print(f"whosthere node {node.name!r} serving at {node.address}", flush=True)
         print(f"  export WHOSTHERE_ADDRESS={node.address}", flush=True)
@@ -44,9 +60,11 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"  peers join with --peer {node.cluster_address}", flush=True)
         elif node.engine:
             print(f"  meets its peers through {node.engine}", flush=True)
-        print("  (Ctrl-C stops it)", flush=True)
+        print("  (Ctrl-C stops it; so does SIGTERM)", flush=True)
         if args.http:
-            _serve_http(args, node.address)
+            if not stop:  # a signal during start: stop now
+                _serve_http(args, node.address)
+            stop_on_signals()  # uvicorn's own handlers may stay (several workers)
         else:
             while not stop and node.alive:
                 time.sleep(0.1)
@@ -58,7 +76,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _serve_http(args: argparse.Namespace, address: str) -> None:
-    """uvicorn in the foreground: the live page, and the user's Channels app if given."""
+    """uvicorn in the foreground: the live page, and the user's Channels app if given.
+    It handles SIGTERM and SIGINT itself (each worker closes its connections within
+    `--http-grace`, then its tasks are cancelled) and returns; the node stops after."""
     try:
         import uvicorn  # noqa: PLC0415 (an optional dependency: the channels extra)
     except ImportError:
@@ -83,6 +103,7 @@ def _serve_http(args: argparse.Namespace, address: str) -> None:
         workers=args.workers,
         log_level="warning",
         ws_max_size=10_000_000,
+        timeout_graceful_shutdown=max(0, math.ceil(args.http_grace)),
     )
 
 
@@ -263,6 +284,14 @@ def parser() -> argparse.ArgumentParser:
         help="a whosthere.channels.Endpoint (or any ASGI app) to serve",
     )
     serve.add_argument("--workers", type=int, default=1, help="HTTP worker processes (1)")
+    serve.add_argument(
+        "--http-grace",
+        type=float,
+        default=HTTP_GRACE_S,
+        metavar="SECONDS",
+        help="on SIGTERM or SIGINT, seconds the HTTP workers get to close their connections "
+        f"before their tasks are cancelled; the node stops after (default: {HTTP_GRACE_S:g})",
+    )
     add_node_flags(serve)
     serve.set_defaults(func=_serve)
 

@@ -26,6 +26,7 @@ from whosthere.node_events import EventReader
 from whosthere.presence import Presence
 from whosthere.pubsub import PubSub
 from whosthere.topology import Topology
+from whosthere.tracker.departure import GOODBYE_FOR_S
 from whosthere.tracker.options import TrackerOptions
 from whosthere.transport import client_door, runtime_dir
 from whosthere.transport.cookie import COOKIE_ENV
@@ -37,7 +38,10 @@ __all__ = ["Node", "node_status"]
 
 log = logging.getLogger("whosthere.node")
 
-STOP_TIMEOUT = 2.0  # seconds Node.stop() waits before killing the process group
+STOP_TIMEOUT = 2.0  # seconds Node.stop() waits before killing the process group...
+# ...after the goodbye (`permdown_on_shutdown`): the shards answer once every peer has
+# acknowledged it or their window has passed, and the answer gets this margin to come
+DEPART_TIMEOUT = GOODBYE_FOR_S + 0.5
 
 
 def _presence_config(cls: type) -> dict[str, Any]:
@@ -203,11 +207,6 @@ class Node:
         return self.config.cluster.engine if self.config.cluster else None
 
     @property
-    def clustered(self) -> bool:
-        """Whether the node meets peers (over the mesh or a Redis engine)."""
-        return self.config.cluster is not None
-
-    @property
     def peers(self) -> tuple[str, ...]:
         return self.config.cluster.peers if self.config.cluster else ()
 
@@ -293,7 +292,8 @@ class Node:
         return self
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        """Stop every process of the node within `timeout` seconds.
+        """Stop every process of the node within `timeout` seconds, after the goodbye
+        (with `permdown_on_shutdown`: `DEPART_TIMEOUT` at most, 1.5 s).
 
         Each step runs even if one before it fails: the graceful permdown (with
         `permdown_on_shutdown`), closing this process's clients, stopping the workers from
@@ -305,7 +305,7 @@ class Node:
             return
         deadline = time.monotonic() + timeout
         steps: list[tuple[str, Callable[[], None]]] = [
-            ("graceful permdown", lambda: self._depart_on_stop(timeout)),
+            ("graceful permdown", self._depart_on_stop),
             ("closing the pubsub client", lambda: self._close_pubsub(timeout)),
             ("closing the presence client", self._close_presence),
             ("stopping the workers", lambda: self._workers.stop(grace=min(0.5, timeout / 4))),
@@ -322,12 +322,14 @@ class Node:
                 errors.append(exc)
             else:
                 self._stop_done.add(name)
+            if name == "graceful permdown":  # the goodbye has a window of its own
+                deadline = time.monotonic() + timeout
         if errors:
             raise errors[0]
 
-    def _depart_on_stop(self, timeout: float) -> None:
+    def _depart_on_stop(self) -> None:
         if self.clustered and self.config.tracker.permdown_on_shutdown and self.alive:
-            depart(self.address, min(1.5, timeout / 2))
+            depart(self.address, DEPART_TIMEOUT)
 
     def _close_pubsub(self, timeout: float) -> None:
         with self._clients_lock:
@@ -340,6 +342,13 @@ class Node:
             self._clients_closed = True
         if self._presence is not None:
             self._presence.close()
+
+    @property
+    def clustered(self) -> bool:
+        """Whether this node has peers to replicate with (over the mesh or a Redis engine),
+        and so to leave: the one test of it (a graceful permdown is for a clustered node
+        only)."""
+        return self.config.cluster is not None
 
     @property
     def cluster_address(self) -> str | None:

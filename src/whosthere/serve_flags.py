@@ -5,7 +5,7 @@ One flag per keyword of `Node.__init__` and per field of `TrackerOptions`, named
 docstring that documents it (`Node.__init__`'s "Args", `TrackerOptions`' "Attributes") and
 its default shown from the signature or the field. Nothing is copied: a new option is a new
 flag, and `whosthere serve --help` says what the Node's docstring says. A flag not given is
-not passed, so the Node's own default applies.
+not passed, so the Node's own default applies (but for `SERVE_DEFAULTS`, shown as such).
 """
 
 from __future__ import annotations
@@ -24,6 +24,10 @@ from whosthere.tracker.options import TrackerOptions
 # Node keywords whose flags `serve` writes itself: `--presence module:Class` names a class
 # rather than holding one, and `--peer` is repeated, once per peer.
 BY_HAND = frozenset({"presence", "peers"})
+# Where `serve` departs from the Node's defaults. A served node is stopped by its operator
+# (SIGTERM from Kubernetes, systemd or docker; Ctrl-C) and is gone for good: its presences
+# leave every peer at once rather than after down_period (a rolling deploy leaves no zombies).
+SERVE_DEFAULTS: dict[str, Any] = {"permdown_on_shutdown": True}
 
 
 class NodeFlag(NamedTuple):
@@ -80,22 +84,27 @@ def documented(doc: str, section: str) -> dict[str, str]:
 
 
 def add_node_flags(parser: argparse.ArgumentParser) -> None:
-    """Add a flag for every option of `node_flags()` (none given: the Node's defaults)."""
+    """Add a flag for every option of `node_flags()` (none given: the Node's defaults, but
+    for `SERVE_DEFAULTS`)."""
     group = parser.add_argument_group("node options (those of whosthere.Node)")
-    options = node_flags()
+    options = [
+        o._replace(default=SERVE_DEFAULTS[o.name]) if o.name in SERVE_DEFAULTS else o
+        for o in node_flags()
+    ]
     flags = {o.name: o.flag for o in options} | {"peers": "--peer"}
     for option in options:
         group.add_argument(
             option.flag,
             dest=option.name,
-            default=argparse.SUPPRESS,
+            default=SERVE_DEFAULTS.get(option.name, argparse.SUPPRESS),
             help=_help(option, flags).replace("%", "%%"),
             **_parsing(option),
         )
 
 
 def given_node_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The node's options given on the command line, as `Node` keywords."""
+    """The node's options given on the command line (and `SERVE_DEFAULTS`), as `Node`
+    keywords."""
     return {o.name: getattr(args, o.name) for o in node_flags() if hasattr(args, o.name)}
 
 

@@ -27,6 +27,12 @@ def test_another_pool_size_is_refused_and_its_casts_dropped():
     assert "b" not in book.refused
 
 
+def test_another_wire_protocol_is_refused_whatever_its_pool_size():
+    book = EnginePeers("a", 2, forget_after=10.0, log=LOG)
+    assert book.hello("b", 2, 0.0, mismatch="wire protocol mismatch: ...") is not None
+    assert "wire protocol" in book.refused["b"] and not book.accepts("b", 1.0)
+
+
 def test_dropped_peers_are_neither_heard_nor_sent_to_one_by_one():
     book = EnginePeers("a", 1, forget_after=10.0, log=LOG)
     for name in ("b", "c"):

@@ -147,21 +147,44 @@ def test_beyond_max_dormant_the_longest_silent_are_to_be_closed():
     assert b.learn("a", ("in", b"x"), [addresses[1], addresses[3]], T + 101) == [addresses[1]]
 
 
+def talking(b, greetings, start, end, step=1.0):
+    """Each (name, route, address) of `greetings` greets at every step from start to end."""
+    t = start
+    while t <= end:
+        for name, route, address in greetings:
+            b.hello(name, route, address, [], t)
+        t += step
+
+
 def test_a_name_on_a_live_names_address_is_a_conflict_once_and_a_quiet_one_is_replaced(caplog):
     b = book()
     b.hello("a", ("in", b"x"), A, [], T)
     with caplog.at_level(logging.WARNING, logger="tests.peer_book"):
-        b.hello("z", ("in", b"y"), A, [], T + 1)
-        b.hello("z", ("in", b"y"), A, [], T + 2)
+        both = [("a", ("in", b"x"), A), ("z", ("in", b"y"), A)]
+        talking(b, both, T + 1, T + _QUIET_S + 1)  # both go on talking: not a restart
+        assert b.conflicts == {}  # not yet: one of them may fall silent
+        talking(b, both, T + _QUIET_S + 2, T + _QUIET_S + 4)
     assert set(b.conflicts) == {("a", "z")}
     assert [r.getMessage() for r in caplog.records] == [
         f"me: peers a and z both say they listen at {A}"
     ]
     assert set(b.routes) == {"a", "z"}
-    b.hello("z", ("in", b"y"), A, [], T + _QUIET_S + 0.5)  # a last heard at T: quiet
+    now = T + 2 * _QUIET_S + 5
+    b.hello("z", ("in", b"y"), A, [], now)  # a last heard long ago: quiet
     assert b.routes == {"z": ("in", b"y")}
     assert b.address_of == {"z": A}
     assert b.speaks_for == {("in", b"y"): "z"}
+
+
+def test_a_node_replaced_under_a_new_name_on_its_address_is_no_conflict(caplog):
+    """A rolling deploy on one host: the old node's last words are recent when the new one
+    greets, then it falls silent; the new name takes its place and nothing is logged."""
+    b = book()
+    b.hello("old", ("in", b"x"), A, [], T)
+    with caplog.at_level(logging.WARNING, logger="tests.peer_book"):
+        talking(b, [("new", ("in", b"y"), A)], T + 0.5, T + 2 * _QUIET_S)
+    assert caplog.records == []
+    assert b.routes == {"new": ("in", b"y")} and b.suspects == {} and b.conflicts == {}
 
 
 def test_incoming_routes_and_their_names_are_forgotten_after_forget_after():
@@ -239,28 +262,35 @@ def test_once_learned_addresses_are_closed_the_cap_has_room_again(caplog):
 def test_conflicts_are_forgotten_with_their_names_and_after_forget_after():
     b = book(forget_after=100.0)
     b.hello("a", ("in", b"x"), A, [], T)
-    b.hello("z", ("in", b"y"), A, [], T + 1)
     b.hello("b", ("in", b"u"), B, [], T)
-    b.hello("y", ("in", b"v"), B, [], T + 1)
+    pairs = [("a", ("in", b"x"), A), ("z", ("in", b"y"), A)]
+    pairs += [("b", ("in", b"u"), B), ("y", ("in", b"v"), B)]
+    talking(b, pairs, T + 1, T + _QUIET_S + 2)
     assert set(b.conflicts) == {("a", "z"), ("b", "y")}
-    b.hello("z", ("in", b"y"), A, [], T + _QUIET_S + 1)  # a quiet: replaced by z
+    logged = T + _QUIET_S + 2
+    b.hello("z", ("in", b"y"), A, [], logged + _QUIET_S + 1)  # a quiet: replaced by z
     assert set(b.conflicts) == {("b", "y")}
-    for t in range(2, 100, 2):  # b and y both keep talking on B
-        b.hello("b", ("in", b"u"), B, [], T + t)
-        b.hello("y", ("in", b"v"), B, [], T + t)
-    b.forget_silent(T + 99)
+    talking(b, pairs[2:], logged + 1, logged + 98)  # b and y both keep talking on B
+    b.forget_silent(logged + 99)
     assert set(b.conflicts) == {("b", "y")}
-    b.forget_silent(T + 102)  # logged over forget_after ago: forgotten, logged again if it lasts
+    b.forget_silent(logged + 101)  # logged over forget_after ago: forgotten, logged again
     assert b.conflicts == {}
 
 
 def test_conflicts_are_bounded():
     b = book()
+    later = T + _QUIET_S * 4 / 3
     for i in range(_MAX_CONFLICTS + 10):
         address = f"tcp://10.5.{i // 250}.{i % 250}:4000"
-        b.hello(f"a{i}", ("in", b"a%d" % i), address, [], T)
-        b.hello(f"z{i}", ("in", b"z%d" % i), address, [], T)
+        for now in (T, T + _QUIET_S * 2 / 3, later):  # both go on talking: a conflict
+            b.hello(f"a{i}", ("in", b"a%d" % i), address, [], now)
+            b.hello(f"z{i}", ("in", b"z%d" % i), address, [], now)
     assert len(b.conflicts) == _MAX_CONFLICTS
+    for i in range(_MAX_CONFLICTS + 10):  # suspected, not yet conflicts: bounded too
+        address = f"tcp://10.6.{i // 250}.{i % 250}:4000"
+        b.hello(f"b{i}", ("in", b"b%d" % i), address, [], later)
+        b.hello(f"y{i}", ("in", b"y%d" % i), address, [], later)
+    assert len(b.suspects) == _MAX_CONFLICTS
     assert ("a0", "z0") not in b.conflicts  # the oldest went first
     assert (f"a{_MAX_CONFLICTS + 9}", f"z{_MAX_CONFLICTS + 9}") in b.conflicts
 

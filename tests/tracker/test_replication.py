@@ -81,13 +81,49 @@ def test_a_goodbye_is_acknowledged_every_time_and_drops_the_replica_once():
     a.on_heartbeat(heartbeat(c), 0.0)
     (to, goodbye), waiting = b.goodbye()
     assert to == "*" and waiting == set()  # b heard from nobody: no one to wait for
-    outs, (_, leaves) = a.on_graceful_permdown(goodbye)
+    outs, (_, leaves) = a.on_graceful_permdown(goodbye, 0.5)
     assert outs == [("b", GoodbyeAck(a.me))] and [e.key for e in leaves] == ["bob"]
     assert list(a.peers) == ["c"]
-    outs, diff = a.on_graceful_permdown(goodbye)  # repeated (its ack was lost): ack again
+    outs, diff = a.on_graceful_permdown(goodbye, 0.6)  # repeated (its ack was lost): ack again
     assert outs == [("b", GoodbyeAck(a.me))] and diff == ([], [])
     b.on_heartbeat(heartbeat(a), 1.0)
     assert b.goodbye()[1] == {"a"}
+
+
+def test_a_late_heartbeat_of_a_replica_that_said_goodbye_never_brings_it_back():
+    a, b = replica("a"), replica("b")
+    b.state.join(1, "t", "bob", b"\x80")
+    late = heartbeat(b, with_delta=True)
+    a.on_heartbeat(late, 0.0)
+    (_, goodbye), _ = b.goodbye()
+    _, (_, leaves) = a.on_graceful_permdown(goodbye, 1.0)
+    assert [e.key for e in leaves] == ["bob"]
+    assert a.on_heartbeat(late, 1.1) == ([], [])  # sent before the goodbye, came after
+    assert a.peers == {} and a.state.list("t") == []
+    a.on_heartbeat(heartbeat(replica("b", 2)), 2.0)  # b restarted: a new vsn, welcome
+    assert list(a.peers) == ["b"]
+    a.tick(1.0 + OPTS.permdown_period + 1)  # remembered as long as a silent one would be
+    assert a.departed == {}
+
+
+def test_a_goodbye_from_a_peer_down_here_leaves_nothing_twice():
+    """Its presences left when it went down; the goodbye only forgets it, whether it is
+    down or catching up (heard again, not shown yet)."""
+    for catching_up in (False, True):
+        a, b = replica("a"), replica("b")
+        b.state.join(1, "t", "bob", b"\x80")
+        a.on_heartbeat(heartbeat(b, with_delta=True), 0.0)
+        _, (_, leaves) = a.tick(5.5)
+        assert [e.key for e in leaves] == ["bob"]  # down: left once
+        if catching_up:
+            b.state.join(1, "t", "new", b"\x80")
+            b.state.take_delta()  # lost: a is behind b
+            assert a.on_heartbeat(heartbeat(b), 6.0) == ([], [])
+            assert a.status(6.0)["b"]["status"] == "catching up"
+        (_, goodbye), _ = b.goodbye()
+        outs, diff = a.on_graceful_permdown(goodbye, 6.5)
+        assert outs == [("b", GoodbyeAck(a.me))] and diff == ([], [])
+        assert a.peers == {} and len(a.state) == 0
 
 
 def test_a_peer_back_from_down_is_shown_once_caught_up_without_flicker():

@@ -9,7 +9,8 @@ cluster-wide broadcasts take the same way, at index `PUBSUB_INDEX`.
 
 With a cookie, every connection is ZeroMQ CURVE with keys derived from it: a node without the
 cookie cannot complete the handshake. Without a cookie the node listens on loopback only.
-Peers with another pool_size are refused, and both sides log and report why.
+Peers of another wire protocol (`transport.wire_version`) or pool_size are refused, and both
+sides log and report why.
 
 A peer that is not up yet or goes away never blocks anything: sends never wait (ZeroMQ
 reconnects by itself; what cannot be sent now is dropped, and replication repairs the loss
@@ -55,6 +56,7 @@ from whosthere.transport.messages import (
     PeerWelcome,
 )
 from whosthere.transport.sockets import Dealer, bind, socket
+from whosthere.transport.wire_version import incompatible, split_version, with_version
 
 _PEER_HWM = 10_000  # frames queued for one peer before they are dropped
 _BOUND_FILE = "cluster.bound"  # the endpoint bound, kept for a restarted cluster actor
@@ -227,7 +229,8 @@ class ClusterActor(Actor):
             route = ("out", address)
             told = self.book.gossip(route, known, now)
             if bool(told) not in hellos:
-                hello = PeerHello(self.me, self.pool_size, self.listen_endpoint, told)
+                said = with_version(told)  # every hello says our version
+                hello = PeerHello(self.me, self.pool_size, self.listen_endpoint, said)
                 hellos[bool(told)] = codec.encode(hello)
             self._reply(route, hellos[bool(told)])
         self.call_later(HELLO_EVERY_S, self._hello_all)
@@ -308,7 +311,13 @@ class ClusterActor(Actor):
 
     def on_peer_welcome(self, msg: PeerWelcome, route: Route) -> None:
         now = time.monotonic()
-        for address in self.book.learn(msg.name, route, msg.peers, now):
+        peers, version = split_version(msg.peers)
+        reason = incompatible(msg.name, version, self.me)
+        if reason is not None:  # it should have refused us: a node that does not check
+            if self.book.refuse(msg.name, reason, now):
+                self.log.error("%s: refused peer %s: %s", self.me, msg.name, reason)
+            return
+        for address in self.book.learn(msg.name, route, peers, now):
             self._connect(address, now)
 
     def on_peer_refused(self, msg: PeerRefused, route: Route) -> None:
@@ -319,19 +328,22 @@ class ClusterActor(Actor):
         if msg.name == self.me:
             return
         now = time.monotonic()
-        if msg.pool_size != self.pool_size:
+        peers, version = split_version(msg.peers)
+        reason = incompatible(msg.name, version, self.me)
+        if reason is None and msg.pool_size != self.pool_size:
             reason = (
                 f"pool_size mismatch: {msg.name} has {msg.pool_size}, "
                 f"{self.me} has {self.pool_size}; every node of a cluster needs the same"
             )
+        if reason is not None:
             if self.book.refuse(msg.name, reason, now):
                 self.log.error("%s: refused peer %s: %s", self.me, msg.name, reason)
             self._reply(route, codec.encode(PeerRefused(self.me, reason)))
             return
-        for address in self.book.hello(msg.name, route, msg.listen, msg.peers, now):
+        for address in self.book.hello(msg.name, route, msg.listen, peers, now):
             self._connect(address, now)
         told = self.book.gossip(route, self.book.passed_on(now), now)
-        self._reply(route, codec.encode(PeerWelcome(self.me, told)))
+        self._reply(route, codec.encode(PeerWelcome(self.me, with_version(told))))
 
     def _reply(self, route: Route, body: bytes) -> None:
         """Send on a route without ever waiting: a frame that cannot go now is dropped

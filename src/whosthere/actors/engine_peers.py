@@ -26,13 +26,19 @@ class EnginePeers:
         self.refused_at: dict[str, float] = {}
         self.dropping: set[str] = set()  # test hook: peers whose traffic is lost both ways
 
-    def hello(self, name: str, pool_size: object, now: float) -> str | None:
-        """`name` greeted every node. Returns why it is refused (to tell it), or None."""
-        if pool_size != self.pool_size:
+    def hello(
+        self, name: str, pool_size: object, now: float, mismatch: str | None = None
+    ) -> str | None:
+        """`name` greeted every node (`mismatch`: why its wire protocol cannot join us, as
+        `transport.wire_version.incompatible` says). Returns why it is refused (to tell
+        it), or None."""
+        reason = mismatch
+        if reason is None and pool_size != self.pool_size:
             reason = (
                 f"pool_size mismatch: {name} has {pool_size}, {self.me} has "
                 f"{self.pool_size}; every node of a cluster needs the same"
             )
+        if reason is not None:
             if self.refuse(name, reason, now):
                 self.log.error("%s: refused peer %s: %s", self.me, name, reason)
             self.heard.pop(name, None)

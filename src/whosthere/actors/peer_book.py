@@ -16,6 +16,9 @@ At most `_MAX_LEARNED` addresses learned from peers are dialled at once: a buggy
 peer could otherwise make us open thousands of connections (seeds are the user's, not
 counted). A conflict (two live names on one address) is remembered, to be logged once,
 while both names are known, for `forget_after` at most, and only the newest `_MAX_CONFLICTS`.
+It is a conflict only once both names have gone on talking for `_QUIET_S`: a node replaced
+under a new name on the same address (a rolling deploy on the same host) greets us while
+the old name's last words are still recent, and then the old one falls silent.
 
 Peers found by DNS (`discover`): the addresses DNS names now are dialled, never counted
 against the cap, and kept however long they are silent, as seeds are (the name is the
@@ -73,6 +76,8 @@ class PeerBook:
         self.heard: dict[str, float] = {}  # peer name -> last heard
         # two live names on one address -> when it was logged (logged again after forget_after)
         self.conflicts: dict[tuple[str, str], float] = {}
+        # two names heard on one address, not known to be a conflict yet -> when first seen
+        self.suspects: dict[tuple[str, str], float] = {}
         self.capped = False  # the cap on learned addresses was hit and logged, not lifted since
         self.told: dict[Route, tuple[list[str], float]] = {}  # route -> addresses told, when
         self.named: dict[Route, set[str]] = {}  # route -> the addresses its peer last told us
@@ -130,15 +135,24 @@ class PeerBook:
                 self.log.info("%s: peer %s is now %s (same address)", self.me, other, name)
                 self._forget_name(other)  # restarted under another name
             elif (pair := (min(other, name), max(other, name))) not in self.conflicts:
-                self.conflicts[pair] = now  # either way round: one conflict
-                if len(self.conflicts) > _MAX_CONFLICTS:
-                    del self.conflicts[next(iter(self.conflicts))]  # the oldest
-                self.log.warning(
-                    "%s: peers %s and %s both say they listen at %s", self.me, other, name, listen
-                )
+                self._suspect(pair, listen, now)  # either way round: one conflict
         to_dial = self.learn(name, route, [listen, *peers], now, listen=listen)
         self.address_of[name] = listen
         return to_dial
+
+    def _suspect(self, pair: tuple[str, str], listen: str, now: float) -> None:
+        """Both names of `pair` speak for `listen`: a conflict once it lasts `_QUIET_S`
+        (logged then, once), and no more than a renamed node if one falls silent first."""
+        since = self.suspects.setdefault(pair, now)
+        if len(self.suspects) > _MAX_CONFLICTS:
+            del self.suspects[next(iter(self.suspects))]  # the oldest
+        if now - since <= _QUIET_S:
+            return
+        del self.suspects[pair]
+        self.conflicts[pair] = now
+        if len(self.conflicts) > _MAX_CONFLICTS:
+            del self.conflicts[next(iter(self.conflicts))]  # the oldest
+        self.log.warning("%s: peers %s and %s both say they listen at %s", self.me, *pair, listen)
 
     def learn(
         self,
@@ -289,6 +303,9 @@ class PeerBook:
         for pair, at in list(self.conflicts.items()):
             if now - at > self.forget_after:
                 del self.conflicts[pair]
+        for pair, at in list(self.suspects.items()):
+            if now - at > self.forget_after:
+                del self.suspects[pair]
         for route, (_, at) in list(self.told.items()):
             if now - at > GOSSIP_EVERY_S:
                 del self.told[route]  # told again in full next time anyway
@@ -324,3 +341,5 @@ class PeerBook:
         self.heard.pop(name, None)
         for pair in [p for p in self.conflicts if name in p]:
             del self.conflicts[pair]
+        for pair in [p for p in self.suspects if name in p]:
+            del self.suspects[pair]

@@ -9,7 +9,8 @@ from another: each reaches only Redis, as phoenix_pubsub_redis does, and Redis h
 presences.
 
 Nodes find each other by a `PeerHello` on the cluster-wide channel every second; one with
-another pool_size is refused (`PeerRefused` on its channel), both sides log and report why.
+another pool_size or wire protocol (`transport.wire_version`) is refused (`PeerRefused` on
+its channel), both sides log and report why.
 A node serves under its name only while it holds the name's lease on the server (renewed
 every broadcast_period, lapsing after down_period): at boot it waits up to down_period for a
 live lease of another to lapse, then the node's start fails with `NodeNameTaken`. With a
@@ -50,6 +51,7 @@ from whosthere.transport.messages import (
     PeerRefused,
 )
 from whosthere.transport.sockets import Dealer
+from whosthere.transport.wire_version import incompatible, split_version, with_version
 
 # a message is published in pieces of at most this: far below Redis's pub/sub output-buffer
 # limits (32 MB at once, 8 MB for 60 s), so a slow subscriber is not cut off mid-transfer
@@ -100,7 +102,8 @@ class RedisEngineActor(Actor):
     # -- setup -----------------------------------------------------------------------------
 
     def on_start(self) -> None:
-        self.hello = codec.encode(PeerHello(self.me, self.pool_size, self.token, []))
+        hello = PeerHello(self.me, self.pool_size, self.token, with_version([]))
+        self.hello = codec.encode(hello)
         self.add_reader(self.link.inbox, self._on_inbox)
         self.link.start()
         self.call_later(0, self._hello_all)
@@ -285,7 +288,8 @@ class RedisEngineActor(Actor):
         if not self.lease.joined:
             return
         new = sender not in self.peers.heard
-        reason = self.peers.hello(sender, msg.pool_size, time.monotonic())
+        mismatch = incompatible(sender, split_version(msg.peers)[1], self.me)
+        reason = self.peers.hello(sender, msg.pool_size, time.monotonic(), mismatch)
         if reason is not None:
             body = codec.encode(PeerRefused(self.me, reason))
             self._publish(engine_url.node_channel(self.db, sender), body)

@@ -23,7 +23,7 @@ from typing import Any
 from whosthere.actors.base import NOREPLY, WORK_SLICE_S, Actor, Request, routes
 from whosthere.errors import MalformedFrame, MessageTooLarge, WhosthereError
 from whosthere.tracker.changes import Changes, by_topic
-from whosthere.tracker.departure import Departure
+from whosthere.tracker.departure import GOODBYE_FOR_S, Departure
 from whosthere.tracker.replication import Outgoing, Replication
 from whosthere.tracker.state import JoinsLeaves
 from whosthere.transport import codec, fragments
@@ -39,8 +39,7 @@ from whosthere.transport.messages import (
 )
 from whosthere.transport.sockets import Dealer
 
-GOODBYE_EVERY_S = 0.1  # a graceful permdown's goodbye is repeated this often...
-GOODBYE_FOR_S = 1.0  # ...until every peer acknowledges it, or for this long
+GOODBYE_EVERY_S = 0.1  # a graceful permdown's goodbye is repeated this often (GOODBYE_FOR_S)
 TOO_LARGE_LOG_EVERY_S = 60.0
 
 
@@ -160,7 +159,7 @@ class ShardPeers:
         if self.departed:  # leaving together: let it go too
             self._cast(sender, GoodbyeAck(self.replication.me))
             return
-        outs, diff = self.replication.on_graceful_permdown(msg)
+        outs, diff = self.replication.on_graceful_permdown(msg, time.monotonic())
         self._send(outs)
         self.report(by_topic(*diff))
 

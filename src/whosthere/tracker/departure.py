@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+GOODBYE_FOR_S = 1.0  # a goodbye is repeated until every peer acknowledges it, or this long
+
 
 class Departure:
     __slots__ = ("deadline", "waiting")

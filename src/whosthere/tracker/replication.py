@@ -99,6 +99,9 @@ class Replication:
         # peer name -> when the last whole state went to it: one is not built again while
         # the last may still be on its way (its request, repeated, waited behind it)
         self.whole_sent: dict[str, float] = {}
+        # replicas that said goodbye -> when: a late message of one never brings it back (a
+        # restart is a new vsn); kept for permdown_period, as a silent replica would be
+        self.departed: dict[ReplicaRef, float] = {}
         # what happened to peers and transfers since start, for `status` and the benches
         self.events = dict.fromkeys(
             ("down", "up_again", "permdown", "sent_whole", "sent_delta", "merged_whole"), 0
@@ -184,6 +187,9 @@ class Replication:
 
     def _detect_failures(self, read_until: float) -> JoinsLeaves:
         leaves: list[Element] = []
+        for ref, at in list(self.departed.items()):
+            if read_until - at > self.permdown_period:
+                del self.departed[ref]
         for name, peer in list(self.peers.items()):
             silence = read_until - peer.heard_at
             ref = (name, peer.vsn)
@@ -237,6 +243,8 @@ class Replication:
         peer = self.peers.get(name)
         if peer is not None and vsn < peer.vsn:
             return  # a late message of an older incarnation (vsns grow with time)
+        if ref in self.departed:
+            return  # it said goodbye: whatever it sent before is late, and it is gone
         if peer is not None and peer.vsn != vsn:  # a restarted shard: a new replica
             leaves += self._forget(name)
             log.info("%s: replica %s replaced by vsn %d", self.me, (name, peer.vsn), vsn)
@@ -404,9 +412,13 @@ class Replication:
             ref, at, _ = self.asked[name]
             self.asked[name] = (ref, at, now)
 
-    def on_graceful_permdown(self, msg: GracefulPermdown) -> tuple[list[Outgoing], JoinsLeaves]:
-        """Drop the departing replica and acknowledge (a repeated goodbye too)."""
+    def on_graceful_permdown(
+        self, msg: GracefulPermdown, now: float
+    ) -> tuple[list[Outgoing], JoinsLeaves]:
+        """Drop the departing replica and acknowledge (a repeated goodbye too); it is not
+        taken back by a late heartbeat of it."""
         name, vsn = wire.decode_replica(msg.replica)
+        self.departed[(name, vsn)] = now
         ack: list[Outgoing] = [(name, GoodbyeAck(self.me))]
         peer = self.peers.get(name)
         if peer is None or peer.vsn != vsn:

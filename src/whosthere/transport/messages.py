@@ -347,24 +347,31 @@ class MetasState(NamedTuple):
 # inside `ClusterCast` / `PeerCast` / `FromPeer`: the cluster actor routes them unopened.
 
 
+# The greetings keep their shape for ever: they are how two versions meet
+# (`transport.wire_version`).
+
+
 class PeerHello(NamedTuple):
     """Cluster actor -> peer: who I am; repeated until answered, and on every reconnect."""
 
     name: str
     pool_size: int
     listen: str  # where I accept peers
-    peers: list[str]  # the listen addresses I know: a cluster meshes itself
+    # the listen addresses I know (a cluster meshes itself), then my version (a map;
+    # `wire_version.with_version`)
+    peers: list[Any]
 
 
 class PeerWelcome(NamedTuple):
     """The answer to a compatible `PeerHello`."""
 
     name: str
-    peers: list[str]
+    peers: list[Any]  # as PeerHello's: addresses, then the version
 
 
 class PeerRefused(NamedTuple):
-    """The answer to an incompatible `PeerHello` (e.g. another pool_size), with why."""
+    """The answer to an incompatible `PeerHello` (another wire protocol or pool_size), with
+    why."""
 
     name: str
     reason: str
