@@ -54,8 +54,16 @@ def client_python(version: str) -> str:
     venv = VENVS / version
     python = venv / "bin" / "python"
     needs = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    probe = "import zmq, msgpack, psutil"
-    if not python.exists() or subprocess.run([python, "-c", probe], check=False).returncode:
+    # the checkout's client imports there: every dependency it needs is installed (a new
+    # one in pyproject.toml makes the venv again)
+    probe = [python, "-c", "import whosthere.aio"]
+    found = (
+        python.exists()
+        and not subprocess.run(
+            probe, env=env_for_checkout(), capture_output=True, check=False
+        ).returncode
+    )
+    if not found:
         subprocess.run([exe, "-m", "venv", "--clear", venv], check=True, timeout=120)
         subprocess.run(
             [python, "-m", "pip", "install", "-q", "--disable-pip-version-check", *needs],
