@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-yaml = pytest.importorskip("yaml")
-
-import whosthere  # noqa: E402
-from whosthere.cli import parser  # noqa: E402
-from whosthere.serve_flags import given_node_options  # noqa: E402
+import whosthere
+from whosthere.cli import parser
+from whosthere.serve_flags import given_node_options
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "kubernetes"
 MANIFESTS = sorted(EXAMPLES.glob("*.yaml"))
