@@ -197,6 +197,9 @@ def sync_readers(address: str, rounds: int) -> dict[str, int]:
 
 
 def main() -> None:
+    # Ctrl-C raises KeyboardInterrupt even when started from a shell's background job, which
+    # hands its children SIGINT ignored (Python then installs no handler of its own)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     address, sub_readers, link_readers, interrupts = sys.argv[1], *map(int, sys.argv[2:5])
     random.seed(os.getpid())
     result: dict[str, object] = {"python": sys.version.split()[0]}
