@@ -20,6 +20,7 @@ import subprocess
 from pathlib import Path
 
 from tests.support.netns import Network
+from tests.support.processes import stop
 from tests.support.waiting import wait_until
 
 DNSMASQ = "/usr/sbin/dnsmasq"
@@ -125,12 +126,6 @@ class Dnsmasq:
     def _end(self) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop(self.proc)
         self.proc = None
         (self.directory / "dnsmasq.pid").unlink(missing_ok=True)

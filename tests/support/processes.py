@@ -22,6 +22,18 @@ def sleeper(seconds: float = 60) -> subprocess.Popen[bytes]:
     return subprocess.Popen(["sleep", str(seconds)])
 
 
+def stop(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+    """SIGTERM a child (if it still runs), SIGKILL it after `grace` seconds, and reap it."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def tagged_processes(tag: str) -> dict[int, str]:
     """Living, non-zombie processes started under this test run (they carry its tag)."""
     found = {}
