@@ -1,12 +1,13 @@
-"""asyncio workloads: one process, many owners, concurrent awaits (Phoenix's bench layout).
+"""asyncio workloads: Phoenix's W-P shape from one process, beside the raw asyncio ceiling.
 
-Phoenix's own presence bench, on this machine type: 1,000 concurrent callers tracking into
-100 topics, 39,500 tracks/s; updates 16,400/s. Here, 1,000 `presence.owner()`s in one asyncio
-process, each `await presence.track(owner, topic, ...)` into its topics one after the other,
-all owners at once (per-call, like-for-like with Phoenix: every track is its own call and
-reply). Beside them, in the same run: the raw ceiling of the same pattern (1,000 tasks
+Phoenix's own presence bench shape (`wp_workload`): 100,000 owners with one presence each,
+1,000 concurrent callers (asyncio tasks here, `presence.owner()`s as owners) each making its
+100 owners' calls one after the other; rates counted to the last diff at a subscriber
+process. Beside it, in the same run: the raw ceiling of the same pattern (1,000 tasks
 awaiting round trips over one `zmq.asyncio` DEALER, matched by reference, to an echo
-process) and, for one caller, a raw sequential `zmq.asyncio` round trip.
+process) and, for one caller, a raw sequential `zmq.asyncio` round trip. No figure from
+another day is a baseline here: Phoenix's side is measured with the shared harness
+(`side_by_side.py`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 import baselines
 import msgpack
+import wp_workload
 import zmq
 import zmq.asyncio
 from common import Row, Sizes, pct, progress
@@ -26,9 +28,7 @@ from common import Row, Sizes, pct, progress
 import whosthere
 import whosthere.aio
 
-PHOENIX_TRACKS_S = 39_500  # 1,000 concurrent callers, 100 topics (this machine type)
-PHOENIX_UPDATES_S = 16_400
-OWNERS = 1_000
+SEQ_META = {"status": "online", "device": "desktop", "note": "x" * 32}
 
 
 async def _raw(endpoint: str, concurrency: int, per_task: int) -> tuple[float, list[float]]:
@@ -76,34 +76,15 @@ async def _raw(endpoint: str, concurrency: int, per_task: int) -> tuple[float, l
     return rate, samples
 
 
-async def _whosthere(address: str, topics: int, closing: int) -> dict[str, Any]:
+async def _whosthere(address: str, closing: int) -> dict[str, Any]:
+    """Sequential `await track` samples, then `closing` owners closed at once."""
     presence = await whosthere.aio.connect(address, timeout=60)
     try:
-        owners = [presence.owner() for _ in range(OWNERS)]
-        meta = {"status": "online", "device": "desktop", "note": "x" * 32}
-
-        async def tracks(owner: Any) -> None:
-            for t in range(topics):
-                await presence.track(owner, f"aio:{t}", "user", meta)
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(tracks(o) for o in owners))
-        tracks_s = OWNERS * topics / (time.perf_counter() - t0)
-
-        async def updates(owner: Any) -> None:
-            for t in range(min(topics, 10)):
-                await presence.update(owner, f"aio:{t}", "user", {**meta, "status": "away"})
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(updates(o) for o in owners))
-        updates_s = OWNERS * min(topics, 10) / (time.perf_counter() - t0)
-        await asyncio.gather(*(o.close() for o in owners))
-
         me = presence.owner()
         samples = []
         for i in range(2_200):
             t = time.perf_counter()
-            await presence.track(me, "aio:seq", f"k{i}", meta)
+            await presence.track(me, "aio:seq", f"k{i}", SEQ_META)
             if i >= 200:
                 samples.append(time.perf_counter() - t)
         await me.close()
@@ -114,47 +95,52 @@ async def _whosthere(address: str, topics: int, closing: int) -> dict[str, Any]:
         await asyncio.gather(*(o.close() for o in many))
         close_s = time.perf_counter() - t0
         assert await presence.list("aio:closing") == {}
-        return {"tracks": tracks_s, "updates": updates_s, "seq": samples, "close": close_s}
+        return {"seq": samples, "close": close_s}
     finally:
         await presence.close()
 
 
 def bench_aio(sizes: Sizes) -> list[Row]:
-    topics = 100 if sizes.owners >= 1_000 else 10
+    owners, callers = (100_000, 1_000) if sizes.owners >= 1_000 else (10_000, 100)
     closing = 100_000 if sizes.owners >= 1_000 else 10_000
-    progress("raw zmq.asyncio: sequential and 1,000 concurrent round trips")
+    progress(f"raw zmq.asyncio: sequential and {callers:,} concurrent round trips")
     endpoint = baselines._endpoint("aio-echo")
     server = baselines._start(baselines._echo_server, endpoint)
     try:
-        raw_rate, raw_seq = asyncio.run(_raw(endpoint, OWNERS, topics))
+        raw_rate, raw_seq = asyncio.run(_raw(endpoint, callers, owners // callers))
     finally:
         baselines._stop_server(endpoint, server)
-    progress(f"whosthere.aio: {OWNERS:,} owners x {topics} topics, {closing:,} owners closed")
+    progress(f"whosthere.aio, W-P: {owners:,} owners, {callers:,} tasks")
+    phases = {phase.name: phase for phase in wp_workload.run(1, 1, owners, callers)}
+    progress(f"whosthere.aio: sequential tracks, {closing:,} owners closed")
     with whosthere.Node(name="bench-aio") as node:
-        got = asyncio.run(_whosthere(node.address, topics, closing))
+        got = asyncio.run(_whosthere(node.address, closing))
     raw_p50, p50 = statistics.median(raw_seq) * 1e6, statistics.median(got["seq"]) * 1e6
     p99 = f"p99 {pct(got['seq'], 0.99) * 1e6:.0f}"
+    shape = f"W-P {owners:,} owners, {callers:,} tasks"
+    rows = []
+    for name, label in (("track", "tracks"), ("update", "updates"), ("untrack4", "untracks")):
+        phase = phases[name]
+        cpu = phase.cpu_us
+        rows.append(
+            Row(
+                "aio",
+                f"{shape}: {label}/s to the last diff",
+                phase.rate_to_last_diff,
+                "/s",
+                f"CPU us/call: client {cpu['client']:.1f}, shard {cpu['shard']:.1f}",
+                "raw zmq.asyncio calls/s",
+                phase.rate_to_last_diff / raw_rate,
+            )
+        )
     return [
+        *rows,
         Row(
             "aio",
-            f"{OWNERS:,} owners x {topics} topics: tracks/s",
-            got["tracks"],
+            "  same concurrency, raw zmq.asyncio calls/s",
+            raw_rate,
             "/s",
-            "per call",
-            "Phoenix 39,500/s",
-            got["tracks"] / PHOENIX_TRACKS_S,
-        ),
-        Row(
-            "aio", "  same pattern, raw zmq.asyncio calls/s", raw_rate, "/s", "the asyncio ceiling"
-        ),
-        Row(
-            "aio",
-            f"{OWNERS:,} owners x 10 updates: updates/s",
-            got["updates"],
-            "/s",
-            "per call",
-            "Phoenix 16,400/s",
-            got["updates"] / PHOENIX_UPDATES_S,
+            "the asyncio ceiling",
         ),
         Row(
             "aio",

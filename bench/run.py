@@ -37,6 +37,7 @@ import presence_workloads
 import redis_baseline
 import runtime_workloads
 import simulate_cluster
+import wp_workload
 from common import FULL, QUICK, Row, Sizes
 
 WORKLOADS: dict[str, Callable[[Sizes], list[Row]]] = {
@@ -55,6 +56,7 @@ WORKLOADS: dict[str, Callable[[Sizes], list[Row]]] = {
     "cluster": cluster_workload.bench_cluster,
     "chaos": chaos.bench_chaos,
     "aio": aio_workload.bench_aio,
+    "wp": wp_workload.bench_wp,
     "channels": channels_workload.bench_channels,
     "idle": idle_workload.bench_idle,
     "simulate": simulate_cluster.bench_simulate,

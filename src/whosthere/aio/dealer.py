@@ -6,9 +6,10 @@ cancelled takes its future out of `pending` first, so its reply, should it come 
 nobody and is dropped: no later call can mistake it for its own. Many calls in flight from
 one loop share the socket: the actor reads them in one wake-up and answers each.
 
-Calls made in one turn of the loop with `batch=True` go in one `Calls` frame (up to
-`MAX_CALLS`), answered in one frame: a thousand tasks awaiting a track each cost the node
-and the loop a few frames, not a thousand. Each call keeps its own reference, deadline and
+Calls made in one turn of the loop with `batch=True` go in `Calls` frames of
+`FRAME_CALLS`, each answered in one frame: a thousand tasks awaiting a track each cost the
+node and the loop a few frames, not a thousand, and the actor works on the first frame while
+the loop makes the next. Each call keeps its own reference, deadline and
 error. A call made while nothing else is in flight goes at once, alone (one caller awaiting
 call after call waits for no turn of the loop).
 
@@ -32,9 +33,15 @@ from whosthere.aio import readers
 from whosthere.client import SupervisorWatch
 from whosthere.errors import ActorError, MalformedFrame, NodeUnavailable
 from whosthere.transport import codec
-from whosthere.transport.messages import MAX_CALLS, Calls, Failed, Ok
+from whosthere.transport.messages import Calls, Failed, Ok
 from whosthere.transport.peer_watch import PeerWatch
 from whosthere.transport.sockets import DEFAULT_TIMEOUT, raise_failure
+
+# A turn's calls go out in frames of this many as they are made, not all at the turn's end:
+# the actor starts on the first frame while the loop makes the rest. With a thousand tasks'
+# calls in one frame, the loop and the actor took turns, each idle while the other worked
+# (W-P tracks, one shard: 32,000/s in one frame, 48,000-52,000/s in frames of 100).
+FRAME_CALLS = 100  # at most messages.MAX_CALLS
 
 
 class AsyncDealer:
@@ -99,9 +106,12 @@ class AsyncDealer:
         self._set_deadline(loop, ref, future, msg, timeout)
         try:
             if batch and (self._batch or len(self.pending) > 1):
-                self._batch.append((ref, body))
-                if len(self._batch) == 1:  # after the other tasks of this turn
+                waiting = self._batch
+                waiting.append((ref, body))
+                if len(waiting) == 1:  # after the other tasks of this turn
                     loop.call_soon(self._send_batch)
+                elif len(waiting) >= FRAME_CALLS:  # the actor starts on these meanwhile
+                    self._send_batch()
             elif batch:  # nothing else in flight: a lone call goes at once
                 self.socket.send_multipart((ref, body), zmq.NOBLOCK)  # no high-water mark
             else:
@@ -160,8 +170,8 @@ class AsyncDealer:
         calls, self._batch = self._batch, []
         if self.closed:
             return  # their futures failed with the close
-        for i in range(0, len(calls), MAX_CALLS):
-            chunk = calls[i : i + MAX_CALLS]
+        for i in range(0, len(calls), FRAME_CALLS):
+            chunk = calls[i : i + FRAME_CALLS]
             if len(chunk) == 1:
                 ref, body = chunk[0]
             else:
