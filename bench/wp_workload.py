@@ -137,6 +137,7 @@ class Phase:
     seconds: float  # first call sent to last reply, over every client process
     to_last_diff: float  # first call sent to the last diff at the subscriber
     cpu_us: dict[str, float] = field(default_factory=dict)  # role -> CPU us per call
+    diffs: int = 0  # diffs the shards published
 
     @property
     def rate(self) -> float:
@@ -195,7 +196,7 @@ def run(pool: int, procs: int = 1, n: int = 100_000, callers: int = 1_000) -> li
                     raise RuntimeError("a client process did not start")
                 conn.recv()
                 roles["client"].append(psutil.Process(proc.pid))
-            return [_phase(name, n, clients, sub_conn, roles) for name in PHASES]
+            return [_phase(name, n, clients, sub_conn, roles, node) for name in PHASES]
         finally:
             for proc, conn in clients:
                 if proc.is_alive():
@@ -213,9 +214,20 @@ def run(pool: int, procs: int = 1, n: int = 100_000, callers: int = 1_000) -> li
                     subscriber.join()
 
 
+def _diffs(node: whosthere.Node) -> int:
+    actors = node.status()["actors"]
+    return sum(a["stats"]["diffs"] for a in actors if a["name"].startswith("shard."))
+
+
 def _phase(
-    name: str, n: int, clients: list[tuple[Any, Any]], sub_conn: Any, roles: dict[str, Any]
+    name: str,
+    n: int,
+    clients: list[tuple[Any, Any]],
+    sub_conn: Any,
+    roles: dict[str, Any],
+    node: whosthere.Node,
 ) -> Phase:
+    diffs = _diffs(node)
     before = _cpu(roles)
     for _, conn in clients:
         conn.send(name)
@@ -232,9 +244,9 @@ def _phase(
         raise RuntimeError(f"the subscriber lost messages during {name} ({lost} gaps)")
     after = _cpu(roles)
     t0, t1 = min(s[0] for s in spans), max(s[1] for s in spans)
-    calls = n
-    cpu = {role: (after[role] - before[role]) * 1e6 / calls for role in roles}
-    return Phase(name, calls, (t1 - t0) / 1e9, (max(t1, last) - t0) / 1e9, cpu)
+    cpu = {role: (after[role] - before[role]) * 1e6 / n for role in roles}
+    seconds, to_last_diff = (t1 - t0) / 1e9, (max(t1, last) - t0) / 1e9
+    return Phase(name, n, seconds, to_last_diff, cpu, _diffs(node) - diffs)
 
 
 # -- rows for bench/run.py -------------------------------------------------------------------
@@ -293,7 +305,7 @@ def main() -> None:
         print(f"RESULT {phase.name}_per_s {phase.rate:.3f}")
         print(f"RESULT {phase.name}_per_s_to_last_diff {phase.rate_to_last_diff:.3f}")
         cpu = " ".join(f"{role}={us:.1f}" for role, us in phase.cpu_us.items())
-        print(f"# {phase.name}: CPU us per call: {cpu}", flush=True)
+        print(f"# {phase.name}: CPU us per call: {cpu}; diffs {phase.diffs:,}", flush=True)
 
 
 if __name__ == "__main__":

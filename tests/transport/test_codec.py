@@ -167,3 +167,46 @@ def test_packed_diffs_unpack_to_the_list_shape(joins, leaves, ref, prev):
     assert codec.unpack(payload) == want
     body = codec.encode_published(7, 2**40, "presence_diff", payload)
     assert codec.decode(body) == m.Published(7, 2**40, "presence_diff", want)
+
+
+def test_a_reply_decodes_as_decode_would_make_it():
+    """`decode_reply`'s shortcut for `Ok` gives what `decode` gives, and leaves the rest to
+    it: a `Failed`, a frame that only looks like an Ok, garbage."""
+    for value in ("ref", None, [1, 2], {"k": [b"x"]}, 3.5):
+        body = codec.encode(m.Ok(value))
+        assert codec.decode_reply(body) == codec.decode(body) == m.Ok(value)
+    failed = codec.encode(m.Failed("NotTracked", "no", ""))
+    assert codec.decode_reply(failed) == m.Failed("NotTracked", "no", "")
+    looks_like_ok = msgpack.packb([True, "ref"])  # True == 1, but a bool is no tag
+    with pytest.raises(MalformedFrame):
+        codec.decode_reply(looks_like_ok)
+    with pytest.raises(MalformedFrame):
+        codec.decode_reply(b"\xc1")
+
+
+@given(
+    st.dictionaries(
+        st.text(max_size=8),
+        st.recursive(
+            st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats() | st.text(),
+            lambda inner: (
+                st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3)
+            ),
+            max_leaves=10,
+        ),
+        max_size=5,
+    )
+)
+@settings(max_examples=300)
+def test_a_packed_meta_passes_the_node_check_exactly_when_the_client_took_it(meta):
+    """`pack_meta` (the client) and `check_packed_meta` (the shard, for raw frames) apply one
+    rule: a meta one takes, the other takes; one refuses (a NaN anywhere), so does the other."""
+    try:
+        packed = codec.pack_meta(meta)
+    except InvalidMeta:
+        with pytest.raises(InvalidMeta):
+            codec.check_packed_meta(msgpack.packb(meta, use_bin_type=True))
+    else:
+        codec.check_packed_meta(packed)
+        kept = {k: v for k, v in meta.items() if k not in codec.RESERVED_META_KEYS}
+        assert msgpack.unpackb(packed, raw=False) == kept

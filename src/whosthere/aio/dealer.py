@@ -116,7 +116,7 @@ class AsyncDealer:
                 self.socket.send_multipart((ref, body), zmq.NOBLOCK)  # no high-water mark
             else:
                 await self.socket.send_multipart((ref, body))
-            reply = codec.decode(await future)
+            reply = codec.decode_reply(await future)
         finally:
             self.pending.pop(ref, None)  # a reply after this is nobody's: dropped
             self._deadlines[timeout].pop(ref, None)
@@ -258,7 +258,7 @@ class AsyncDealer:
         """Each call of a `Calls` frame gets its own reply (all the same one if the frame as
         a whole failed: an actor that does not take batches says so to each)."""
         try:
-            reply = codec.decode(body)
+            reply = codec.decode_reply(body)
         except MalformedFrame:
             reply = None
         value = reply.value if isinstance(reply, Ok) else None

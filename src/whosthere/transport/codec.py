@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import reprlib
+import threading
 import types
 import typing
 from collections.abc import Callable
@@ -32,6 +33,19 @@ from whosthere.transport import messages as m
 # msgpack ships no types: what it is called for, typed once
 _packb: Callable[..., bytes] = msgpack.packb
 _unpackb: Callable[..., Any] = msgpack.unpackb
+_threads = threading.local()
+
+
+def _packer() -> Callable[[Any], bytes]:
+    """This thread's `Packer.pack`: `msgpack.packb` makes a new Packer every call (a third
+    of a small message's cost). One per thread: a Packer holds a buffer, and a value whose
+    type has Python methods (a dict subclass) can let another thread in mid-pack."""
+    try:
+        pack: Callable[[Any], bytes] = _threads.pack
+    except AttributeError:
+        pack = _threads.pack = msgpack.Packer(use_bin_type=True).pack
+    return pack
+
 
 # Stable wire tags: never renumber, only append (peers of another version read these).
 TAGS: dict[type, int] = {
@@ -196,6 +210,8 @@ class _Shape(NamedTuple):
     arity: int
     fields: tuple[tuple[str, tuple[type, ...] | None, bool], ...]
     checks: tuple[tuple[int, str, Any], ...]  # (field index, "Class.field", check) for limits
+    typed: tuple[tuple[int, tuple[type, ...]], ...]  # (field index, accepted) of typed fields
+    tupled: tuple[int, ...]  # fields whose lists become tuples
 
 
 def _shape(cls: type) -> _Shape:
@@ -208,7 +224,9 @@ def _shape(cls: type) -> _Shape:
         if typing.get_origin(hints[name]) is typing.Annotated
         for mark in hints[name].__metadata__
     )
-    return _Shape(cls, len(fields), fields, checks)
+    typed = tuple((i, spec) for i, (_, spec, _) in enumerate(fields) if spec is not None)
+    tupled = tuple(i for i, (_, _, to_tuple) in enumerate(fields) if to_tuple)
+    return _Shape(cls, len(fields), fields, checks, typed, tupled)
 
 
 def _check_limits(shape: _Shape, values: Any) -> None:
@@ -253,13 +271,13 @@ def pack_meta(meta: object, limit: int = DEFAULT_META_LIMIT) -> bytes:
     if not isinstance(meta, dict):
         raise InvalidMeta(f"meta must be a dict, got {type(meta).__name__}")
     for k in meta:
-        if not isinstance(k, str):
+        if type(k) is not str and not isinstance(k, str):
             raise InvalidMeta(f"meta keys must be str, got {type(k).__name__} {k!r:.80}")
-    check_nesting(meta)
-    if any(k in meta for k in RESERVED_META_KEYS):
+    _check_values(meta)
+    if "phx_ref" in meta or "phx_ref_prev" in meta:  # RESERVED_META_KEYS
         meta = {k: v for k, v in meta.items() if k not in RESERVED_META_KEYS}
     try:
-        packed = _packb(meta, use_bin_type=True)
+        packed = _packer()(meta)
     except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidMeta(f"meta cannot be packed with msgpack: {exc}") from exc
     if len(packed) > limit:
@@ -271,10 +289,25 @@ def check_packed_meta(packed: bytes, limit: int = DEFAULT_META_LIMIT) -> None:
     """Check bytes from the wire as `pack_meta` would have made them; `InvalidMeta` if not."""
     if len(packed) > limit:
         raise InvalidMeta(f"meta is {len(packed)} bytes packed, over the {limit}-byte limit")
-    meta = unpack_map(packed)
-    if any(k in meta for k in RESERVED_META_KEYS):
+    try:
+        meta = _unpackb(packed, raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack raises several types; trailing bytes included
+        raise InvalidMeta(f"meta is not msgpack: {exc}") from None
+    if type(meta) is not dict:
+        raise InvalidMeta("meta must be a map with str keys")
+    for k in meta:
+        if type(k) is not str:
+            raise InvalidMeta("meta must be a map with str keys")
+    if "phx_ref" in meta or "phx_ref_prev" in meta:  # RESERVED_META_KEYS
         raise InvalidMeta("meta must not carry phx_ref or phx_ref_prev")
-    check_nesting(meta)
+    _check_values(meta)
+
+
+def _check_values(meta: dict[str, Any]) -> None:
+    """`check_nesting(meta)` for a dict with str keys, a flat one at a glance."""
+    for value in meta.values():
+        if type(value) not in _FLAT:
+            _check_tree(value, 2, True, "meta")
 
 
 def track_entry(entry: object) -> tuple[int, int | float | None, str, str, bytes]:
@@ -411,7 +444,7 @@ def encode_published(epoch: int, seq: int, event: str, payload: bytes) -> bytes:
 def pack_value(value: Any) -> bytes:
     """Any msgpack-able value (a fetched diff, say); `InvalidMeta` if it is not one."""
     try:
-        return _packb(value, use_bin_type=True)
+        return _packer()(value)
     except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidMeta(f"value cannot be packed with msgpack: {exc}") from exc
 
@@ -434,7 +467,7 @@ def encode(msg: tuple[Any, ...], *, checked: bool = False) -> bytes:
     if checked:
         _check_limits(_SHAPES[tag], msg)
     try:
-        data = _packb((tag, *msg), use_bin_type=True)
+        data = _packer()((tag, *msg))
     except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidMeta(f"{type(msg).__name__} cannot be sent: {exc}") from exc
     if checked and len(data) > MAX_REQUEST_BYTES:
@@ -458,7 +491,7 @@ def decode(data: bytes, max_bytes: int = MAX_FRAME_BYTES) -> Any:
         raise MalformedFrame(f"frame is not msgpack: {exc}") from None
     if not isinstance(obj, list) or not obj:
         raise MalformedFrame(f"frame is not a tagged array: {type(obj).__name__}")
-    shape = _SHAPES.get(obj[0]) if isinstance(obj[0], int) else None
+    shape = _SHAPES.get(obj[0]) if type(obj[0]) is int else None  # a bool is no tag
     if shape is None:
         raise MalformedFrame(f"unknown message tag {reprlib.repr(obj[0])}")  # may be deep
     values = obj[1:]
@@ -466,21 +499,36 @@ def decode(data: bytes, max_bytes: int = MAX_FRAME_BYTES) -> Any:
         raise MalformedFrame(
             f"{shape.cls.__name__} takes {shape.arity} field(s), frame has {len(values)}"
         )
-    for i, (name, accepted, to_tuple) in enumerate(shape.fields):
-        value = values[i]
-        if accepted is not None and not isinstance(value, accepted):
+    for i, accepted in shape.typed:
+        if not isinstance(values[i], accepted):
             raise MalformedFrame(
-                f"{shape.cls.__name__}.{name} must be "
-                f"{' or '.join(t.__name__ for t in accepted)}, got {type(value).__name__}"
+                f"{shape.cls.__name__}.{shape.fields[i][0]} must be "
+                f"{' or '.join(t.__name__ for t in accepted)}, got {type(values[i]).__name__}"
             )
-        if to_tuple and isinstance(value, list):
-            values[i] = tuple(value)
+    for i in shape.tupled:
+        if isinstance(values[i], list):
+            values[i] = tuple(values[i])
     if shape.checks:
         try:
             _check_limits(shape, values)
         except (ValueError, InvalidMeta) as exc:
             raise MalformedFrame(str(exc)) from None
     return shape.cls(*values)
+
+
+def decode_reply(data: bytes) -> Any:
+    """`decode` for a call's reply: an `Ok` at a glance (its one field takes anything), the
+    rest through `decode`. A client decodes a reply per call: this is its hot path."""
+    try:
+        obj = _unpackb(data, raw=False, strict_map_key=False)
+    except Exception:  # decode says why
+        return decode(data)
+    if type(obj) is list and len(obj) == 2 and type(obj[0]) is int and obj[0] == _OK_TAG:
+        return m.Ok(obj[1])
+    return decode(data)
+
+
+_OK_TAG = TAGS[m.Ok]
 
 
 # -- PubSub frames ---------------------------------------------------------------------------

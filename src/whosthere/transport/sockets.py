@@ -189,7 +189,7 @@ class Dealer:
                 continue
             if frames[0] == ref:
                 self.unflushed = False  # the actor handles a peer's messages in order
-                reply = codec.decode(frames[1])
+                reply = codec.decode_reply(frames[1])
                 if isinstance(reply, Ok):
                     return reply.value
                 if isinstance(reply, Failed):
