@@ -196,7 +196,7 @@ def run(pool: int, procs: int = 1, n: int = 100_000, callers: int = 1_000) -> li
                     raise RuntimeError("a client process did not start")
                 conn.recv()
                 roles["client"].append(psutil.Process(proc.pid))
-            return [_phase(name, n, clients, sub_conn, roles, node) for name in PHASES]
+            return [_phase(name, n, clients, sub_conn, roles=roles, node=node) for name in PHASES]
         finally:
             for proc, conn in clients:
                 if proc.is_alive():
@@ -224,6 +224,7 @@ def _phase(
     n: int,
     clients: list[tuple[Any, Any]],
     sub_conn: Any,
+    *,
     roles: dict[str, Any],
     node: whosthere.Node,
 ) -> Phase:
