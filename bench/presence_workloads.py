@@ -180,8 +180,11 @@ def bench_list(sizes: Sizes) -> list[Row]:
 
 
 def bench_kill_to_leave(sizes: Sizes) -> list[Row]:
+    """Paired: each whosthere trial is followed by a floor trial (a pidfd in an epoll of
+    this process, the node idle), so both sample the same moments of a noisy machine."""
     per_owner = 100
     owners = _sleepers(max(1, sizes.others // per_owner))
+    kills = max(sizes.kills, 200)
     try:
         with whosthere.Node(name="bench") as node:
             others = (
@@ -190,22 +193,27 @@ def bench_kill_to_leave(sizes: Sizes) -> list[Row]:
                 for t in range(per_owner)
             )
             track_all(node.presence, others, "other presences")
-            samples = kill_to_leave_samples(node.presence, sizes.kills, "victims")
-        progress("pidfd baseline")
-        base = baselines.pidfd_kill_to_notice(_sleepers(min(sizes.kills, 200)))
+            samples, base = [], []
+            for k in range(kills):
+                samples += kill_to_leave_samples(node.presence, 1, "victims", quiet=True)
+                base += baselines.pidfd_kill_to_notice([subprocess.Popen(["sleep", "3600"])])
+                if k % 50 == 0:
+                    progress(f"kill -> leave diff, paired with the pidfd floor: {k}/{kills}")
     finally:
         _stop(owners)
-    n = f"{sizes.kills:,} kills, {sizes.others:,} others"
+    n = f"{kills:,} kills paired, {sizes.others:,} others"
     return versus_pidfd("leave", f"kill->leave diff ({n})", samples, base)
 
 
-def kill_to_leave_samples(presence: whosthere.Presence, kills: int, topic: str) -> list[float]:
+def kill_to_leave_samples(
+    presence: whosthere.Presence, kills: int, topic: str, *, quiet: bool = False
+) -> list[float]:
     """Seconds from SIGKILL of a freshly tracked owner to its leave diff at a subscriber,
     one owner at a time."""
     samples: list[float] = []
     with presence.subscribe(topic) as sub:
         for k in range(kills):
-            if k % 50 == 0:
+            if k % 50 == 0 and not quiet:
                 progress(f"kill -> leave diff: {k}/{kills}")
             victim = subprocess.Popen(["sleep", "3600"])
             try:

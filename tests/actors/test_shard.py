@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,7 @@ from typing import Any
 import pytest
 import zmq
 
+from whosthere.actors import shard_links
 from whosthere.actors.base import ActorSpec
 from whosthere.actors.shard import ShardActor
 from whosthere.config import NodeConfig
@@ -44,6 +47,7 @@ from whosthere.transport.messages import (
     UntrackPid,
 )
 from whosthere.transport.sockets import bind, socket
+from whosthere.watch.identity import start_time
 
 P, Q = 4242, 4343
 
@@ -109,7 +113,17 @@ class Harness:
 
 
 @contextlib.contextmanager
-def harness(**options: Any) -> Iterator[Harness]:
+def harness(own_pidfds: int = 0, **options: Any) -> Iterator[Harness]:
+    # the pids here are made up (4242...): only the supervisor the test plays tells exits,
+    # not the shard's own pidfds, which would find no such process at once
+    own_pidfds, shard_links.OWN_PIDFDS = shard_links.OWN_PIDFDS, own_pidfds
+    try:
+        yield from _harness(**options)
+    finally:
+        shard_links.OWN_PIDFDS = own_pidfds
+
+
+def _harness(**options: Any) -> Iterator[Harness]:
     runtime = tempfile.mkdtemp(prefix="wt-s-", dir="/tmp")  # ipc paths must stay short
     config = NodeConfig(name="n1", **options).started(runtime)
     topology = Topology(config)
@@ -211,6 +225,33 @@ def test_an_exit_takes_the_presences_and_is_told_on_the_exits_topic():
         h.supervisor.push(ProcessesExited([[Q, 4]], 0.0))  # an older process of pid Q
         assert h.published() == []
         assert list(codec.unpack(value(h.call(ListTopic("room"))))) == ["u2"]
+
+
+def test_an_owner_killed_leaves_by_the_shards_own_pidfd_and_the_supervisors_notice_is_a_no_op():
+    """The shard watches what it links: the leave needs no word from the supervisor (the
+    test plays it, and it says nothing), whose later notice then finds nothing to do."""
+    owner = subprocess.Popen(["sleep", "60"])
+    try:
+        with harness(own_pidfds=16) as h:
+            key = [owner.pid, start_time(owner.pid)]
+            value(h.call(Track(owner.pid, key[1], "room", "u", codec.pack_meta({}))))
+            assert [m for m in h.supervisor.received() if isinstance(m, Link)] == [Link([key])]
+            h.published()
+            owner.kill()
+            owner.wait()
+            deadline = time.monotonic() + 5
+            out: list[list[Any]] = []
+            while not out and time.monotonic() < deadline:
+                out = h.published()
+            leaves = {d[0]: list(d[2]["leaves"]) for d in out if d[1] == "presence_diff"}
+            assert leaves == {"room": ["u"]}
+            assert [d[0] for d in out if d[0] == EXITS_TOPIC] == [EXITS_TOPIC]
+            h.supervisor.push(ProcessesExited([key], time.time()))
+            assert h.published() == []
+            assert codec.unpack(value(h.call(ListTopic("room")))) == {}
+    finally:
+        owner.kill()
+        owner.wait()
 
 
 def test_the_last_untrack_of_a_process_unlinks_it():

@@ -99,3 +99,22 @@ def test_an_exit_notice_names_the_process_and_its_topics():
     assert told["pid"] == 7 and told["presences"] == 31
     assert told["topics"] == [f"t{i:02}" for i in range(20)]  # at most 20, sorted
     assert told["seen_at"] == 1.5 and told["left_at"] == 2.0
+
+
+def test_an_exits_leaves_wait_for_no_gap_even_one_already_waiting():
+    """An owner killed right after its join's diff went out: its leave goes at the end of
+    this wake-up, with whatever waited for the gap, not a millisecond later."""
+    outbox, pubsub, clock, _ = make()
+    outbox.sent_at = 100.0
+    outbox.add("a", "presence_diff", b"join")
+    outbox.end_of_turn(now=100.0001)  # waits out the gap
+    assert pubsub.frames == [] and len(clock.timers) == 1
+    outbox.add("a", "presence_diff", b"leave")
+    outbox.add_exit(7, [Element("a", 7, "k", b"", 1)], seen_at=1.0, left_at=1.0)
+    outbox.end_of_turn(now=100.0002)
+    assert [[item[0] for item in frame] for frame in pubsub.frames] == [["a", "a", EXITS_TOPIC]]
+    assert clock.timers[0][1].cancelled and not outbox.urgent
+    outbox.sent_at = 100.0002
+    outbox.add("a", "presence_diff", b"later")
+    outbox.end_of_turn(now=100.0003)  # a plain diff waits for the gap again
+    assert len(pubsub.frames) == 1

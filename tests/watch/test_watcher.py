@@ -106,3 +106,25 @@ def test_overflow_moves_back_to_pidfds_as_they_free_up():
             p.kill()
             p.wait()
         w.close()
+
+
+@pytest.mark.skipif(not HAVE_PIDFD, reason="pidfds only")
+def test_without_sweeping_past_the_budget_processes_are_simply_not_watched():
+    """A shard's own watcher (`sweep=False`) holds pidfds up to its budget and nothing
+    more: no sweeper thread; the supervisor tells the others' exits."""
+    w = ProcessWatcher(max_pidfds=1, sweep=False)
+    procs = [sleeper() for _ in range(2)]
+    try:
+        keys = [(p.pid, start_time(p.pid)) for p in procs]
+        for key in keys:
+            w.watch(key)
+        assert w.stats() == {"pidfd": 1, "sweep": 0} and keys[1] not in w
+        for p in procs:
+            p.kill()
+            p.wait()
+        assert collect_until(w, 2, timeout=1.0) == [keys[0]]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        w.close()

@@ -4,6 +4,7 @@ decisions live in pure cores, the sending in small helpers:
 
 - `tracker.owner_links.OwnerLinks`: which OS processes hold presences here; the links and unlinks
   to make, and whose presences leave when a process exits or its pid is reused;
+- `shard_links.ShardLinks`: those links, through the supervisor and on pidfds of its own;
 - `tracker.changes.Gathering`: a message's changes, one diff per topic;
 - `shard_outbox.ShardOutbox`: diffs to the PubSub actor, one frame per wake-up;
 - `shard_fetching.Fetching`: diffs through the user's `fetch`, in the shard's order;
@@ -27,6 +28,7 @@ from whosthere.actors.heap import FreezeAsItGrows
 from whosthere.actors.shard_client_feed import ClientFeed
 from whosthere.actors.shard_fetching import Fetching, fetch_stats
 from whosthere.actors.shard_journal import open_replica
+from whosthere.actors.shard_links import ShardLinks
 from whosthere.actors.shard_outbox import ShardOutbox
 from whosthere.actors.shard_peers import ShardPeers
 from whosthere.errors import RefChanged, WhosthereError
@@ -46,7 +48,6 @@ from whosthere.transport.messages import (
     FromPeer,
     GetByKey,
     GetMeta,
-    Link,
     ListTopic,
     ListTopics,
     MetasResync,
@@ -54,7 +55,6 @@ from whosthere.transport.messages import (
     ShardRestarted,
     Track,
     TrackMany,
-    Unlink,
     Untrack,
     UntrackMany,
     UntrackPid,
@@ -65,7 +65,6 @@ from whosthere.watch import ProcessKey, is_owner
 
 FREEZE_EVERY = 10_000  # presences added between two gc.freeze()
 LISTED_MAX_BYTES = 64 * 1024 * 1024  # packed list replies kept (all dropped beyond)
-LINK_BATCH = 10_000  # owners per Link message when a restarted shard links them again
 
 
 class ShardActor(Actor):
@@ -140,11 +139,12 @@ class ShardActor(Actor):
     def on_start(self) -> None:
         assert self.supervisor is not None, "a shard runs under a supervisor (links)"
         self.links = self.supervisor
+        self.linking = ShardLinks(self.links, self._exited)
         self.add_reader(self.links.socket, self._on_supervisor)
+        self.add_reader(self.linking.fileno(), self.linking.read)
         if self.recovered:  # the owners again; those that died meanwhile come back as exits
             owners = self.owner_links.processes()
-            for i in range(0, len(owners), LINK_BATCH):
-                self.links.cast(Link([list(p) for p in owners[i : i + LINK_BATCH]]))
+            self.linking.link(owners)
             self.log.warning(
                 "%s: restarted with %d presences of %d owners, as the same replica",
                 self.name,
@@ -194,7 +194,7 @@ class ShardActor(Actor):
         if self.journal is not None:
             self.journal.close()
         self.outbox.pubsub.close(flush_timeout=0.0)
-        for helper in (self.fetching, self.client_feed, self.peers):
+        for helper in (self.fetching, self.client_feed, self.peers, self.linking):
             if helper is not None:
                 helper.close()
 
@@ -248,7 +248,7 @@ class ShardActor(Actor):
         element = self.state.join(pid, topic, key, codec.meta_with_refs(meta, ref))
         link = self.owner_links.joined(pid, start)
         if link is not None:
-            self.links.cast(Link([list(link)]))
+            self.linking.link([link])
             if self.journal is not None:
                 self.journal.recorder(("k", *link))
         entry = changes.get(topic)
@@ -346,6 +346,7 @@ class ShardActor(Actor):
         """Linked processes exited: their presences leave (one diff per topic), and the
         node's subscribers of `EXITS_TOPIC` hear which (for a page of recent crashes)."""
         gone: list[tuple[int, list[Element]]] = []
+        self.linking.handled(exits)
         for pid, start in exits:
             owners = self.owner_links.exited(pid, start)
             if owners is not None:  # else: unlinked since, or an older process of this pid
@@ -358,7 +359,7 @@ class ShardActor(Actor):
     def _released(self, owner: int) -> None:
         unlink = self.owner_links.released(owner, holds_more=self.state.tracks(owner))
         if unlink is not None:
-            self.links.cast(Unlink([list(unlink)]))
+            self.linking.unlink(unlink)
 
     # -- diffs -----------------------------------------------------------------------------
 

@@ -3,6 +3,9 @@
 A diff goes at once after a quiet spell; diffs that follow the last send within `gap` wait
 for the gap's end and go together. A caller tracking one presence after another would
 otherwise wake the PubSub process once per track, on the cores its own round trips need.
+An exit's leaves wait for no gap: "the instant one dies" (an owner killed just after the
+diff of its own join waited up to a millisecond); many exits at once still go in one frame
+per wake-up.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class ShardOutbox:
         self.bytes = 0
         self.sent_at = 0.0  # monotonic time of the last send
         self.timer: Timer | None = None  # set while items wait out the gap
+        self.urgent = False  # an exit's leaves wait: the gap is waived for this wake-up
 
     def add(self, topic: str, event: str, packed: bytes) -> None:
         self.items.append([topic, event, packed])
@@ -55,13 +59,14 @@ class ShardOutbox:
         told = {"pid": pid, "presences": len(left), "topics": topics}
         told.update(seen_at=seen_at, left_at=left_at)
         self.add(EXITS_TOPIC, "exit", codec.pack_value(told))
+        self.urgent = True
 
     def end_of_turn(self, now: float) -> None:
         """The loop's wake-up ends: send what waits, or when the gap since the last ends."""
-        if not self.items or self.timer is not None:
+        if not self.items or (self.timer is not None and not self.urgent):
             return
         wait = self.sent_at + self.gap - now
-        if wait <= 0:
+        if wait <= 0 or self.urgent:
             self.send()
         else:
             self.timer = self.call_later(wait, self._gap_over)
@@ -80,4 +85,5 @@ class ShardOutbox:
         self.pubsub.cast(PublishMany(self.items, True))
         self.items = []
         self.bytes = 0
+        self.urgent = False
         self.sent_at = time.monotonic()

@@ -41,7 +41,11 @@ class ProcessWatcher:
     reports it as exited at the next `collect`.
     """
 
-    def __init__(self, *, max_pidfds: int | None = None, use_pidfd: bool = HAVE_PIDFD) -> None:
+    def __init__(
+        self, *, max_pidfds: int | None = None, use_pidfd: bool = HAVE_PIDFD, sweep: bool = True
+    ) -> None:
+        """`sweep`: processes past the pidfd budget are swept (else they are not watched:
+        for a watcher that only hastens what another one reports anyway)."""
         self._waker_r, self._waker_w = os.pipe()
         os.set_blocking(self._waker_r, False)
         os.set_blocking(self._waker_w, False)
@@ -57,6 +61,7 @@ class ProcessWatcher:
         self._fd_by_key: dict[ProcessKey, int] = {}
         self._key_by_fd: dict[int, ProcessKey] = {}
         self._sweeper = Sweeper(self._wake)
+        self._sweep = sweep
         self._ready: list[ProcessKey] = []  # found dead at watch time
 
     def fileno(self) -> int:
@@ -80,6 +85,8 @@ class ProcessWatcher:
             self._report_now(key)
             return
         if len(self._fd_by_key) < self.max_pidfds and self._watch_pidfd(key):
+            return
+        if not self._sweep:
             return
         if start_time(key[0]) != key[1]:
             self._report_now(key)
