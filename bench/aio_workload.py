@@ -31,8 +31,13 @@ import whosthere.aio
 SEQ_META = {"status": "online", "device": "desktop", "note": "x" * 32}
 
 
-async def _raw(endpoint: str, concurrency: int, per_task: int) -> tuple[float, list[float]]:
-    """(calls/s with `concurrency` tasks, sequential round-trip samples), raw zmq.asyncio."""
+RAW_BODY = msgpack.packb([30, 1, 2, "t", "k", b"\x80"])  # a Track's shape, small
+
+
+async def _raw(
+    endpoint: str, concurrency: int, per_task: int, sequential: int = 2_000
+) -> tuple[float, list[float]]:
+    """(calls/s with `concurrency` tasks, `sequential` round-trip samples), raw zmq.asyncio."""
     sock = zmq.asyncio.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(endpoint)
@@ -50,7 +55,7 @@ async def _raw(endpoint: str, concurrency: int, per_task: int) -> tuple[float, l
         ref = next(refs).to_bytes(8, "big")
         future = asyncio.get_running_loop().create_future()
         pending[ref] = future
-        await sock.send_multipart((ref, msgpack.packb([30, 1, 2, "t", "k", b"\x80"])))
+        await sock.send_multipart((ref, RAW_BODY))
         return msgpack.unpackb(await asyncio.wait_for(future, 5))
 
     task = asyncio.create_task(reader())
@@ -58,10 +63,12 @@ async def _raw(endpoint: str, concurrency: int, per_task: int) -> tuple[float, l
         for _ in range(200):
             await call()
         samples = []
-        for _ in range(2_000):
+        for _ in range(sequential):
             t = time.perf_counter()
             await call()
             samples.append(time.perf_counter() - t)
+        if not per_task:
+            return 0.0, samples
 
         async def worker() -> None:
             for _ in range(per_task):

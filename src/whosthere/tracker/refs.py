@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import base64
+import binascii
 import itertools
 import zlib
+
+_URL_SAFE = bytes.maketrans(b"+/", b"-_")  # base64.urlsafe_b64encode's alphabet
 
 
 class RefMaker:
@@ -20,4 +22,4 @@ class RefMaker:
         """A new ref; `now_ns` is the wall clock in nanoseconds."""
         raw = (now_ns & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "big") + self._origin
         raw += (next(self._counter) & 0xFFFF).to_bytes(2, "big")
-        return base64.urlsafe_b64encode(raw).decode()
+        return binascii.b2a_base64(raw, newline=False).translate(_URL_SAFE).decode()

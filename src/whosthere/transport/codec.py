@@ -238,6 +238,7 @@ def _check_limits(shape: _Shape, values: Any) -> None:
 
 
 _PUBLISHED_TAG = _packb(TAGS[m.Published])
+_make = tuple.__new__
 
 _SHAPES: dict[int, _Shape] = {tag: _shape(cls) for cls, tag in TAGS.items()}
 if len(_SHAPES) != len(TAGS):
@@ -513,7 +514,7 @@ def decode(data: bytes, max_bytes: int = MAX_FRAME_BYTES) -> Any:
             _check_limits(shape, values)
         except (ValueError, InvalidMeta) as exc:
             raise MalformedFrame(str(exc)) from None
-    return shape.cls(*values)
+    return _make(shape.cls, values)  # the fields are counted: no Python-level __new__
 
 
 def decode_reply(data: bytes) -> Any:
