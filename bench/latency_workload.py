@@ -2,7 +2,8 @@
 
 - sequential `await track` (one owner, new keys) beside a raw `zmq.asyncio` round trip of a
   small msgpack message to an echo process; a sync `track` beside a raw sync round trip;
-  blocks of each alternate, so both sample the same moments of a noisy machine;
+  and a byte to a child process and back over pipes (a hop without ZeroMQ's I/O threads);
+  blocks of each alternate, so all sample the same moments of a noisy machine;
 - SIGKILL of a freshly tracked owner -> its leave diff at a subscriber of this process, each
   trial paired with a floor trial: a `sleep` SIGKILLed while a pidfd on it waits in an epoll
   of this process (the `links` baseline), the node idle.
@@ -14,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import subprocess
+import sys
 import time
 
 import aio_workload
@@ -59,7 +62,13 @@ def _sync_tracks(presence: whosthere.Presence, count: int, start: int) -> list[f
 
 def sequential(calls: int) -> dict[str, list[float]]:
     """Each kind of call and its raw floor, in alternating blocks of `BLOCK`."""
-    got: dict[str, list[float]] = {"aio": [], "raw_aio": [], "sync": [], "raw_sync": []}
+    got: dict[str, list[float]] = {
+        "aio": [],
+        "raw_aio": [],
+        "sync": [],
+        "raw_sync": [],
+        "raw_pipe": [],
+    }
     endpoint = baselines._endpoint("seq-echo")
     server = baselines._start(baselines._echo_server, endpoint)
     try:
@@ -71,6 +80,7 @@ def sequential(calls: int) -> dict[str, list[float]]:
                 got["raw_aio"] += asyncio.run(aio_workload._raw(endpoint, 1, 0, BLOCK))[1]
                 got["sync"] += _sync_tracks(presence, BLOCK, start)
                 got["raw_sync"] += _raw_sync(endpoint, BLOCK)
+                got["raw_pipe"] += pipe_round_trips(BLOCK)
     finally:
         baselines._stop_server(endpoint, server)
     return got
@@ -90,6 +100,33 @@ def _raw_sync(endpoint: str, count: int) -> list[float]:
         return samples
     finally:
         sock.close()
+
+
+PIPE_ECHO = "import os\nwhile (b := os.read(0, 1)) and b != b'q':\n    os.write(1, b)\n"
+
+
+def pipe_round_trips(count: int) -> list[float]:
+    """One byte to a child process and back over two pipes: what a hop costs without
+    ZeroMQ's I/O threads (a ZeroMQ ipc hop crosses two of them besides the two ends)."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", PIPE_ECHO], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert child.stdin is not None and child.stdout is not None
+    out, back = child.stdin.fileno(), child.stdout.fileno()
+    try:
+        samples = []
+        for i in range(count + 50):
+            t = time.perf_counter()
+            os.write(out, b"x")
+            os.read(back, 1)
+            if i >= 50:
+                samples.append(time.perf_counter() - t)
+        return samples
+    finally:
+        os.write(out, b"q")
+        child.stdin.close()
+        child.stdout.close()
+        child.wait(10)
 
 
 def kill_to_leave(kills: int) -> tuple[list[float], list[float]]:

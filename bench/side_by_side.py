@@ -49,6 +49,7 @@ SEQ = [  # (figure, label): whosthere's sequential calls and their floors, and P
     ("seq_raw_aio_p50_us", "  raw zmq.asyncio round trip p50 us (same run)"),
     ("seq_sync_p50_us", "sequential sync track p50 us"),
     ("seq_raw_sync_p50_us", "  raw sync zmq round trip p50 us (same run)"),
+    ("seq_raw_pipe_p50_us", "  a byte to a child process and back over pipes, p50 us"),
     ("kill_leave_p50_us", "SIGKILL -> leave at a subscriber p50 us (paired)"),
     ("kill_pidfd_floor_p50_us", "  pidfd floor p50 us (paired trials)"),
 ]

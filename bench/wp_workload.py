@@ -138,6 +138,7 @@ class Phase:
     to_last_diff: float  # first call sent to the last diff at the subscriber
     cpu_us: dict[str, float] = field(default_factory=dict)  # role -> CPU us per call
     diffs: int = 0  # diffs the shards published
+    switches: dict[str, float] = field(default_factory=dict)  # role -> context switches per call
 
     @property
     def rate(self) -> float:
@@ -148,17 +149,19 @@ class Phase:
         return self.calls / self.to_last_diff
 
 
-def _cpu(procs: dict[str, list[psutil.Process]]) -> dict[str, float]:
+def _cpu(procs: dict[str, list[psutil.Process]]) -> dict[str, tuple[float, int]]:
+    """Each role's (CPU seconds, context switches) so far."""
     out = {}
     for role, members in procs.items():
-        total = 0.0
+        total, switches = 0.0, 0
         for p in members:
             try:
-                t = p.cpu_times()
+                t, c = p.cpu_times(), p.num_ctx_switches()
             except psutil.Error:
                 continue
             total += t.user + t.system
-        out[role] = total
+            switches += c.voluntary + c.involuntary
+        out[role] = (total, switches)
     return out
 
 
@@ -245,9 +248,10 @@ def _phase(
         raise RuntimeError(f"the subscriber lost messages during {name} ({lost} gaps)")
     after = _cpu(roles)
     t0, t1 = min(s[0] for s in spans), max(s[1] for s in spans)
-    cpu = {role: (after[role] - before[role]) * 1e6 / n for role in roles}
+    cpu = {role: (after[role][0] - before[role][0]) * 1e6 / n for role in roles}
+    switches = {role: (after[role][1] - before[role][1]) / n for role in roles}
     seconds, to_last_diff = (t1 - t0) / 1e9, (max(t1, last) - t0) / 1e9
-    return Phase(name, n, seconds, to_last_diff, cpu, _diffs(node) - diffs)
+    return Phase(name, n, seconds, to_last_diff, cpu, _diffs(node) - diffs, switches)
 
 
 # -- rows for bench/run.py -------------------------------------------------------------------
@@ -306,7 +310,9 @@ def main() -> None:
         print(f"RESULT {phase.name}_per_s {phase.rate:.3f}")
         print(f"RESULT {phase.name}_per_s_to_last_diff {phase.rate_to_last_diff:.3f}")
         cpu = " ".join(f"{role}={us:.1f}" for role, us in phase.cpu_us.items())
+        switches = " ".join(f"{role}={k:.3f}" for role, k in phase.switches.items())
         print(f"# {phase.name}: CPU us per call: {cpu}; diffs {phase.diffs:,}", flush=True)
+        print(f"# {phase.name}: context switches per call: {switches}", flush=True)
 
 
 if __name__ == "__main__":
