@@ -173,10 +173,14 @@ def test_subscribe_and_broadcast_as_coroutines():
 def test_a_subscriber_that_overflows_hears_of_it_from_the_loop_too():
     async def main(address: str) -> int:
         pubsub = await whosthere.aio.connect_pubsub(address)
+        flood = whosthere.PubSub.connect(address)
         try:
             async with pubsub.subscribe("flood", hwm=100) as sub:
+                # broadcast with the loop held (a blocking client): nothing reads meanwhile,
+                # so the subscription overflows for sure. With `await broadcast`, a send that
+                # waited for room let the loop read on, and a run could keep up: no loss.
                 for n in range(20_000):
-                    await pubsub.broadcast("flood", "n", n)
+                    flood.broadcast("flood", "n", n)
                 received, lost = 0, 0
                 while True:
                     try:
@@ -190,6 +194,7 @@ def test_a_subscriber_that_overflows_hears_of_it_from_the_loop_too():
                 assert lost >= 1 and received + sub.missed == 20_000
                 return received
         finally:
+            flood.close()
             await pubsub.close()
 
     with whosthere.Node(pubsub_hwm=100) as node:

@@ -61,8 +61,13 @@ class OwnPresences:
     def _observe(self, msg: tuple[Any, ...], reply: Any) -> None:
         kind = type(msg)
         if kind is Track:
-            if os_pid(msg[0]) == self.pid:
-                self.held.setdefault(msg[0], {})[(msg[2], msg[3])] = msg[4]
+            owner = msg[0]
+            if os_pid(owner) == self.pid:
+                held = self.held.get(owner)
+                if held is None:
+                    self.held[owner] = {(msg[2], msg[3]): msg[4]}
+                else:
+                    held[(msg[2], msg[3])] = msg[4]
         elif kind is Update:
             presences = self.held.get(msg[0])
             if presences is not None and (msg[1], msg[2]) in presences:

@@ -78,6 +78,7 @@ class AsyncDealer:
         # timeout -> {ref: (deadline, future, msg)}, each in deadline order (see _set_deadline)
         self._deadlines: dict[float, dict[bytes, tuple[float, asyncio.Future[bytes], Any]]] = {}
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0  # when `_timer` fires (its `when()`, without the call)
         self._watched = False  # bound, reading, and the supervisor's death will be heard
         self._reader: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -195,10 +196,11 @@ class AsyncDealer:
         if calls is None:
             calls = self._deadlines[timeout] = {}
         calls[ref] = (at, future, msg)
-        if self._timer is None or at < self._timer.when():
+        if self._timer is None or at < self._timer_at:
             if self._timer is not None:
                 self._timer.cancel()
             self._timer = loop.call_at(at, self._expire)
+            self._timer_at = at
 
     def _expire(self) -> None:
         self._timer = None
@@ -224,6 +226,7 @@ class AsyncDealer:
                 del calls[ref]
         if earliest is not None and not self.closed:
             self._timer = loop.call_at(earliest, self._expire)
+            self._timer_at = earliest
 
     async def _read(self) -> None:
         pending = self.pending
