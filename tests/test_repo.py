@@ -458,3 +458,43 @@ def test_no_two_classes_or_type_names_share_a_name():
                     where.setdefault(name.lstrip("_"), set()).add(module)
     shared = {n: m for n, m in where.items() if len(m) > 1 and SHARED_BY_DESIGN.get(n) != m}
     assert shared == {}
+
+
+PHOENIX_SHAPE_BENCH = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import latency_workload, side_by_side, wp_workload
+phases = wp_workload.run(1, procs=2, n=400, callers=20)
+for p in phases:
+    print("wp", p.name, p.calls, p.rate_to_last_diff > 0, sorted(p.cpu_us), sep="|")
+got = latency_workload.sequential(1)
+print("seq", *sorted((k, len(v)) for k, v in got.items()), sep="|")
+leaves, floor = latency_workload.kill_to_leave(3)
+print("kill", len(leaves), len(floor), sep="|")
+assert side_by_side.parse("x\\nRESULT a_b 1.5\\n") == {"a_b": 1.5}
+print("rows", len(side_by_side.WP), sep="|")
+"""
+
+
+def test_the_phoenix_shape_benches_run_at_a_tiny_size():
+    """W-P from two client processes, the sequential calls and paired kills beside their
+    floors, the side-by-side table's rows: they run, count every call, and clean up."""
+    result = subprocess.run(
+        [sys.executable, "-c", PHOENIX_SHAPE_BENCH, str(ROOT / "bench")],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=True,
+    )
+    lines = [line.split("|") for line in result.stdout.splitlines()]
+    wp = [line for line in lines if line[0] == "wp"]
+    assert [line[1] for line in wp] == ["track", "update", "untrack4", "retrack", "untrack2"]
+    assert all(line[2] == "400" and line[3] == "True" for line in wp)
+    assert "client" in wp[0][4] and "shard" in wp[0][4] and "subscriber" in wp[0][4]
+    (seq,) = [line for line in lines if line[0] == "seq"]
+    assert seq[1:] == [
+        "('aio', 500)", "('raw_aio', 500)", "('raw_pipe', 500)", "('raw_sync', 500)",
+        "('sync', 500)",
+    ]  # fmt: skip
+    assert ["kill", "3", "3"] in lines
+    assert ["rows", "12"] in lines
