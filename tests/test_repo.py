@@ -286,16 +286,21 @@ for bench in benches:
 """
 
 
-def test_crash_memory_redis_and_cluster_benches_run_at_a_tiny_size():
-    """The slower workloads, at a size no figure means anything: they run and clean up."""
+def bench_script(script: str, timeout: float) -> list[list[str]]:
+    """Run `script` with bench/ on its path; its output lines, split at `|`."""
     result = subprocess.run(
-        [sys.executable, "-c", TINY_BENCH, str(ROOT / "bench")],
+        [sys.executable, "-c", script, str(ROOT / "bench")],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
         check=True,
     )
-    rows = [line.split("|") for line in result.stdout.splitlines()]
+    return [line.split("|") for line in result.stdout.splitlines()]
+
+
+def test_crash_memory_redis_and_cluster_benches_run_at_a_tiny_size():
+    """The slower workloads, at a size no figure means anything: they run and clean up."""
+    rows = bench_script(TINY_BENCH, timeout=120)
     figures = {figure for _, figure, _ in rows}
     assert "mass crash 20 owners x 1: all leaves in" in figures
     assert "node RSS per presence, 1,000" in figures
@@ -479,14 +484,7 @@ print("rows", len(side_by_side.WP), sep="|")
 def test_the_phoenix_shape_benches_run_at_a_tiny_size():
     """W-P from two client processes, the sequential calls and paired kills beside their
     floors, the side-by-side table's rows: they run, count every call, and clean up."""
-    result = subprocess.run(
-        [sys.executable, "-c", PHOENIX_SHAPE_BENCH, str(ROOT / "bench")],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=True,
-    )
-    lines = [line.split("|") for line in result.stdout.splitlines()]
+    lines = bench_script(PHOENIX_SHAPE_BENCH, timeout=180)
     wp = [line for line in lines if line[0] == "wp"]
     assert [line[1] for line in wp] == ["track", "update", "untrack4", "retrack", "untrack2"]
     assert all(line[2] == "400" and line[3] == "True" for line in wp)
