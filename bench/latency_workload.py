@@ -23,7 +23,7 @@ import time
 
 import aio_workload
 import baselines
-from presence_workloads import kill_to_leave_samples
+from presence_workloads import paired_kills
 
 import whosthere
 import whosthere.aio
@@ -131,13 +131,8 @@ def pipe_round_trips(count: int) -> list[float]:
 
 def kill_to_leave(kills: int) -> tuple[list[float], list[float]]:
     """(kill -> leave at a subscriber, kill -> pidfd readable), trial by trial, paired."""
-    leaves: list[float] = []
-    floor: list[float] = []
     with whosthere.Node(name="bench-kill") as node:
-        for _ in range(kills):
-            leaves += kill_to_leave_samples(node.presence, 1, "victims", quiet=True)
-            floor += baselines.pidfd_kill_to_notice([subprocess.Popen(["sleep", "3600"])])
-    return leaves, floor
+        return paired_kills(node.presence, kills)
 
 
 def main() -> None:

@@ -193,16 +193,24 @@ def bench_kill_to_leave(sizes: Sizes) -> list[Row]:
                 for t in range(per_owner)
             )
             track_all(node.presence, others, "other presences")
-            samples, base = [], []
-            for k in range(kills):
-                samples += kill_to_leave_samples(node.presence, 1, "victims", quiet=True)
-                base += baselines.pidfd_kill_to_notice([subprocess.Popen(["sleep", "3600"])])
-                if k % 50 == 0:
-                    progress(f"kill -> leave diff, paired with the pidfd floor: {k}/{kills}")
+            samples, base = paired_kills(node.presence, kills)
     finally:
         _stop(owners)
     n = f"{kills:,} kills paired, {sizes.others:,} others"
     return versus_pidfd("leave", f"kill->leave diff ({n})", samples, base)
+
+
+def paired_kills(presence: whosthere.Presence, kills: int) -> tuple[list[float], list[float]]:
+    """(kill -> leave at a subscriber, kill -> pidfd readable) in seconds, trial by trial:
+    each whosthere trial followed by a floor trial, the node idle meanwhile."""
+    leaves: list[float] = []
+    floor: list[float] = []
+    for k in range(kills):
+        leaves += kill_to_leave_samples(presence, 1, "victims", quiet=True)
+        floor += baselines.pidfd_kill_to_notice([subprocess.Popen(["sleep", "3600"])])
+        if k % 50 == 0:
+            progress(f"kill -> leave diff, paired with the pidfd floor: {k}/{kills}")
+    return leaves, floor
 
 
 def kill_to_leave_samples(

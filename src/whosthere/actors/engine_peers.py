@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import logging
 
+from whosthere.actors.refusals import Refusals
 
-class EnginePeers:
+
+class EnginePeers(Refusals):
     def __init__(self, me: str, pool_size: int, forget_after: float, log: logging.Logger) -> None:
+        super().__init__()
         self.me = me
         self.pool_size = pool_size
         self.forget_after = forget_after
         self.log = log
         self.heard: dict[str, float] = {}  # peer name -> last frame from it that counted
-        self.refused: dict[str, str] = {}  # peer name -> why (refused by us or by it)
-        self.refused_at: dict[str, float] = {}
         self.dropping: set[str] = set()  # test hook: peers whose traffic is lost both ways
 
     def hello(
@@ -43,20 +44,12 @@ class EnginePeers:
                 self.log.error("%s: refused peer %s: %s", self.me, name, reason)
             self.heard.pop(name, None)
             return reason
-        self.refused.pop(name, None)
-        self.refused_at.pop(name, None)
+        self.pardon(name)
         if name not in self.heard and name not in self.dropping:
             self.log.info("%s: peer %s joined through Redis", self.me, name)
         if name not in self.dropping:
             self.heard[name] = now
         return None
-
-    def refuse(self, name: str, reason: str, now: float) -> bool:
-        """Note a refusal (by or of `name`); True if the reason is new, to be logged once."""
-        new = self.refused.get(name) != reason
-        self.refused[name] = reason
-        self.refused_at[name] = now
-        return new
 
     def accepts(self, sender: str, now: float) -> bool:
         """Whether a cast from `sender` counts: it greeted us, compatible, and is not dropped."""
@@ -75,9 +68,7 @@ class EnginePeers:
         for name, at in list(self.heard.items()):
             if now - at > self.forget_after:
                 del self.heard[name]
-        for name, at in list(self.refused_at.items()):
-            if now - at > self.forget_after:
-                del self.refused[name], self.refused_at[name]
+        self.forget_refusals(now, self.forget_after)
 
 
 class NameLease:

@@ -33,6 +33,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from whosthere.actors.refusals import Refusals
+
 HELLO_EVERY_S = 1.0  # every peer greets each of its connections this often...
 _QUIET_S = 3 * HELLO_EVERY_S  # ...so this long without a word, a peer may be replaced
 # a connection is told the addresses we know when they changed, and this often anyway: the
@@ -45,7 +47,7 @@ _MAX_CONFLICTS = 256  # conflicts remembered (each is logged once while remember
 Route = tuple[str, Any]  # ("out", peer listen address) or ("in", listener identity)
 
 
-class PeerBook:
+class PeerBook(Refusals):
     def __init__(
         self,
         me: str,
@@ -54,6 +56,7 @@ class PeerBook:
         log: logging.Logger,
         discovering: bool = False,
     ) -> None:
+        super().__init__()
         self.me = me
         self.listen = ""  # our own address, once bound
         self.own: set[str] = set()  # every address that reaches us (the listen one too)
@@ -71,8 +74,6 @@ class PeerBook:
         # connections it introduced itself on (its `sender` field is not taken on trust)
         self.speaks_for: dict[Route, str] = {}
         self.route_heard: dict[Route, float] = {}  # incoming route -> last frame
-        self.refused: dict[str, str] = {}  # peer name -> why
-        self.refused_at: dict[str, float] = {}
         self.heard: dict[str, float] = {}  # peer name -> last heard
         # two live names on one address -> when it was logged (logged again after forget_after)
         self.conflicts: dict[tuple[str, str], float] = {}
@@ -117,19 +118,11 @@ class PeerBook:
         self.heard[sender] = now
         return True
 
-    def refuse(self, name: str, reason: str, now: float) -> bool:
-        """Note a refusal (by or of `name`); True if the reason is new, to be logged once."""
-        new = self.refused.get(name) != reason
-        self.refused[name] = reason
-        self.refused_at[name] = now
-        return new
-
     def hello(
         self, name: str, route: Route, listen: str, peers: list[str], now: float
     ) -> list[str]:
         """A compatible peer greeted us on `route`. Returns the addresses to dial."""
-        self.refused.pop(name, None)
-        self.refused_at.pop(name, None)
+        self.pardon(name)
         for other in [n for n, a in self.address_of.items() if a == listen and n != name]:
             if now - self.heard.get(other, 0.0) > _QUIET_S:
                 self.log.info("%s: peer %s is now %s (same address)", self.me, other, name)
@@ -297,9 +290,7 @@ class PeerBook:
             via = self.routes.get(name)
             if now - at > self.forget_after and (via is None or via[0] == "in"):
                 self._forget_name(name)  # an incoming route only: gone with its peer
-        for name, at in list(self.refused_at.items()):
-            if now - at > self.forget_after:
-                del self.refused[name], self.refused_at[name]
+        self.forget_refusals(now, self.forget_after)
         for pair, at in list(self.conflicts.items()):
             if now - at > self.forget_after:
                 del self.conflicts[pair]
